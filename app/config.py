@@ -1,0 +1,397 @@
+"""Settings: a TOML file (AVATAR_SYNC_CONFIG) overridden by AVATAR_SYNC_* environment variables.
+
+Every secret may also come from a file: ``password_file = "..."`` in TOML, or the env
+variable with ``_FILE`` appended. Anything invalid raises ConfigError naming the key, so
+start-up stops with one clear line instead of failing at the first request.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "AVATAR_SYNC_"
+DEFAULT_PHOTO_ATTRIBUTES = ("thumbnailPhoto", "jpegPhoto")
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, message: str):
+        super().__init__(f"configuration error: {key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    name: str
+    urls: tuple[str, ...]
+    base_dn: str
+    bind_dn: str = ""
+    bind_password: str = field(default="", repr=False)
+    user_filter: str = "(objectClass=inetOrgPerson)"
+    username_attribute: str = "uid"
+    photo_attributes: tuple[str, ...] | None = None  # None: use the global list
+    ca_file: str = ""
+    start_tls: bool = False
+    verify_tls: bool = True
+    connect_timeout: int = 3  # ldap3 needs ints (struct.pack in 2.9.1)
+    timeout: int = 10
+    pool_size: int = 4
+
+
+@dataclass(frozen=True)
+class JiraSettings:
+    url: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    max_concurrency: int = 4
+    max_requests_per_second: float = 0
+    connect_timeout: float = 5
+    timeout: float = 30
+    max_retries: int = 4
+    ca_file: str = ""
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    secret: str = field(default="", repr=False)
+    allow_unauthenticated: bool = False
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    jira: JiraSettings
+    directories: tuple[DirectorySettings, ...]
+    database_url: str = "sqlite:///var/lib/jira-avatar-sync/state.db"
+    photo_attributes: tuple[str, ...] = DEFAULT_PHOTO_ATTRIBUTES
+    size: int = 256
+    login_debounce_seconds: int = 600
+    max_photo_bytes: int = 5 * 1024 * 1024
+    max_photo_pixels: int = 40_000_000
+    webhook: WebhookSettings = WebhookSettings()
+    admin: AdminSettings = AdminSettings()
+    log_level: str = "INFO"
+
+    @property
+    def sync_disabled(self) -> bool:
+        """An empty global attribute list stops synchronisation, overrides included (rule 2)."""
+        return not self.photo_attributes
+
+    def attributes_for(self, directory: DirectorySettings) -> tuple[str, ...]:
+        return directory.photo_attributes or self.photo_attributes
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def load_settings(path: str | os.PathLike | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (``path`` or $AVATAR_SYNC_CONFIG), apply env overrides, validate."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError("AVATAR_SYNC_CONFIG", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("AVATAR_SYNC_CONFIG", f"{path} is not valid TOML: {exc}") from None
+    return settings_from_dict(_apply_env(data, env), env)
+
+
+def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    env = {} if env is None else env
+    r = _Reader(data, "", env)
+    r.reject_unknown({"database_url", "photo_attributes", "size", "login_debounce_seconds",
+                      "max_photo_bytes", "max_photo_pixels", "log_level",
+                      "jira", "webhook", "admin", "directories"})
+    photo_attributes = r.attr_list("photo_attributes", DEFAULT_PHOTO_ATTRIBUTES)
+    dirs_raw = data.get("directories", [])
+    if not isinstance(dirs_raw, list):
+        raise ConfigError("directories", "must be a list of tables ([[directories]])")
+    directories = tuple(_directory(d, i, env) for i, d in enumerate(dirs_raw))
+    if not directories:
+        raise ConfigError("directories", "at least one directory is required "
+                          "([[directories]] or AVATAR_SYNC_LDAP_URL)")
+    names = [d.name for d in directories]
+    if len(set(names)) != len(names):
+        raise ConfigError("directories.name", f"names must be unique, got {names}")
+    level = r.string("log_level", "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    db = r.string("database_url", Settings.database_url)
+    if "://" not in db:
+        raise ConfigError("database_url", "must be an SQLAlchemy URL such as sqlite:///path/state.db")
+    return Settings(
+        jira=_jira(_Reader(r.table("jira"), "jira.", env)),
+        directories=directories,
+        database_url=db,
+        photo_attributes=photo_attributes,
+        # 16..500: Jira clamps temporary avatars to 500 px and stores at most 256 px.
+        size=r.integer("size", 256, 16, 500),
+        login_debounce_seconds=r.integer("login_debounce_seconds", 600, 0, 7 * 86400),
+        max_photo_bytes=r.integer("max_photo_bytes", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024),
+        max_photo_pixels=r.integer("max_photo_pixels", 40_000_000, 1, 200_000_000),
+        webhook=_webhook(_Reader(r.table("webhook"), "webhook.", env)),
+        admin=AdminSettings(token=_Reader(r.table("admin"), "admin.", env).secret("token")),
+        log_level=level,
+    )
+
+
+def _jira(r: "_Reader") -> JiraSettings:
+    r.reject_unknown({"url", "username", "password", "password_file", "token", "token_file",
+                      "max_concurrency", "max_requests_per_second", "connect_timeout", "timeout",
+                      "max_retries", "ca_file", "verify_tls"})
+    url = r.string("url", "").rstrip("/")
+    if not url:
+        raise ConfigError("jira.url", "is required (AVATAR_SYNC_JIRA_URL)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError("jira.url", f"must be an http(s) URL, got {url!r}")
+    username, password, token = r.string("username", ""), r.secret("password"), r.secret("token")
+    if not token and not (username and password):
+        raise ConfigError("jira.username", "set jira.username and jira.password, or jira.token")
+    ca_file = r.string("ca_file", "")
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError("jira.ca_file", f"no such file: {ca_file}")
+    return JiraSettings(
+        url=url, username=username, password=password, token=token,
+        max_concurrency=r.integer("max_concurrency", 4, 1, 256),
+        max_requests_per_second=r.number("max_requests_per_second", 0, 0, 10_000),
+        connect_timeout=r.number("connect_timeout", 5, 0.1, 120),
+        timeout=r.number("timeout", 30, 0.1, 600),
+        max_retries=r.integer("max_retries", 4, 0, 20),
+        ca_file=ca_file, verify_tls=r.boolean("verify_tls", True))
+
+
+def _webhook(r: "_Reader") -> WebhookSettings:
+    r.reject_unknown({"secret", "secret_file", "allow_unauthenticated", "max_body_bytes"})
+    return WebhookSettings(secret=r.secret("secret"),
+                           allow_unauthenticated=r.boolean("allow_unauthenticated", False),
+                           max_body_bytes=r.integer("max_body_bytes", 64 * 1024, 256, 16 * 1024 * 1024))
+
+
+def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySettings:
+    prefix = f"directories[{index}]."
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix.rstrip("."), "must be a table")
+    r = _Reader(raw, prefix, env)
+    r.reject_unknown({"name", "urls", "url", "bind_dn", "bind_password", "bind_password_file",
+                      "base_dn", "user_filter", "username_attribute", "photo_attributes", "ca_file",
+                      "start_tls", "verify_tls", "connect_timeout", "timeout", "pool_size"})
+    urls = r.str_list("urls", None) or ([r.string("url", "")] if raw.get("url") else [])
+    if not urls:
+        raise ConfigError(prefix + "urls", "at least one ldap:// or ldaps:// URL is required")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+            raise ConfigError(prefix + "urls", f"{url!r} is not an ldap:// or ldaps:// URL")
+        try:
+            parts.port
+        except ValueError:
+            raise ConfigError(prefix + "urls", f"{url!r} has an invalid port") from None
+    base_dn = r.string("base_dn", "")
+    if not base_dn:
+        raise ConfigError(prefix + "base_dn", "is required")
+    user_filter = r.string("user_filter", "(objectClass=inetOrgPerson)")
+    if not (user_filter.startswith("(") and user_filter.endswith(")")
+            and user_filter.count("(") == user_filter.count(")")):
+        raise ConfigError(prefix + "user_filter", f"{user_filter!r} is not a parenthesised LDAP filter")
+    username_attribute = r.string("username_attribute", "uid")
+    if not username_attribute.replace("-", "").isalnum():
+        raise ConfigError(prefix + "username_attribute", f"{username_attribute!r} is not an attribute name")
+    ca_file = r.string("ca_file", "")
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError(prefix + "ca_file", f"no such file: {ca_file}")
+    return DirectorySettings(
+        name=r.string("name", f"directory{index + 1}"), urls=tuple(urls), base_dn=base_dn,
+        bind_dn=r.string("bind_dn", ""), bind_password=r.secret("bind_password"),
+        user_filter=user_filter, username_attribute=username_attribute,
+        photo_attributes=r.attr_list("photo_attributes", None) or None,
+        ca_file=ca_file, start_tls=r.boolean("start_tls", False),
+        verify_tls=r.boolean("verify_tls", True),
+        connect_timeout=r.integer("connect_timeout", 3, 1, 120),
+        timeout=r.integer("timeout", 10, 1, 600),
+        pool_size=r.integer("pool_size", 4, 1, 64))
+
+
+# --- environment ---------------------------------------------------------------------------
+
+# env suffix -> (table path, key); LDAP_* shape the first directory.
+_ENV_KEYS = {
+    "DATABASE_URL": ((), "database_url"),
+    "PHOTO_ATTRIBUTES": ((), "photo_attributes"),
+    "SIZE": ((), "size"),
+    "LOGIN_DEBOUNCE_SECONDS": ((), "login_debounce_seconds"),
+    "MAX_PHOTO_BYTES": ((), "max_photo_bytes"),
+    "MAX_PHOTO_PIXELS": ((), "max_photo_pixels"),
+    "LOG_LEVEL": ((), "log_level"),
+    "JIRA_URL": (("jira",), "url"),
+    "JIRA_USERNAME": (("jira",), "username"),
+    "JIRA_PASSWORD": (("jira",), "password"),
+    "JIRA_TOKEN": (("jira",), "token"),
+    "JIRA_MAX_CONCURRENCY": (("jira",), "max_concurrency"),
+    "JIRA_MAX_REQUESTS_PER_SECOND": (("jira",), "max_requests_per_second"),
+    "JIRA_TIMEOUT": (("jira",), "timeout"),
+    "JIRA_CA_FILE": (("jira",), "ca_file"),
+    "JIRA_VERIFY_TLS": (("jira",), "verify_tls"),
+    "WEBHOOK_SECRET": (("webhook",), "secret"),
+    "WEBHOOK_ALLOW_UNAUTHENTICATED": (("webhook",), "allow_unauthenticated"),
+    "WEBHOOK_MAX_BODY_BYTES": (("webhook",), "max_body_bytes"),
+    "ADMIN_TOKEN": (("admin",), "token"),
+    "LDAP_NAME": (("directories",), "name"),
+    "LDAP_URL": (("directories",), "urls"),
+    "LDAP_BIND_DN": (("directories",), "bind_dn"),
+    "LDAP_BIND_PASSWORD": (("directories",), "bind_password"),
+    "LDAP_BASE_DN": (("directories",), "base_dn"),
+    "LDAP_USER_FILTER": (("directories",), "user_filter"),
+    "LDAP_USERNAME_ATTRIBUTE": (("directories",), "username_attribute"),
+    "LDAP_PHOTO_ATTRIBUTES": (("directories",), "photo_attributes"),
+    "LDAP_CA_FILE": (("directories",), "ca_file"),
+    "LDAP_START_TLS": (("directories",), "start_tls"),
+    "LDAP_VERIFY_TLS": (("directories",), "verify_tls"),
+}
+_SECRETS = {"JIRA_PASSWORD", "JIRA_TOKEN", "WEBHOOK_SECRET", "ADMIN_TOKEN", "LDAP_BIND_PASSWORD"}
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    if isinstance(data.get("directories"), list):
+        data["directories"] = [dict(d) if isinstance(d, dict) else d for d in data["directories"]]
+    for suffix, (table, key) in _ENV_KEYS.items():
+        name = ENV_PREFIX + suffix
+        value = env.get(name)
+        if suffix in _SECRETS and env.get(name + "_FILE"):
+            value = _read_secret_file(name + "_FILE", env[name + "_FILE"])
+        if value is None:
+            continue
+        if table == ("directories",):
+            dirs = data.setdefault("directories", [])
+            if not isinstance(dirs, list):
+                raise ConfigError("directories", "must be a list of tables ([[directories]])")
+            if not dirs:
+                dirs.append({"name": "ldap"})
+            target = dirs[0]
+        elif table:
+            target = data.setdefault(table[0], {})
+        else:
+            target = data
+        if key in ("urls", "photo_attributes"):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        target[key] = value
+    return data
+
+
+def _read_secret_file(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read secret file {path}: {exc.strerror}") from None
+
+
+class _Reader:
+    """Typed access to one TOML table; env strings are converted, errors name the full key."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, env: Mapping[str, str]):
+        if not isinstance(data, Mapping):
+            raise ConfigError(prefix.rstrip("."), "must be a table")
+        self.data, self.prefix, self.env = data, prefix, env
+
+    def _fail(self, key: str, msg: str):
+        raise ConfigError(self.prefix + key, msg)
+
+    def reject_unknown(self, known: set[str]) -> None:
+        unknown = sorted(set(self.data) - known)
+        if unknown:
+            self._fail(unknown[0], f"unknown key (known: {', '.join(sorted(known))})")
+
+    def table(self, key: str) -> Mapping[str, Any]:
+        value = self.data.get(key, {})
+        if not isinstance(value, Mapping):
+            self._fail(key, "must be a table")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str):
+            self._fail(key, "must be a string")
+        return value.strip()
+
+    def secret(self, key: str) -> str:
+        if self.data.get(key + "_file"):
+            return _read_secret_file(self.prefix + key + "_file", self.string(key + "_file", ""))
+        value = self.data.get(key, "")
+        if not isinstance(value, str):
+            self._fail(key, "must be a string")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                self._fail(key, f"must be a whole number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._fail(key, "must be a whole number")
+        if not low <= value <= high:
+            self._fail(key, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                self._fail(key, f"must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self._fail(key, "must be a number")
+        if not low <= value <= high:
+            self._fail(key, f"must be between {low} and {high}, got {value}")
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            self._fail(key, f"must be true or false, got {value!r}")
+        if not isinstance(value, bool):
+            self._fail(key, "must be true or false")
+        return value
+
+    def str_list(self, key: str, default):
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self._fail(key, "must be a list of strings")
+        return [v.strip() for v in value if v.strip()]
+
+    def attr_list(self, key: str, default) -> tuple[str, ...]:
+        values = self.str_list(key, default)
+        if values is None:
+            return ()
+        for v in values:
+            if not v.replace("-", "").replace(";", "").isalnum():
+                self._fail(key, f"{v!r} is not an attribute name")
+        return tuple(values)

@@ -1,0 +1,221 @@
+"""LDAP / Active Directory access with ldap3: find one user's photo.
+
+Connections are created lazily (never at import or in create_app, so gunicorn can fork),
+kept in a small per-process pool, borrowed by one thread at a time, re-opened once when the
+server dropped them, and fail over across a directory's URLs in order. Every username is
+escaped (RFC 4515) before it enters a filter. Photos are read as raw bytes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import ssl
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import ldap3
+from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
+from ldap3.utils.conv import escape_filter_chars
+
+from .config import DirectorySettings
+
+log = logging.getLogger(__name__)
+
+# A longer "username" cannot be a Jira user; don't send it to the directory at all.
+MAX_USERNAME_LENGTH = 255
+
+
+class DirectoryUnavailable(Exception):
+    """The directory could not answer (down, bind refused, timeout). Retry later."""
+
+    def __init__(self, directory: str, reason: str):
+        super().__init__(f"directory {directory}: {reason}")
+        self.directory, self.reason = directory, reason
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    directory: str
+    dn: str
+    photo: bytes | None          # raw bytes of the first photo attribute with a value
+    photo_attribute: str | None  # which attribute it came from
+
+
+class Directory:
+    def __init__(self, settings: DirectorySettings, photo_attributes: tuple[str, ...]):
+        self.settings = settings
+        self.name = settings.name
+        self.photo_attributes = photo_attributes
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._idle: queue.LifoQueue[ldap3.Connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(settings.pool_size)
+
+    # -- public ------------------------------------------------------------------------
+
+    def lookup(self, username: str) -> DirectoryEntry | None:
+        """The entry for ``username``, or None when this directory does not hold it.
+
+        Raises DirectoryUnavailable when the directory cannot answer, so a caller never
+        mistakes an outage for "not here" and falls through to a lower directory.
+        """
+        if not username or len(username) > MAX_USERNAME_LENGTH:
+            return None
+        s = self.settings
+        search_filter = f"(&{s.user_filter}({s.username_attribute}={escape_filter_chars(username)}))"
+        attributes = list(self.photo_attributes) or [ldap3.NO_ATTRIBUTES]
+        # size_limit=2: two entries for one username is a misconfiguration, not a pick.
+        response, result = self._search(search_filter, attributes, size_limit=2)
+        entries = [r for r in response if r.get("type") == "searchResEntry"]
+        code = result.get("result")
+        if code == 4 or len(entries) > 1:  # sizeLimitExceeded
+            raise DirectoryUnavailable(self.name, f"more than one entry matches {s.username_attribute}="
+                                       f"{username!r}; fix user_filter or username_attribute")
+        if code not in (0, 32):  # success, noSuchObject (base DN missing: nobody here)
+            raise DirectoryUnavailable(self.name, f"search failed: {result.get('description')} "
+                                       f"{result.get('message') or ''}".strip())
+        if not entries:
+            return None
+        entry = entries[0]
+        raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
+        for attribute in self.photo_attributes:
+            values = raw.get(attribute.lower())
+            if values and values[0]:
+                return DirectoryEntry(self.name, entry["dn"], bytes(values[0]), attribute)
+        return DirectoryEntry(self.name, entry["dn"], None, None)
+
+    def check(self) -> None:
+        """Bind once (a fresh connection); raise DirectoryUnavailable with the reason."""
+        conn = self._connect()
+        try:
+            conn.unbind()
+        except LDAPException:
+            pass
+
+    def close(self) -> None:
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            self._discard(conn)
+
+    # -- connections -------------------------------------------------------------------
+
+    def _search(self, search_filter: str, attributes: list[str], size_limit: int = 0):
+        s = self.settings
+        for attempt in (1, 2):
+            with self._connection(fresh=attempt == 2) as conn:
+                try:
+                    _ok, result, response, _req = conn.search(
+                        s.base_dn, search_filter, search_scope=ldap3.SUBTREE,
+                        attributes=attributes, size_limit=size_limit, time_limit=s.timeout)
+                    return response or [], result or {}
+                except LDAPCommunicationError as exc:
+                    # The server dropped an idle connection (AD: MaxConnIdleTime) or restarted.
+                    conn.broken = True
+                    self.close()  # the idle siblings went down with the same server
+                    if attempt == 2:
+                        raise DirectoryUnavailable(self.name, f"connection lost: {exc}") from None
+                    log.info("directory %s: connection lost (%s), reconnecting", self.name, exc)
+                except LDAPException as exc:
+                    conn.broken = True
+                    raise DirectoryUnavailable(self.name, f"search failed: {exc}") from None
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _connection(self, fresh: bool = False) -> Iterator[ldap3.Connection]:
+        self._forget_parent_connections()
+        if not self._slots.acquire(timeout=self.settings.timeout * 2):
+            raise DirectoryUnavailable(self.name, "all connections busy")
+        conn = None
+        try:
+            if not fresh:
+                try:
+                    conn = self._idle.get_nowait()
+                except queue.Empty:
+                    conn = None
+            if conn is None or conn.closed:
+                conn = self._connect()
+            conn.broken = False
+            yield conn
+        finally:
+            if conn is not None:
+                if conn.broken or conn.closed:
+                    self._discard(conn)
+                else:
+                    self._idle.put(conn)
+            self._slots.release()
+
+    def _forget_parent_connections(self) -> None:
+        """After a fork the inherited sockets belong to the parent: drop them, don't use them."""
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._idle = queue.LifoQueue()
+                    self._slots = threading.BoundedSemaphore(self.settings.pool_size)
+                    self._pid = os.getpid()
+
+    def _connect(self) -> ldap3.Connection:
+        """Open and bind a connection, trying each URL in order (fail-over)."""
+        errors = []
+        for url in self.settings.urls:
+            try:
+                return self._connect_one(url)
+            except _BindRefused as exc:
+                # Wrong credentials are wrong on every server: do not hammer the others.
+                raise DirectoryUnavailable(self.name, str(exc)) from None
+            except (LDAPException, OSError, ssl.SSLError) as exc:
+                errors.append(f"{url}: {exc}")
+                log.warning("directory %s: cannot use %s: %s", self.name, url, exc)
+        raise DirectoryUnavailable(self.name, "no server reachable (" + "; ".join(errors) + ")")
+
+    def _connect_one(self, url: str) -> ldap3.Connection:
+        s = self.settings
+        parts = urlsplit(url)
+        use_ssl = parts.scheme == "ldaps"
+        tls = None
+        if use_ssl or s.start_tls:
+            tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if s.verify_tls else ssl.CERT_NONE,
+                            ca_certs_file=s.ca_file or None, version=None)
+        # A new Server per attempt: a failed open marks a shared Server unusable for ~5 s.
+        server = ldap3.Server(parts.hostname, port=parts.port or (636 if use_ssl else 389),
+                              use_ssl=use_ssl, tls=tls, get_info=ldap3.NONE,
+                              connect_timeout=s.connect_timeout)
+        conn = ldap3.Connection(server, user=s.bind_dn or None, password=s.bind_password or None,
+                                client_strategy=ldap3.SAFE_SYNC, receive_timeout=int(s.timeout),
+                                read_only=True, raise_exceptions=False, auto_referrals=False)
+        conn.open()
+        if s.start_tls and not use_ssl:
+            conn.start_tls()
+        ok, result, _resp, _req = conn.bind()
+        if not ok:
+            description = (result or {}).get("description", "bind failed")
+            try:
+                conn.unbind()
+            except LDAPException:
+                pass
+            if description in ("invalidCredentials", "inappropriateAuthentication",
+                               "insufficientAccessRights", "confidentialityRequired",
+                               "strongerAuthRequired"):
+                raise _BindRefused(f"bind as {s.bind_dn or 'anonymous'} refused: {description}")
+            raise LDAPException(f"bind failed: {description}")
+        return conn
+
+    def _discard(self, conn: ldap3.Connection) -> None:
+        try:
+            conn.unbind()
+        except Exception:  # noqa: BLE001 - the socket may be gone already
+            pass
+
+
+class _BindRefused(Exception):
+    pass
+
+
+def build_directories(settings) -> list[Directory]:
+    return [Directory(d, settings.attributes_for(d)) for d in settings.directories]

@@ -1,0 +1,88 @@
+"""normalize(): directory photo bytes -> a square PNG avatar. Pure: no I/O, no global state.
+
+Why each step (reference/engineering-notes.md §2):
+- only JPEG/PNG/GIF/WEBP decoders run: most Pillow CVEs live in decoders an avatar never needs;
+- bytes and pixels are capped from the header, before any pixel is decoded (decompression bombs);
+- JPEG ``draft`` decodes big photos at 1/2..1/8 scale in the DCT domain (fast, little memory);
+- EXIF orientation is applied, the first frame of an animation is used;
+- every mode ends as RGB or RGBA, 16-bit greys are scaled (a plain convert would clip to white);
+- centred square crop, never scaled up, always re-encoded (never pass directory bytes through).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
+
+# Pillow only warns between ~89 and ~179 MP; make that an error we map to InvalidPhoto.
+# (catch_warnings() per call would not be thread-safe.)
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+class InvalidPhoto(ValueError):
+    """The directory photo cannot become an avatar; the message says why (shown to admins)."""
+
+
+def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024,
+              max_pixels: int = 40_000_000) -> bytes:
+    """Return PNG bytes of a centred square of ``raw``, at most ``size`` px a side."""
+    if not raw:
+        raise InvalidPhoto("empty photo")
+    if len(raw) > max_bytes:
+        raise InvalidPhoto(f"photo is {len(raw)} bytes, over the limit of {max_bytes}")
+    try:
+        im = Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS)
+        width, height = im.size
+        if width < 1 or height < 1:
+            raise InvalidPhoto(f"image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise InvalidPhoto(f"image is {width}x{height}, over the limit of {max_pixels} pixels")
+        if im.format == "JPEG":
+            im.draft("RGB", (size, size))  # keeps both sides >= size
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+    except InvalidPhoto:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidPhoto("not a JPEG, PNG, GIF or WebP image") from None
+    except Image.DecompressionBombError as exc:
+        raise InvalidPhoto(f"image too large: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombWarning) as exc:
+        raise InvalidPhoto(f"image data is corrupt: {exc}") from None
+
+    width, height = im.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    target = min(size, side)  # never scale up
+    box = (left, top, left + side, top + side)
+    if target == side:
+        im = im.crop(box)
+    else:
+        im = im.resize((target, target), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    out = io.BytesIO()
+    im.save(out, format="PNG", optimize=False, compress_level=6)
+    return out.getvalue()
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGBA when the image has any transparency, RGB otherwise."""
+    mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        return im.convert("RGBA")
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit greys: scale 0..65535 down to 0..255; convert("L") alone would clip.
+        return im.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    if mode == "RGB":
+        return im
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, F ...
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, without decoding it."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")

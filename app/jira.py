@@ -1,0 +1,316 @@
+"""JiraClient: the few Jira Server / Data Center REST calls this service needs.
+
+Facts behind the choices are in ../shared/reference/jira-rest.md (section numbers below):
+- the avatar upload is temporary upload -> crop-confirm -> select, and Jira keeps the
+  temporary image in the HTTP session, so both steps must share the cookie jar (§1.2, §1.3);
+- a square image <= 48 px skips cropping: the temporary upload already answers an avatar id;
+- auth is sent pre-emptively (Jira never challenges, §6); mutating calls carry
+  ``X-Atlassian-Token: no-check`` (XSRF, §1.2);
+- 429/502/503/504 are retried with back-off honouring Retry-After (§7); 401/403 are not,
+  and a refused password blocks further calls for a while: each retry would count as a
+  failed login towards Jira's CAPTCHA (§6).
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from .config import JiraSettings
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRY_AFTER = 60.0       # longer waits are handed back to the caller's own retry schedule
+AUTH_BLOCK_SECONDS = 300.0   # after Jira refused the credentials
+
+
+class JiraError(Exception):
+    """A Jira call failed. ``retryable`` says whether trying later may help."""
+
+    retryable = True
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+class JiraAuthError(JiraError):
+    """Credentials refused, CAPTCHA required or permission missing: an operator must act."""
+
+    retryable = False
+
+
+class JiraRequestError(JiraError):
+    """Jira refused the request itself (400 and the like): the same call would fail again."""
+
+    retryable = False
+
+
+@dataclass(frozen=True)
+class JiraUser:
+    name: str
+    key: str
+    avatar_id: str | None
+    avatar_is_custom: bool  # avatarUrls carry ownerId only for uploaded avatars (§3)
+
+
+def avatar_from_urls(avatar_urls: dict | None) -> tuple[str | None, bool]:
+    """(avatar id, is custom) from a user's avatarUrls."""
+    for size in ("48x48", "32x32", "24x24", "16x16"):
+        url = (avatar_urls or {}).get(size)
+        if url:
+            query = parse_qs(urlsplit(url).query)
+            avatar_id = (query.get("avatarId") or [None])[0]
+            return avatar_id, bool(query.get("ownerId"))
+    return None, False
+
+
+class JiraClient:
+    def __init__(self, settings: JiraSettings, sleep=time.sleep):
+        self.settings = settings
+        self.api = settings.url.rstrip("/") + "/rest/api/2"
+        self._sleep = sleep
+        self._local = threading.local()
+        self._pid = None
+        self._state_lock = threading.Lock()
+        self._auth_blocked_until = 0.0
+        self._auth_block_reason = ""
+
+    # -- users and avatars -------------------------------------------------------------
+
+    def get_user(self, username: str) -> JiraUser | None:
+        resp = self._request("GET", "/user", params={"username": username}, ok=(200, 404))
+        if resp.status_code == 404:
+            return None
+        body = _json(resp)
+        avatar_id, custom = avatar_from_urls(body.get("avatarUrls"))
+        return JiraUser(name=body.get("name", username), key=body.get("key", ""),
+                        avatar_id=avatar_id, avatar_is_custom=custom)
+
+    def custom_avatar_ids(self, username: str) -> list[str]:
+        """Ids of the user's uploaded (custom) avatars, whoever uploaded them."""
+        resp = self._request("GET", "/user/avatars", params={"username": username})
+        return [str(a.get("id")) for a in _json(resp).get("custom", []) if a.get("id") is not None]
+
+    def upload_avatar(self, username: str, png: bytes, side: int) -> str:
+        """Upload a square PNG of ``side`` px (<= 500) and return the new avatar's id."""
+        for attempt in (1, 2):
+            temp = self._request(
+                "POST", "/user/avatar/temporary", ok=(200, 201), data=png,
+                params={"username": username, "filename": "avatar.png", "size": len(png)},
+                headers={"Content-Type": "image/png"})
+            temp_body = _json(temp)
+            if temp_body.get("id") is not None:  # square <= 48 px: created without cropping
+                return str(temp_body["id"])
+            # Confirm is not idempotent (it creates an avatar): no blind retry on a lost answer.
+            confirm = self._request(
+                "POST", "/user/avatar", params={"username": username}, ok=(200, 201, 500),
+                json={"cropperOffsetX": 0, "cropperOffsetY": 0, "cropperWidth": side,
+                      "needsCropping": False}, idempotent=False)
+            if confirm.status_code != 500:
+                avatar_id = _json(confirm).get("id")
+                if avatar_id is None:
+                    raise JiraError("Jira confirmed the avatar without an id", confirm.status_code)
+                return str(avatar_id)
+            # 500 here means the temporary image was not in our HTTP session (expired session,
+            # another cluster node): start over once with a fresh session.
+            log.warning("Jira lost the temporary avatar of %s (attempt %d)", username, attempt)
+            self._session().cookies.clear()
+        raise JiraError("Jira lost the temporary avatar between upload and crop-confirm; "
+                        "a Data Center cluster needs sticky sessions", 500)
+
+    def select_avatar(self, username: str, avatar_id: str) -> None:
+        # Jira stores whatever id it is given (§1.4): only pass ids it handed out.
+        self._request("PUT", "/user/avatar", params={"username": username},
+                      json={"id": str(avatar_id)}, ok=(200, 204))
+
+    def delete_avatar(self, username: str, avatar_id: str) -> bool:
+        """Delete one custom avatar; False when it was already gone."""
+        resp = self._request("DELETE", f"/user/avatar/{avatar_id}", params={"username": username},
+                             ok=(204, 200, 404))
+        return resp.status_code != 404
+
+    # -- checks ------------------------------------------------------------------------
+
+    def myself(self) -> dict:
+        return _json(self._request("GET", "/myself"))
+
+    def is_admin(self) -> bool:
+        resp = self._request("GET", "/mypermissions", params={"permissions": "ADMINISTER"})
+        perms = _json(resp).get("permissions", {})
+        return bool(perms.get("ADMINISTER", {}).get("havePermission"))
+
+    # -- transport ---------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        self._after_fork()
+        session = getattr(self._local, "session", None)
+        if session is None:
+            s = self.settings
+            session = requests.Session()
+            if s.token:
+                session.headers["Authorization"] = f"Bearer {s.token}"
+            else:
+                session.auth = (s.username, s.password)  # requests sends Basic pre-emptively
+            session.headers["X-Atlassian-Token"] = "no-check"
+            session.headers["Accept"] = "application/json"
+            session.headers["User-Agent"] = "jira-avatar-sync"
+            session.verify = s.ca_file or s.verify_tls
+            self._local.session = session
+        return session
+
+    def _after_fork(self) -> None:
+        if self._pid != os.getpid():
+            with self._state_lock:
+                if self._pid != os.getpid():
+                    self._local = threading.local()
+                    self._gate = threading.BoundedSemaphore(self.settings.max_concurrency)
+                    self._rate = _RateLimiter(self.settings.max_requests_per_second)
+                    self._pid = os.getpid()
+
+    def _request(self, method: str, path: str, *, ok=(200,), idempotent: bool = True,
+                 **kwargs) -> requests.Response:
+        s = self.settings
+        if time.monotonic() < self._auth_blocked_until:
+            raise JiraAuthError(self._auth_block_reason + " (not retried until "
+                                "the service restarts or the block expires)")
+        session = self._session()
+        timeout = (s.connect_timeout, s.timeout)
+        url = self.api + path
+        for attempt in range(s.max_retries + 1):
+            wait = None
+            try:
+                self._rate.wait()
+                with self._gate:
+                    resp = session.request(method, url, timeout=timeout, **kwargs)
+            except requests.ConnectTimeout as exc:
+                error = JiraError(f"Jira did not accept a connection: {exc}")
+            except requests.ConnectionError as exc:
+                if not idempotent and not _never_sent(exc):
+                    raise JiraError(f"connection lost during {method} {path}: {exc}") from None
+                error = JiraError(f"cannot reach Jira: {exc}")
+            except requests.Timeout:
+                if not idempotent:
+                    raise JiraError(f"Jira did not answer {method} {path} within {s.timeout:g}s") from None
+                error = JiraError(f"Jira did not answer {method} {path} within {s.timeout:g}s")
+            except requests.RequestException as exc:
+                raise JiraError(f"{method} {path} failed: {exc}") from None
+            else:
+                if resp.status_code in ok:
+                    return resp
+                self._raise_for_auth(resp, method, path)
+                if resp.status_code not in RETRY_STATUSES:
+                    message = f"{method} {path} answered {resp.status_code}: {_error_text(resp)}"
+                    if 400 <= resp.status_code < 500:
+                        raise JiraRequestError(message, resp.status_code)
+                    raise JiraError(message, resp.status_code)
+                wait = _retry_after(resp)
+                error = JiraError(f"{method} {path} answered {resp.status_code}", resp.status_code, wait)
+                _log_rate_limit(resp)
+                if wait is not None and wait > MAX_RETRY_AFTER:
+                    raise error  # the caller's queue reschedules; don't hold a worker for it
+            if attempt == s.max_retries:
+                raise error
+            if wait is None:
+                wait = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+            self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _raise_for_auth(self, resp: requests.Response, method: str, path: str) -> None:
+        if resp.status_code not in (401, 403):
+            return
+        denied = resp.headers.get("X-Authentication-Denied-Reason", "")
+        login_reason = resp.headers.get("X-Seraph-LoginReason", "")
+        if "CAPTCHA" in denied.upper():
+            self._block(f"Jira requires a CAPTCHA for {self._who()}: log in once in a browser "
+                        "or have an admin reset the failed-login count")
+        if resp.status_code == 401 and ("FAILED" in login_reason or "DENIED" in login_reason
+                                        or path in ("/myself", "/mypermissions")):
+            self._block(f"Jira refused the credentials of {self._who()} (401)")
+        if resp.status_code == 403 and path.startswith("/user/avatar") and "xsrf" in _error_text(resp).lower():
+            raise JiraRequestError(f"{method} {path}: Jira's XSRF check refused the call", 403)
+        raise JiraAuthError(f"{method} {path} answered {resp.status_code}: {self._who()} is not allowed "
+                            "(the service account needs the Jira Administrators permission)",
+                            resp.status_code)
+
+    def _block(self, reason: str):
+        self._auth_block_reason = reason
+        self._auth_blocked_until = time.monotonic() + AUTH_BLOCK_SECONDS
+        log.error("%s; Jira calls paused for %ds", reason, AUTH_BLOCK_SECONDS)
+        raise JiraAuthError(reason, 401)
+
+    def _who(self) -> str:
+        return "the personal access token" if self.settings.token else f"user {self.settings.username!r}"
+
+
+class _RateLimiter:
+    """At most ``rate`` calls per second for the whole process (0 = unlimited)."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            at = max(now, self._next)
+            self._next = at + self.interval
+        if at > now:
+            time.sleep(at - now)
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def _log_rate_limit(resp: requests.Response) -> None:
+    if resp.status_code == 429:
+        log.warning("Jira rate limit hit (remaining %s, fill rate %s per %ss): ask for an exemption "
+                    "of the service account", resp.headers.get("X-RateLimit-Remaining"),
+                    resp.headers.get("X-RateLimit-FillRate"),
+                    resp.headers.get("X-RateLimit-Interval-Seconds"))
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    text = str(exc)
+    return "Connection refused" in text or "Failed to establish" in text or "Name or service" in text
+
+
+def _json(resp: requests.Response) -> dict:
+    try:
+        body = resp.json()
+    except ValueError:
+        raise JiraError(f"Jira answered {resp.status_code} with no JSON "
+                        f"({resp.headers.get('Content-Type', 'no content type')})", resp.status_code) from None
+    if not isinstance(body, dict):
+        raise JiraError(f"Jira answered {resp.status_code} with unexpected JSON", resp.status_code)
+    return body
+
+
+def _error_text(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        messages = list(body.get("errorMessages") or []) + [f"{k}: {v}" for k, v in (body.get("errors") or {}).items()]
+        if messages:
+            return "; ".join(str(m) for m in messages)[:300]
+    except (ValueError, AttributeError):
+        pass
+    return (resp.text or resp.reason or "").strip()[:300]

@@ -1,0 +1,199 @@
+"""The database (SQLAlchemy Core): what the service knows of each user.
+
+SQLite by default (WAL, so readers never wait for the one writer), PostgreSQL when several
+replicas share the state. The engine is created lazily and again after a fork: a pooled
+connection must never be shared between gunicorn workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (Column, DateTime, Integer, MetaData, String, Table, Text, create_engine,
+                        event, select)
+from sqlalchemy.engine import Engine, make_url
+
+metadata = MetaData()
+
+user_state = Table(
+    "user_state", metadata,
+    Column("username", String(255), primary_key=True),
+    Column("photo_sha256", String(64)),        # of the raw directory bytes, set after Jira confirmed
+    Column("avatar_id", String(32)),           # the avatar this service selected
+    Column("created_avatar_ids", Text, nullable=False, default="[]"),  # ours, not yet deleted
+    Column("directory", String(255)),
+    Column("last_outcome", String(32)),
+    Column("last_error", Text),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("last_success_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, default=0),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class UserState:
+    username: str
+    photo_sha256: str | None = None
+    avatar_id: str | None = None
+    created_avatar_ids: list[str] = field(default_factory=list)
+    directory: str | None = None
+    last_outcome: str | None = None
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        for k in ("last_attempt_at", "last_success_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
+class Store:
+    def __init__(self, database_url: str):
+        self.url = database_url
+        self._engine: Engine | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    if self._engine is not None:
+                        self._engine.dispose(close=False)  # the parent's connections stay the parent's
+                    self._engine = _make_engine(self.url)
+                    metadata.create_all(self._engine)
+                    self._pid = os.getpid()
+        return self._engine
+
+    def dispose(self) -> None:
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
+    @contextmanager
+    def write(self):
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
+        so a read-modify-write never fails half-way with 'database is locked'."""
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
+    # -- user state --------------------------------------------------------------------
+
+    def get(self, username: str) -> UserState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(user_state).where(user_state.c.username == username)).mappings().first()
+        if row is None:
+            return None
+        data = dict(row)
+        data.pop("attempts", None)
+        data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
+        for k in ("last_attempt_at", "last_success_at"):
+            if data[k] is not None and data[k].tzinfo is None:  # SQLite drops the zone
+                data[k] = data[k].replace(tzinfo=timezone.utc)
+        return UserState(**data)
+
+    def remember_created(self, username: str, avatar_id: str) -> None:
+        """Note an avatar this service created, before selecting it, so it is never orphaned."""
+        def change(state: UserState):
+            if avatar_id not in state.created_avatar_ids:
+                state.created_avatar_ids.append(avatar_id)
+        self._update(username, change)
+
+    def record_success(self, username: str, *, outcome: str, photo_sha256: str, avatar_id: str,
+                       directory: str) -> None:
+        """Jira confirmed ``avatar_id`` as the user's picture for the photo hashing to ``photo_sha256``."""
+        def change(state: UserState):
+            state.photo_sha256, state.avatar_id, state.directory = photo_sha256, avatar_id, directory
+            state.last_outcome, state.last_error = outcome, None
+            state.last_success_at = state.last_attempt_at
+            if avatar_id not in state.created_avatar_ids:
+                state.created_avatar_ids.append(avatar_id)
+        self._update(username, change)
+
+    def forget_created(self, username: str, avatar_ids) -> None:
+        gone = set(avatar_ids)
+        self._update(username, lambda s: setattr(
+            s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]))
+
+    def record_outcome(self, username: str, outcome: str, error: str | None = None,
+                       directory: str | None = None, success: bool = False) -> None:
+        def change(state: UserState):
+            state.last_outcome, state.last_error = outcome, error
+            if directory:
+                state.directory = directory
+            if success:
+                state.last_success_at = state.last_attempt_at
+        self._update(username, change)
+
+    def delete(self, username: str) -> None:
+        with self.write() as conn:
+            conn.execute(user_state.delete().where(user_state.c.username == username))
+
+    def _update(self, username: str, change) -> None:
+        """Read-modify-write one user's row in a transaction (row locked on PostgreSQL)."""
+        now = utcnow()
+        with self.write() as conn:
+            query = select(user_state).where(user_state.c.username == username)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).mappings().first()
+            if row is None:
+                state = UserState(username=username)
+            else:
+                data = dict(row)
+                data.pop("attempts", None)
+                data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
+                state = UserState(**data)
+            state.last_attempt_at = now
+            change(state)
+            values = dict(state.__dict__)
+            values["created_avatar_ids"] = json.dumps(state.created_avatar_ids)
+            if row is None:
+                conn.execute(user_state.insert().values(**values, attempts=1))
+            else:
+                conn.execute(user_state.update().where(user_state.c.username == username)
+                             .values(**values, attempts=user_state.c.attempts + 1))
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            immediate = conn.get_execution_options().get("sqlite_immediate")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        url = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=30)

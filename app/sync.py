@@ -1,0 +1,181 @@
+"""The sync rules of ../shared/DESIGN.md "Behaviour", and nothing else.
+
+Syncer.sync_user(username) decides and carries out what one user's Jira picture needs. The
+webhook, the admin API, the CLI and the sweep all call it; none of them holds a rule.
+
+Outcomes: updated, restored, unchanged, no_photo, not_in_directory, not_in_jira,
+invalid_photo, disabled, failed (with a reason).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+
+from .config import Settings
+from .directory import Directory, DirectoryEntry, DirectoryUnavailable
+from .images import InvalidPhoto, normalize, png_size
+from .jira import JiraClient, JiraError, JiraUser
+from .store import Store, UserState
+
+log = logging.getLogger(__name__)
+
+UPDATED, RESTORED, UNCHANGED = "updated", "restored", "unchanged"
+NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA = "no_photo", "not_in_directory", "not_in_jira"
+INVALID_PHOTO, DISABLED, FAILED = "invalid_photo", "disabled", "failed"
+OUTCOMES = (UPDATED, RESTORED, UNCHANGED, NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA,
+            INVALID_PHOTO, DISABLED, FAILED)
+SUCCESSES = (UPDATED, RESTORED, UNCHANGED)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    username: str
+    outcome: str
+    reason: str | None = None
+    avatar_id: str | None = None
+    directory: str | None = None
+    dry_run: bool = False
+    retryable: bool = False  # for failed: trying again later may help
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def line(self) -> str:
+        return f"{self.username}: {self.outcome}" + (f" ({self.reason})" if self.reason else "")
+
+
+class Syncer:
+    def __init__(self, settings: Settings, directories: list[Directory], jira: JiraClient, store: Store):
+        self.settings, self.directories, self.jira, self.store = settings, directories, jira, store
+
+    def sync_user(self, username: str, force: bool = False, dry_run: bool = False) -> SyncResult:
+        """Bring one user's Jira picture in step with the directory. Never raises."""
+        try:
+            result = self._sync(username, force, dry_run)
+        except DirectoryUnavailable as exc:
+            # Rule 3: an unreachable directory ahead of the user's own must not be skipped.
+            result = SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True)
+        except JiraError as exc:
+            result = SyncResult(username, FAILED, f"Jira: {exc}", dry_run=dry_run, retryable=exc.retryable)
+        except Exception as exc:  # noqa: BLE001 - rule 11: one user's problem never stops the rest
+            log.exception("unexpected error syncing %r", username)
+            result = SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
+                                dry_run=dry_run, retryable=True)
+        if not dry_run and result.outcome not in SUCCESSES and result.outcome != DISABLED:
+            self._record_problem(result)
+        log.log(logging.WARNING if result.outcome == FAILED else logging.INFO,
+                "sync %s%s", result.line(), " [dry run]" if dry_run else "")
+        return result
+
+    # -- the rules ---------------------------------------------------------------------
+
+    def _sync(self, username: str, force: bool, dry_run: bool) -> SyncResult:
+        def result(outcome, reason=None, avatar_id=None):
+            return SyncResult(username, outcome, reason, avatar_id,
+                              entry.directory if entry else None, dry_run)
+
+        entry = None
+        if self.settings.sync_disabled:  # rule 2
+            return result(DISABLED, "photo_attributes is empty")
+        entry = self._find(username)  # rule 3
+        if entry is None:
+            return result(NOT_IN_DIRECTORY)
+        if entry.photo is None:  # rule 7: hands off the user's own picture
+            return result(NO_PHOTO, f"no {'/'.join(self._attributes(entry))} in {entry.directory}")
+        photo_hash = hashlib.sha256(entry.photo).hexdigest()  # rule 8: hash raw bytes, pre-decode
+
+        jira_user = self.jira.get_user(username)
+        if jira_user is None:
+            return result(NOT_IN_JIRA)
+        state = self.store.get(username)
+        ours = state.avatar_id if state else None
+        same_photo = state is not None and state.photo_sha256 == photo_hash and ours is not None
+
+        if same_photo and not force:
+            if jira_user.avatar_id == ours:  # rule 8: no write, no decode
+                if not dry_run:
+                    self.store.record_outcome(username, UNCHANGED, directory=entry.directory, success=True)
+                return result(UNCHANGED, avatar_id=ours)
+            # Rule 6: the user picked another picture; show ours again, re-using it if it exists.
+            if ours in self.jira.custom_avatar_ids(username):
+                if not dry_run:
+                    self.jira.select_avatar(username, ours)
+                    self._record(username, RESTORED, photo_hash, ours, entry)
+                return result(RESTORED, f"user had selected avatar {jira_user.avatar_id}", ours)
+            outcome, why = RESTORED, f"avatar {ours} was deleted in Jira"
+        elif same_photo:
+            outcome, why = UPDATED, "forced"
+        elif state is None or ours is None:
+            outcome, why = UPDATED, None
+        else:
+            outcome, why = UPDATED, "directory photo changed"
+
+        # Rules 4 and 5: decode, upload, select, then delete what we created before.
+        try:
+            png = normalize(entry.photo, self.settings.size, max_bytes=self.settings.max_photo_bytes,
+                            max_pixels=self.settings.max_photo_pixels)
+        except InvalidPhoto as exc:
+            return result(INVALID_PHOTO, f"{entry.photo_attribute} in {entry.directory}: {exc}")
+        if dry_run:
+            return result(outcome, why)
+        new_id = self._upload_and_select(username, png)
+        self._record(username, outcome, photo_hash, new_id, entry)
+        self._delete_previous(username, jira_user, keep=new_id)
+        return result(outcome, why, new_id)
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _find(self, username: str) -> DirectoryEntry | None:
+        """First directory holding the user wins; an outage before it raises (rule 3)."""
+        for directory in self.directories:
+            entry = directory.lookup(username)
+            if entry is not None:
+                return entry
+        return None
+
+    def _attributes(self, entry: DirectoryEntry) -> tuple[str, ...]:
+        for d in self.directories:
+            if d.name == entry.directory:
+                return d.photo_attributes
+        return self.settings.photo_attributes
+
+    def _upload_and_select(self, username: str, png: bytes) -> str:
+        side, _ = png_size(png)
+        new_id = self.jira.upload_avatar(username, png, side)
+        # Remember it before selecting: a crash in between must not orphan it in Jira.
+        self.store.remember_created(username, new_id)
+        self.jira.select_avatar(username, new_id)
+        return new_id
+
+    def _record(self, username: str, outcome: str, photo_hash: str, avatar_id: str,
+                entry: DirectoryEntry) -> None:
+        # Only now, after Jira confirmed, is the hash stored (rule 8).
+        self.store.record_success(username, outcome=outcome, photo_sha256=photo_hash,
+                                  avatar_id=avatar_id, directory=entry.directory)
+
+    def _delete_previous(self, username: str, jira_user: JiraUser, keep: str) -> None:
+        """Delete avatars this service created before; never one the user uploaded (rule 5)."""
+        state = self.store.get(username)
+        stale = [a for a in (state.created_avatar_ids if state else []) if a != keep]
+        deleted = []
+        for avatar_id in stale:
+            try:
+                self.jira.delete_avatar(username, avatar_id)
+                deleted.append(avatar_id)
+            except JiraError as exc:
+                # Kept on the list: the next successful sync tries again.
+                log.warning("could not delete old avatar %s of %s: %s", avatar_id, username, exc)
+        if deleted:
+            self.store.forget_created(username, deleted)
+
+    def _record_problem(self, result: SyncResult) -> None:
+        try:
+            self.store.record_outcome(result.username, result.outcome, result.reason,
+                                      directory=result.directory)
+        except Exception:  # noqa: BLE001 - the database being down must not hide the outcome
+            log.exception("could not record the outcome of %s", result.username)
+
+
+def user_state_view(state: UserState | None) -> dict | None:
+    return state.as_dict() if state else None

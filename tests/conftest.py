@@ -1,0 +1,106 @@
+"""Shared fixtures: a real slapd, a real Samba AD DC, the Jira emulator, settings and services.
+
+Directory servers start once per session; each test gets its own ``ou`` so tests never see
+each other's users. Where a server is not installed the tests skip locally, but fail under CI
+(CI=true), where .ci/run installs everything.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.config import settings_from_dict
+from app.services import build_services
+from tests.jira_emulator import EmulatorServer, JiraState
+from tests.rig import samba as samba_rig
+from tests.rig import slapd as slapd_rig
+
+JIRA_USER, JIRA_PASSWORD = "svc-jira", "jira-secret"
+_ou_counter = itertools.count(1)
+
+
+def _unavailable(what: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI (.ci/run installs it)")
+    pytest.skip(f"{what} not installed")
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory):
+    if not Path("/usr/sbin/slapd").exists():
+        _unavailable("OpenLDAP slapd")
+    server = slapd_rig.Slapd(tmp_path_factory.mktemp("slapd"))
+    server.configure()
+    server.start()
+    server.seed_base()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def samba(tmp_path_factory):
+    if not shutil.which("samba-tool") or not Path("/usr/sbin/samba").exists():
+        _unavailable("Samba AD DC")
+    dc = samba_rig.SambaDC(tmp_path_factory.mktemp("samba"))
+    dc.provision()
+    dc.start()
+    yield dc
+    dc.stop()
+
+
+@pytest.fixture
+def ldap_ou(slapd):
+    """A fresh organisational unit for this test's users."""
+    return slapd.add_ou(f"t{next(_ou_counter)}")
+
+
+@pytest.fixture
+def ad_ou(samba):
+    return samba.add_ou(f"T{next(_ou_counter)}")
+
+
+@pytest.fixture
+def jira():
+    state = JiraState(version="10.3.0")
+    state.add_account(JIRA_USER, JIRA_PASSWORD, admin=True)
+    with EmulatorServer(state) as server:
+        yield server
+
+
+def slapd_directory(slapd, base_dn, **extra) -> dict:
+    return {"name": "openldap", "urls": [slapd.url], "bind_dn": slapd_rig.SVC_DN,
+            "bind_password": slapd_rig.SVC_PW, "base_dn": base_dn,
+            "user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid",
+            "timeout": 5, "connect_timeout": 2, **extra}
+
+
+def samba_directory(base_dn, **extra) -> dict:
+    return {"name": "corp-ad", "urls": [samba_rig.URL], "bind_dn": samba_rig.SVC_DN,
+            "bind_password": samba_rig.SVC_PW, "base_dn": base_dn,
+            "user_filter": "(objectClass=user)", "username_attribute": "sAMAccountName",
+            "timeout": 5, "connect_timeout": 2, **extra}
+
+
+def make_settings(tmp_path, jira_url, directories, **extra):
+    return settings_from_dict({
+        "database_url": f"sqlite:///{tmp_path}/state.db",
+        "jira": {"url": jira_url, "username": JIRA_USER, "password": JIRA_PASSWORD, "max_retries": 2},
+        "directories": directories, **extra})
+
+
+@pytest.fixture
+def services_for(tmp_path):
+    """Build services from settings; closed after the test."""
+    built = []
+
+    def build(settings):
+        services = build_services(settings)
+        built.append(services)
+        return services
+    yield build
+    for services in built:
+        services.close()

@@ -1,0 +1,169 @@
+"""A real OpenLDAP slapd on a random loopback port, configured offline in a temp dir.
+
+Schemas: core, cosine, inetorgperson (jpegPhoto) plus a small auxiliary schema carrying AD's
+thumbnailPhoto (OID 2.16.840.1.113730.3.1.35, the same definition Active Directory uses).
+A service account ``cn=svc-avatar`` has AD-like limits (small size limit, paging allowed) so
+a test exercises what a production bind account would see; the rootdn ignores limits.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import ldap3
+
+SUFFIX = "dc=example,dc=org"
+ROOT_DN = f"cn=admin,{SUFFIX}"
+ROOT_PW = "root-secret"
+SVC_DN = f"cn=svc-avatar,{SUFFIX}"
+SVC_PW = "svc-secret"
+
+CONFIG = """\
+dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {dir}/slapd.pid
+
+dn: cn=module,cn=config
+objectClass: olcModuleList
+cn: module
+olcModulePath: /usr/lib/ldap
+olcModuleLoad: back_mdb
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+include: file:///etc/ldap/schema/core.ldif
+
+include: file:///etc/ldap/schema/cosine.ldif
+
+include: file:///etc/ldap/schema/inetorgperson.ldif
+
+dn: cn=adphoto,cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: adphoto
+olcAttributeTypes: ( 2.16.840.1.113730.3.1.35 NAME 'thumbnailPhoto'
+  DESC 'Active Directory thumbnail photo' EQUALITY octetStringMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 SINGLE-VALUE )
+olcObjectClasses: ( 1.3.6.1.4.1.99999.4242.1 NAME 'adPhotoAux' AUXILIARY
+  MAY thumbnailPhoto )
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: {suffix}
+olcRootDN: {root_dn}
+olcRootPW: {root_pw}
+olcDbDirectory: {dir}/data
+olcDbMaxSize: 268435456
+olcSizeLimit: 500
+olcLimits: {{0}}dn.exact="{svc_dn}" size.soft={svc_limit} size.hard={svc_limit} size.pr=500 size.prtotal=unlimited
+olcAccess: {{0}}to attrs=userPassword by anonymous auth by * none
+olcAccess: {{1}}to * by dn.exact="{svc_dn}" read by * none
+olcDbIndex: uid eq
+olcDbIndex: objectClass eq
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Slapd:
+    def __init__(self, workdir: Path, svc_size_limit: int = 5):
+        self.dir = Path(workdir)
+        self.port = free_port()
+        self.url = f"ldap://127.0.0.1:{self.port}"
+        self.svc_size_limit = svc_size_limit
+        self.proc: subprocess.Popen | None = None
+
+    def configure(self) -> None:
+        for tool in ("slapd", "slapadd"):
+            if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
+                raise RuntimeError(f"{tool} is not installed: apt-get install slapd ldap-utils")
+        (self.dir / "slapd.d").mkdir(parents=True)
+        (self.dir / "data").mkdir()
+        ldif = self.dir / "config.ldif"
+        ldif.write_text(CONFIG.format(dir=self.dir, suffix=SUFFIX, root_dn=ROOT_DN, root_pw=ROOT_PW,
+                                      svc_dn=SVC_DN, svc_limit=self.svc_size_limit))
+        subprocess.run(["/usr/sbin/slapadd", "-n0", "-F", str(self.dir / "slapd.d"), "-l", str(ldif)],
+                       check=True, capture_output=True, timeout=30)
+
+    def start(self) -> None:
+        log = open(self.dir / "slapd.log", "ab")
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/slapd", "-F", str(self.dir / "slapd.d"), "-h", self.url + "/", "-d", "0"],
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"slapd exited ({self.proc.returncode}): "
+                                   + (self.dir / "slapd.log").read_text(errors="replace")[-2000:])
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("slapd did not start listening within 15 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def admin(self) -> ldap3.Connection:
+        server = ldap3.Server(self.url, get_info=ldap3.NONE, connect_timeout=5)
+        return ldap3.Connection(server, ROOT_DN, ROOT_PW, auto_bind=True, receive_timeout=10,
+                                raise_exceptions=True)
+
+    def seed_base(self) -> None:
+        with self.admin() as c:
+            c.add(SUFFIX, ["dcObject", "organization"], {"dc": "example", "o": "Example"})
+            c.add(SVC_DN, ["organizationalRole", "simpleSecurityObject"], {"userPassword": SVC_PW})
+
+    def add_ou(self, name: str) -> str:
+        dn = f"ou={name},{SUFFIX}"
+        with self.admin() as c:
+            c.add(dn, ["organizationalUnit"], {"ou": name})
+        return dn
+
+    def add_user(self, base_dn: str, uid: str, jpeg_photo: bytes | None = None,
+                 thumbnail_photo: bytes | None = None) -> str:
+        dn = f"uid={ldap3.utils.dn.escape_rdn(uid)},{base_dn}"
+        attrs = {"uid": uid, "cn": uid, "sn": uid}
+        classes = ["inetOrgPerson"]
+        if jpeg_photo is not None:
+            attrs["jpegPhoto"] = jpeg_photo
+        if thumbnail_photo is not None:
+            attrs["thumbnailPhoto"] = thumbnail_photo
+            classes.append("adPhotoAux")
+        with self.admin() as c:
+            c.add(dn, classes, attrs)
+        return dn
+
+    def set_photo(self, dn: str, attribute: str, value: bytes | None) -> None:
+        with self.admin() as c:
+            if attribute == "thumbnailPhoto" and value is not None and not self._has_aux(c, dn):
+                c.modify(dn, {"objectClass": [(ldap3.MODIFY_ADD, ["adPhotoAux"])]})
+            c.modify(dn, {attribute: [(ldap3.MODIFY_REPLACE, [value] if value is not None else [])]})
+
+    @staticmethod
+    def _has_aux(c: ldap3.Connection, dn: str) -> bool:
+        c.search(dn, "(objectClass=adPhotoAux)", search_scope=ldap3.BASE)
+        return bool(c.entries)

@@ -1,0 +1,103 @@
+"""Directory against a real slapd and a real Samba AD DC."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from app.config import settings_from_dict
+from app.directory import Directory, DirectoryUnavailable
+from tests import photos
+from tests.conftest import samba_directory, slapd_directory
+from tests.rig.slapd import free_port
+
+
+def directory(dir_conf: dict, attributes=("thumbnailPhoto", "jpegPhoto")) -> Directory:
+    settings = settings_from_dict({"jira": {"url": "http://jira.invalid", "token": "t"},
+                                   "directories": [dir_conf]})
+    return Directory(settings.directories[0], tuple(attributes))
+
+
+def test_photo_is_read_as_raw_bytes(slapd, ldap_ou):
+    raw = photos.photo() + b"\x00\xff\x80 trailing binary"
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=raw)
+    entry = directory(slapd_directory(slapd, ldap_ou)).lookup("jdoe")
+    assert entry.photo == raw and entry.photo_attribute == "jpegPhoto"
+    assert entry.dn == f"uid=jdoe,{ldap_ou}"
+
+
+def test_user_without_photo_and_unknown_user(slapd, ldap_ou):
+    slapd.add_user(ldap_ou, "nophoto")
+    d = directory(slapd_directory(slapd, ldap_ou))
+    assert d.lookup("nophoto").photo is None
+    assert d.lookup("nobody") is None
+
+
+def test_reconnects_transparently_after_slapd_restart(slapd, ldap_ou):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=b"one")
+    d = directory(slapd_directory(slapd, ldap_ou))
+    assert d.lookup("jdoe").photo == b"one"
+    slapd.restart()
+    assert d.lookup("jdoe").photo == b"one"
+
+
+def test_fails_over_when_the_first_url_is_dead(slapd, ldap_ou):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=b"one")
+    dead = f"ldap://127.0.0.1:{free_port()}"
+    d = directory(slapd_directory(slapd, ldap_ou, urls=[dead, slapd.url]))
+    assert d.lookup("jdoe").photo == b"one"
+
+
+def test_unreachable_directory_raises_instead_of_answering_not_found(ldap_ou, slapd):
+    d = directory(slapd_directory(slapd, ldap_ou, urls=[f"ldap://127.0.0.1:{free_port()}"]))
+    with pytest.raises(DirectoryUnavailable, match="no server reachable"):
+        d.lookup("jdoe")
+
+
+def test_wrong_bind_password_is_reported_clearly(slapd, ldap_ou):
+    d = directory(slapd_directory(slapd, ldap_ou, bind_password="wrong"))
+    with pytest.raises(DirectoryUnavailable, match="invalidCredentials"):
+        d.lookup("jdoe")
+    with pytest.raises(DirectoryUnavailable, match="invalidCredentials"):
+        d.check()
+
+
+def test_two_entries_for_one_username_is_an_error_not_a_guess(slapd, ldap_ou):
+    slapd.add_user(ldap_ou, "twin", jpeg_photo=b"a")
+    sub = slapd.add_ou(ldap_ou.split(",")[0][3:] + "sub")
+    slapd.add_user(sub, "twin", jpeg_photo=b"b")
+    d = directory(slapd_directory(slapd, "dc=example,dc=org"))
+    with pytest.raises(DirectoryUnavailable, match="more than one entry"):
+        d.lookup("twin")
+
+
+def test_concurrent_lookups_share_the_pool_correctly(slapd, ldap_ou):
+    for i in range(8):
+        slapd.add_user(ldap_ou, f"u{i}", jpeg_photo=f"photo-{i}".encode())
+    d = directory(slapd_directory(slapd, ldap_ou, pool_size=3))
+    errors = []
+
+    def work(i):
+        for _ in range(15):
+            entry = d.lookup(f"u{i}")
+            if entry.photo != f"photo-{i}".encode():
+                errors.append((i, entry.photo))
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert d._idle.qsize() <= 3
+
+
+def test_samba_ad_thumbnail_photo_by_sam_account_name(samba, ad_ou):
+    raw = photos.photo(96, 96)
+    samba.add_user(ad_ou, "aduser", thumbnail_photo=raw)
+    samba.add_user(ad_ou, "adnophoto")
+    d = directory(samba_directory(ad_ou))
+    entry = d.lookup("aduser")
+    assert entry.photo == raw and entry.photo_attribute == "thumbnailPhoto"
+    assert d.lookup("adnophoto").photo is None
+    for hostile in ["*", "*)(sAMAccountName=*", "aduser*", "admin)(|(objectClass=*"]:
+        assert d.lookup(hostile) is None

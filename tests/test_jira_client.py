@@ -1,0 +1,135 @@
+"""JiraClient against the emulator, and the emulator's fidelity where a client could cheat."""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from app.config import JiraSettings
+from app.images import normalize
+from app.jira import JiraAuthError, JiraClient, JiraError, avatar_from_urls
+from tests import photos
+from tests.conftest import JIRA_PASSWORD, JIRA_USER
+
+
+def client(jira, sleeps=None, **kw) -> JiraClient:
+    settings = JiraSettings(url=jira.url, username=kw.pop("username", JIRA_USER),
+                            password=kw.pop("password", JIRA_PASSWORD), **kw)
+    return JiraClient(settings, sleep=(sleeps.append if sleeps is not None else lambda s: None))
+
+
+def test_upload_crop_select_round_trip(jira):
+    jira.state.add_user("jdoe")
+    c = client(jira)
+    png = normalize(photos.photo(300, 200), 256)
+    avatar_id = c.upload_avatar("jdoe", png, 200)
+    c.select_avatar("jdoe", avatar_id)
+    user = c.get_user("jdoe")
+    assert user.avatar_id == avatar_id and user.avatar_is_custom
+    assert avatar_id in c.custom_avatar_ids("jdoe")
+    assert c.delete_avatar("jdoe", avatar_id) is True
+    assert c.delete_avatar("jdoe", avatar_id) is False  # already gone is fine
+
+
+def test_small_square_takes_the_no_crop_shortcut(jira):
+    jira.state.add_user("jdoe")
+    avatar_id = client(jira).upload_avatar("jdoe", normalize(photos.photo(40, 40), 256), 40)
+    assert jira.state.count("POST /user/avatar") == 0  # created by the temporary upload itself
+    assert jira.state.avatars[avatar_id].owner == jira.state.users["jdoe"].key
+
+
+def test_system_avatar_is_not_custom(jira):
+    jira.state.add_user("jdoe")
+    user = client(jira).get_user("jdoe")
+    assert user.avatar_id == "10122" and not user.avatar_is_custom
+    assert client(jira).get_user("nobody") is None
+
+
+def test_avatar_from_urls():
+    assert avatar_from_urls({"48x48": "https://j/secure/useravatar?ownerId=JIRAUSER1&avatarId=10500"}) == ("10500", True)
+    assert avatar_from_urls({"16x16": "https://j/secure/useravatar?size=xsmall&avatarId=10122"}) == ("10122", False)
+    assert avatar_from_urls({}) == (None, False)
+
+
+def test_emulator_holds_the_temporary_image_in_the_http_session(jira):
+    """Without the cookie jar the crop-confirm fails, as on real Jira (§1.3)."""
+    jira.state.add_user("jdoe")
+    auth = (JIRA_USER, JIRA_PASSWORD)
+    headers = {"X-Atlassian-Token": "no-check"}
+    png = normalize(photos.photo(300, 300), 256)
+    r = requests.post(f"{jira.url}/rest/api/2/user/avatar/temporary", auth=auth, data=png,
+                      params={"username": "jdoe", "filename": "a.png", "size": len(png)},
+                      headers={**headers, "Content-Type": "image/png"}, timeout=5)
+    assert r.status_code == 201 and r.json()["needsCropping"] is True
+    r = requests.post(f"{jira.url}/rest/api/2/user/avatar", auth=auth, headers=headers, timeout=5,
+                      params={"username": "jdoe"}, json={"cropperOffsetX": 0, "cropperOffsetY": 0, "cropperWidth": 256})
+    assert r.status_code == 500
+
+
+@pytest.mark.parametrize("headers,status", [({"Content-Type": "image/png"}, 403),  # no XSRF token
+                                            ({"X-Atlassian-Token": "no-check", "Content-Type": "image/jpg"}, 400),
+                                            ({"X-Atlassian-Token": "no-check", "Content-Type": "image/webp"}, 400)])
+def test_emulator_checks_xsrf_and_content_type(jira, headers, status):
+    jira.state.add_user("jdoe")
+    r = requests.post(f"{jira.url}/rest/api/2/user/avatar/temporary", auth=(JIRA_USER, JIRA_PASSWORD),
+                      params={"username": "jdoe", "filename": "a.png"}, data=b"x" * 10, headers=headers, timeout=5)
+    assert r.status_code == status
+
+
+def test_429_is_retried_after_retry_after(jira):
+    jira.state.add_user("jdoe")
+    jira.state.inject(429, path="/rest/api/2/user", count=2, retry_after=3)
+    sleeps = []
+    assert client(jira, sleeps, max_retries=3).get_user("jdoe").name == "jdoe"
+    assert sleeps == [3.0, 3.0]
+
+
+def test_503_retries_with_backoff_then_gives_up(jira):
+    jira.state.add_user("jdoe")
+    jira.state.inject(503, path="/rest/api/2/user", count=10)
+    sleeps = []
+    with pytest.raises(JiraError) as info:
+        client(jira, sleeps, max_retries=3).get_user("jdoe")
+    assert info.value.retryable and info.value.status == 503
+    assert len(sleeps) == 3 and sleeps[0] < sleeps[2]
+    assert jira.state.count("GET /user") == 4
+
+
+def test_bad_password_is_not_retried_and_blocks_further_calls(jira):
+    jira.state.add_user("jdoe")
+    c = client(jira, password="wrong")
+    with pytest.raises(JiraAuthError, match="refused the credentials"):
+        c.get_user("jdoe")
+    with pytest.raises(JiraAuthError):
+        c.get_user("jdoe")
+    assert jira.state.failed_logins[JIRA_USER] == 1  # the second call never reached Jira
+
+
+def test_captcha_is_reported_and_not_retried(jira):
+    jira.state.add_user("jdoe")
+    jira.state.failed_logins[JIRA_USER] = 5
+    with pytest.raises(JiraAuthError, match="CAPTCHA"):
+        client(jira).get_user("jdoe")
+    assert jira.state.count("GET /user") == 1
+
+
+def test_personal_access_token(jira):
+    jira.state.add_account("pat-owner", "", admin=True, token="s3cr3t-token")
+    jira.state.add_user("jdoe")
+    c = JiraClient(JiraSettings(url=jira.url, token="s3cr3t-token"))
+    assert c.get_user("jdoe").name == "jdoe" and c.is_admin()
+
+
+def test_not_admin(jira):
+    jira.state.add_account("plain", "pw", admin=False)
+    jira.state.add_user("jdoe")
+    c = client(jira, username="plain", password="pw")
+    assert c.is_admin() is False
+    with pytest.raises(JiraAuthError, match="Jira Administrators"):
+        c.upload_avatar("jdoe", normalize(photos.photo(), 256), 200)
+
+
+def test_every_call_has_a_timeout(jira):
+    jira.state.add_user("jdoe")
+    jira.state.latency = 1.5
+    with pytest.raises(JiraError, match="did not answer"):
+        client(jira, timeout=0.3, max_retries=0).get_user("jdoe")

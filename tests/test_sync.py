@@ -1,0 +1,218 @@
+"""The sync rules (DESIGN.md "Behaviour" 1-8, 11) end to end: real slapd, the Jira emulator."""
+from __future__ import annotations
+
+import pytest
+
+from tests import photos
+from tests.conftest import make_settings, slapd_directory
+from tests.photos import BLUE, GREEN, RED, YELLOW
+
+
+@pytest.fixture
+def rig(tmp_path, slapd, ldap_ou, jira, services_for):
+    class Rig:
+        def __init__(self):
+            self.slapd, self.ou, self.jira, self.state = slapd, ldap_ou, jira, jira.state
+            self.settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)])
+            self.services = services_for(self.settings)
+
+        def user(self, name, photo=None, thumbnail=None, in_jira=True):
+            dn = slapd.add_user(ldap_ou, name, jpeg_photo=photo, thumbnail_photo=thumbnail)
+            if in_jira:
+                self.state.add_user(name)
+            return dn
+
+        def sync(self, name, **kw):
+            return self.services.syncer.sync_user(name, **kw)
+
+        def shown(self, name):
+            return self.state.selected_avatar(name)
+    return Rig()
+
+
+def test_first_sync_uploads_a_square_upright_picture(rig):
+    rig.user("jdoe", photos.photo(300, 200))
+    result = rig.sync("jdoe")
+    assert result.outcome == "updated", result
+    avatar = rig.shown("jdoe")
+    assert avatar.id == result.avatar_id and avatar.owner == rig.state.users["jdoe"].key
+    c = photos.corners(avatar.png)  # centred square of a 300x200 quadrant picture
+    assert photos.close(c["tl"], RED) and photos.close(c["tr"], GREEN)
+    assert photos.close(c["bl"], BLUE) and photos.close(c["br"], YELLOW)
+    # the upload went through temporary -> crop-confirm -> select
+    assert rig.state.count("POST /user/avatar/temporary") == 1
+    assert rig.state.count("POST /user/avatar") == 1
+    assert rig.state.count("PUT /user/avatar") == 1
+
+
+def test_second_sync_is_unchanged_with_zero_writes_and_no_decode(rig, monkeypatch):
+    rig.user("jdoe", photos.photo())
+    assert rig.sync("jdoe").outcome == "updated"
+    writes = rig.state.writes()
+
+    import app.sync
+    monkeypatch.setattr(app.sync, "normalize", lambda *a, **k: pytest.fail("decoded an unchanged photo"))
+    result = rig.sync("jdoe")
+    assert result.outcome == "unchanged"
+    assert rig.state.writes() == writes
+
+
+def test_changed_photo_replaces_and_deletes_our_previous_avatar(rig):
+    dn = rig.user("jdoe", photos.solid(RED))
+    first = rig.sync("jdoe")
+    rig.slapd.set_photo(dn, "jpegPhoto", photos.solid(BLUE))
+    second = rig.sync("jdoe")
+    assert second.outcome == "updated" and second.avatar_id != first.avatar_id
+    assert photos.close(photos.dominant(rig.shown("jdoe").png), BLUE)
+    assert first.avatar_id not in rig.state.avatars  # ours, so cleaned up
+    assert [a.id for a in rig.state.custom_avatars("jdoe")] == [second.avatar_id]
+
+
+def test_user_upload_is_overridden_by_reselecting_ours_and_never_deleted(rig):
+    rig.user("jdoe", photos.solid(RED))
+    ours = rig.sync("jdoe").avatar_id
+    own = rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
+    writes = rig.state.writes()
+
+    result = rig.sync("jdoe")
+    assert result.outcome == "restored" and result.avatar_id == ours
+    assert rig.shown("jdoe").id == ours
+    assert rig.state.writes() == writes + 1  # only the select: nothing uploaded again
+    assert own in rig.state.avatars  # the user's own upload stays
+    assert rig.sync("jdoe").outcome == "unchanged"
+
+
+def test_restored_by_uploading_again_when_our_avatar_was_deleted(rig):
+    rig.user("jdoe", photos.solid(RED))
+    ours = rig.sync("jdoe").avatar_id
+    del rig.state.avatars[ours]  # someone deleted it in Jira
+    result = rig.sync("jdoe")
+    assert result.outcome == "restored" and result.avatar_id != ours
+    assert photos.close(photos.dominant(rig.shown("jdoe").png), RED)
+
+
+def test_changed_photo_after_user_upload_keeps_the_user_upload(rig):
+    dn = rig.user("jdoe", photos.solid(RED))
+    ours = rig.sync("jdoe").avatar_id
+    own = rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
+    rig.slapd.set_photo(dn, "jpegPhoto", photos.solid(BLUE))
+    assert rig.sync("jdoe").outcome == "updated"
+    assert own in rig.state.avatars and ours not in rig.state.avatars
+
+
+def test_no_photo_leaves_jira_untouched(rig):
+    rig.user("jdoe")
+    own = rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
+    writes = rig.state.writes()
+    assert rig.sync("jdoe").outcome == "no_photo"
+    assert rig.state.writes() == writes and rig.shown("jdoe").id == own
+
+
+def test_removed_photo_keeps_the_last_picture(rig):
+    dn = rig.user("jdoe", photos.solid(RED))
+    ours = rig.sync("jdoe").avatar_id
+    rig.slapd.set_photo(dn, "jpegPhoto", None)
+    assert rig.sync("jdoe").outcome == "no_photo"
+    assert rig.shown("jdoe").id == ours
+
+
+def test_not_in_directory_and_not_in_jira(rig):
+    rig.state.add_user("ghost")
+    assert rig.sync("ghost").outcome == "not_in_directory"
+    rig.user("ldaponly", photos.photo(), in_jira=False)
+    assert rig.sync("ldaponly").outcome == "not_in_jira"
+    assert rig.state.writes() == 0
+
+
+@pytest.mark.parametrize("bad", [b"not an image at all", photos.photo()[:300],
+                                 b"GIF89a" + b"\x00" * 40])
+def test_invalid_photo_is_reported_and_touches_nothing(rig, bad):
+    rig.user("jdoe", bad)
+    result = rig.sync("jdoe")
+    assert result.outcome == "invalid_photo" and "jpegPhoto" in result.reason
+    assert rig.state.writes() == 0
+    assert rig.services.store.get("jdoe").last_outcome == "invalid_photo"
+
+
+def test_first_attribute_with_a_value_wins(rig):
+    rig.user("both", photos.solid(RED), thumbnail=photos.solid(BLUE))
+    rig.sync("both")  # default order: thumbnailPhoto, jpegPhoto
+    assert photos.close(photos.dominant(rig.shown("both").png), BLUE)
+
+
+def test_per_directory_attribute_override(tmp_path, slapd, ldap_ou, jira, services_for):
+    settings = make_settings(tmp_path, jira.url,
+                             [slapd_directory(slapd, ldap_ou, photo_attributes=["jpegPhoto"])])
+    slapd.add_user(ldap_ou, "both", jpeg_photo=photos.solid(RED), thumbnail_photo=photos.solid(BLUE))
+    jira.state.add_user("both")
+    services_for(settings).syncer.sync_user("both")
+    assert photos.close(photos.dominant(jira.state.selected_avatar("both").png), RED)
+
+
+def test_disabled_when_attribute_list_is_empty(tmp_path, slapd, ldap_ou, jira, services_for):
+    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou, photo_attributes=["jpegPhoto"])],
+                             photo_attributes=[])
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    assert services_for(settings).syncer.sync_user("jdoe").outcome == "disabled"
+    assert jira.state.writes() == 0
+
+
+def test_dry_run_reports_the_outcome_with_zero_writes(rig):
+    dn = rig.user("jdoe", photos.solid(RED))
+    assert rig.sync("jdoe", dry_run=True).outcome == "updated"
+    assert rig.state.writes() == 0 and rig.services.store.get("jdoe") is None
+    rig.sync("jdoe")
+    rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
+    writes = rig.state.writes()
+    assert rig.sync("jdoe", dry_run=True).outcome == "restored"
+    rig.slapd.set_photo(dn, "jpegPhoto", b"garbage")
+    assert rig.sync("jdoe", dry_run=True).outcome == "invalid_photo"
+    assert rig.state.writes() == writes
+
+
+def test_force_uploads_again(rig):
+    rig.user("jdoe", photos.solid(RED))
+    first = rig.sync("jdoe").avatar_id
+    forced = rig.sync("jdoe", force=True)
+    assert forced.outcome == "updated" and forced.avatar_id != first
+    assert first not in rig.state.avatars
+
+
+def test_jira_outage_fails_retryably_and_stores_no_hash(rig):
+    rig.user("jdoe", photos.solid(RED))
+    rig.state.inject(503, path="/rest/api/2/user/avatar", seconds=30)
+    result = rig.sync("jdoe")
+    assert result.outcome == "failed" and result.retryable and "503" in result.reason
+    state = rig.services.store.get("jdoe")
+    assert state.photo_sha256 is None and state.last_outcome == "failed"
+    rig.state.faults.clear()
+    assert rig.sync("jdoe").outcome == "updated"
+
+
+def test_crash_between_upload_and_select_leaves_no_orphan(rig, monkeypatch):
+    dn = rig.user("jdoe", photos.solid(RED))
+    rig.sync("jdoe")
+    rig.slapd.set_photo(dn, "jpegPhoto", photos.solid(BLUE))
+    jira_client = rig.services.jira
+    real_select = jira_client.select_avatar
+    monkeypatch.setattr(jira_client, "select_avatar", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+    assert rig.sync("jdoe").outcome == "failed"
+    monkeypatch.setattr(jira_client, "select_avatar", real_select)
+    assert rig.sync("jdoe").outcome == "updated"
+    # the avatar created before the crash was remembered and cleaned up
+    assert [a.id for a in rig.state.custom_avatars("jdoe")] == [rig.shown("jdoe").id]
+
+
+@pytest.mark.parametrize("hostile", ["*", "*)(uid=*", "a\\b", "admin)(|(objectClass=*", "jdoe*",
+                                     "(jdoe)", "jdoe\x00", "", "x" * 300])
+def test_hostile_usernames_find_nobody(rig, hostile):
+    rig.user("jdoe", photos.photo())
+    rig.user("admin", photos.photo())
+    assert rig.sync(hostile).outcome == "not_in_directory"
+
+
+def test_odd_but_real_usernames_find_exactly_that_user(rig):
+    for name in ["a\\b", "o'brien", "x*y", "p(q)"]:
+        rig.user(name, photos.solid(RED))
+        assert rig.sync(name).outcome == "updated", name
