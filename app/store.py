@@ -16,6 +16,8 @@ from pathlib import Path
 
 from sqlalchemy import (Column, DateTime, Integer, MetaData, String, Table, Text, create_engine,
                         event, select)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 
 metadata = MetaData()
@@ -148,29 +150,26 @@ class Store:
             conn.execute(user_state.delete().where(user_state.c.username == username))
 
     def _update(self, username: str, change) -> None:
-        """Read-modify-write one user's row in a transaction (row locked on PostgreSQL)."""
+        """Read-modify-write one user's row in a transaction, the row locked against others."""
         now = utcnow()
         with self.write() as conn:
+            # Make sure the row exists first: FOR UPDATE cannot lock a row that is not there yet.
+            insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(user_state)
+            conn.execute(insert.values(username=username, created_avatar_ids="[]", attempts=0)
+                         .on_conflict_do_nothing(index_elements=["username"]))
             query = select(user_state).where(user_state.c.username == username)
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update()
-            row = conn.execute(query).mappings().first()
-            if row is None:
-                state = UserState(username=username)
-            else:
-                data = dict(row)
-                data.pop("attempts", None)
-                data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
-                state = UserState(**data)
+            data = dict(conn.execute(query).mappings().one())
+            data.pop("attempts", None)
+            data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
+            state = UserState(**data)
             state.last_attempt_at = now
             change(state)
             values = dict(state.__dict__)
             values["created_avatar_ids"] = json.dumps(state.created_avatar_ids)
-            if row is None:
-                conn.execute(user_state.insert().values(**values, attempts=1))
-            else:
-                conn.execute(user_state.update().where(user_state.c.username == username)
-                             .values(**values, attempts=user_state.c.attempts + 1))
+            conn.execute(user_state.update().where(user_state.c.username == username)
+                         .values(**values, attempts=user_state.c.attempts + 1))
 
 
 def _make_engine(url: str) -> Engine:

@@ -93,11 +93,11 @@ def test_concurrent_lookups_share_the_pool_correctly(slapd, ldap_ou):
 
 def test_samba_ad_thumbnail_photo_by_sam_account_name(samba, ad_ou):
     raw = photos.photo(96, 96)
-    samba.add_user(ad_ou, "aduser", thumbnail_photo=raw)
-    samba.add_user(ad_ou, "adnophoto")
+    samba.add_user(ad_ou, "dirtest-photo", thumbnail_photo=raw)
+    samba.add_user(ad_ou, "dirtest-nophoto")
     d = directory(samba_directory(ad_ou))
-    entry = d.lookup("aduser")
+    entry = d.lookup("dirtest-photo")
     assert entry.photo == raw and entry.photo_attribute == "thumbnailPhoto"
-    assert d.lookup("adnophoto").photo is None
-    for hostile in ["*", "*)(sAMAccountName=*", "aduser*", "admin)(|(objectClass=*"]:
+    assert d.lookup("dirtest-nophoto").photo is None
+    for hostile in ["*", "*)(sAMAccountName=*", "dirtest*", "admin)(|(objectClass=*"]:
         assert d.lookup(hostile) is None

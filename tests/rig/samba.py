@@ -4,6 +4,7 @@ Samba's LDAP server cannot be moved off 389, so only one can run per machine; if
 taken the fixture fails with a message saying so. Simple binds over plain LDAP need
 ``ldap server require strong auth = no``. Users are added over LDAP (fast); the bind account
 ``svc-avatar`` is made with samba-tool before the server starts (it needs a password).
+sAMAccountName is unique across the whole domain: tests must pick distinct usernames.
 """
 from __future__ import annotations
 

@@ -1,0 +1,97 @@
+"""jira-avatar-sync command line: thin doors onto the services.
+
+Exit status: 0 when the work was done or there was nothing to do, 1 when a sync failed or a
+check did not pass, 2 for a configuration error.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .config import ConfigError, load_settings
+from .directory import DirectoryUnavailable
+from .jira import JiraError
+from .services import Services, build_services
+from .sync import FAILED
+
+
+def _services(ctx: click.Context) -> Services:
+    if "services" not in ctx.obj:
+        try:
+            settings = load_settings(ctx.obj["config"])
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            ctx.exit(2)
+        logging.basicConfig(level=ctx.obj["log_level"] or settings.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        ctx.obj["services"] = build_services(settings)
+        ctx.call_on_close(ctx.obj["services"].close)
+    return ctx.obj["services"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", envvar="AVATAR_SYNC_CONFIG", type=click.Path(dir_okay=False),
+              help="TOML configuration file (default: $AVATAR_SYNC_CONFIG).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Override log_level for this command.")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
+    """Keep Jira profile pictures in step with LDAP / Active Directory photos."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(config=config, log_level=log_level and log_level.upper())
+
+
+@main.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Check the configuration, every directory bind, and Jira access and permission."""
+    services = _services(ctx)
+    settings = services.settings
+    failures = 0
+
+    def line(ok: bool, text: str) -> None:
+        nonlocal failures
+        failures += not ok
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {text}")
+
+    line(True, f"configuration: {len(settings.directories)} directories, photo attributes "
+               f"{', '.join(settings.photo_attributes) or '(none: sync disabled)'}, size {settings.size}px")
+    for directory in services.directories:
+        try:
+            directory.check()
+            line(True, f"directory {directory.name}: bound as {directory.settings.bind_dn or 'anonymous'}")
+        except DirectoryUnavailable as exc:
+            line(False, str(exc))
+    try:
+        me = services.jira.myself()
+        line(True, f"Jira {settings.jira.url}: authenticated as {me.get('name')}")
+        admin = services.jira.is_admin()
+        line(admin, f"Jira permission: {me.get('name')} "
+                    + ("is a Jira administrator" if admin else
+                       "is NOT a Jira administrator (needed to set other users' avatars)"))
+    except JiraError as exc:
+        line(False, f"Jira {settings.jira.url}: {exc}")
+    try:
+        services.store.ping()
+        line(True, f"database: {services.store.engine.url.render_as_string(hide_password=True)}")
+    except Exception as exc:  # noqa: BLE001 - any driver error is a failed check
+        line(False, f"database: {type(exc).__name__}: {exc}")
+    ctx.exit(1 if failures else 0)
+
+
+@main.command()
+@click.argument("username")
+@click.option("--force", is_flag=True, help="Upload again even when nothing changed.")
+@click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@click.pass_context
+def sync(ctx: click.Context, username: str, force: bool, dry_run: bool) -> None:
+    """Sync one user's picture now and print the outcome."""
+    result = _services(ctx).syncer.sync_user(username, force=force, dry_run=dry_run)
+    click.echo(result.line() + (" [dry run]" if dry_run else ""))
+    ctx.exit(1 if result.outcome == FAILED else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP doors onto the services: one blueprint per concern."""

@@ -1,0 +1,125 @@
+"""A local demo: a real slapd and the Jira emulator, seeded with users and photos, then the
+real CLI syncing them, so you can watch a picture arrive.
+
+    .venv/bin/python -m tests.demo            # runs until Ctrl-C
+    .venv/bin/python -m tests.demo --once     # sync and exit
+
+It writes demo-state/avatar-sync.toml; while the demo runs, try the CLI yourself:
+    AVATAR_SYNC_CONFIG=demo-state/avatar-sync.toml .venv/bin/jira-avatar-sync sync alice
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import logging
+
+from PIL import Image, ImageDraw
+
+from tests import photos
+from tests.jira_emulator import EmulatorServer, JiraState
+from tests.rig import slapd as slapd_rig
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / "demo-state"
+
+
+def portrait(colour, initial: str, width=640, height=480) -> bytes:
+    """A landscape 'photo' with a face-like disc, so the centred square crop is visible."""
+    im = Image.new("RGB", (width, height), (235, 235, 240))
+    d = ImageDraw.Draw(im)
+    cx, cy, r = width // 2, height // 2, min(width, height) // 3
+    d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    d.text((cx - 4, cy - 6), initial, fill=(255, 255, 255))
+    return photos.encode(im, "JPEG")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="jira-avatar-sync local demo")
+    parser.add_argument("--once", action="store_true", help="sync the demo users, then stop")
+    parser.add_argument("--jira-port", type=int, default=8090)
+    args = parser.parse_args(argv)
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log in the demo
+    shutil.rmtree(STATE, ignore_errors=True)
+    STATE.mkdir()
+    work = Path(tempfile.mkdtemp(prefix="avatar-sync-demo-"))
+    ldap = slapd_rig.Slapd(work / "slapd")
+    ldap.configure()
+    ldap.start()
+    ldap.seed_base()
+    people = ldap.add_ou("people")
+    users = {
+        "alice": portrait((200, 60, 60), "A"),
+        "bob": portrait((60, 120, 200), "B", 480, 640),
+        "carol": None,                       # no photo: her own Jira picture is left alone
+        "dave": b"this is not an image",     # invalid photo: reported, nothing touched
+    }
+    for name, photo in users.items():
+        ldap.add_user(people, name, jpeg_photo=photo)
+
+    state = JiraState(version="10.3.0")
+    state.add_account("avatar-sync", "demo-password", admin=True)
+    for name in [*users, "erin"]:            # erin is in Jira only
+        state.add_user(name)
+    jira = EmulatorServer(state, port=args.jira_port).__enter__()
+
+    config = STATE / "avatar-sync.toml"
+    config.write_text(f"""# written by python -m tests.demo
+database_url = "sqlite:///{STATE}/state.db"
+photo_attributes = ["thumbnailPhoto", "jpegPhoto"]
+
+[jira]
+url = "{jira.url}"
+username = "avatar-sync"
+password = "demo-password"
+
+[webhook]
+secret = "demo-webhook-secret"
+
+[admin]
+token = "demo-admin-token"
+
+[[directories]]
+name = "demo-openldap"
+urls = ["{ldap.url}"]
+bind_dn = "{slapd_rig.SVC_DN}"
+bind_password = "{slapd_rig.SVC_PW}"
+base_dn = "{people}"
+user_filter = "(objectClass=inetOrgPerson)"
+username_attribute = "uid"
+""")
+    cli = [str(Path(sys.executable).parent / "jira-avatar-sync"), "--config", str(config)]
+    print(f"OpenLDAP slapd on {ldap.url}, Jira {state.version} emulator on {jira.url}\n")
+    try:
+        subprocess.run([*cli, "check"], check=False)
+        print()
+        for name in [*users, "erin", "*)(uid=*"]:
+            subprocess.run([*cli, "--log-level", "WARNING", "sync", name], check=False)
+        print("\nAgain: nothing changed, so nothing is written to Jira:")
+        subprocess.run([*cli, "--log-level", "WARNING", "sync", "alice"], check=False)
+        for name in ("alice", "bob"):
+            avatar = state.selected_avatar(name)
+            out = STATE / f"{name}-avatar.png"
+            out.write_bytes(avatar.png)
+            print(f"{name}'s Jira picture: {jira.url}/secure/useravatar?size=xxxlarge%402x&avatarId={avatar.id}"
+                  f"  (saved to {out.relative_to(ROOT)})")
+        if not args.once:
+            print(f"\nDemo running; try: AVATAR_SYNC_CONFIG={config.relative_to(ROOT)} "
+                  ".venv/bin/jira-avatar-sync sync bob --force\nCtrl-C to stop.")
+            jira.thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        jira.__exit__(None, None, None)
+        ldap.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

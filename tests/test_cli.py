@@ -1,0 +1,192 @@
+"""The real console script, pointed at real slapd, real Samba AD and the Jira emulator."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import photos
+from tests.conftest import JIRA_PASSWORD, JIRA_USER
+from tests.rig import samba as samba_rig
+from tests.rig import slapd as slapd_rig
+
+SCRIPT = shutil.which("jira-avatar-sync", path=str(Path(sys.executable).parent)) or "jira-avatar-sync"
+
+
+def run(*args, env=None, config=None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+    full_env.update(env or {})
+    if config:
+        full_env["AVATAR_SYNC_CONFIG"] = str(config)
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, env=full_env, timeout=60)
+
+
+def write_config(tmp_path, jira_url, directories: str, extra: str = "", password=JIRA_PASSWORD) -> Path:
+    path = tmp_path / "avatar-sync.toml"
+    secret = tmp_path / "jira-password"
+    secret.write_text(password + "\n")
+    path.write_text(f"""
+database_url = "sqlite:///{tmp_path}/state.db"
+{extra}
+[jira]
+url = "{jira_url}"
+username = "{JIRA_USER}"
+password_file = "{secret}"
+max_retries = 1
+{directories}
+""")
+    return path
+
+
+def slapd_toml(slapd, base_dn, name="openldap"):
+    return f"""
+[[directories]]
+name = "{name}"
+urls = ["{slapd.url}"]
+bind_dn = "{slapd_rig.SVC_DN}"
+bind_password = "{slapd_rig.SVC_PW}"
+base_dn = "{base_dn}"
+user_filter = "(objectClass=inetOrgPerson)"
+username_attribute = "uid"
+"""
+
+
+def samba_toml(base_dn):
+    return f"""
+[[directories]]
+name = "corp-ad"
+urls = ["{samba_rig.URL}"]
+bind_dn = "{samba_rig.SVC_DN}"
+bind_password = "{samba_rig.SVC_PW}"
+base_dn = "{base_dn}"
+user_filter = "(objectClass=user)"
+username_attribute = "sAMAccountName"
+photo_attributes = ["thumbnailPhoto"]
+"""
+
+
+def test_sync_prints_the_outcome_and_second_run_writes_nothing(tmp_path, slapd, ldap_ou, jira):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou))
+    first = run("sync", "jdoe", config=config)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "jdoe: updated"
+    writes = jira.state.writes()
+    second = run("sync", "jdoe", config=config)
+    assert second.stdout.strip() == "jdoe: unchanged" and jira.state.writes() == writes
+    dry = run("sync", "jdoe", "--force", "--dry-run", config=config)
+    assert dry.stdout.startswith("jdoe: updated") and "[dry run]" in dry.stdout
+    assert jira.state.writes() == writes
+    assert JIRA_PASSWORD not in first.stderr + second.stderr + dry.stderr
+
+
+def test_sync_exit_status_is_1_on_failure(tmp_path, slapd, ldap_ou, jira):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), password="wrong")
+    result = run("sync", "jdoe", config=config)
+    assert result.returncode == 1
+    assert result.stdout.startswith("jdoe: failed (Jira: Jira refused the credentials")
+    assert "wrong" not in result.stdout + result.stderr
+    nobody = run("sync", "nobody", config=write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)))
+    assert nobody.returncode == 0 and nobody.stdout.strip() == "nobody: not_in_directory"
+
+
+def test_sync_from_samba_ad_and_openldap_side_by_side(tmp_path, slapd, ldap_ou, samba, ad_ou, jira):
+    """AD comes first; a user only in OpenLDAP is still found there."""
+    samba.add_user(ad_ou, "aduser", thumbnail_photo=photos.solid(photos.BLUE, 96))
+    slapd.add_user(ldap_ou, "aduser", jpeg_photo=photos.solid(photos.RED))  # lower directory: ignored
+    slapd.add_user(ldap_ou, "ldapuser", jpeg_photo=photos.solid(photos.GREEN))
+    for name in ("aduser", "ldapuser"):
+        jira.state.add_user(name)
+    config = write_config(tmp_path, jira.url, samba_toml(ad_ou) + slapd_toml(slapd, ldap_ou))
+    assert run("sync", "aduser", config=config).stdout.strip() == "aduser: updated"
+    assert run("sync", "ldapuser", config=config).stdout.strip() == "ldapuser: updated"
+    assert photos.close(photos.dominant(jira.state.selected_avatar("aduser").png), photos.BLUE)
+    assert photos.close(photos.dominant(jira.state.selected_avatar("ldapuser").png), photos.GREEN)
+    assert jira.state.selected_avatar("aduser").png[:4] == b"\x89PNG"
+    assert run("sync", "aduser", config=config).stdout.strip() == "aduser: unchanged"
+
+
+def test_unreachable_upper_directory_fails_instead_of_falling_through(tmp_path, slapd, ldap_ou, jira):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    dead = f"""
+[[directories]]
+name = "dead-ad"
+urls = ["ldap://127.0.0.1:{slapd_rig.free_port()}"]
+base_dn = "DC=corp,DC=example"
+connect_timeout = 1
+"""
+    result = run("sync", "jdoe", config=write_config(tmp_path, jira.url, dead + slapd_toml(slapd, ldap_ou)))
+    assert result.returncode == 1 and "jdoe: failed (directory dead-ad: no server reachable" in result.stdout
+    assert jira.state.writes() == 0
+
+
+def test_check_passes_and_names_each_check(tmp_path, slapd, ldap_ou, jira):
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou))
+    result = run("check", config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [ln[:4] for ln in lines] == ["ok  "] * 5
+    assert "is a Jira administrator" in result.stdout and "directory openldap: bound" in result.stdout
+
+
+def test_check_fails_on_bad_bind_and_non_admin(tmp_path, slapd, ldap_ou, jira):
+    jira.state.add_account("plain", "pw", admin=False)
+    toml = slapd_toml(slapd, ldap_ou).replace(slapd_rig.SVC_PW, "wrong-password")
+    config = write_config(tmp_path, jira.url, toml).read_text().replace(f'username = "{JIRA_USER}"', 'username = "plain"')
+    (tmp_path / "c.toml").write_text(config)
+    (tmp_path / "jira-password").write_text("pw")
+    result = run("check", config=tmp_path / "c.toml")
+    assert result.returncode == 1
+    assert "FAIL directory openldap: bind as cn=svc-avatar,dc=example,dc=org refused: invalidCredentials" in result.stdout
+    assert "FAIL Jira permission: plain is NOT a Jira administrator" in result.stdout
+    assert "wrong-password" not in result.stdout + result.stderr
+
+
+def test_configuration_error_exits_2_naming_the_key(tmp_path):
+    result = run("sync", "jdoe", env={"AVATAR_SYNC_JIRA_URL": "http://jira", "AVATAR_SYNC_JIRA_TOKEN": "t",
+                                      "AVATAR_SYNC_LDAP_URL": "ldap://x", "AVATAR_SYNC_LDAP_BASE_DN": "dc=x",
+                                      "AVATAR_SYNC_SIZE": "huge"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "configuration error: size: must be a whole number, got 'huge'"
+
+
+def test_env_only_configuration(tmp_path, slapd, ldap_ou, jira):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    (tmp_path / "ldap-pw").write_text(slapd_rig.SVC_PW)
+    env = {"AVATAR_SYNC_DATABASE_URL": f"sqlite:///{tmp_path}/s.db", "AVATAR_SYNC_JIRA_URL": jira.url,
+           "AVATAR_SYNC_JIRA_USERNAME": JIRA_USER, "AVATAR_SYNC_JIRA_PASSWORD": JIRA_PASSWORD,
+           "AVATAR_SYNC_LDAP_URL": slapd.url, "AVATAR_SYNC_LDAP_BIND_DN": slapd_rig.SVC_DN,
+           "AVATAR_SYNC_LDAP_BIND_PASSWORD_FILE": str(tmp_path / "ldap-pw"),
+           "AVATAR_SYNC_LDAP_BASE_DN": ldap_ou, "AVATAR_SYNC_PHOTO_ATTRIBUTES": "jpegPhoto"}
+    result = run("sync", "jdoe", env=env)
+    assert result.stdout.strip() == "jdoe: updated", result.stderr
+    disabled = run("sync", "jdoe", env={**env, "AVATAR_SYNC_PHOTO_ATTRIBUTES": ""})
+    assert disabled.returncode == 0 and disabled.stdout.startswith("jdoe: disabled")
+
+
+@pytest.mark.parametrize("emulator_version", ["9.12.0", "11.0.0"])
+def test_real_cli_against_the_standalone_emulator(tmp_path, slapd, ldap_ou, emulator_version):
+    """`python -m tests.jira_emulator` runs on its own and the real CLI works against it."""
+    port = slapd_rig.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.jira_emulator", "--port", str(port),
+                             "--version", emulator_version, "--admin", f"{JIRA_USER}:{JIRA_PASSWORD}",
+                             "--users", "jdoe,other"], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert "emulator on" in proc.stdout.readline()
+        slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+        config = write_config(tmp_path, f"http://127.0.0.1:{port}", slapd_toml(slapd, ldap_ou))
+        assert run("sync", "jdoe", config=config).stdout.strip() == "jdoe: updated"
+        assert run("sync", "jdoe", config=config).stdout.strip() == "jdoe: unchanged"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+
+from app.config import ConfigError, load_settings
+
+BASE_ENV = {"AVATAR_SYNC_JIRA_URL": "https://jira.example.com", "AVATAR_SYNC_JIRA_USERNAME": "svc",
+            "AVATAR_SYNC_JIRA_PASSWORD": "pw", "AVATAR_SYNC_LDAP_URL": "ldaps://dc1,ldaps://dc2",
+            "AVATAR_SYNC_LDAP_BASE_DN": "DC=corp,DC=example"}
+
+
+def test_defaults_from_env_only():
+    s = load_settings(env=BASE_ENV)
+    assert s.size == 256 and s.login_debounce_seconds == 600
+    assert s.photo_attributes == ("thumbnailPhoto", "jpegPhoto") and not s.sync_disabled
+    assert s.directories[0].urls == ("ldaps://dc1", "ldaps://dc2") and s.directories[0].verify_tls
+    assert s.jira.verify_tls and s.webhook.max_body_bytes == 65536
+
+
+def test_file_then_env_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("""
+size = 128
+photo_attributes = ["jpegPhoto"]
+[jira]
+url = "https://jira.example.com/"
+token = "file-token"
+[[directories]]
+name = "ad"
+urls = ["ldaps://dc1.corp"]
+base_dn = "DC=corp"
+username_attribute = "sAMAccountName"
+photo_attributes = ["thumbnailPhoto"]
+[[directories]]
+name = "ldap"
+urls = ["ldap://ldap.corp"]
+base_dn = "dc=corp"
+""")
+    s = load_settings(path, env={"AVATAR_SYNC_SIZE": "96", "AVATAR_SYNC_JIRA_TOKEN": "env-token"})
+    assert s.size == 96 and s.jira.token == "env-token" and s.jira.url == "https://jira.example.com"
+    assert [d.name for d in s.directories] == ["ad", "ldap"]
+    assert s.attributes_for(s.directories[0]) == ("thumbnailPhoto",)
+    assert s.attributes_for(s.directories[1]) == ("jpegPhoto",)
+
+
+def test_secret_files(tmp_path):
+    (tmp_path / "pw").write_text("from-file\n")
+    s = load_settings(env={**BASE_ENV, "AVATAR_SYNC_JIRA_PASSWORD_FILE": str(tmp_path / "pw"),
+                           "AVATAR_SYNC_WEBHOOK_SECRET_FILE": str(tmp_path / "pw")})
+    assert s.jira.password == "from-file" and s.webhook.secret == "from-file"
+    assert "from-file" not in repr(s)
+
+
+def test_empty_attribute_list_disables():
+    assert load_settings(env={**BASE_ENV, "AVATAR_SYNC_PHOTO_ATTRIBUTES": ""}).sync_disabled
+
+
+@pytest.mark.parametrize("env,key", [
+    ({"AVATAR_SYNC_SIZE": "0"}, "size"),
+    ({"AVATAR_SYNC_SIZE": "abc"}, "size"),
+    ({"AVATAR_SYNC_JIRA_URL": "jira.example.com"}, "jira.url"),
+    ({"AVATAR_SYNC_JIRA_PASSWORD": ""}, "jira.username"),
+    ({"AVATAR_SYNC_LDAP_URL": "http://dc1"}, "directories[0].urls"),
+    ({"AVATAR_SYNC_LDAP_USER_FILTER": "objectClass=user"}, "directories[0].user_filter"),
+    ({"AVATAR_SYNC_JIRA_MAX_CONCURRENCY": "-1"}, "jira.max_concurrency"),
+    ({"AVATAR_SYNC_LDAP_VERIFY_TLS": "maybe"}, "directories[0].verify_tls"),
+    ({"AVATAR_SYNC_JIRA_TOKEN_FILE": "/nonexistent/file"}, "AVATAR_SYNC_JIRA_TOKEN_FILE"),
+    ({"AVATAR_SYNC_DATABASE_URL": "state.db"}, "database_url"),
+])
+def test_invalid_values_name_the_key(env, key):
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={**BASE_ENV, **env})
+    assert info.value.key == key
+    assert str(info.value).startswith(f"configuration error: {key}: ")
+
+
+def test_file_problems(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("size = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad, env=BASE_ENV)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("sise = 12\n")
+    with pytest.raises(ConfigError, match="sise: unknown key"):
+        load_settings(unknown, env=BASE_ENV)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.toml", env=BASE_ENV)
+
+
+def test_no_directory():
+    env = {k: v for k, v in BASE_ENV.items() if "LDAP" not in k}
+    with pytest.raises(ConfigError, match="directories: at least one directory"):
+        load_settings(env=env)

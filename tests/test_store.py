@@ -1,0 +1,81 @@
+"""The store, on SQLite and on the local PostgreSQL alike."""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import pytest
+import sqlalchemy
+
+from app.store import Store
+
+PG_URL = os.environ.get("AVATAR_SYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
+                                          connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path}/state.db")
+    else:
+        if not _postgres_available():
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL at {PG_URL} is required in CI")
+            pytest.skip("PostgreSQL not reachable")
+        s = Store(PG_URL)
+    yield s
+    s.dispose()
+
+
+def test_success_then_outcome(store):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    assert store.get(user) is None
+    store.remember_created(user, "10500")
+    store.record_success(user, outcome="updated", photo_sha256="ab" * 32, avatar_id="10500", directory="ad")
+    state = store.get(user)
+    assert (state.photo_sha256, state.avatar_id, state.created_avatar_ids) == ("ab" * 32, "10500", ["10500"])
+    assert state.last_success_at is not None and state.last_success_at.tzinfo is not None
+    store.record_outcome(user, "failed", "Jira down")
+    state = store.get(user)
+    assert state.last_outcome == "failed" and state.last_error == "Jira down"
+    assert state.photo_sha256 == "ab" * 32  # a failure never forgets what Jira has
+
+
+def test_forget_created_and_delete(store):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    for avatar_id in ("1", "2", "3"):
+        store.remember_created(user, avatar_id)
+    store.forget_created(user, ["1", "3"])
+    assert store.get(user).created_avatar_ids == ["2"]
+    store.delete(user)
+    assert store.get(user) is None
+
+
+def test_concurrent_updates_lose_nothing(store):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    errors = []
+
+    def add(i):
+        try:
+            store.remember_created(user, str(i))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(store.get(user).created_avatar_ids, key=int) == [str(i) for i in range(20)]
