@@ -101,3 +101,33 @@ def test_samba_ad_thumbnail_photo_by_sam_account_name(samba, ad_ou):
     assert d.lookup("dirtest-nophoto").photo is None
     for hostile in ["*", "*)(sAMAccountName=*", "dirtest*", "admin)(|(objectClass=*"]:
         assert d.lookup(hostile) is None
+
+
+def test_ldaps_verifies_the_certificate_by_default(slapd, ldap_ou):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=b"one")
+    untrusted = directory(slapd_directory(slapd, ldap_ou, urls=[slapd.ldaps_url]))
+    with pytest.raises(DirectoryUnavailable, match="(?i)certificate"):
+        untrusted.lookup("jdoe")
+    trusted = directory(slapd_directory(slapd, ldap_ou, urls=[slapd.ldaps_url], ca_file=str(slapd.ca_file)))
+    assert trusted.lookup("jdoe").photo == b"one"
+    opted_out = directory(slapd_directory(slapd, ldap_ou, urls=[slapd.ldaps_url], verify_tls=False))
+    assert opted_out.lookup("jdoe").photo == b"one"
+
+
+def test_ldaps_checks_the_host_name(slapd, ldap_ou):
+    # the certificate is for localhost; a different name for the same server must be refused
+    port = slapd.ldaps_url.rsplit(":", 1)[1]
+    other_name = directory(slapd_directory(slapd, ldap_ou, urls=[f"ldaps://127.0.0.1:{port}"],
+                                           ca_file=str(slapd.ca_file)))
+    with pytest.raises(DirectoryUnavailable):
+        other_name.lookup("jdoe")
+
+
+def test_start_tls(slapd, ldap_ou):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=b"one")
+    url = slapd.url.replace("127.0.0.1", "localhost")
+    d = directory(slapd_directory(slapd, ldap_ou, urls=[url], start_tls=True, ca_file=str(slapd.ca_file)))
+    assert d.lookup("jdoe").photo == b"one"
+    untrusted = directory(slapd_directory(slapd, ldap_ou, urls=[url], start_tls=True))
+    with pytest.raises(DirectoryUnavailable):
+        untrusted.lookup("jdoe")

@@ -26,6 +26,9 @@ dn: cn=config
 objectClass: olcGlobal
 cn: config
 olcPidFile: {dir}/slapd.pid
+olcTLSCACertificateFile: {dir}/tls/ca.pem
+olcTLSCertificateFile: {dir}/tls/server.pem
+olcTLSCertificateKeyFile: {dir}/tls/server.key
 
 dn: cn=module,cn=config
 objectClass: olcModuleList
@@ -76,11 +79,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def make_certificates(tls_dir: Path) -> None:
+    """A throw-away CA and a server certificate for the name localhost only (openssl CLI)."""
+    tls_dir.mkdir(parents=True)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=tls_dir)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=avatar-sync test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=localhost")
+    (tls_dir / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+
+
 class Slapd:
     def __init__(self, workdir: Path, svc_size_limit: int = 5):
         self.dir = Path(workdir)
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
+        self.tls_port = free_port()
+        # the certificate names "localhost": ldap3 checks the host name, so connect by that name
+        self.ldaps_url = f"ldaps://localhost:{self.tls_port}"
+        self.ca_file = self.dir / "tls" / "ca.pem"
         self.svc_size_limit = svc_size_limit
         self.proc: subprocess.Popen | None = None
 
@@ -89,6 +111,7 @@ class Slapd:
             if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
                 raise RuntimeError(f"{tool} is not installed: apt-get install slapd ldap-utils")
         (self.dir / "slapd.d").mkdir(parents=True)
+        make_certificates(self.dir / "tls")
         (self.dir / "data").mkdir()
         ldif = self.dir / "config.ldif"
         ldif.write_text(CONFIG.format(dir=self.dir, suffix=SUFFIX, root_dn=ROOT_DN, root_pw=ROOT_PW,
@@ -99,7 +122,8 @@ class Slapd:
     def start(self) -> None:
         log = open(self.dir / "slapd.log", "ab")
         self.proc = subprocess.Popen(
-            ["/usr/sbin/slapd", "-F", str(self.dir / "slapd.d"), "-h", self.url + "/", "-d", "0"],
+            ["/usr/sbin/slapd", "-F", str(self.dir / "slapd.d"), "-h",
+             f"{self.url}/ ldaps://127.0.0.1:{self.tls_port}/", "-d", "0"],
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
