@@ -28,6 +28,10 @@ user_state = Table(
     Column("photo_sha256", String(64)),        # of the raw directory bytes, set after Jira confirmed
     Column("avatar_id", String(32)),           # the avatar this service selected
     Column("created_avatar_ids", Text, nullable=False, default="[]"),  # ours, not yet deleted
+    # Uploaded for this photo but not yet confirmed selected: a re-run after a crash finishes
+    # the job with it instead of uploading the same photo twice.
+    Column("pending_avatar_id", String(32)),
+    Column("pending_sha256", String(64)),
     Column("directory", String(255)),
     Column("last_outcome", String(32)),
     Column("last_error", Text),
@@ -47,6 +51,8 @@ class UserState:
     photo_sha256: str | None = None
     avatar_id: str | None = None
     created_avatar_ids: list[str] = field(default_factory=list)
+    pending_avatar_id: str | None = None
+    pending_sha256: str | None = None
     directory: str | None = None
     last_outcome: str | None = None
     last_error: str | None = None
@@ -112,11 +118,12 @@ class Store:
                 data[k] = data[k].replace(tzinfo=timezone.utc)
         return UserState(**data)
 
-    def remember_created(self, username: str, avatar_id: str) -> None:
+    def remember_created(self, username: str, avatar_id: str, photo_sha256: str | None = None) -> None:
         """Note an avatar this service created, before selecting it, so it is never orphaned."""
         def change(state: UserState):
             if avatar_id not in state.created_avatar_ids:
                 state.created_avatar_ids.append(avatar_id)
+            state.pending_avatar_id, state.pending_sha256 = avatar_id, photo_sha256
         self._update(username, change)
 
     def record_success(self, username: str, *, outcome: str, photo_sha256: str, avatar_id: str,
@@ -126,6 +133,7 @@ class Store:
             state.photo_sha256, state.avatar_id, state.directory = photo_sha256, avatar_id, directory
             state.last_outcome, state.last_error = outcome, None
             state.last_success_at = state.last_attempt_at
+            state.pending_avatar_id = state.pending_sha256 = None
             if avatar_id not in state.created_avatar_ids:
                 state.created_avatar_ids.append(avatar_id)
         self._update(username, change)

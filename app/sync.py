@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from .config import Settings
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
 from .images import InvalidPhoto, normalize, png_size
-from .jira import JiraClient, JiraError, JiraUser
+from .jira import JiraClient, JiraError
 from .store import Store, UserState
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,16 @@ class Syncer:
         else:
             outcome, why = UPDATED, "directory photo changed"
 
+        # A previous run uploaded this very photo and died before recording it: finish that job.
+        if (not force and state and state.pending_sha256 == photo_hash
+                and state.pending_avatar_id in self.jira.custom_avatar_ids(username)):
+            if not dry_run:
+                if jira_user.avatar_id != state.pending_avatar_id:
+                    self.jira.select_avatar(username, state.pending_avatar_id)
+                self._record(username, outcome, photo_hash, state.pending_avatar_id, entry)
+                self._delete_previous(username, keep=state.pending_avatar_id)
+            return result(outcome, why, state.pending_avatar_id)
+
         # Rules 4 and 5: decode, upload, select, then delete what we created before.
         try:
             png = normalize(entry.photo, self.settings.size, max_bytes=self.settings.max_photo_bytes,
@@ -119,9 +129,9 @@ class Syncer:
             return result(INVALID_PHOTO, f"{entry.photo_attribute} in {entry.directory}: {exc}")
         if dry_run:
             return result(outcome, why)
-        new_id = self._upload_and_select(username, png)
+        new_id = self._upload_and_select(username, png, photo_hash)
         self._record(username, outcome, photo_hash, new_id, entry)
-        self._delete_previous(username, jira_user, keep=new_id)
+        self._delete_previous(username, keep=new_id)
         return result(outcome, why, new_id)
 
     # -- steps -------------------------------------------------------------------------
@@ -140,11 +150,11 @@ class Syncer:
                 return d.photo_attributes
         return self.settings.photo_attributes
 
-    def _upload_and_select(self, username: str, png: bytes) -> str:
+    def _upload_and_select(self, username: str, png: bytes, photo_hash: str) -> str:
         side, _ = png_size(png)
         new_id = self.jira.upload_avatar(username, png, side)
         # Remember it before selecting: a crash in between must not orphan it in Jira.
-        self.store.remember_created(username, new_id)
+        self.store.remember_created(username, new_id, photo_hash)
         self.jira.select_avatar(username, new_id)
         return new_id
 
@@ -154,7 +164,7 @@ class Syncer:
         self.store.record_success(username, outcome=outcome, photo_sha256=photo_hash,
                                   avatar_id=avatar_id, directory=entry.directory)
 
-    def _delete_previous(self, username: str, jira_user: JiraUser, keep: str) -> None:
+    def _delete_previous(self, username: str, keep: str) -> None:
         """Delete avatars this service created before; never one the user uploaded (rule 5)."""
         state = self.store.get(username)
         stale = [a for a in (state.created_avatar_ids if state else []) if a != keep]

@@ -199,9 +199,27 @@ def test_crash_between_upload_and_select_leaves_no_orphan(rig, monkeypatch):
     monkeypatch.setattr(jira_client, "select_avatar", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
     assert rig.sync("jdoe").outcome == "failed"
     monkeypatch.setattr(jira_client, "select_avatar", real_select)
+    uploads = rig.state.count("POST /user/avatar/temporary")
+    result = rig.sync("jdoe")
+    assert result.outcome == "updated"
+    # the avatar uploaded before the crash is used: the same photo is not uploaded twice
+    assert rig.state.count("POST /user/avatar/temporary") == uploads
+    assert [a.id for a in rig.state.custom_avatars("jdoe")] == [rig.shown("jdoe").id] == [result.avatar_id]
+    assert photos.close(photos.dominant(rig.shown("jdoe").png), BLUE)
+    assert rig.sync("jdoe").outcome == "unchanged"
+
+
+def test_crash_after_select_before_recording_does_not_upload_again(rig, monkeypatch):
+    rig.user("jdoe", photos.solid(RED))
+    store = rig.services.store
+    real_record = store.record_success
+    monkeypatch.setattr(store, "record_success", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    assert rig.sync("jdoe").outcome == "failed"
+    monkeypatch.setattr(store, "record_success", real_record)
+    writes = rig.state.writes()
     assert rig.sync("jdoe").outcome == "updated"
-    # the avatar created before the crash was remembered and cleaned up
-    assert [a.id for a in rig.state.custom_avatars("jdoe")] == [rig.shown("jdoe").id]
+    assert rig.state.writes() == writes  # already selected in Jira: only recorded now
+    assert rig.sync("jdoe").outcome == "unchanged"
 
 
 @pytest.mark.parametrize("hostile", ["*", "*)(uid=*", "a\\b", "admin)(|(objectClass=*", "jdoe*",
