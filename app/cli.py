@@ -6,7 +6,10 @@ check did not pass, 2 for a configuration error.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -91,6 +94,50 @@ def sync(ctx: click.Context, username: str, force: bool, dry_run: bool) -> None:
     result = _services(ctx).syncer.sync_user(username, force=force, dry_run=dry_run)
     click.echo(result.line() + (" [dry run]" if dry_run else ""))
     ctx.exit(1 if result.outcome == FAILED else 0)
+
+
+@main.command()
+@click.option("--threads", type=int, help="Worker threads (default: worker.threads).")
+@click.option("--once", is_flag=True, help="Process what is due, then exit.")
+@click.pass_context
+def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
+    """Drain the login queue in this process (instead of, or beside, the web workers)."""
+    from .worker import WorkerPool
+
+    services = _services(ctx)
+    w = services.settings.worker
+    pool = WorkerPool(services, threads if threads is not None else max(1, w.threads), w.poll_seconds)
+    if once:
+        while pool.run_once():
+            pass
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    pool.start()
+    click.echo(f"worker: {pool.threads} threads draining the queue; SIGTERM to stop", err=True)
+    stop.wait()
+    pool.stop()
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--bind", default=None, help="Address to listen on (default 127.0.0.1:8080 or $AVATAR_SYNC_BIND).")
+@click.pass_context
+def serve(ctx: click.Context, bind: str | None) -> None:
+    """Run the web service under gunicorn (extra arguments go to gunicorn)."""
+    from . import require_webhook_auth
+
+    try:  # fail here with one line rather than in every gunicorn worker
+        require_webhook_auth(_services(ctx).settings)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        ctx.exit(2)
+    args = [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf"]
+    if bind:
+        args += ["--bind", bind]
+    if ctx.obj["config"]:
+        os.environ["AVATAR_SYNC_CONFIG"] = ctx.obj["config"]
+    os.execv(sys.executable, args + list(ctx.args) + ["app:create_app()"])
 
 
 if __name__ == "__main__":

@@ -64,6 +64,17 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    threads: int = 2               # per process (each gunicorn worker, or `jira-avatar-sync worker`)
+    poll_seconds: float = 1.0      # how soon another process's enqueue is noticed
+    lease_seconds: float = 120.0   # a dead worker's job is taken again after this
+    max_attempts: int = 10
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 3600.0
+    start_in_web: bool = True      # run the workers inside each gunicorn worker
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     token: str = field(default="", repr=False)
 
@@ -80,6 +91,7 @@ class Settings:
     max_photo_pixels: int = 40_000_000
     webhook: WebhookSettings = WebhookSettings()
     admin: AdminSettings = AdminSettings()
+    worker: WorkerSettings = WorkerSettings()
     log_level: str = "INFO"
 
     @property
@@ -115,7 +127,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     r = _Reader(data, "", env)
     r.reject_unknown({"database_url", "photo_attributes", "size", "login_debounce_seconds",
                       "max_photo_bytes", "max_photo_pixels", "log_level",
-                      "jira", "webhook", "admin", "directories"})
+                      "jira", "webhook", "admin", "worker", "directories"})
     photo_attributes = r.attr_list("photo_attributes", DEFAULT_PHOTO_ATTRIBUTES)
     dirs_raw = data.get("directories", [])
     if not isinstance(dirs_raw, list):
@@ -144,7 +156,8 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         max_photo_bytes=r.integer("max_photo_bytes", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024),
         max_photo_pixels=r.integer("max_photo_pixels", 40_000_000, 1, 200_000_000),
         webhook=_webhook(_Reader(r.table("webhook"), "webhook.", env)),
-        admin=AdminSettings(token=_Reader(r.table("admin"), "admin.", env).secret("token")),
+        admin=_admin(_Reader(r.table("admin"), "admin.", env)),
+        worker=_worker(_Reader(r.table("worker"), "worker.", env)),
         log_level=level,
     )
 
@@ -180,6 +193,23 @@ def _webhook(r: "_Reader") -> WebhookSettings:
     return WebhookSettings(secret=r.secret("secret"),
                            allow_unauthenticated=r.boolean("allow_unauthenticated", False),
                            max_body_bytes=r.integer("max_body_bytes", 64 * 1024, 256, 16 * 1024 * 1024))
+
+
+def _admin(r: "_Reader") -> AdminSettings:
+    r.reject_unknown({"token", "token_file"})
+    return AdminSettings(token=r.secret("token"))
+
+
+def _worker(r: "_Reader") -> WorkerSettings:
+    r.reject_unknown({"threads", "poll_seconds", "lease_seconds", "max_attempts", "retry_base_seconds",
+                      "retry_max_seconds", "start_in_web"})
+    return WorkerSettings(
+        threads=r.integer("threads", 2, 0, 64), poll_seconds=r.number("poll_seconds", 1.0, 0.05, 60),
+        lease_seconds=r.number("lease_seconds", 120.0, 1, 86400),
+        max_attempts=r.integer("max_attempts", 10, 1, 1000),
+        retry_base_seconds=r.number("retry_base_seconds", 5.0, 0.01, 86400),
+        retry_max_seconds=r.number("retry_max_seconds", 3600.0, 0.01, 7 * 86400),
+        start_in_web=r.boolean("start_in_web", True))
 
 
 def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySettings:
@@ -250,6 +280,13 @@ _ENV_KEYS = {
     "WEBHOOK_ALLOW_UNAUTHENTICATED": (("webhook",), "allow_unauthenticated"),
     "WEBHOOK_MAX_BODY_BYTES": (("webhook",), "max_body_bytes"),
     "ADMIN_TOKEN": (("admin",), "token"),
+    "WORKER_THREADS": (("worker",), "threads"),
+    "WORKER_POLL_SECONDS": (("worker",), "poll_seconds"),
+    "WORKER_LEASE_SECONDS": (("worker",), "lease_seconds"),
+    "WORKER_MAX_ATTEMPTS": (("worker",), "max_attempts"),
+    "WORKER_RETRY_BASE_SECONDS": (("worker",), "retry_base_seconds"),
+    "WORKER_RETRY_MAX_SECONDS": (("worker",), "retry_max_seconds"),
+    "WORKER_START_IN_WEB": (("worker",), "start_in_web"),
     "LDAP_NAME": (("directories",), "name"),
     "LDAP_URL": (("directories",), "urls"),
     "LDAP_BIND_DN": (("directories",), "bind_dn"),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .config import Settings
 from .directory import Directory, build_directories
 from .jira import JiraClient
+from .queue import LoginQueue, RetryPolicy
 from .store import Store
 from .sync import Syncer
 
@@ -18,6 +19,7 @@ class Services:
     directories: list[Directory]
     jira: JiraClient
     syncer: Syncer
+    queue: LoginQueue
 
     def close(self) -> None:
         for directory in self.directories:
@@ -29,4 +31,7 @@ def build_services(settings: Settings) -> Services:
     store = Store(settings.database_url)
     directories = build_directories(settings)
     jira = JiraClient(settings.jira)
-    return Services(settings, store, directories, jira, Syncer(settings, directories, jira, store))
+    w = settings.worker
+    queue = LoginQueue(store, RetryPolicy(w.max_attempts, w.retry_base_seconds, w.retry_max_seconds,
+                                          w.lease_seconds))
+    return Services(settings, store, directories, jira, Syncer(settings, directories, jira, store), queue)

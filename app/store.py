@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (Column, DateTime, Integer, MetaData, String, Table, Text, create_engine,
-                        event, select)
+                        event, inspect, literal, select)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -82,6 +82,7 @@ class Store:
                         self._engine.dispose(close=False)  # the parent's connections stay the parent's
                     self._engine = _make_engine(self.url)
                     metadata.create_all(self._engine)
+                    _add_missing_columns(self._engine)
                     self._pid = os.getpid()
         return self._engine
 
@@ -178,6 +179,30 @@ class Store:
             values["created_avatar_ids"] = json.dumps(state.created_avatar_ids)
             conn.execute(user_state.update().where(user_state.c.username == username)
                          .values(**values, attempts=user_state.c.attempts + 1))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive schema upgrade: columns added in a newer version appear in an older database.
+
+    Every column added after the first release is nullable or has a default, so this is all
+    the migration the schema has needed so far; anything else will need a real migration.
+    """
+    with engine.begin() as conn:
+        inspector = inspect(conn)
+        for table in metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+                default = getattr(column.default, "arg", None)
+                if default is not None and not callable(default):
+                    value = literal(default, column.type).compile(
+                        dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+                    ddl += f" DEFAULT {value} NOT NULL"
+                conn.exec_driver_sql(ddl)
 
 
 def _make_engine(url: str) -> Engine:

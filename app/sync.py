@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from dataclasses import asdict, dataclass
+
+from cachetools import TTLCache
 
 from .config import Settings
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
@@ -23,6 +27,7 @@ log = logging.getLogger(__name__)
 UPDATED, RESTORED, UNCHANGED = "updated", "restored", "unchanged"
 NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA = "no_photo", "not_in_directory", "not_in_jira"
 INVALID_PHOTO, DISABLED, FAILED = "invalid_photo", "disabled", "failed"
+IGNORED, DEBOUNCED = "ignored", "debounced"  # webhook answers, not sync outcomes
 OUTCOMES = (UPDATED, RESTORED, UNCHANGED, NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA,
             INVALID_PHOTO, DISABLED, FAILED)
 SUCCESSES = (UPDATED, RESTORED, UNCHANGED)
@@ -48,6 +53,35 @@ class SyncResult:
 class Syncer:
     def __init__(self, settings: Settings, directories: list[Directory], jira: JiraClient, store: Store):
         self.settings, self.directories, self.jira, self.store = settings, directories, jira, store
+        # Rule 9: when each user last synced successfully, per process, in front of the store.
+        self._recent = TTLCache(maxsize=100_000, ttl=max(1, settings.login_debounce_seconds))
+        self._recent_lock = threading.Lock()  # cachetools caches are not thread-safe
+
+    def login_decision(self, username: str) -> str | None:
+        """Rule 9: what a login event needs: DISABLED, IGNORED, DEBOUNCED, or None (sync it).
+
+        Jira fires its login event on every authenticated request, the service's own REST
+        calls included, so logins are debounced and the service account is ignored.
+        """
+        if self.settings.sync_disabled:
+            return DISABLED
+        own = self.settings.jira.username
+        if own and username.casefold() == own.casefold():
+            return IGNORED
+        window = self.settings.login_debounce_seconds
+        if window <= 0:
+            return None
+        with self._recent_lock:
+            synced_at = self._recent.get(username)
+        if synced_at is None:
+            state = self.store.get(username)
+            if state and state.last_success_at:
+                synced_at = state.last_success_at.timestamp()
+                with self._recent_lock:
+                    self._recent[username] = synced_at
+        if synced_at is not None and time.time() - synced_at < window:
+            return DEBOUNCED
+        return None
 
     def sync_user(self, username: str, force: bool = False, dry_run: bool = False) -> SyncResult:
         """Bring one user's Jira picture in step with the directory. Never raises."""
@@ -64,6 +98,9 @@ class Syncer:
                                 dry_run=dry_run, retryable=True)
         if not dry_run and result.outcome not in SUCCESSES and result.outcome != DISABLED:
             self._record_problem(result)
+        if not dry_run and result.outcome in SUCCESSES:
+            with self._recent_lock:
+                self._recent[username] = time.time()
         log.log(logging.WARNING if result.outcome == FAILED else logging.INFO,
                 "sync %s%s", result.line(), " [dry run]" if dry_run else "")
         return result

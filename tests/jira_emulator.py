@@ -77,6 +77,7 @@ class JiraState:
     failed_logins: dict = field(default_factory=dict)
     faults: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)        # "METHOD endpoint" -> n
+    user_counts: dict = field(default_factory=dict)   # ("METHOD endpoint", username) -> n
     next_id: int = 10500
     next_user: int = 10100
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -129,7 +130,9 @@ class JiraState:
     def writes(self) -> int:
         return sum(n for k, n in self.counts.items() if not k.startswith("GET "))
 
-    def count(self, endpoint: str) -> int:
+    def count(self, endpoint: str, username: str | None = None) -> int:
+        if username is not None:
+            return self.user_counts.get((endpoint, username), 0)
         return self.counts.get(endpoint, 0)
 
     def inject(self, status: int, path: str = "", method: str = "", count: int | None = None,
@@ -202,7 +205,10 @@ def create_emulator(state: JiraState | None = None) -> Flask:
             return None
         endpoint = _endpoint_name(path)
         with state.lock:
-            state.counts[f"{request.method} {endpoint}"] = state.counts.get(f"{request.method} {endpoint}", 0) + 1
+            key = f"{request.method} {endpoint}"
+            state.counts[key] = state.counts.get(key, 0) + 1
+            per_user = (key, request.args.get("username"))
+            state.user_counts[per_user] = state.user_counts.get(per_user, 0) + 1
         if state.latency:
             time.sleep(state.latency)
         denied = _authenticate(state)

@@ -25,16 +25,33 @@ def _postgres_available() -> bool:
         return False
 
 
+@pytest.fixture(scope="session")
+def pg_url():
+    """A throw-away schema in the local PostgreSQL, so runs never see each other's rows."""
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI")
+        pytest.skip("PostgreSQL not reachable")
+    schema = f"avsync_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
+def database_url(request, tmp_path):
     if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path}/state.db")
-    else:
-        if not _postgres_available():
-            if os.environ.get("CI"):
-                pytest.fail(f"PostgreSQL at {PG_URL} is required in CI")
-            pytest.skip("PostgreSQL not reachable")
-        s = Store(PG_URL)
+        return f"sqlite:///{tmp_path}/state.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(database_url):
+    s = Store(database_url)
     yield s
     s.dispose()
 
@@ -79,3 +96,19 @@ def test_concurrent_updates_lose_nothing(store):
         t.join()
     assert errors == []
     assert sorted(store.get(user).created_avatar_ids, key=int) == [str(i) for i in range(20)]
+
+
+def test_older_database_gains_new_columns(database_url):
+    """An upgrade adds the columns a newer version needs to an existing database."""
+    engine = sqlalchemy.create_engine(Store(database_url).url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS user_state")
+        conn.exec_driver_sql("CREATE TABLE user_state (username VARCHAR(255) PRIMARY KEY, photo_sha256 VARCHAR(64), "
+                             "avatar_id VARCHAR(32), created_avatar_ids TEXT NOT NULL, attempts INTEGER NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO user_state VALUES ('old', 'ab', '10500', '[\"10500\"]', 1)")
+    engine.dispose()
+    store = Store(database_url)
+    assert store.get("old").avatar_id == "10500" and store.get("old").pending_avatar_id is None
+    store.remember_created("old", "10600", "cd")
+    assert store.get("old").pending_sha256 == "cd"
+    store.dispose()

@@ -1,0 +1,40 @@
+"""gunicorn settings and hooks for jira-avatar-sync (deploy/gunicorn.conf.py re-exports these).
+
+gthread workers: the webhook only verifies, inserts one row and answers, so a few threads per
+process are plenty. No preload: each worker builds its own app, so no socket or thread is
+ever shared across a fork. The sync worker threads start in post_worker_init (after fork) and
+are stopped, letting running jobs finish, in worker_exit.
+"""
+import os
+
+bind = os.environ.get("AVATAR_SYNC_BIND", "127.0.0.1:8080")
+worker_class = "gthread"
+workers = int(os.environ.get("AVATAR_SYNC_WEB_WORKERS", "2"))
+threads = int(os.environ.get("AVATAR_SYNC_WEB_THREADS", "4"))
+preload_app = False
+timeout = 30             # gthread: only the heartbeat; LDAP and Jira calls have their own timeouts
+graceful_timeout = 30    # running syncs get this long to finish on restart
+keepalive = 5
+max_requests = 20000     # recycle workers now and then; the queue survives it
+max_requests_jitter = 2000
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = os.environ.get("AVATAR_SYNC_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("AVATAR_SYNC_GUNICORN_LOG_LEVEL", "info")
+
+
+def post_worker_init(worker):
+    from app.worker import WorkerPool
+
+    services = worker.wsgi.extensions["avatar_sync"]
+    w = services.settings.worker
+    if w.start_in_web and w.threads > 0:
+        worker.avatar_sync_pool = WorkerPool(services, w.threads, w.poll_seconds).start()
+
+
+def worker_exit(server, worker):
+    pool = getattr(worker, "avatar_sync_pool", None)
+    if pool is not None:
+        pool.stop(timeout=max(1, graceful_timeout - 5))

@@ -1,0 +1,236 @@
+"""LoginQueue: a durable work queue in the database, one row per user.
+
+- One row per user: a second event before the first is done merges into it (the higher
+  priority wins; an event arriving while the job runs marks it to run once more).
+- Priorities: login work (0) before sweep work (10), so logins stay immediate during a sweep.
+- A claim takes a lease; a worker that dies leaves its lease to expire and the job is taken
+  again. Claims are atomic across processes: BEGIN IMMEDIATE on SQLite, FOR UPDATE SKIP LOCKED
+  on PostgreSQL.
+- A failed attempt is retried with exponential back-off and jitter; after the last attempt the
+  row stays, state ``failed``, with its reason, until the next event for that user.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text, and_, func, or_,
+                        select)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .store import Store, metadata, utcnow
+
+LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
+PENDING, RUNNING, FAILED = "pending", "running", "failed"
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(255), nullable=False, unique=True),
+    Column("priority", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("force", Boolean, nullable=False, default=False),
+    Column("again", Boolean, nullable=False, default=False),  # an event came in while running
+    Column("source", String(32), nullable=False),
+    Column("sweep_id", Integer),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_try_at", DateTime(timezone=True), nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("id", String(255), primary_key=True),  # X-Atlassian-Webhook-Identifier
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    username: str
+    priority: int
+    force: bool
+    source: str
+    attempts: int
+    sweep_id: int | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    base_seconds: float = 5.0
+    max_seconds: float = 3600.0
+    lease_seconds: float = 120.0
+
+    def delay(self, attempts: int) -> float:
+        """Exponential back-off with jitter after ``attempts`` failed tries."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+class LoginQueue:
+    def __init__(self, store: Store, policy: RetryPolicy = RetryPolicy()):
+        self.store, self.policy = store, policy
+        self.wakeup = threading.Event()  # set by enqueue: this process's workers start at once
+        self.owner_prefix = f"{socket.gethostname()}:"
+
+    # -- producers ---------------------------------------------------------------------
+
+    def enqueue(self, username: str, priority: int = LOGIN, source: str = "login", force: bool = False,
+                sweep_id: int | None = None, delivery_id: str | None = None) -> bool:
+        """Queue (or merge into) the user's job. False when ``delivery_id`` was seen before.
+
+        A login merged into a running job needs nothing more: that run is the sync it asks
+        for. Any other event (user_updated...) may carry news the running attempt missed, so
+        the job runs once more afterwards.
+        """
+        rerun = source != "login"
+        now = utcnow()
+        with self.store.write() as conn:
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            if delivery_id:
+                inserted = conn.execute(insert(deliveries).values(id=delivery_id[:255], received_at=now)
+                                        .on_conflict_do_nothing(index_elements=["id"])
+                                        .returning(deliveries.c.id)).first()
+                if inserted is None:
+                    return False
+            stmt = insert(jobs).values(
+                username=username, priority=priority, state=PENDING, force=force, again=False,
+                source=source, sweep_id=sweep_id, attempts=0, next_try_at=now, created_at=now, updated_at=now)
+            excluded = stmt.excluded
+            running = jobs.c.state == RUNNING
+            stmt = stmt.on_conflict_do_update(index_elements=["username"], set_={
+                "priority": func.min(jobs.c.priority, excluded.priority) if conn.dialect.name == "sqlite"
+                else func.least(jobs.c.priority, excluded.priority),
+                "force": jobs.c.force | excluded.force,
+                # merged into a running job: run once more after it, so no event is lost
+                "again": _case(running, rerun, jobs.c.again) if rerun else jobs.c.again,
+                "source": _case(jobs.c.priority <= excluded.priority, jobs.c.source, excluded.source),
+                "state": _case(running, RUNNING, PENDING),
+                "attempts": _case(jobs.c.state == FAILED, 0, jobs.c.attempts),
+                "next_try_at": _case(running, jobs.c.next_try_at, now),
+                "updated_at": now,
+            })
+            conn.execute(stmt)
+        self.wakeup.set()
+        return True
+
+    # -- consumers ---------------------------------------------------------------------
+
+    def owner(self) -> str:
+        return f"{self.owner_prefix}{os.getpid()}:{threading.get_ident()}"
+
+    def claim(self, limit: int = 1) -> list[Job]:
+        """Lease up to ``limit`` due jobs, highest priority first; atomic across processes."""
+        now = utcnow()
+        owner = self.owner()
+        with self.store.write() as conn:
+            due = or_(and_(jobs.c.state == PENDING, jobs.c.next_try_at <= now),
+                      and_(jobs.c.state == RUNNING, jobs.c.lease_until < now))
+            query = (select(jobs).where(due).order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id)
+                     .limit(limit))
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = conn.execute(query).mappings().all()
+            if not rows:
+                return []
+            conn.execute(jobs.update().where(jobs.c.id.in_([r["id"] for r in rows])).values(
+                state=RUNNING, lease_owner=owner, again=False,
+                lease_until=now + timedelta(seconds=self.policy.lease_seconds),
+                attempts=jobs.c.attempts + 1, updated_at=now))
+        return [Job(r["id"], r["username"], r["priority"], bool(r["force"]), r["source"],
+                    r["attempts"] + 1, r["sweep_id"]) for r in rows]
+
+    def complete(self, job: Job) -> None:
+        """Done: drop the row, unless another event came in meanwhile (then run it again)."""
+        now = utcnow()
+        with self.store.write() as conn:
+            mine = and_(jobs.c.id == job.id, jobs.c.lease_owner == self.owner())
+            conn.execute(jobs.update().where(mine, jobs.c.again.is_(True)).values(
+                state=PENDING, again=False, attempts=0, lease_owner=None, lease_until=None,
+                next_try_at=now, last_error=None, updated_at=now))
+            conn.execute(jobs.delete().where(mine, jobs.c.again.is_(False), jobs.c.state == RUNNING))
+
+    def fail(self, job: Job, error: str) -> bool:
+        """A failed attempt: retry later with back-off, or keep as failed. True if retried."""
+        now = utcnow()
+        retry = job.attempts < self.policy.max_attempts
+        with self.store.write() as conn:
+            mine = and_(jobs.c.id == job.id, jobs.c.lease_owner == self.owner())
+            if retry:
+                values = dict(state=PENDING, next_try_at=now + timedelta(seconds=self.policy.delay(job.attempts)))
+            else:
+                values = dict(state=FAILED, next_try_at=now)
+            conn.execute(jobs.update().where(mine).values(
+                lease_owner=None, lease_until=None, last_error=error[:2000], updated_at=now, **values))
+            # an event that arrived while this attempt ran deserves a fresh start
+            conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.again.is_(True)).values(
+                state=PENDING, again=False, attempts=0, next_try_at=now))
+        return retry
+
+    def release_dead_leases(self) -> int:
+        """Free leases held by processes of this host that no longer exist (after a kill -9)."""
+        with self.store.write() as conn:
+            rows = conn.execute(select(jobs.c.id, jobs.c.lease_owner).where(
+                jobs.c.state == RUNNING, jobs.c.lease_owner.like(self.owner_prefix + "%"))).all()
+            dead = [r.id for r in rows if not _pid_alive(int(r.lease_owner.split(":")[1]))]
+            if dead:
+                conn.execute(jobs.update().where(jobs.c.id.in_(dead)).values(
+                    state=PENDING, lease_owner=None, lease_until=None, next_try_at=utcnow()))
+        return len(dead)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def job_for(self, username: str) -> dict | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.username == username)).mappings().first()
+        if row is None:
+            return None
+        out = {k: row[k] for k in ("state", "priority", "source", "attempts", "last_error", "force")}
+        for k in ("next_try_at", "created_at", "updated_at"):
+            out[k] = _aware(row[k]).isoformat() if row[k] else None
+        return out
+
+    def counts(self) -> dict[str, int]:
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+        return {state: n for state, n in rows}
+
+    def forget(self, username: str) -> None:
+        """user_deleted: drop any queued work for the user (a running attempt finishes)."""
+        with self.store.write() as conn:
+            conn.execute(jobs.delete().where(jobs.c.username == username, jobs.c.state != RUNNING))
+
+    def prune_deliveries(self, older_than: timedelta = timedelta(days=2)) -> None:
+        with self.store.write() as conn:
+            conn.execute(deliveries.delete().where(deliveries.c.received_at < utcnow() - older_than))
+
+
+def _case(condition, when_true, otherwise):
+    from sqlalchemy import case, literal
+    wrap = lambda v: v if hasattr(v, "compile") else literal(v)  # noqa: E731
+    return case((condition, wrap(when_true)), else_=wrap(otherwise))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,74 @@
+"""WorkerPool: threads that drain the LoginQueue through Syncer.sync_user.
+
+Started after fork (gunicorn's post_worker_init hook, or ``jira-avatar-sync worker``), never in
+create_app(). An enqueue in the same process wakes the threads at once; other processes' work
+is found by polling every ``poll_seconds``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from .queue import Job
+from .sync import FAILED
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    def __init__(self, services, threads: int = 2, poll_seconds: float = 1.0):
+        self.services, self.threads, self.poll_seconds = services, threads, poll_seconds
+        self.queue = services.queue
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "WorkerPool":
+        try:
+            released = self.queue.release_dead_leases()
+            if released:
+                log.info("took back %d jobs from workers that died", released)
+        except Exception:  # noqa: BLE001 - the database may be down; the leases expire anyway
+            log.exception("could not check for dead workers' jobs")
+        for i in range(self.threads):
+            t = threading.Thread(target=self._run, name=f"avatar-sync-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("%d sync worker threads started", self.threads)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let running jobs finish (their leases would otherwise have to expire)."""
+        self._stop.set()
+        self.queue.wakeup.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    def run_once(self) -> bool:
+        """Claim and process one job; False when none was due."""
+        jobs = self.queue.claim(1)
+        for job in jobs:
+            self.process(job)
+        return bool(jobs)
+
+    def process(self, job: Job) -> None:
+        result = self.services.syncer.sync_user(job.username, force=job.force)
+        if result.outcome == FAILED:
+            retried = self.queue.fail(job, result.reason or "failed")
+            if not retried:
+                log.error("giving up on %s after %d attempts: %s", job.username, job.attempts, result.reason)
+        else:
+            self.queue.complete(job)
+
+    def _run(self) -> None:
+        wakeup = self.queue.wakeup
+        while not self._stop.is_set():
+            wakeup.clear()
+            try:
+                if self.run_once():
+                    continue
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
+                log.exception("worker loop error")
+                self._stop.wait(self.poll_seconds)
+                continue
+            wakeup.wait(self.poll_seconds)

@@ -1,0 +1,146 @@
+"""LoginQueue on SQLite and PostgreSQL: merging, priorities, leases, back-off, atomic claims."""
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+from sqlalchemy import update
+
+from app.queue import LOGIN, SWEEP, USER_EVENT, LoginQueue, RetryPolicy, jobs
+from app.store import Store, utcnow
+from tests.test_store import database_url, pg_url  # noqa: F401 - fixtures shared with the store tests
+
+
+@pytest.fixture
+def queue(database_url):  # noqa: F811
+    store = Store(database_url)
+    with store.write() as conn:
+        conn.execute(jobs.delete())
+    yield LoginQueue(store, RetryPolicy(max_attempts=3, base_seconds=10, max_seconds=60, lease_seconds=30))
+    store.dispose()
+
+
+def test_one_row_per_user_and_login_beats_sweep(queue):
+    queue.enqueue("bob", SWEEP, source="sweep")
+    queue.enqueue("alice", SWEEP, source="sweep")
+    queue.enqueue("bob", LOGIN, source="login")
+    queue.enqueue("bob", LOGIN, source="login")
+    assert queue.counts() == {"pending": 2}
+    first = queue.claim(1)[0]
+    assert (first.username, first.priority, first.source) == ("bob", LOGIN, "login")
+    assert queue.claim(1)[0].username == "alice"
+    assert queue.claim(1) == []
+
+
+def test_enqueue_wakes_this_process(queue):
+    queue.wakeup.clear()
+    queue.enqueue("bob")
+    assert queue.wakeup.is_set()
+
+
+def test_complete_removes_the_job(queue):
+    queue.enqueue("bob")
+    queue.complete(queue.claim(1)[0])
+    assert queue.job_for("bob") is None
+
+
+def test_login_during_a_running_job_merges_but_a_user_event_runs_again(queue):
+    queue.enqueue("bob")
+    job = queue.claim(1)[0]
+    queue.enqueue("bob", LOGIN, source="login")  # that run is the sync it asks for
+    queue.complete(job)
+    assert queue.job_for("bob") is None
+    queue.enqueue("bob")
+    job = queue.claim(1)[0]
+    queue.enqueue("bob", USER_EVENT, source="updated")
+    assert queue.claim(1) == []  # never two runs of one user at once
+    queue.complete(job)
+    again = queue.claim(1)
+    assert [j.username for j in again] == ["bob"] and again[0].attempts == 1
+
+
+def test_failure_backs_off_then_is_kept_as_failed(queue):
+    queue.enqueue("bob")
+    for attempt in (1, 2):
+        job = queue.claim(1)[0]
+        assert job.attempts == attempt
+        assert queue.fail(job, f"Jira down {attempt}") is True
+        info = queue.job_for("bob")
+        assert info["state"] == "pending" and info["last_error"] == f"Jira down {attempt}"
+        assert queue.claim(1) == []  # not due yet
+        _make_due(queue)
+    job = queue.claim(1)[0]
+    assert queue.fail(job, "Jira down 3") is False
+    info = queue.job_for("bob")
+    assert info["state"] == "failed" and info["attempts"] == 3 and info["last_error"] == "Jira down 3"
+    assert queue.claim(1) == []
+    queue.enqueue("bob")  # a new event revives it with fresh attempts
+    assert queue.claim(1)[0].attempts == 1
+
+
+def test_backoff_grows_with_jitter():
+    policy = RetryPolicy(base_seconds=10, max_seconds=100)
+    for attempts, ceiling in [(1, 10), (2, 20), (3, 40), (5, 100), (9, 100)]:
+        delays = [policy.delay(attempts) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1
+
+
+def test_expired_lease_is_taken_again(queue):
+    queue.enqueue("bob")
+    job = queue.claim(1)[0]
+    assert queue.claim(1) == []
+    with queue.store.write() as conn:
+        conn.execute(update(jobs).values(lease_until=utcnow() - _seconds(1)))
+    retaken = queue.claim(1)[0]
+    assert retaken.id == job.id and retaken.attempts == 2
+
+
+def test_dead_process_leases_are_released(queue):
+    queue.enqueue("bob")
+    queue.claim(1)
+    with queue.store.write() as conn:  # pretend a process that no longer exists took it
+        conn.execute(update(jobs).values(lease_owner=queue.owner_prefix + "999999:1"))
+    assert queue.release_dead_leases() == 1
+    assert queue.claim(1)[0].username == "bob"
+
+
+def test_duplicate_delivery(queue):
+    assert queue.enqueue("bob", delivery_id="abc") is True
+    assert queue.enqueue("bob", delivery_id="abc") is False
+    assert queue.enqueue("bob", delivery_id="def") is True
+
+
+def _claim_all(url, results):
+    q = LoginQueue(Store(url))
+    mine = []
+    while True:
+        claimed = q.claim(3)
+        if not claimed:
+            break
+        mine.extend(j.username for j in claimed)
+    results.put(mine)
+
+
+def test_claims_are_atomic_across_processes(queue, database_url):  # noqa: F811
+    for i in range(120):
+        queue.enqueue(f"user{i}", SWEEP, source="sweep")
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(database_url, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [name for _ in procs for name in results.get(timeout=60)]
+    for p in procs:
+        p.join(30)
+    assert sorted(claimed) == sorted(f"user{i}" for i in range(120))  # each exactly once
+
+
+def _seconds(n):
+    from datetime import timedelta
+    return timedelta(seconds=n)
+
+
+def _make_due(queue):
+    with queue.store.write() as conn:
+        conn.execute(update(jobs).values(next_try_at=utcnow() - _seconds(1)))

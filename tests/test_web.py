@@ -1,0 +1,199 @@
+"""The HTTP doors (webhook, admin, health) through Flask's test client, over real slapd and the
+Jira emulator; the queue is drained inline with WorkerPool.run_once()."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from app import create_app
+from app.config import ConfigError
+from app.worker import WorkerPool
+from tests import photos
+from tests.conftest import JIRA_USER, make_settings, slapd_directory
+from tests.rig.slapd import free_port
+
+SECRET = "hook-secret"
+ADMIN = "admin-token"
+
+
+def signed(payload: dict, secret: str = SECRET) -> tuple[bytes, dict]:
+    body = json.dumps(payload).encode()
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return body, {"X-Hub-Signature": f"sha256={digest}", "Content-Type": "application/json"}
+
+
+def login(name: str, event: str = "user_login") -> dict:
+    return {"webhookEvent": event, "timestamp": 1700000000000, "user": {"name": name, "key": "JIRAUSER1"}}
+
+
+@pytest.fixture
+def service(tmp_path, slapd, ldap_ou, jira):
+    def build(directories=None, **extra):
+        settings = make_settings(tmp_path, jira.url, directories or [slapd_directory(slapd, ldap_ou)],
+                                 webhook={"secret": SECRET}, admin={"token": ADMIN}, **extra)
+        app = create_app(settings)
+        app.services = app.extensions["avatar_sync"]
+        app.pool = WorkerPool(app.services)
+        app.http = app.test_client()
+        return app
+    return build
+
+
+@pytest.fixture
+def web(service, slapd, ldap_ou, jira):
+    app = service()
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    yield app
+    app.services.close()
+
+
+def post(app, payload, **kw):
+    body, headers = signed(payload)
+    return app.http.post("/webhooks/jira", data=body, headers={**headers, **kw.pop("headers", {})}, **kw)
+
+
+def test_signed_login_is_queued_then_synced(web, jira):
+    r = post(web, login("jdoe"))
+    assert r.status_code == 202 and r.get_json() == {"status": "queued", "user": "jdoe"}
+    assert web.services.queue.job_for("jdoe")["state"] == "pending"
+    assert web.pool.run_once()
+    assert jira.state.selected_avatar("jdoe").owner is not None
+    assert web.services.queue.job_for("jdoe") is None
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Hub-Signature": "sha256=" + "0" * 64},
+                                     {"X-Hub-Signature": "sha1=abc"}, {"Authorization": "Bearer wrong"}])
+def test_bad_or_missing_signature_is_401_and_nothing_queued(web, headers):
+    body = json.dumps(login("jdoe")).encode()
+    r = web.http.post("/webhooks/jira", data=body, headers={"Content-Type": "application/json", **headers})
+    assert r.status_code == 401
+    assert web.services.queue.job_for("jdoe") is None
+
+
+def test_signature_over_other_bytes_is_refused(web):
+    body, headers = signed(login("jdoe"))
+    r = web.http.post("/webhooks/jira", data=body.replace(b"jdoe", b"root"), headers=headers)
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize("how", ["query", "bearer"])
+def test_token_for_senders_that_cannot_sign(web, how):
+    body = json.dumps(login("jdoe")).encode()
+    if how == "query":
+        r = web.http.post(f"/webhooks/jira?token={SECRET}", data=body, content_type="application/json")
+    else:
+        r = web.http.post("/webhooks/jira", data=body, content_type="application/json",
+                          headers={"Authorization": f"Bearer {SECRET}"})
+    assert r.status_code == 202
+
+
+def test_bad_bodies(web):
+    big = {"user": {"name": "jdoe"}, "pad": "x" * 70_000}
+    assert post(web, big).status_code == 413
+    body = b"this is not json"
+    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    r = web.http.post("/webhooks/jira", data=body, headers={"X-Hub-Signature": f"sha256={digest}"})
+    assert r.status_code == 415
+    r = post(web, {"webhookEvent": "user_login", "user": {"key": "JIRAUSER1"}})
+    assert r.status_code == 400 and "user.name" in r.get_json()["error"]
+    assert post(web, {"webhookEvent": "user_login"}).status_code == 400
+    assert web.services.queue.counts() == {}
+
+
+def test_duplicate_delivery_is_not_queued_twice(web):
+    headers = {"X-Atlassian-Webhook-Identifier": "delivery-1"}
+    assert post(web, login("jdoe"), headers=headers).status_code == 202
+    web.pool.run_once()
+    r = post(web, login("jdoe", "user_updated"), headers=headers)
+    assert r.status_code == 200 and r.get_json()["status"] == "ignored"
+    assert web.services.queue.job_for("jdoe") is None
+
+
+def test_login_storm_is_debounced_without_database_writes(web, monkeypatch):
+    post(web, login("jdoe"))
+    web.pool.run_once()
+    monkeypatch.setattr(web.services.store, "write", lambda: pytest.fail("database write on a debounced login"))
+    for _ in range(5):
+        r = post(web, login("jdoe"))
+        assert r.status_code == 200 and r.get_json()["status"] == "debounced"
+
+
+def test_debounce_reads_the_stored_time_in_a_fresh_process(web, service):
+    post(web, login("jdoe"))
+    web.pool.run_once()
+    other_process = service()  # a new cache, same database
+    assert post(other_process, login("jdoe")).get_json()["status"] == "debounced"
+    # user_updated may carry a new photo: not debounced
+    assert post(other_process, login("jdoe", "user_updated")).status_code == 202
+
+
+def test_service_account_is_ignored_and_disabled_is_answered(web, service):
+    r = post(web, login(JIRA_USER))
+    assert r.status_code == 200 and r.get_json()["status"] == "ignored"
+    disabled = service(photo_attributes=[])
+    r = post(disabled, login("jdoe"))
+    assert r.status_code == 200 and r.get_json()["status"] == "disabled"
+    assert web.services.queue.counts() == {}
+
+
+def test_user_deleted_forgets_the_user(web):
+    post(web, login("jdoe"))
+    web.pool.run_once()
+    assert web.services.store.get("jdoe") is not None
+    assert post(web, login("jdoe", "user_deleted")).status_code == 200
+    assert web.services.store.get("jdoe") is None
+
+
+def test_refuses_to_start_without_a_webhook_secret(tmp_path, jira, slapd, ldap_ou):
+    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)])
+    with pytest.raises(ConfigError, match="webhook.secret"):
+        create_app(settings)
+    open_settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)],
+                                  webhook={"allow_unauthenticated": True})
+    app = create_app(open_settings)
+    r = app.test_client().post("/webhooks/jira", json=login("jdoe"))
+    assert r.status_code == 202
+
+
+def test_admin_sync_and_user_view(web, jira):
+    r = web.http.post("/admin/users/jdoe/sync", json={"force": False})
+    assert r.status_code == 401
+    r = web.http.post("/admin/users/jdoe/sync", json={"force": False}, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    r = web.http.post("/admin/users/jdoe/sync", json={"force": False}, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 200 and r.get_json()["outcome"] == "updated"
+    basic = base64.b64encode(f"admin:{ADMIN}".encode()).decode()
+    r = web.http.get("/admin/users/jdoe", headers={"Authorization": f"Basic {basic}"})
+    body = r.get_json()
+    assert r.status_code == 200 and body["state"]["last_outcome"] == "updated"
+    assert body["state"]["avatar_id"] == jira.state.selected_avatar("jdoe").id
+    r = web.http.post("/admin/users/jdoe/sync", json={"force": "yes"}, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 400
+    assert web.http.get("/admin/users/nobody", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 404
+
+
+def test_failed_job_is_visible_through_the_admin_api(web, jira):
+    jira.state.inject(503, seconds=60)
+    post(web, login("jdoe"))
+    web.pool.run_once()
+    body = web.http.get("/admin/users/jdoe", headers={"Authorization": f"Bearer {ADMIN}"}).get_json()
+    assert body["queue"]["state"] == "pending" and body["queue"]["attempts"] == 1
+    assert "503" in body["queue"]["last_error"] and body["state"]["last_outcome"] == "failed"
+
+
+def test_health_and_readiness(web, service, slapd, ldap_ou):
+    assert web.http.get("/healthz").get_json() == {"status": "ok"}
+    r = web.http.get("/readyz")
+    assert r.status_code == 200 and r.get_json()["status"] == "ok"
+    assert set(r.get_json()["checks"]) == {"directory:openldap", "jira", "database"}
+    broken = service([slapd_directory(slapd, ldap_ou, urls=[f"ldap://127.0.0.1:{free_port()}"])])
+    r = broken.http.get("/readyz")
+    assert r.status_code == 503
+    checks = r.get_json()["checks"]
+    assert checks["directory:openldap"]["ok"] is False and checks["jira"]["ok"] is True
+    assert broken.http.get("/healthz").status_code == 200
