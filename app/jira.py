@@ -95,17 +95,21 @@ class JiraClient:
         return JiraUser(name=body.get("name", username), key=body.get("key", ""),
                         avatar_id=avatar_id, avatar_is_custom=custom)
 
-    def custom_avatar_ids(self, username: str) -> list[str]:
-        """Ids of the user's uploaded (custom) avatars, whoever uploaded them."""
-        resp = self._request("GET", "/user/avatars", params={"username": username})
-        return [str(a.get("id")) for a in _json(resp).get("custom", []) if a.get("id") is not None]
+    def custom_avatars(self, username: str) -> dict[str, str | None]:
+        """The user's uploaded (custom) avatars, whoever uploaded them: {id: fileName or None}.
 
-    def upload_avatar(self, username: str, png: bytes, side: int) -> str:
+        DC 10+ lists each avatar's fileName (§1.1); older versions leave it out.
+        """
+        resp = self._request("GET", "/user/avatars", params={"username": username})
+        return {str(a["id"]): a.get("fileName") for a in _json(resp).get("custom", [])
+                if a.get("id") is not None}
+
+    def upload_avatar(self, username: str, png: bytes, side: int, filename: str = "avatar.png") -> str:
         """Upload a square PNG of ``side`` px (<= 500) and return the new avatar's id."""
         for attempt in (1, 2):
             temp = self._request(
                 "POST", "/user/avatar/temporary", ok=(200, 201), data=png,
-                params={"username": username, "filename": "avatar.png", "size": len(png)},
+                params={"username": username, "filename": filename, "size": len(png)},
                 headers={"Content-Type": "image/png"})
             temp_body = _json(temp)
             if temp_body.get("id") is not None:  # square <= 48 px: created without cropping

@@ -119,10 +119,11 @@ class Store:
                 data[k] = data[k].replace(tzinfo=timezone.utc)
         return UserState(**data)
 
-    def remember_created(self, username: str, avatar_id: str, photo_sha256: str | None = None) -> None:
-        """Note an avatar this service created, before selecting it, so it is never orphaned."""
+    def remember_created(self, username: str, avatar_id: str | None, photo_sha256: str | None = None) -> None:
+        """Note an avatar this service created, before selecting it, so it is never orphaned
+        (``avatar_id`` None: an upload of that photo is about to start)."""
         def change(state: UserState):
-            if avatar_id not in state.created_avatar_ids:
+            if avatar_id is not None and avatar_id not in state.created_avatar_ids:
                 state.created_avatar_ids.append(avatar_id)
             state.pending_avatar_id, state.pending_sha256 = avatar_id, photo_sha256
         self._update(username, change)

@@ -135,7 +135,7 @@ class Syncer:
                     self.store.record_outcome(username, UNCHANGED, directory=entry.directory, success=True)
                 return result(UNCHANGED, avatar_id=ours)
             # Rule 6: the user picked another picture; show ours again, re-using it if it exists.
-            if ours in self.jira.custom_avatar_ids(username):
+            if ours in self.jira.custom_avatars(username):
                 if not dry_run:
                     self.jira.select_avatar(username, ours)
                     self._record(username, RESTORED, photo_hash, ours, entry)
@@ -149,14 +149,14 @@ class Syncer:
             outcome, why = UPDATED, "directory photo changed"
 
         # A previous run uploaded this very photo and died before recording it: finish that job.
-        if (not force and state and state.pending_sha256 == photo_hash
-                and state.pending_avatar_id in self.jira.custom_avatar_ids(username)):
+        leftover = self._interrupted_upload(username, state, photo_hash) if not force else None
+        if leftover:
             if not dry_run:
-                if jira_user.avatar_id != state.pending_avatar_id:
-                    self.jira.select_avatar(username, state.pending_avatar_id)
-                self._record(username, outcome, photo_hash, state.pending_avatar_id, entry)
-                self._delete_previous(username, keep=state.pending_avatar_id)
-            return result(outcome, why, state.pending_avatar_id)
+                if jira_user.avatar_id != leftover:
+                    self.jira.select_avatar(username, leftover)
+                self._record(username, outcome, photo_hash, leftover, entry)
+                self._delete_previous(username, keep=leftover)
+            return result(outcome, why, leftover)
 
         # Rules 4 and 5: decode, upload, select, then delete what we created before.
         try:
@@ -187,9 +187,22 @@ class Syncer:
                 return d.photo_attributes
         return self.settings.photo_attributes
 
+    def _interrupted_upload(self, username: str, state: UserState | None, photo_hash: str) -> str | None:
+        """The avatar a killed earlier run created for this very photo, if Jira still has it."""
+        if not state or state.pending_sha256 != photo_hash:
+            return None
+        custom = self.jira.custom_avatars(username)
+        if state.pending_avatar_id in custom:
+            return state.pending_avatar_id
+        # Killed between Jira's crop-confirm answer and our note of the id: find it by the
+        # file name we gave it (DC 10+ lists fileName; elsewhere we simply upload again).
+        name = upload_filename(photo_hash)
+        return next((i for i, f in custom.items() if f == name and i not in state.created_avatar_ids), None)
+
     def _upload_and_select(self, username: str, png: bytes, photo_hash: str) -> str:
         side, _ = png_size(png)
-        new_id = self.jira.upload_avatar(username, png, side)
+        self.store.remember_created(username, None, photo_hash)  # "an upload of this photo began"
+        new_id = self.jira.upload_avatar(username, png, side, upload_filename(photo_hash))
         # Remember it before selecting: a crash in between must not orphan it in Jira.
         self.store.remember_created(username, new_id, photo_hash)
         self.jira.select_avatar(username, new_id)
@@ -224,5 +237,6 @@ class Syncer:
             log.exception("could not record the outcome of %s", result.username)
 
 
-def user_state_view(state: UserState | None) -> dict | None:
-    return state.as_dict() if state else None
+def upload_filename(photo_hash: str) -> str:
+    """Names our uploads after the photo, so an interrupted upload can be recognised."""
+    return f"avatar-sync-{photo_hash[:16]}.png"

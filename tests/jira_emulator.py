@@ -42,6 +42,7 @@ class Avatar:
     id: str
     owner: str | None      # user key; None for system avatars
     png: bytes             # the 256 px rendition Jira derives all sizes from (§5)
+    file_name: str = ""    # the upload's filename, listed as fileName by DC 10+ (§1.1)
 
 
 @dataclass
@@ -73,7 +74,7 @@ class JiraState:
     tokens: dict = field(default_factory=dict)        # personal access token -> username
     users: dict = field(default_factory=dict)         # name -> User
     avatars: dict = field(default_factory=dict)       # id -> Avatar
-    sessions: dict = field(default_factory=dict)      # JSESSIONID -> {"temp": Image | None}
+    sessions: dict = field(default_factory=dict)      # JSESSIONID -> {"temp": (Image, filename) | None}
     failed_logins: dict = field(default_factory=dict)
     faults: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)        # "METHOD endpoint" -> n
@@ -141,14 +142,14 @@ class JiraState:
             self.faults.append(Fault(status, path, method.upper(), count,
                                      time.monotonic() + seconds if seconds else None, retry_after))
 
-    def _create_avatar(self, owner: str, image: Image.Image) -> Avatar:
+    def _create_avatar(self, owner: str, image: Image.Image, file_name: str = "avatar.png") -> Avatar:
         avatar_id = str(self.next_id)
         self.next_id += 1
         image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
         image = image.resize((256, 256), Image.Resampling.LANCZOS)  # all sizes come from 256 px
         out = io.BytesIO()
         image.save(out, "PNG")
-        self.avatars[avatar_id] = Avatar(avatar_id, owner, out.getvalue())
+        self.avatars[avatar_id] = Avatar(avatar_id, owner, out.getvalue(), file_name)
         return self.avatars[avatar_id]
 
     def avatar_urls(self, user: User) -> dict:
@@ -169,11 +170,14 @@ class JiraState:
     def avatar_bean(self, avatar: Avatar, selected_id: str | None = None) -> dict:
         query = {"ownerId": avatar.owner, "avatarId": avatar.id} if avatar.owner else {"avatarId": avatar.id}
         base = f"{self.base_url}/secure/useravatar?"
-        return {"id": avatar.id, "owner": avatar.owner, "isSystemAvatar": avatar.owner is None,
+        bean = {"id": avatar.id, "owner": avatar.owner, "isSystemAvatar": avatar.owner is None,
                 "isSelected": avatar.id == selected_id, "isDeletable": avatar.owner is not None,
                 "urls": {"48x48": base + urlencode(query), "32x32": base + urlencode({"size": "medium", **query}),
                          "24x24": base + urlencode({"size": "small", **query}),
                          "16x16": base + urlencode({"size": "xsmall", **query})}}
+        if self.major_minor >= (10, 0) and avatar.owner:
+            bean["fileName"] = avatar.file_name
+        return bean
 
 
 def _solid_png(colour, side) -> bytes:
@@ -329,10 +333,11 @@ def create_emulator(state: JiraState | None = None) -> Flask:
             image.thumbnail((MAX_TEMP_SIDE, MAX_TEMP_SIDE), Image.Resampling.LANCZOS)
         w, h = image.size
         with state.lock:
+            filename = request.args["filename"]
             if w <= 48 and h == w:  # no cropping needed: the avatar is created at once (§1.2)
-                avatar = state._create_avatar(user.key, image)
+                avatar = state._create_avatar(user.key, image, filename)
                 return jsonify(state.avatar_bean(avatar)), 201
-            state.sessions[g.session_id]["temp"] = image
+            state.sessions[g.session_id]["temp"] = (image, filename)
         side = min(w, h)
         return jsonify({"cropperWidth": 48 + (side - 48) // 3, "cropperOffsetX": (w - 48) // 5,
                         "cropperOffsetY": (h - 48) // 5, "needsCropping": True,
@@ -356,13 +361,14 @@ def create_emulator(state: JiraState | None = None) -> Flask:
         if not (0 <= x <= MAX_TEMP_SIDE - 48 and 0 <= y <= MAX_TEMP_SIDE - 48):
             return _error(400, "avatarpicker.upload.failure")
         with state.lock:
-            image = state.sessions.get(g.session_id, {}).get("temp")
-            if image is None:  # other session, other node, or already confirmed (§1.3)
+            temp = state.sessions.get(g.session_id, {}).get("temp")
+            if temp is None:  # other session, other node, or already confirmed (§1.3)
                 return _error(500, "avatarpicker.upload.failure")
+            image, filename = temp
             if width < 1 or x + width > image.size[0] or y + width > image.size[1]:
                 return _error(400, "emulator: crop square outside the temporary image")
             state.sessions[g.session_id]["temp"] = None
-            avatar = state._create_avatar(user.key, image.crop((x, y, x + width, y + width)))
+            avatar = state._create_avatar(user.key, image.crop((x, y, x + width, y + width)), filename)
             return jsonify(state.avatar_bean(avatar)), 201
 
     @api.put("/user/avatar")

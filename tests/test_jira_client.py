@@ -25,7 +25,7 @@ def test_upload_crop_select_round_trip(jira):
     c.select_avatar("jdoe", avatar_id)
     user = c.get_user("jdoe")
     assert user.avatar_id == avatar_id and user.avatar_is_custom
-    assert avatar_id in c.custom_avatar_ids("jdoe")
+    assert avatar_id in c.custom_avatars("jdoe")
     assert c.delete_avatar("jdoe", avatar_id) is True
     assert c.delete_avatar("jdoe", avatar_id) is False  # already gone is fine
 

@@ -234,3 +234,30 @@ def test_odd_but_real_usernames_find_exactly_that_user(rig):
     for name in ["a\\b", "o'brien", "x*y", "p(q)"]:
         rig.user(name, photos.solid(RED))
         assert rig.sync(name).outcome == "updated", name
+
+
+def test_crash_between_confirm_and_noting_the_id_does_not_upload_again(rig, monkeypatch):
+    """Jira created the avatar but the process died before writing its id down."""
+    rig.user("jdoe", photos.solid(RED))
+    store = rig.services.store
+    real = store.remember_created
+
+    def dies_after_jira_answered(username, avatar_id, photo_hash=None):
+        if avatar_id is not None:
+            raise RuntimeError("killed")
+        real(username, avatar_id, photo_hash)
+    monkeypatch.setattr(store, "remember_created", dies_after_jira_answered)
+    assert rig.sync("jdoe").outcome == "failed"
+    monkeypatch.setattr(store, "remember_created", real)
+    created = rig.state.count("POST /user/avatar")
+    result = rig.sync("jdoe")
+    assert result.outcome == "updated"
+    assert rig.state.count("POST /user/avatar") == created  # found by its file name, not made again
+    assert [a.id for a in rig.state.custom_avatars("jdoe")] == [result.avatar_id] == [rig.shown("jdoe").id]
+
+
+def test_users_own_upload_with_any_name_is_never_adopted(rig):
+    rig.user("jdoe", photos.solid(RED))
+    own = rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
+    result = rig.sync("jdoe")
+    assert result.avatar_id != own and own in rig.state.avatars
