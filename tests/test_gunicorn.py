@@ -1,0 +1,192 @@
+"""The service as operators run it: a real gunicorn process (deploy/gunicorn.conf.py) on
+loopback, real slapd, the Jira emulator. Deadlines here are generous upper bounds to keep
+CI stable; the latency targets are measured by tests/bench/, not asserted."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests import photos
+from tests.conftest import JIRA_PASSWORD, JIRA_USER
+from tests.rig import slapd as slapd_rig
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET, ADMIN = "gunicorn-hook-secret", "gunicorn-admin-token"
+
+
+class Service:
+    def __init__(self, tmp_path: Path, slapd, base_dn: str, jira_url: str):
+        self.port = slapd_rig.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "gunicorn.log"
+        self.config = tmp_path / "service.toml"
+        self.config.write_text(f"""
+database_url = "sqlite:///{tmp_path}/state.db"
+photo_attributes = ["jpegPhoto"]
+[jira]
+url = "{jira_url}"
+username = "{JIRA_USER}"
+password = "{JIRA_PASSWORD}"
+max_retries = 1
+timeout = 5
+[webhook]
+secret = "{SECRET}"
+[admin]
+token = "{ADMIN}"
+[worker]
+threads = 4
+poll_seconds = 0.2
+lease_seconds = 5
+max_attempts = 100
+retry_base_seconds = 0.5
+retry_max_seconds = 3
+[[directories]]
+name = "openldap"
+urls = ["{slapd.url}"]
+bind_dn = "{slapd_rig.SVC_DN}"
+bind_password = "{slapd_rig.SVC_PW}"
+base_dn = "{base_dn}"
+""")
+        self.proc: subprocess.Popen | None = None
+        self.http = requests.Session()
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+        env["AVATAR_SYNC_CONFIG"] = str(self.config)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind",
+             f"127.0.0.1:{self.port}", "--workers", "2", "app:create_app()"],
+            cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise AssertionError("gunicorn did not come up:\n" + self.log.read_text()[-3000:])
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)  # master and every worker, no goodbye
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def login(self, name: str, signature: str | None = None, session=None) -> requests.Response:
+        body = json.dumps({"webhookEvent": "user_login", "timestamp": int(time.time() * 1000),
+                           "user": {"name": name}}).encode()
+        digest = signature or "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        return (session or requests).post(self.url + "/webhooks/jira", data=body, timeout=10,
+                                          headers={"Content-Type": "application/json", "X-Hub-Signature": digest})
+
+    def user(self, name: str) -> requests.Response:
+        return self.http.get(f"{self.url}/admin/users/{name}", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+
+
+@pytest.fixture
+def service(tmp_path, slapd, ldap_ou, jira):
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def add_users(slapd, ou, jira, names):
+    for name in names:
+        slapd.add_user(ou, name, jpeg_photo=photos.photo(120, 100))
+        jira.state.add_user(name)
+
+
+def wait_until(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def synced(jira, name) -> bool:
+    return jira.state.selected_avatar(name).owner is not None
+
+
+def test_signed_login_selects_the_avatar(service, slapd, ldap_ou, jira):
+    add_users(slapd, ldap_ou, jira, ["jdoe"])
+    started = time.monotonic()
+    r = service.login("jdoe")
+    assert r.status_code == 202 and r.json() == {"status": "queued", "user": "jdoe"}
+    wait_until(lambda: synced(jira, "jdoe"), 10, "the avatar to be selected")
+    print(f"login -> avatar selected in {(time.monotonic() - started) * 1000:.0f} ms")
+    assert service.user("jdoe").json()["state"]["last_outcome"] == "updated"
+    again = service.login("jdoe")
+    assert again.status_code == 200 and again.json()["status"] == "debounced"
+
+
+def test_fifty_concurrent_logins_make_one_upload(service, slapd, ldap_ou, jira):
+    add_users(slapd, ldap_ou, jira, ["storm"])
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(lambda _: service.login("storm").status_code, range(50)))
+    assert set(statuses) <= {200, 202} and 202 in statuses
+    wait_until(lambda: synced(jira, "storm"), 10, "the avatar to be selected")
+    wait_until(lambda: service.user("storm").json()["queue"] is None, 10, "the queue to drain")
+    assert jira.state.count("POST /user/avatar/temporary", "storm") == 1
+    assert jira.state.count("POST /user/avatar", "storm") == 1
+
+
+def test_bad_signature_is_refused_and_nothing_queued(service, slapd, ldap_ou, jira):
+    add_users(slapd, ldap_ou, jira, ["jdoe"])
+    assert service.login("jdoe", signature="sha256=" + "0" * 64).status_code == 401
+    assert requests.post(service.url + "/webhooks/jira", json={"user": {"name": "jdoe"}}, timeout=5).status_code == 401
+    time.sleep(0.5)
+    assert service.user("jdoe").status_code == 404  # nothing known, nothing queued
+    assert jira.state.writes() == 0
+
+
+def test_sigkill_after_accepting_loses_and_repeats_nothing(service, slapd, ldap_ou, jira):
+    names = [f"k{i:03d}" for i in range(200)]
+    add_users(slapd, ldap_ou, jira, names)
+    jira.state.latency = 0.02  # so the kill lands while syncs are in flight
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda n: service.login(n).status_code, names))
+    service.kill9()
+    assert statuses == [202] * len(names)
+    done_before = sum(synced(jira, n) for n in names)
+    assert done_before < len(names), "the kill came too late to test anything"
+    service.start()
+    wait_until(lambda: all(synced(jira, n) for n in names), 90, "every accepted login to be synced")
+    created = {n: jira.state.count("POST /user/avatar", n) for n in names}
+    assert {n: c for n, c in created.items() if c != 1} == {}
+    assert all(len(jira.state.custom_avatars(n)) == 1 for n in names)  # no orphans either
+    print(f"{done_before} of {len(names)} synced before the kill; the rest after the restart")
+
+
+def test_jira_answering_503_for_30_seconds(service, slapd, ldap_ou, jira):
+    names = [f"o{i:02d}" for i in range(20)]
+    add_users(slapd, ldap_ou, jira, names)
+    jira.state.inject(503, path="/rest/", seconds=30, retry_after=1)
+    started = time.monotonic()
+    assert all(service.login(n).status_code == 202 for n in names)
+    time.sleep(2)
+    failed = service.user(names[0]).json()
+    assert failed["queue"]["attempts"] >= 1 and "503" in failed["queue"]["last_error"]
+    wait_until(lambda: all(synced(jira, n) for n in names), 90, "every login to land after the outage")
+    assert time.monotonic() - started >= 29
+    assert all(jira.state.count("POST /user/avatar", n) == 1 for n in names)
