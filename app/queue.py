@@ -18,8 +18,8 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text, and_, func, or_,
-                        select)
+from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text, and_, bindparam, case,
+                        func, or_, select)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -87,6 +87,7 @@ class LoginQueue:
         self.store, self.policy = store, policy
         self.wakeup = threading.Event()  # set by enqueue: this process's workers start at once
         self.owner_prefix = f"{socket.gethostname()}:"
+        self._statements: dict = {}
 
     # -- producers ---------------------------------------------------------------------
 
@@ -101,33 +102,24 @@ class LoginQueue:
         rerun = source != "login"
         now = utcnow()
         with self.store.write() as conn:
-            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             if delivery_id:
-                inserted = conn.execute(insert(deliveries).values(id=delivery_id[:255], received_at=now)
-                                        .on_conflict_do_nothing(index_elements=["id"])
-                                        .returning(deliveries.c.id)).first()
+                inserted = conn.execute(self._statement(conn, "delivery"),
+                                        {"id": delivery_id[:255], "received_at": now}).first()
                 if inserted is None:
                     return False
-            stmt = insert(jobs).values(
-                username=username, priority=priority, state=PENDING, force=force, again=False,
-                source=source, sweep_id=sweep_id, attempts=0, next_try_at=now, created_at=now, updated_at=now)
-            excluded = stmt.excluded
-            running = jobs.c.state == RUNNING
-            stmt = stmt.on_conflict_do_update(index_elements=["username"], set_={
-                "priority": func.min(jobs.c.priority, excluded.priority) if conn.dialect.name == "sqlite"
-                else func.least(jobs.c.priority, excluded.priority),
-                "force": jobs.c.force | excluded.force,
-                # merged into a running job: run once more after it, so no event is lost
-                "again": _case(running, rerun, jobs.c.again) if rerun else jobs.c.again,
-                "source": _case(jobs.c.priority <= excluded.priority, jobs.c.source, excluded.source),
-                "state": _case(running, RUNNING, PENDING),
-                "attempts": _case(jobs.c.state == FAILED, 0, jobs.c.attempts),
-                "next_try_at": _case(running, jobs.c.next_try_at, now),
-                "updated_at": now,
-            })
-            conn.execute(stmt)
+            conn.execute(self._statement(conn, "enqueue"), {
+                "username": username, "priority": priority, "force": force, "source": source,
+                "sweep_id": sweep_id, "now": now, "rerun": rerun})
         self.wakeup.set()
         return True
+
+    def _statement(self, conn, name: str):
+        """Built once per dialect: composing an upsert costs more than running it."""
+        key = (conn.dialect.name, name)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = _build(conn.dialect.name, name)
+        return stmt
 
     # -- consumers ---------------------------------------------------------------------
 
@@ -138,9 +130,13 @@ class LoginQueue:
         """Lease up to ``limit`` due jobs, highest priority first; atomic across processes."""
         now = utcnow()
         owner = self.owner()
+        due = or_(and_(jobs.c.state == PENDING, jobs.c.next_try_at <= now),
+                  and_(jobs.c.state == RUNNING, jobs.c.lease_until < now))
+        # An idle poll is a plain read: it must not take the write lock webhooks are waiting for.
+        with self.store.engine.connect() as conn:
+            if conn.execute(select(jobs.c.id).where(due).limit(1)).first() is None:
+                return []
         with self.store.write() as conn:
-            due = or_(and_(jobs.c.state == PENDING, jobs.c.next_try_at <= now),
-                      and_(jobs.c.state == RUNNING, jobs.c.lease_until < now))
             query = (select(jobs).where(due).order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id)
                      .limit(limit))
             if conn.dialect.name == "postgresql":
@@ -220,10 +216,30 @@ class LoginQueue:
             conn.execute(deliveries.delete().where(deliveries.c.received_at < utcnow() - older_than))
 
 
-def _case(condition, when_true, otherwise):
-    from sqlalchemy import case, literal
-    wrap = lambda v: v if hasattr(v, "compile") else literal(v)  # noqa: E731
-    return case((condition, wrap(when_true)), else_=wrap(otherwise))
+def _build(dialect: str, name: str):
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    if name == "delivery":
+        return (insert(deliveries).values(id=bindparam("id"), received_at=bindparam("received_at"))
+                .on_conflict_do_nothing(index_elements=["id"]).returning(deliveries.c.id))
+    now, rerun = bindparam("now"), bindparam("rerun")
+    stmt = insert(jobs).values(
+        username=bindparam("username"), priority=bindparam("priority"), state=PENDING,
+        force=bindparam("force"), again=False, source=bindparam("source"), sweep_id=bindparam("sweep_id"),
+        attempts=0, next_try_at=now, created_at=now, updated_at=now)
+    new = stmt.excluded
+    running = jobs.c.state == RUNNING
+    smaller = func.least if dialect == "postgresql" else func.min
+    return stmt.on_conflict_do_update(index_elements=["username"], set_={
+        "priority": smaller(jobs.c.priority, new.priority),
+        "force": jobs.c.force | new.force,
+        # merged into a running job: maybe run once more after it (see enqueue)
+        "again": case((and_(running, rerun), True), else_=jobs.c.again),
+        "source": case((jobs.c.priority <= new.priority, jobs.c.source), else_=new.source),
+        "state": case((running, RUNNING), else_=PENDING),
+        "attempts": case((jobs.c.state == FAILED, 0), else_=jobs.c.attempts),
+        "next_try_at": case((running, jobs.c.next_try_at), else_=now),
+        "updated_at": now,
+    })
 
 
 def _pid_alive(pid: int) -> bool:

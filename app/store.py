@@ -6,6 +6,7 @@ connection must never be shared between gunicorn workers.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -57,7 +58,7 @@ class UserState:
     last_outcome: str | None = None
     last_error: str | None = None
     last_attempt_at: datetime | None = None
-    last_success_at: datetime | None = None
+    last_success_at: datetime | None = None  # last sync that ended in a settled outcome (not failed)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -72,6 +73,11 @@ class Store:
         self._engine: Engine | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._thread_write_lock = threading.Lock()
+        self._lock_file: int | None = None
+        self._lock_file_pid: int | None = None
+        database = make_url(database_url).database if database_url.startswith("sqlite") else None
+        self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
 
     @property
     def engine(self) -> Engine:
@@ -94,11 +100,32 @@ class Store:
     @contextmanager
     def write(self):
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
-        so a read-modify-write never fails half-way with 'database is locked'."""
-        with self.engine.connect() as conn:
-            conn.execution_options(sqlite_immediate=True)
-            with conn.begin():
+        so a read-modify-write never fails half-way with 'database is locked'.
+
+        SQLite writers also queue on a thread lock plus flock() on a lock file first: when two
+        processes want the database, SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms
+        between tries, while a blocked flock() wakes the moment the holder lets go."""
+        engine = self.engine
+        if engine.dialect.name != "sqlite" or self._lock_path is None:
+            with engine.connect() as conn, conn.begin():
                 yield conn
+            return
+        with self._thread_write_lock:
+            fcntl.flock(self._lock_fd(), fcntl.LOCK_EX)
+            try:
+                with engine.connect() as conn:
+                    conn.execution_options(sqlite_immediate=True)
+                    with conn.begin():
+                        yield conn
+            finally:
+                fcntl.flock(self._lock_fd(), fcntl.LOCK_UN)
+
+    def _lock_fd(self) -> int:
+        if self._lock_file is None or self._lock_file_pid != os.getpid():
+            # flock belongs to the open file: each process needs its own open, after fork
+            self._lock_file = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_file_pid = os.getpid()
+        return self._lock_file
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -31,6 +31,10 @@ IGNORED, DEBOUNCED = "ignored", "debounced"  # webhook answers, not sync outcome
 OUTCOMES = (UPDATED, RESTORED, UNCHANGED, NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA,
             INVALID_PHOTO, DISABLED, FAILED)
 SUCCESSES = (UPDATED, RESTORED, UNCHANGED)
+# Final for now: nothing more to do until the directory or Jira changes. Each counts as a
+# completed sync for the login debounce, so a user without a photo does not cost an LDAP
+# search on every Jira request.
+SETTLED = SUCCESSES + (NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA, INVALID_PHOTO)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Syncer:
 
     def login_decision(self, username: str) -> str | None:
         """Rule 9: what a login event needs: DISABLED, IGNORED, DEBOUNCED, or None (sync it).
+
+        Debounced: the user's last sync within the window ended in a settled outcome (any
+        but failed): a user without a photo is not looked up again on every request either.
 
         Jira fires its login event on every authenticated request, the service's own REST
         calls included, so logins are debounced and the service account is ignored.
@@ -98,7 +105,7 @@ class Syncer:
                                 dry_run=dry_run, retryable=True)
         if not dry_run and result.outcome not in SUCCESSES and result.outcome != DISABLED:
             self._record_problem(result)
-        if not dry_run and result.outcome in SUCCESSES:
+        if not dry_run and result.outcome in SETTLED:
             with self._recent_lock:
                 self._recent[username] = time.time()
         log.log(logging.WARNING if result.outcome == FAILED else logging.INFO,
@@ -232,7 +239,7 @@ class Syncer:
     def _record_problem(self, result: SyncResult) -> None:
         try:
             self.store.record_outcome(result.username, result.outcome, result.reason,
-                                      directory=result.directory)
+                                      directory=result.directory, success=result.outcome in SETTLED)
         except Exception:  # noqa: BLE001 - the database being down must not hide the outcome
             log.exception("could not record the outcome of %s", result.username)
 

@@ -79,6 +79,7 @@ class JiraState:
     faults: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)        # "METHOD endpoint" -> n
     user_counts: dict = field(default_factory=dict)   # ("METHOD endpoint", username) -> n
+    user_seconds: dict = field(default_factory=dict)  # username -> time spent inside "Jira"
     next_id: int = 10500
     next_user: int = 10100
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -207,6 +208,7 @@ def create_emulator(state: JiraState | None = None) -> Flask:
         path = request.path
         if path.startswith("/_emulator"):
             return None
+        g.started = time.perf_counter()
         endpoint = _endpoint_name(path)
         with state.lock:
             key = f"{request.method} {endpoint}"
@@ -241,6 +243,10 @@ def create_emulator(state: JiraState | None = None) -> Flask:
 
     @app.after_request
     def session_cookie(resp):
+        if hasattr(g, "started"):
+            name = request.args.get("username")
+            with state.lock:
+                state.user_seconds[name] = state.user_seconds.get(name, 0.0) + time.perf_counter() - g.started
         if getattr(g, "new_session", False):
             resp.set_cookie("JSESSIONID", g.session_id, httponly=True, path="/")
         return resp

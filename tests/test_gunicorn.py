@@ -190,3 +190,48 @@ def test_jira_answering_503_for_30_seconds(service, slapd, ldap_ou, jira):
     wait_until(lambda: all(synced(jira, n) for n in names), 90, "every login to land after the outage")
     assert time.monotonic() - started >= 29
     assert all(jira.state.count("POST /user/avatar", n) == 1 for n in names)
+
+
+def test_serve_and_a_separate_worker_process(tmp_path, slapd, ldap_ou, jira):
+    """`jira-avatar-sync serve` runs gunicorn; with start_in_web off, `worker` drains the queue."""
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url)
+    svc.config.write_text(svc.config.read_text().replace("threads = 4", "threads = 2\nstart_in_web = false"))
+    add_users(slapd, ldap_ou, jira, ["sep"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+    env["AVATAR_SYNC_CONFIG"] = str(svc.config)
+    script = str(Path(sys.executable).parent / "jira-avatar-sync")
+    web = subprocess.Popen([script, "serve", "--bind", f"127.0.0.1:{svc.port}"], env=env, cwd=tmp_path,
+                           stdout=open(svc.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    svc.proc = web
+    worker = None
+    try:
+        wait_until(lambda: _up(svc.url), 30, "serve to answer /healthz")
+        assert svc.login("sep").status_code == 202
+        time.sleep(1)
+        assert not synced(jira, "sep")  # no worker threads in the web process
+        worker = subprocess.Popen([script, "worker"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        wait_until(lambda: synced(jira, "sep"), 20, "the worker process to sync")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+    finally:
+        if worker and worker.poll() is None:
+            worker.kill()
+        svc.stop()
+
+
+def _up(url) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def test_serve_refuses_to_start_without_a_webhook_secret(tmp_path, slapd, ldap_ou, jira):
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url)
+    svc.config.write_text(svc.config.read_text().replace(f'secret = "{SECRET}"', ""))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+    env["AVATAR_SYNC_CONFIG"] = str(svc.config)
+    result = subprocess.run([str(Path(sys.executable).parent / "jira-avatar-sync"), "serve"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "webhook.secret: is required" in result.stderr

@@ -197,3 +197,18 @@ def test_health_and_readiness(web, service, slapd, ldap_ou):
     checks = r.get_json()["checks"]
     assert checks["directory:openldap"]["ok"] is False and checks["jira"]["ok"] is True
     assert broken.http.get("/healthz").status_code == 200
+
+
+def test_user_without_photo_is_debounced_too(web, slapd, ldap_ou, jira):
+    slapd.add_user(ldap_ou, "nophoto")
+    jira.state.add_user("nophoto")
+    assert post(web, login("nophoto")).status_code == 202
+    web.pool.run_once()
+    assert post(web, login("nophoto")).get_json()["status"] == "debounced"
+
+
+def test_failed_sync_is_not_debounced(web, jira):
+    jira.state.inject(503, seconds=60)
+    post(web, login("jdoe"))
+    web.pool.run_once()
+    assert post(web, login("jdoe")).status_code == 202
