@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .queue import Job
 from .sync import FAILED
 
 log = logging.getLogger(__name__)
+MAINTENANCE_SECONDS = 3600
 
 
 class WorkerPool:
@@ -21,6 +23,8 @@ class WorkerPool:
         self.queue = services.queue
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._maintenance_lock = threading.Lock()
+        self._next_maintenance = 0.0
 
     def start(self) -> "WorkerPool":
         try:
@@ -60,11 +64,21 @@ class WorkerPool:
         else:
             self.queue.complete(job)
 
+    def maintain(self) -> None:
+        """Hourly housekeeping: forget webhook delivery ids older than Jira's retry horizon."""
+        now = time.monotonic()
+        with self._maintenance_lock:
+            if now < self._next_maintenance:
+                return
+            self._next_maintenance = now + MAINTENANCE_SECONDS
+        self.queue.prune_deliveries()
+
     def _run(self) -> None:
         wakeup = self.queue.wakeup
         while not self._stop.is_set():
             wakeup.clear()
             try:
+                self.maintain()
                 if self.run_once():
                     continue
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker

@@ -144,3 +144,14 @@ def _seconds(n):
 def _make_due(queue):
     with queue.store.write() as conn:
         conn.execute(update(jobs).values(next_try_at=utcnow() - _seconds(1)))
+
+
+def test_old_delivery_ids_are_pruned(queue):
+    from app.queue import deliveries
+    queue.enqueue("bob", delivery_id="old")
+    with queue.store.write() as conn:
+        conn.execute(update(deliveries).values(received_at=utcnow() - _seconds(3 * 86400)))
+    queue.enqueue("bob", delivery_id="new")
+    queue.prune_deliveries()
+    assert queue.enqueue("bob", delivery_id="old") is True  # forgotten, so accepted again
+    assert queue.enqueue("bob", delivery_id="new") is False
