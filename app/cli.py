@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import click
 
@@ -94,6 +95,77 @@ def sync(ctx: click.Context, username: str, force: bool, dry_run: bool) -> None:
     result = _services(ctx).syncer.sync_user(username, force=force, dry_run=dry_run)
     click.echo(result.line() + (" [dry run]" if dry_run else ""))
     ctx.exit(1 if result.outcome == FAILED else 0)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Report what a real sweep would do; write nothing to Jira.")
+@click.option("--full", is_flag=True, help="Ignore change markers: read every user's photo again.")
+@click.pass_context
+def sweep(ctx: click.Context, dry_run: bool, full: bool) -> None:
+    """Sync every directory user now, with a progress bar and a summary at the end."""
+    from .sweep import SweepConflict, Sweeps
+    from .worker import WorkerPool
+
+    services = _services(ctx)
+    sweeps = Sweeps(services)
+    try:
+        sweep_id = sweeps.start(dry_run=dry_run, full=full, trigger="cli")
+    except SweepConflict as exc:
+        click.echo(f"cannot start a sweep: {exc}", err=True)
+        ctx.exit(1)
+    # This process drains the queue too, so the sweep finishes with or without the service.
+    pool = WorkerPool(services, max(services.settings.worker.threads, services.settings.jira.max_concurrency),
+                      services.settings.worker.poll_seconds).start()
+    runner = None
+    if sweeps.take_over() == sweep_id:
+        runner = threading.Thread(target=sweeps.run, args=(sweep_id,), daemon=True)
+        runner.start()
+    try:
+        summary = _follow(sweeps, sweep_id)
+    except KeyboardInterrupt:
+        sweeps.cancel(sweep_id)
+        click.echo("\ncancelled", err=True)
+        summary = sweeps.summary(sweep_id)
+    finally:
+        if runner:
+            runner.join(10)
+        pool.stop()
+    _print_summary(summary, sweeps.problems(sweep_id, limit=20))
+    ctx.exit(0 if summary["status"] == "finished" else 1)
+
+
+def _follow(sweeps, sweep_id: int) -> dict:
+    tty = sys.stderr.isatty()
+    last_line = 0.0
+    while True:
+        summary = sweeps.summary(sweep_id)
+        line = (f"sweep {sweep_id} [{summary['phase']}] {summary['done']}/{summary['total']} users"
+                f", {summary['rate_per_second']}/s"
+                + (f", about {summary['eta_seconds']}s left" if summary["eta_seconds"] is not None else ""))
+        if summary["status"] != "running":
+            click.echo(("\r" if tty else "") + line.ljust(78), err=True)
+            return summary
+        if tty:
+            width = 30
+            filled = int(width * summary["done"] / summary["total"]) if summary["total"] else 0
+            click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] " + line, nl=False, err=True)
+        elif time.monotonic() - last_line > 10:
+            click.echo(line, err=True)
+            last_line = time.monotonic()
+        time.sleep(0.5)
+
+
+def _print_summary(summary: dict, problems: list[dict]) -> None:
+    click.echo(f"sweep {summary['id']}: {summary['status']}"
+               + (" (dry run)" if summary["dry_run"] else "") + (f": {summary['error']}" if summary["error"] else ""))
+    click.echo(f"{'outcome':<18}{'users':>8}")
+    for outcome, n in summary["counts"].items():
+        click.echo(f"{outcome:<18}{n:>8}")
+    click.echo(f"{'total':<18}{summary['total']:>8}")
+    if problems:
+        click.echo("\nproblems (first 20; all: GET /admin/sweeps/%d/problems.csv):" % summary["id"])
+        for p in problems:
+            click.echo(f"  {p['username']}: {p['outcome']}" + (f" ({p['reason']})" if p["reason"] else ""))
 
 
 @main.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -92,6 +93,7 @@ class Settings:
     webhook: WebhookSettings = WebhookSettings()
     admin: AdminSettings = AdminSettings()
     worker: WorkerSettings = WorkerSettings()
+    sweep_schedule: dt_time | None = None  # daily, local time: "01:11"
     log_level: str = "INFO"
 
     @property
@@ -127,7 +129,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     r = _Reader(data, "", env)
     r.reject_unknown({"database_url", "photo_attributes", "size", "login_debounce_seconds",
                       "max_photo_bytes", "max_photo_pixels", "log_level",
-                      "jira", "webhook", "admin", "worker", "directories"})
+                      "jira", "webhook", "admin", "worker", "sweep", "directories"})
     photo_attributes = r.attr_list("photo_attributes", DEFAULT_PHOTO_ATTRIBUTES)
     dirs_raw = data.get("directories", [])
     if not isinstance(dirs_raw, list):
@@ -158,6 +160,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         webhook=_webhook(_Reader(r.table("webhook"), "webhook.", env)),
         admin=_admin(_Reader(r.table("admin"), "admin.", env)),
         worker=_worker(_Reader(r.table("worker"), "worker.", env)),
+        sweep_schedule=_schedule(_Reader(r.table("sweep"), "sweep.", env)),
         log_level=level,
     )
 
@@ -210,6 +213,18 @@ def _worker(r: "_Reader") -> WorkerSettings:
         retry_base_seconds=r.number("retry_base_seconds", 5.0, 0.01, 86400),
         retry_max_seconds=r.number("retry_max_seconds", 3600.0, 0.01, 7 * 86400),
         start_in_web=r.boolean("start_in_web", True))
+
+
+def _schedule(r: "_Reader") -> dt_time | None:
+    r.reject_unknown({"schedule"})
+    text = r.string("schedule", "")
+    if not text:
+        return None
+    try:
+        hour, minute = (int(p) for p in text.split(":"))
+        return dt_time(hour, minute)
+    except ValueError:
+        raise ConfigError("sweep.schedule", f"must be a daily time HH:MM such as 01:11, got {text!r}") from None
 
 
 def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySettings:
@@ -280,6 +295,7 @@ _ENV_KEYS = {
     "WEBHOOK_ALLOW_UNAUTHENTICATED": (("webhook",), "allow_unauthenticated"),
     "WEBHOOK_MAX_BODY_BYTES": (("webhook",), "max_body_bytes"),
     "ADMIN_TOKEN": (("admin",), "token"),
+    "SWEEP_SCHEDULE": (("sweep",), "schedule"),
     "WORKER_THREADS": (("worker",), "threads"),
     "WORKER_POLL_SECONDS": (("worker",), "poll_seconds"),
     "WORKER_LEASE_SECONDS": (("worker",), "lease_seconds"),

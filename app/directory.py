@@ -37,12 +37,34 @@ class DirectoryUnavailable(Exception):
         self.directory, self.reason = directory, reason
 
 
+# Change markers: uSNChanged (AD, per DC), modifyTimestamp (OpenLDAP; AD derives it from
+# whenChanged), whenChanged (AD). All present are kept; a directory with none gets no marker
+# and its users are simply read in full on every sweep.
+MARKER_ATTRIBUTES = ("uSNChanged", "modifyTimestamp", "whenChanged")
+SWEEP_PAGE_SIZE = 500  # <= AD's MaxPageSize (1000) and OpenLDAP's usual size.pr
+
+
 @dataclass(frozen=True)
 class DirectoryEntry:
     directory: str
     dn: str
     photo: bytes | None          # raw bytes of the first photo attribute with a value
     photo_attribute: str | None  # which attribute it came from
+    marker: str | None = None    # changes whenever the entry changes (see MARKER_ATTRIBUTES)
+
+
+@dataclass(frozen=True)
+class DirectoryUser:
+    """One user as a sweep pages through a directory: no photo, just what tells a change."""
+    username: str
+    dn: str
+    marker: str | None
+
+
+def _marker(raw: dict) -> str | None:
+    parts = [f"{a}={raw[a.lower()][0].decode('utf-8', 'replace')}" for a in MARKER_ATTRIBUTES
+             if raw.get(a.lower())]
+    return ";".join(parts) or None
 
 
 class Directory:
@@ -67,7 +89,7 @@ class Directory:
             return None
         s = self.settings
         search_filter = f"(&{s.user_filter}({s.username_attribute}={escape_filter_chars(username)}))"
-        attributes = list(self.photo_attributes) or [ldap3.NO_ATTRIBUTES]
+        attributes = list(self.photo_attributes) + list(MARKER_ATTRIBUTES)
         # size_limit=2: two entries for one username is a misconfiguration, not a pick.
         response, result = self._search(search_filter, attributes, size_limit=2)
         entries = [r for r in response if r.get("type") == "searchResEntry"]
@@ -82,11 +104,40 @@ class Directory:
             return None
         entry = entries[0]
         raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
+        marker = _marker(raw)
         for attribute in self.photo_attributes:
             values = raw.get(attribute.lower())
             if values and values[0]:
-                return DirectoryEntry(self.name, entry["dn"], bytes(values[0]), attribute)
-        return DirectoryEntry(self.name, entry["dn"], None, None)
+                return DirectoryEntry(self.name, entry["dn"], bytes(values[0]), attribute, marker)
+        return DirectoryEntry(self.name, entry["dn"], None, None, marker)
+
+    def iter_users(self) -> Iterator[DirectoryUser]:
+        """Every user under base_dn, page by page, without transferring any photo.
+
+        A connection of its own: OpenLDAP keeps one paged-search state per connection, and
+        a lookup interleaved on the same connection would reset it. Errors raise (ldap3's
+        paged generator otherwise silently stops on e.g. adminLimitExceeded).
+        """
+        s = self.settings
+        username_attr = s.username_attribute.lower()
+        attributes = [s.username_attribute, *MARKER_ATTRIBUTES]
+        conn = self._connect()
+        conn.raise_exceptions = True
+        try:
+            for entry in conn.extend.standard.paged_search(
+                    s.base_dn, s.user_filter, attributes=attributes, paged_size=SWEEP_PAGE_SIZE,
+                    generator=True, time_limit=s.timeout * 6):
+                if entry.get("type") != "searchResEntry":
+                    continue
+                raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
+                names = raw.get(username_attr)
+                if not names:
+                    continue
+                yield DirectoryUser(names[0].decode("utf-8", "replace"), entry["dn"], _marker(raw))
+        except LDAPException as exc:
+            raise DirectoryUnavailable(self.name, f"paging through users failed: {exc}") from None
+        finally:
+            self._discard(conn)
 
     def check(self) -> None:
         """Bind once (a fresh connection); raise DirectoryUnavailable with the reason."""

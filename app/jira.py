@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -90,10 +91,29 @@ class JiraClient:
         resp = self._request("GET", "/user", params={"username": username}, ok=(200, 404))
         if resp.status_code == 404:
             return None
-        body = _json(resp)
-        avatar_id, custom = avatar_from_urls(body.get("avatarUrls"))
-        return JiraUser(name=body.get("name", username), key=body.get("key", ""),
-                        avatar_id=avatar_id, avatar_is_custom=custom)
+        return _user(_json(resp), username)
+
+    def iter_users(self, page_size: int = 1000) -> Iterator[JiraUser] | None:
+        """Every user, by cursor, where Jira has /user/list (DC 10.3+ and 11), else None.
+
+        /user/search is no substitute: it stops at the first 1000 users on 8.x-9.x and at 100
+        on 10.x (§4.1), so a caller without /user/list must read users one by one.
+        """
+        first = self._request("GET", "/user/list", params={"maxResults": page_size}, ok=(200, 404))
+        if first.status_code == 404:
+            return None
+
+        def pages(resp):
+            while True:
+                body = _json(resp)
+                for bean in body.get("values") or []:
+                    if isinstance(bean, dict) and bean.get("name"):
+                        yield _user(bean, bean["name"])
+                cursor = body.get("nextCursor")
+                if body.get("isLast", True) or not cursor:
+                    return
+                resp = self._request("GET", "/user/list", params={"cursor": cursor, "maxResults": page_size})
+        return pages(first)
 
     def custom_avatars(self, username: str) -> dict[str, str | None]:
         """The user's uploaded (custom) avatars, whoever uploaded them: {id: fileName or None}.
@@ -291,6 +311,12 @@ def _log_rate_limit(resp: requests.Response) -> None:
                     "of the service account", resp.headers.get("X-RateLimit-Remaining"),
                     resp.headers.get("X-RateLimit-FillRate"),
                     resp.headers.get("X-RateLimit-Interval-Seconds"))
+
+
+def _user(bean: dict, username: str) -> JiraUser:
+    avatar_id, custom = avatar_from_urls(bean.get("avatarUrls"))
+    return JiraUser(name=bean.get("name", username), key=bean.get("key", ""),
+                    avatar_id=avatar_id, avatar_is_custom=custom)
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:

@@ -23,6 +23,7 @@ from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text,
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from .jira import JiraUser
 from .store import Store, metadata, utcnow
 
 LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
@@ -38,6 +39,11 @@ jobs = Table(
     Column("again", Boolean, nullable=False, default=False),  # an event came in while running
     Column("source", String(32), nullable=False),
     Column("sweep_id", Integer),
+    # Jira's view of the user as a sweep read it in bulk: saves the job one GET (a login
+    # merging into the job clears it, so an active user is always read fresh).
+    Column("jira_key", String(255)),
+    Column("jira_avatar_id", String(32)),
+    Column("jira_avatar_custom", Boolean),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_try_at", DateTime(timezone=True), nullable=False),
     Column("lease_owner", String(128)),
@@ -63,6 +69,7 @@ class Job:
     source: str
     attempts: int
     sweep_id: int | None
+    jira_user: JiraUser | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,6 @@ class LoginQueue:
         for. Any other event (user_updated...) may carry news the running attempt missed, so
         the job runs once more afterwards.
         """
-        rerun = source != "login"
         now = utcnow()
         with self.store.write() as conn:
             if delivery_id:
@@ -107,11 +113,17 @@ class LoginQueue:
                                         {"id": delivery_id[:255], "received_at": now}).first()
                 if inserted is None:
                     return False
-            conn.execute(self._statement(conn, "enqueue"), {
-                "username": username, "priority": priority, "force": force, "source": source,
-                "sweep_id": sweep_id, "now": now, "rerun": rerun})
+            conn.execute(self._statement(conn, "enqueue"), _params(username, priority, source, force,
+                                                                    sweep_id, now, None))
         self.wakeup.set()
         return True
+
+    def enqueue_sweep(self, conn, sweep_id: int, users: list[tuple[str, JiraUser | None]]) -> None:
+        """Queue a page of a sweep's users at low priority, inside the caller's transaction."""
+        if users:
+            now = utcnow()
+            conn.execute(self._statement(conn, "enqueue"),
+                         [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users])
 
     def _statement(self, conn, name: str):
         """Built once per dialect: composing an upsert costs more than running it."""
@@ -149,7 +161,9 @@ class LoginQueue:
                 lease_until=now + timedelta(seconds=self.policy.lease_seconds),
                 attempts=jobs.c.attempts + 1, updated_at=now))
         return [Job(r["id"], r["username"], r["priority"], bool(r["force"]), r["source"],
-                    r["attempts"] + 1, r["sweep_id"]) for r in rows]
+                    r["attempts"] + 1, r["sweep_id"],
+                    JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
+                    if r["jira_key"] else None) for r in rows]
 
     def complete(self, job: Job) -> None:
         """Done: drop the row, unless another event came in meanwhile (then run it again)."""
@@ -206,6 +220,12 @@ class LoginQueue:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
         return {state: n for state, n in rows}
 
+    def cancel_sweep(self, sweep_id: int) -> None:
+        """Drop a cancelled sweep's queued work (a login merged into it stays)."""
+        with self.store.write() as conn:
+            conn.execute(jobs.delete().where(jobs.c.sweep_id == sweep_id, jobs.c.state != RUNNING,
+                                             jobs.c.priority == SWEEP))
+
     def forget(self, username: str) -> None:
         """user_deleted: drop any queued work for the user (a running attempt finishes)."""
         with self.store.write() as conn:
@@ -225,6 +245,8 @@ def _build(dialect: str, name: str):
     stmt = insert(jobs).values(
         username=bindparam("username"), priority=bindparam("priority"), state=PENDING,
         force=bindparam("force"), again=False, source=bindparam("source"), sweep_id=bindparam("sweep_id"),
+        jira_key=bindparam("jira_key"), jira_avatar_id=bindparam("jira_avatar_id"),
+        jira_avatar_custom=bindparam("jira_avatar_custom"),
         attempts=0, next_try_at=now, created_at=now, updated_at=now)
     new = stmt.excluded
     running = jobs.c.state == RUNNING
@@ -238,8 +260,18 @@ def _build(dialect: str, name: str):
         "state": case((running, RUNNING), else_=PENDING),
         "attempts": case((jobs.c.state == FAILED, 0), else_=jobs.c.attempts),
         "next_try_at": case((running, jobs.c.next_try_at), else_=now),
+        "sweep_id": func.coalesce(new.sweep_id, jobs.c.sweep_id),  # a sweep must see its user done
+        "jira_key": new.jira_key, "jira_avatar_id": new.jira_avatar_id,
+        "jira_avatar_custom": new.jira_avatar_custom,
         "updated_at": now,
     })
+
+
+def _params(username, priority, source, force, sweep_id, now, hint: JiraUser | None) -> dict:
+    return {"username": username, "priority": priority, "force": force, "source": source,
+            "sweep_id": sweep_id, "now": now, "rerun": source != "login",
+            "jira_key": hint.key if hint else None, "jira_avatar_id": hint.avatar_id if hint else None,
+            "jira_avatar_custom": hint.avatar_is_custom if hint else None}
 
 
 def _pid_alive(pid: int) -> bool:

@@ -34,6 +34,7 @@ user_state = Table(
     Column("pending_avatar_id", String(32)),
     Column("pending_sha256", String(64)),
     Column("directory", String(255)),
+    Column("marker", String(255)),             # the entry's change marker when last settled
     Column("last_outcome", String(32)),
     Column("last_error", Text),
     Column("last_attempt_at", DateTime(timezone=True)),
@@ -55,6 +56,7 @@ class UserState:
     pending_avatar_id: str | None = None
     pending_sha256: str | None = None
     directory: str | None = None
+    marker: str | None = None
     last_outcome: str | None = None
     last_error: str | None = None
     last_attempt_at: datetime | None = None
@@ -136,15 +138,16 @@ class Store:
     def get(self, username: str) -> UserState | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(user_state).where(user_state.c.username == username)).mappings().first()
-        if row is None:
-            return None
-        data = dict(row)
-        data.pop("attempts", None)
-        data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
-        for k in ("last_attempt_at", "last_success_at"):
-            if data[k] is not None and data[k].tzinfo is None:  # SQLite drops the zone
-                data[k] = data[k].replace(tzinfo=timezone.utc)
-        return UserState(**data)
+        return None if row is None else _state(row)
+
+    def get_many(self, usernames) -> dict[str, UserState]:
+        """States of many users in one query (a sweep reads a page at a time)."""
+        names = list(usernames)
+        if not names:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(user_state).where(user_state.c.username.in_(names))).mappings().all()
+        return {row["username"]: _state(row) for row in rows}
 
     def remember_created(self, username: str, avatar_id: str | None, photo_sha256: str | None = None) -> None:
         """Note an avatar this service created, before selecting it, so it is never orphaned
@@ -156,10 +159,11 @@ class Store:
         self._update(username, change)
 
     def record_success(self, username: str, *, outcome: str, photo_sha256: str, avatar_id: str,
-                       directory: str) -> None:
+                       directory: str, marker: str | None = None) -> None:
         """Jira confirmed ``avatar_id`` as the user's picture for the photo hashing to ``photo_sha256``."""
         def change(state: UserState):
             state.photo_sha256, state.avatar_id, state.directory = photo_sha256, avatar_id, directory
+            state.marker = marker
             state.last_outcome, state.last_error = outcome, None
             state.last_success_at = state.last_attempt_at
             state.pending_avatar_id = state.pending_sha256 = None
@@ -173,13 +177,15 @@ class Store:
             s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]))
 
     def record_outcome(self, username: str, outcome: str, error: str | None = None,
-                       directory: str | None = None, success: bool = False) -> None:
+                       directory: str | None = None, success: bool = False, marker: str | None = None) -> None:
+        """``success``: a settled outcome; only then is ``marker`` kept (a failure proves nothing)."""
         def change(state: UserState):
             state.last_outcome, state.last_error = outcome, error
             if directory:
                 state.directory = directory
             if success:
                 state.last_success_at = state.last_attempt_at
+                state.marker = marker
         self._update(username, change)
 
     def delete(self, username: str) -> None:
@@ -197,16 +203,23 @@ class Store:
             query = select(user_state).where(user_state.c.username == username)
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update()
-            data = dict(conn.execute(query).mappings().one())
-            data.pop("attempts", None)
-            data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
-            state = UserState(**data)
+            state = _state(conn.execute(query).mappings().one())
             state.last_attempt_at = now
             change(state)
             values = dict(state.__dict__)
             values["created_avatar_ids"] = json.dumps(state.created_avatar_ids)
             conn.execute(user_state.update().where(user_state.c.username == username)
                          .values(**values, attempts=user_state.c.attempts + 1))
+
+
+def _state(row) -> UserState:
+    data = dict(row)
+    data.pop("attempts", None)
+    data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
+    for k in ("last_attempt_at", "last_success_at"):
+        if data[k] is not None and data[k].tzinfo is None:  # SQLite drops the zone
+            data[k] = data[k].replace(tzinfo=timezone.utc)
+    return UserState(**data)
 
 
 def _add_missing_columns(engine: Engine) -> None:

@@ -19,7 +19,7 @@ from cachetools import TTLCache
 from .config import Settings
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
 from .images import InvalidPhoto, normalize, png_size
-from .jira import JiraClient, JiraError
+from .jira import JiraClient, JiraError, JiraUser
 from .store import Store, UserState
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,15 @@ class Syncer:
             return DEBOUNCED
         return None
 
-    def sync_user(self, username: str, force: bool = False, dry_run: bool = False) -> SyncResult:
-        """Bring one user's Jira picture in step with the directory. Never raises."""
+    def sync_user(self, username: str, force: bool = False, dry_run: bool = False,
+                  jira_user: JiraUser | None = None) -> SyncResult:
+        """Bring one user's Jira picture in step with the directory. Never raises.
+
+        ``jira_user``: the user as a sweep just read it in bulk, saving one GET per user.
+        """
+        marker = None
         try:
-            result = self._sync(username, force, dry_run)
+            result, marker = self._sync(username, force, dry_run, jira_user)
         except DirectoryUnavailable as exc:
             # Rule 3: an unreachable directory ahead of the user's own must not be skipped.
             result = SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True)
@@ -104,7 +109,7 @@ class Syncer:
             result = SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
                                 dry_run=dry_run, retryable=True)
         if not dry_run and result.outcome not in SUCCESSES and result.outcome != DISABLED:
-            self._record_problem(result)
+            self._record_problem(result, marker)
         if not dry_run and result.outcome in SETTLED:
             with self._recent_lock:
                 self._recent[username] = time.time()
@@ -114,10 +119,11 @@ class Syncer:
 
     # -- the rules ---------------------------------------------------------------------
 
-    def _sync(self, username: str, force: bool, dry_run: bool) -> SyncResult:
+    def _sync(self, username: str, force: bool, dry_run: bool,
+              jira_user: JiraUser | None) -> tuple[SyncResult, str | None]:
         def result(outcome, reason=None, avatar_id=None):
             return SyncResult(username, outcome, reason, avatar_id,
-                              entry.directory if entry else None, dry_run)
+                              entry.directory if entry else None, dry_run), entry.marker if entry else None
 
         entry = None
         if self.settings.sync_disabled:  # rule 2
@@ -129,7 +135,7 @@ class Syncer:
             return result(NO_PHOTO, f"no {'/'.join(self._attributes(entry))} in {entry.directory}")
         photo_hash = hashlib.sha256(entry.photo).hexdigest()  # rule 8: hash raw bytes, pre-decode
 
-        jira_user = self.jira.get_user(username)
+        jira_user = jira_user or self.jira.get_user(username)
         if jira_user is None:
             return result(NOT_IN_JIRA)
         state = self.store.get(username)
@@ -139,7 +145,8 @@ class Syncer:
         if same_photo and not force:
             if jira_user.avatar_id == ours:  # rule 8: no write, no decode
                 if not dry_run:
-                    self.store.record_outcome(username, UNCHANGED, directory=entry.directory, success=True)
+                    self.store.record_outcome(username, UNCHANGED, directory=entry.directory, success=True,
+                                              marker=entry.marker)
                 return result(UNCHANGED, avatar_id=ours)
             # Rule 6: the user picked another picture; show ours again, re-using it if it exists.
             if ours in self.jira.custom_avatars(username):
@@ -219,7 +226,7 @@ class Syncer:
                 entry: DirectoryEntry) -> None:
         # Only now, after Jira confirmed, is the hash stored (rule 8).
         self.store.record_success(username, outcome=outcome, photo_sha256=photo_hash,
-                                  avatar_id=avatar_id, directory=entry.directory)
+                                  avatar_id=avatar_id, directory=entry.directory, marker=entry.marker)
 
     def _delete_previous(self, username: str, keep: str) -> None:
         """Delete avatars this service created before; never one the user uploaded (rule 5)."""
@@ -236,10 +243,11 @@ class Syncer:
         if deleted:
             self.store.forget_created(username, deleted)
 
-    def _record_problem(self, result: SyncResult) -> None:
+    def _record_problem(self, result: SyncResult, marker: str | None) -> None:
         try:
             self.store.record_outcome(result.username, result.outcome, result.reason,
-                                      directory=result.directory, success=result.outcome in SETTLED)
+                                      directory=result.directory, success=result.outcome in SETTLED,
+                                      marker=marker)
         except Exception:  # noqa: BLE001 - the database being down must not hide the outcome
             log.exception("could not record the outcome of %s", result.username)
 

@@ -10,11 +10,14 @@ import logging
 import threading
 import time
 
+from . import schedule
 from .queue import Job
+from .sweep import Sweeps, run_in_background
 from .sync import FAILED
 
 log = logging.getLogger(__name__)
 MAINTENANCE_SECONDS = 3600
+SWEEP_CHECK_SECONDS = 2
 
 
 class WorkerPool:
@@ -25,6 +28,8 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._maintenance_lock = threading.Lock()
         self._next_maintenance = 0.0
+        self._next_sweep_check = 0.0
+        self.sweeps = Sweeps(services)
 
     def start(self) -> "WorkerPool":
         try:
@@ -56,7 +61,9 @@ class WorkerPool:
         return bool(jobs)
 
     def process(self, job: Job) -> None:
-        result = self.services.syncer.sync_user(job.username, force=job.force)
+        result = self.services.syncer.sync_user(job.username, force=job.force, jira_user=job.jira_user)
+        if job.sweep_id is not None:
+            self.sweeps.record(job.sweep_id, result)
         if result.outcome == FAILED:
             retried = self.queue.fail(job, result.reason or "failed")
             if not retried:
@@ -65,13 +72,20 @@ class WorkerPool:
             self.queue.complete(job)
 
     def maintain(self) -> None:
-        """Hourly housekeeping: forget webhook delivery ids older than Jira's retry horizon."""
+        """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping."""
         now = time.monotonic()
         with self._maintenance_lock:
-            if now < self._next_maintenance:
-                return
-            self._next_maintenance = now + MAINTENANCE_SECONDS
-        self.queue.prune_deliveries()
+            check_sweeps = now >= self._next_sweep_check
+            if check_sweeps:
+                self._next_sweep_check = now + SWEEP_CHECK_SECONDS
+            housekeeping = now >= self._next_maintenance
+            if housekeeping:
+                self._next_maintenance = now + MAINTENANCE_SECONDS
+        if check_sweeps:
+            schedule.start_if_due(self.services)
+            run_in_background(self.services)
+        if housekeeping:
+            self.queue.prune_deliveries()
 
     def _run(self) -> None:
         wakeup = self.queue.wakeup

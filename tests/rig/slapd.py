@@ -181,6 +181,15 @@ class Slapd:
             c.add(dn, classes, attrs)
         return dn
 
+    def add_users(self, base_dn: str, users) -> None:
+        """Many (uid, jpeg_photo or None) at once, over one connection."""
+        with self.admin() as c:
+            for uid, photo in users:
+                attrs = {"uid": uid, "cn": uid, "sn": uid}
+                if photo is not None:
+                    attrs["jpegPhoto"] = photo
+                c.add(f"uid={ldap3.utils.dn.escape_rdn(uid)},{base_dn}", ["inetOrgPerson"], attrs)
+
     def set_photo(self, dn: str, attribute: str, value: bytes | None) -> None:
         with self.admin() as c:
             if attribute == "thumbnailPhoto" and value is not None and not self._has_aux(c, dn):

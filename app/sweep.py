@@ -1,0 +1,319 @@
+"""Full sweep: every directory user, paged and streamed, compared, and only the users that need
+work queued at low priority (logins keep priority). Per-user outcomes form the report.
+
+- The lock is the sweep row's lease, so it holds across processes and replicas; whichever
+  process holds the lease runs the scan, and if it dies the lease expires and another (or the
+  restarted one) resumes: users already in the report are not read or queued again.
+- Incremental: a user whose directory entry carries the same change marker as at its last
+  settled sync, and whose Jira picture is still ours, is not even read (no photo transferred).
+  ``full`` ignores the markers.
+- Dry run: the same scan; the users needing work are synced with dry_run=True by the runner
+  itself (reads only), so the report says exactly what a real run would do.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text, func, select,
+                        update)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .jira import JiraUser
+from .store import metadata, utcnow
+from .sync import FAILED, NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SyncResult
+
+log = logging.getLogger(__name__)
+RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = "running", "finished", "failed", "cancelled"
+LEASE = timedelta(seconds=30)
+PAGE = 500
+
+sweeps = Table(
+    "sweeps", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("phase", String(16), nullable=False),   # scanning, syncing, done
+    Column("dry_run", Boolean, nullable=False),
+    Column("full", Boolean, nullable=False),
+    Column("trigger", String(32), nullable=False),  # api, cli, schedule
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("lease_owner", String(128)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("error", Text),
+)
+
+sweep_items = Table(
+    "sweep_items", metadata,
+    Column("sweep_id", Integer, primary_key=True),
+    Column("username", String(255), primary_key=True),
+    Column("directory", String(255)),
+    Column("outcome", String(32)),   # None while queued
+    Column("reason", Text),
+    Column("skipped", Boolean, nullable=False, default=False),  # settled before: not read again
+)
+
+
+class SweepConflict(Exception):
+    """A sweep is already running (or sweeping is not possible now)."""
+
+
+class Sweeps:
+    def __init__(self, services):
+        self.services = services
+        self.store, self.queue = services.store, services.queue
+
+    # -- starting, cancelling, reading -------------------------------------------------
+
+    def start(self, dry_run: bool = False, full: bool = False, trigger: str = "api") -> int:
+        if self.services.settings.sync_disabled:
+            raise SweepConflict("synchronisation is disabled (photo_attributes is empty)")
+        now = utcnow()
+        with self.store.write() as conn:
+            if conn.dialect.name == "postgresql":  # one starter at a time across replicas
+                conn.exec_driver_sql("LOCK TABLE sweeps IN SHARE ROW EXCLUSIVE MODE")
+            running = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING)).first()
+            if running:
+                raise SweepConflict(f"sweep {running.id} is running")
+            # lease_until = now: free for the first worker (or the CLI) to take and run
+            return conn.execute(sweeps.insert().values(
+                status=RUNNING, phase="scanning", dry_run=dry_run, full=full, trigger=trigger,
+                started_at=now, lease_until=now).returning(sweeps.c.id)).scalar_one()
+
+    def cancel(self, sweep_id: int) -> bool:
+        with self.store.write() as conn:
+            changed = conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
+                                   .values(status=CANCELLED, finished_at=utcnow())).rowcount
+        if changed:
+            self.queue.cancel_sweep(sweep_id)
+        return bool(changed)
+
+    def summary(self, sweep_id: int) -> dict | None:
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(sweeps).where(sweeps.c.id == sweep_id)).mappings().first()
+            if row is None:
+                return None
+            counts = dict(conn.execute(select(sweep_items.c.outcome, func.count())
+                                       .where(sweep_items.c.sweep_id == sweep_id)
+                                       .group_by(sweep_items.c.outcome)).all())
+        return _summary(row, counts)
+
+    def list(self, limit: int = 50) -> list[dict]:
+        with self.store.engine.connect() as conn:
+            ids = conn.execute(select(sweeps.c.id).order_by(sweeps.c.id.desc()).limit(limit)).scalars().all()
+        return [self.summary(i) for i in ids]
+
+    def problems(self, sweep_id: int, limit: int | None = None) -> list[dict]:
+        """Every user whose outcome is none of updated, restored, unchanged."""
+        query = (select(sweep_items.c.username, sweep_items.c.outcome, sweep_items.c.reason,
+                        sweep_items.c.directory)
+                 .where(sweep_items.c.sweep_id == sweep_id, sweep_items.c.outcome.is_not(None),
+                        sweep_items.c.outcome.not_in(SUCCESSES))
+                 .order_by(sweep_items.c.outcome, sweep_items.c.username))
+        if limit:
+            query = query.limit(limit)
+        with self.store.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def problems_csv(self, sweep_id: int) -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, ["username", "outcome", "reason", "directory"])
+        writer.writeheader()
+        writer.writerows(self.problems(sweep_id))
+        return out.getvalue()
+
+    def record(self, sweep_id: int, result: SyncResult) -> None:
+        """A queued user of the sweep is done (a failed attempt counts: the job retries apart)."""
+        with self.store.write() as conn:
+            conn.execute(update(sweep_items).where(sweep_items.c.sweep_id == sweep_id,
+                                                   sweep_items.c.username == result.username)
+                         .values(outcome=result.outcome, reason=result.reason, directory=result.directory))
+
+    # -- running -----------------------------------------------------------------------
+
+    def take_over(self) -> int | None:
+        """Claim the running sweep whose lease expired (new, or its runner died)."""
+        now, owner = utcnow(), self.queue.owner()
+        with self.store.write() as conn:
+            row = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING,
+                                                         sweeps.c.lease_until < now)).first()
+            if row is None:
+                return None
+            taken = conn.execute(update(sweeps).where(sweeps.c.id == row.id, sweeps.c.lease_until < now)
+                                 .values(lease_owner=owner, lease_until=now + LEASE)).rowcount
+        return row.id if taken else None
+
+    def run(self, sweep_id: int, on_progress=None) -> None:
+        """Scan (or resume the scan), then watch the queued users until all are done."""
+        try:
+            with self.store.engine.connect() as conn:
+                row = conn.execute(select(sweeps).where(sweeps.c.id == sweep_id)).mappings().one()
+            if row["phase"] == "scanning":
+                self._scan(sweep_id, row["dry_run"], row["full"], on_progress)
+            self._await_done(sweep_id, on_progress)
+        except _Cancelled:
+            log.info("sweep %d cancelled", sweep_id)
+        except Exception as exc:  # noqa: BLE001 - the sweep fails, the service goes on
+            log.exception("sweep %d failed", sweep_id)
+            with self.store.write() as conn:
+                conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
+                             .values(status=FAILED_SWEEP, error=f"{type(exc).__name__}: {exc}"[:2000],
+                                     finished_at=utcnow(), lease_until=None))
+
+    def _scan(self, sweep_id: int, dry_run: bool, full: bool, on_progress) -> None:
+        services = self.services
+        jira_users = services.jira.iter_users()
+        bulk = None if jira_users is None else {u.name: u for u in jira_users}
+        seen: set[str] = set()
+        dry = ThreadPoolExecutor(services.settings.jira.max_concurrency) if dry_run else None
+        try:
+            for directory in services.directories:
+                page: list = []
+                for user in directory.iter_users():
+                    key = user.username.casefold()
+                    if key in seen:  # the first directory holding the user wins
+                        continue
+                    seen.add(key)
+                    page.append(user)
+                    if len(page) >= PAGE:
+                        self._page(sweep_id, directory.name, page, bulk, full, dry)
+                        page = []
+                        if on_progress:
+                            on_progress(self.summary(sweep_id))
+                self._page(sweep_id, directory.name, page, bulk, full, dry)
+            if bulk is not None:  # Jira users no directory holds
+                rest = [(n, None) for n in bulk if n.casefold() not in seen]
+                for i in range(0, len(rest), PAGE):
+                    self._items(sweep_id, None, [(n, NOT_IN_DIRECTORY, None) for n, _ in rest[i:i + PAGE]])
+        finally:
+            if dry:
+                dry.shutdown(wait=True)
+        with self.store.write() as conn:
+            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
+                         .values(phase="syncing"))
+
+    def _page(self, sweep_id, directory, users, bulk, full, dry) -> None:
+        """Decide a page of users: settled (reported from the store) or queued for a sync."""
+        self._renew(sweep_id)
+        if not users:
+            return
+        names = [u.username for u in users]
+        with self.store.engine.connect() as conn:
+            done = set(conn.execute(select(sweep_items.c.username).where(
+                sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_(names))).scalars())
+        states = self.store.get_many(n for n in names if n not in done)
+        settled, work = [], []
+        for user in users:
+            if user.username in done:
+                continue
+            jira_user = bulk.get(user.username) if bulk is not None else None
+            if bulk is not None and jira_user is None:
+                settled.append((user.username, NOT_IN_JIRA, None))
+                continue
+            state = states.get(user.username)
+            if not full and _still_settled(user, state, jira_user):
+                outcome = UNCHANGED if state.last_outcome in SUCCESSES else state.last_outcome
+                settled.append((user.username, outcome, state.last_error))
+            else:
+                work.append((user.username, jira_user))
+        self._items(sweep_id, directory, settled, skipped=True)
+        if dry is not None:
+            self._items(sweep_id, directory, [(n, None, None) for n, _ in work])
+            results = dry.map(lambda w: self.services.syncer.sync_user(w[0], dry_run=True, jira_user=w[1]), work)
+            for result in results:
+                self.record(sweep_id, result)
+            return
+        with self.store.write() as conn:
+            _insert_items(conn, sweep_id, directory, [(n, None, None) for n, _ in work], False)
+            self.queue.enqueue_sweep(conn, sweep_id, work)
+        if work:
+            self.queue.wakeup.set()
+
+    def _items(self, sweep_id, directory, rows, skipped=False) -> None:
+        if rows:
+            with self.store.write() as conn:
+                _insert_items(conn, sweep_id, directory, rows, skipped)
+
+    def _await_done(self, sweep_id: int, on_progress) -> None:
+        while True:
+            self._renew(sweep_id)
+            with self.store.engine.connect() as conn:
+                waiting = conn.execute(select(func.count()).select_from(sweep_items).where(
+                    sweep_items.c.sweep_id == sweep_id, sweep_items.c.outcome.is_(None))).scalar_one()
+            if on_progress:
+                on_progress(self.summary(sweep_id))
+            if not waiting:
+                break
+            time.sleep(0.25)
+        with self.store.write() as conn:
+            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
+                         .values(status=FINISHED, phase="done", finished_at=utcnow(), lease_until=None))
+
+    def _renew(self, sweep_id: int) -> None:
+        with self.store.write() as conn:
+            row = conn.execute(select(sweeps.c.status).where(sweeps.c.id == sweep_id)).first()
+            if row is None or row.status != RUNNING:
+                raise _Cancelled()
+            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id).values(lease_until=utcnow() + LEASE))
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _still_settled(user, state, jira_user: JiraUser | None) -> bool:
+    """Nothing can have changed since this user's last settled sync."""
+    if state is None or state.last_outcome not in SETTLED or not user.marker or state.marker != user.marker:
+        return False
+    if state.last_outcome == NOT_IN_JIRA:
+        return False  # Jira may have the user by now; only a bulk read (handled before) tells
+    if state.last_outcome in SUCCESSES:
+        # our picture must still be the one shown; without a bulk read we cannot know: sync it
+        return jira_user is not None and jira_user.avatar_id == state.avatar_id
+    return True  # no_photo, invalid_photo...: the entry is as it was
+
+
+def _insert_items(conn, sweep_id, directory, rows, skipped) -> None:
+    if not rows:
+        return
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(insert(sweep_items).on_conflict_do_nothing(index_elements=["sweep_id", "username"]),
+                 [{"sweep_id": sweep_id, "username": n, "directory": directory, "outcome": o, "reason": r,
+                   "skipped": skipped} for n, o, r in rows])
+
+
+def _summary(row, counts: dict) -> dict:
+    total = sum(counts.values())
+    waiting = counts.pop(None, 0)
+    done = total - waiting
+    started = row["started_at"]
+    end = row["finished_at"] or utcnow()
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=end.tzinfo)
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=started.tzinfo)
+    elapsed = max((end - started).total_seconds(), 1e-6)
+    rate = done / elapsed
+    return {"id": row["id"], "status": row["status"], "phase": row["phase"], "dry_run": row["dry_run"],
+            "full": row["full"], "trigger": row["trigger"], "started_at": started.isoformat(),
+            "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
+            "total": total, "done": done, "counts": {k: v for k, v in sorted(counts.items())},
+            "rate_per_second": round(rate, 1),
+            "eta_seconds": round(waiting / rate) if rate and row["status"] == RUNNING and row["phase"] != "scanning"
+            else None, "error": row["error"]}
+
+
+def run_in_background(services) -> threading.Thread | None:
+    """Take over a sweep whose lease is free and run it on a thread of its own."""
+    sweep_id = Sweeps(services).take_over()
+    if sweep_id is None:
+        return None
+    thread = threading.Thread(target=Sweeps(services).run, args=(sweep_id,), name=f"sweep-{sweep_id}", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,203 @@
+"""Full sweep over real slapd (more than two pages through a size-limited service account),
+real Samba AD and the emulator in its 9.x and 10.x behaviours."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import update
+
+from app.directory import Directory
+from app.queue import LOGIN
+from app.sweep import SweepConflict, Sweeps, sweeps as sweeps_table
+from app.worker import WorkerPool
+from tests import photos
+from tests.conftest import make_settings, samba_directory, slapd_directory
+
+N_USERS = 1100  # > 2 pages of 500; the service account may see only 5 entries unpaged
+
+
+@pytest.fixture
+def lookups(monkeypatch):
+    """Counts photo reads (Directory.lookup transfers the photo)."""
+    seen = []
+    real = Directory.lookup
+
+    def counting(self, username):
+        seen.append(username)
+        return real(self, username)
+    monkeypatch.setattr(Directory, "lookup", counting)
+    return seen
+
+
+class Rig:
+    def __init__(self, services, jira):
+        self.services, self.jira, self.state = services, jira, jira.state
+        self.sweeps = Sweeps(services)
+
+    def sweep(self, **kw) -> dict:
+        sweep_id = self.sweeps.start(**kw)
+        assert self.sweeps.take_over() == sweep_id
+        pool = WorkerPool(self.services, threads=4, poll_seconds=0.05).start()
+        try:
+            self.sweeps.run(sweep_id)
+        finally:
+            pool.stop()
+        return self.sweeps.summary(sweep_id)
+
+
+def build(tmp_path, jira, directories, services_for, **extra):
+    settings = make_settings(tmp_path, jira.url, directories, **extra)
+    return Rig(services_for(settings), jira)
+
+
+@pytest.fixture
+def big(tmp_path, slapd, ldap_ou, jira, services_for):
+    thumb = photos.photo(64, 48)
+    users = [(f"u{i:04d}", None if i % 10 == 0 else thumb) for i in range(N_USERS)]
+    slapd.add_users(ldap_ou, users)
+    for name, _ in users[:-5]:  # the last five are in the directory only
+        jira.state.add_user(name)
+    for name in ("jira-only-1", "jira-only-2"):
+        jira.state.add_user(name)
+    jira.state.add_account("svc-jira-extra", "x")
+    return build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+
+
+def test_first_sweep_pages_everything_and_reports_each_user(big):
+    summary = big.sweep()
+    assert summary["status"] == "finished" and summary["done"] == summary["total"]
+    with_photo = N_USERS - N_USERS // 10
+    counts = summary["counts"]
+    assert counts["updated"] == with_photo - 5  # u1095..u1099 are not in Jira
+    assert counts["not_in_jira"] == 5
+    assert counts["no_photo"] == N_USERS // 10
+    assert counts["not_in_directory"] >= 2  # jira-only users (and the service accounts)
+    assert big.state.selected_avatar("u0001").owner is not None
+    problems = big.sweeps.problems(summary["id"])
+    assert {"username": "u0000", "outcome": "no_photo"}.items() <= problems[[p["username"] for p in problems].index("u0000")].items()
+    assert {p["outcome"] for p in problems} == {"no_photo", "not_in_jira", "not_in_directory"}
+
+
+def test_repeat_sweep_makes_no_writes_and_reads_no_photo(big, lookups):
+    big.sweep()
+    writes, lookups[:] = big.state.writes(), []
+    summary = big.sweep()
+    assert summary["status"] == "finished" and big.state.writes() == writes
+    assert lookups == []  # nothing changed: no photo transferred
+    assert summary["counts"]["unchanged"] == N_USERS - N_USERS // 10 - 5 and "updated" not in summary["counts"]
+
+
+def test_incremental_sweep_reads_only_changed_entries_and_full_reads_all(big, slapd, ldap_ou, lookups):
+    big.sweep()
+    time.sleep(1.1)  # modifyTimestamp has a resolution of one second
+    slapd.set_photo(f"uid=u0001,{ldap_ou}", "jpegPhoto", photos.solid(photos.BLUE, 64))
+    big.state.upload_as_user("u0002", photos.solid(photos.GREEN, 48, fmt="PNG"))
+    lookups[:] = []
+    summary = big.sweep()
+    assert sorted(lookups) == ["u0001", "u0002"]
+    assert summary["counts"]["updated"] == 1 and summary["counts"]["restored"] == 1
+    assert photos.close(photos.dominant(big.state.selected_avatar("u0001").png), photos.BLUE)
+    writes, lookups[:] = big.state.writes(), []
+    full = big.sweep(full=True)
+    assert full["status"] == "finished" and big.state.writes() == writes
+    assert len(lookups) >= N_USERS - 5  # every directory user with a Jira account read again
+
+
+def test_dry_run_reports_what_a_real_run_does_with_zero_writes(big):
+    dry = big.sweep(dry_run=True)
+    assert big.state.writes() == 0 and dry["dry_run"]
+    real = big.sweep()
+    assert dry["counts"] == real["counts"]
+
+
+def test_jira_9_without_user_list_reads_users_one_by_one(tmp_path, slapd, ldap_ou, jira, services_for):
+    jira.state.version = "9.12.0"
+    slapd.add_users(ldap_ou, [(f"v{i}", photos.photo(40, 40)) for i in range(30)])
+    for i in range(30):
+        jira.state.add_user(f"v{i}")
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    first = rig.sweep()
+    assert first["counts"] == {"updated": 30}
+    writes = rig.state.writes()
+    second = rig.sweep()
+    assert second["counts"] == {"unchanged": 30} and rig.state.writes() == writes
+    assert jira.state.count("GET /user/list") == 2  # tried, 404 on 9.x, never trusted /user/search
+
+
+def test_only_one_sweep_at_a_time_and_cancel(big):
+    first = big.sweeps.start()
+    with pytest.raises(SweepConflict, match=f"sweep {first} is running"):
+        big.sweeps.start()
+    assert big.sweeps.cancel(first)
+    assert big.sweeps.summary(first)["status"] == "cancelled"
+    assert big.sweeps.start() > first
+
+
+def test_resumes_after_the_runner_died_without_redoing_finished_users(big, monkeypatch):
+    sweep_id = big.sweeps.start()
+    assert big.sweeps.take_over() == sweep_id
+    pool = WorkerPool(big.services, threads=4, poll_seconds=0.05).start()
+    real_page = Sweeps._page
+    pages = []
+
+    def dies_on_second_page(self, *args):
+        if len(pages) == 1:
+            raise SystemExit("killed")  # like kill -9: no error recorded, the lease stays
+        pages.append(args)
+        return real_page(self, *args)
+    monkeypatch.setattr(Sweeps, "_page", dies_on_second_page)
+    with pytest.raises(SystemExit):
+        big.sweeps._scan(sweep_id, False, False, None)
+    monkeypatch.setattr(Sweeps, "_page", real_page)
+    time.sleep(1)  # the first page's users are synced by the pool meanwhile
+    first_page = [u.username for u in pages[0][2]]
+    assert big.sweeps.take_over() is None  # the dead runner's lease still holds
+    with big.services.store.write() as conn:  # ... until it expires
+        conn.execute(update(sweeps_table).values(lease_until=sweeps_table.c.started_at))
+    assert big.sweeps.take_over() == sweep_id
+    big.sweeps.run(sweep_id)
+    pool.stop()
+    summary = big.sweeps.summary(sweep_id)
+    assert summary["status"] == "finished" and summary["done"] == summary["total"]
+    assert all(big.state.count("POST /user/avatar", n) <= 1 for n in first_page)
+    assert summary["counts"]["updated"] == N_USERS - N_USERS // 10 - 5
+
+
+def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira, services_for):
+    names = [f"w{i:03d}" for i in range(120)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names] + [("vip", photos.photo(40, 40))])
+    for n in names + ["vip"]:
+        jira.state.add_user(n)
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    jira.state.latency = 0.01
+    sweep_id = rig.sweeps.start()
+    rig.sweeps.take_over()
+    rig.sweeps._scan(sweep_id, False, False, None)  # everything queued at sweep priority
+    pool = WorkerPool(rig.services, threads=2, poll_seconds=0.05).start()
+    try:
+        time.sleep(0.3)
+        rig.services.queue.enqueue("vip", LOGIN, source="login")
+        deadline = time.monotonic() + 5
+        while jira.state.selected_avatar("vip").owner is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pending = rig.sweeps.summary(sweep_id)["total"] - rig.sweeps.summary(sweep_id)["done"]
+        assert jira.state.selected_avatar("vip").owner is not None
+        assert pending > 50  # the sweep was far from done: the login went first
+    finally:
+        pool.stop()
+
+
+def test_samba_ad_sweep_uses_usn_markers(tmp_path, samba, ad_ou, jira, services_for, lookups):
+    names = [f"sweep-ad-{i}" for i in range(6)]
+    for n in names:
+        samba.add_user(ad_ou, n, thumbnail_photo=photos.photo(96, 96))
+        jira.state.add_user(n)
+    rig = build(tmp_path, jira, [samba_directory(ad_ou)], services_for)
+    assert rig.sweep()["counts"].get("updated") == 6
+    samba.set_photo(f"CN={names[0]},{ad_ou}", "thumbnailPhoto", photos.solid(photos.RED, 96))
+    lookups[:] = []
+    second = rig.sweep()
+    assert lookups == [names[0]] and second["counts"]["updated"] == 1
+    assert rig.services.store.get(names[0]).marker.startswith("uSNChanged=")
