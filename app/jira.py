@@ -188,6 +188,10 @@ class JiraClient:
             session.headers["Accept"] = "application/json"
             session.headers["User-Agent"] = "jira-avatar-sync"
             session.verify = s.ca_file or s.verify_tls
+            # Read HTTPS_PROXY/NO_PROXY once here: with trust_env requests re-reads the whole
+            # environment on every call (a fifth of a millisecond each, a sweep makes millions).
+            session.proxies = requests.utils.get_environ_proxies(self.settings.url)
+            session.trust_env = False
             self._local.session = session
         return session
 

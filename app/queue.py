@@ -18,8 +18,8 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text, and_, bindparam, case,
-                        func, or_, select)
+from sqlalchemy import (Boolean, Column, DateTime, Index, Integer, String, Table, Text, and_, bindparam,
+                        case, func, select)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -52,6 +52,11 @@ jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# claim() reads due work by these; without them every claim scans the whole queue
+Index("jobs_due", jobs.c.state, jobs.c.priority, jobs.c.next_try_at)
+Index("jobs_lease", jobs.c.state, jobs.c.lease_until)
+Index("jobs_sweep", jobs.c.sweep_id)
 
 deliveries = Table(
     "webhook_deliveries", metadata,
@@ -142,18 +147,19 @@ class LoginQueue:
         """Lease up to ``limit`` due jobs, highest priority first; atomic across processes."""
         now = utcnow()
         owner = self.owner()
-        due = or_(and_(jobs.c.state == PENDING, jobs.c.next_try_at <= now),
-                  and_(jobs.c.state == RUNNING, jobs.c.lease_until < now))
+        pending = (select(jobs).where(jobs.c.state == PENDING, jobs.c.next_try_at <= now)
+                   .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id).limit(limit))
+        expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < now).limit(limit)
         # An idle poll is a plain read: it must not take the write lock webhooks are waiting for.
         with self.store.engine.connect() as conn:
-            if conn.execute(select(jobs.c.id).where(due).limit(1)).first() is None:
+            if (conn.execute(pending.with_only_columns(jobs.c.id)).first() is None
+                    and conn.execute(expired.with_only_columns(jobs.c.id)).first() is None):
                 return []
         with self.store.write() as conn:
-            query = (select(jobs).where(due).order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id)
-                     .limit(limit))
             if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = conn.execute(query).mappings().all()
+                pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
+            rows = conn.execute(expired).mappings().all()  # a dead worker's job first: it waited longest
+            rows += conn.execute(pending.limit(limit - len(rows))).mappings().all() if len(rows) < limit else []
             if not rows:
                 return []
             conn.execute(jobs.update().where(jobs.c.id.in_([r["id"] for r in rows])).values(
@@ -165,21 +171,26 @@ class LoginQueue:
                     JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
                     if r["jira_key"] else None) for r in rows]
 
-    def complete(self, job: Job) -> None:
-        """Done: drop the row, unless another event came in meanwhile (then run it again)."""
+    def complete(self, job: Job, also=None) -> None:
+        """Done: drop the row, unless another event came in meanwhile (then run it again).
+        ``also(conn)`` writes more in the same transaction."""
         now = utcnow()
         with self.store.write() as conn:
+            if also:
+                also(conn)
             mine = and_(jobs.c.id == job.id, jobs.c.lease_owner == self.owner())
             conn.execute(jobs.update().where(mine, jobs.c.again.is_(True)).values(
                 state=PENDING, again=False, attempts=0, lease_owner=None, lease_until=None,
                 next_try_at=now, last_error=None, updated_at=now))
             conn.execute(jobs.delete().where(mine, jobs.c.again.is_(False), jobs.c.state == RUNNING))
 
-    def fail(self, job: Job, error: str) -> bool:
+    def fail(self, job: Job, error: str, also=None) -> bool:
         """A failed attempt: retry later with back-off, or keep as failed. True if retried."""
         now = utcnow()
         retry = job.attempts < self.policy.max_attempts
         with self.store.write() as conn:
+            if also:
+                also(conn)
             mine = and_(jobs.c.id == job.id, jobs.c.lease_owner == self.owner())
             if retry:
                 values = dict(state=PENDING, next_try_at=now + timedelta(seconds=self.policy.delay(job.attempts)))

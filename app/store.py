@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (Column, DateTime, Integer, MetaData, String, Table, Text, create_engine,
-                        event, inspect, literal, select)
+                        bindparam, event, inspect, literal, select)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -76,6 +76,7 @@ class Store:
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._thread_write_lock = threading.Lock()
+        self._built: dict = {}
         self._lock_file: int | None = None
         self._lock_file_pid: int | None = None
         database = make_url(database_url).database if database_url.startswith("sqlite") else None
@@ -196,20 +197,32 @@ class Store:
         """Read-modify-write one user's row in a transaction, the row locked against others."""
         now = utcnow()
         with self.write() as conn:
+            ensure, lock_row, save = self._statements(conn.dialect.name)
             # Make sure the row exists first: FOR UPDATE cannot lock a row that is not there yet.
-            insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(user_state)
-            conn.execute(insert.values(username=username, created_avatar_ids="[]", attempts=0)
-                         .on_conflict_do_nothing(index_elements=["username"]))
-            query = select(user_state).where(user_state.c.username == username)
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()
-            state = _state(conn.execute(query).mappings().one())
+            conn.execute(ensure, {"p_username": username})
+            state = _state(conn.execute(lock_row, {"p_username": username}).mappings().one())
             state.last_attempt_at = now
             change(state)
-            values = dict(state.__dict__)
-            values["created_avatar_ids"] = json.dumps(state.created_avatar_ids)
-            conn.execute(user_state.update().where(user_state.c.username == username)
-                         .values(**values, attempts=user_state.c.attempts + 1))
+            values = {f"p_{k}": v for k, v in state.__dict__.items()}
+            values["p_created_avatar_ids"] = json.dumps(state.created_avatar_ids)
+            conn.execute(save, values)
+
+    def _statements(self, dialect: str):
+        """Built once per dialect: composing the statements costs more than running them."""
+        built = self._built.get(dialect)
+        if built is None:
+            name = bindparam("p_username")
+            insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(user_state)
+            ensure = insert.values(username=name, created_avatar_ids="[]", attempts=0) \
+                .on_conflict_do_nothing(index_elements=["username"])
+            lock_row = select(user_state).where(user_state.c.username == name)
+            if dialect == "postgresql":
+                lock_row = lock_row.with_for_update()
+            fields = [c.name for c in user_state.columns if c.name not in ("username", "attempts")]
+            save = user_state.update().where(user_state.c.username == name).values(
+                {**{f: bindparam(f"p_{f}") for f in fields}, "attempts": user_state.c.attempts + 1})
+            built = self._built[dialect] = (ensure, lock_row, save)
+        return built
 
 
 def _state(row) -> UserState:
@@ -244,6 +257,8 @@ def _add_missing_columns(engine: Engine) -> None:
                         dialect=conn.dialect, compile_kwargs={"literal_binds": True})
                     ddl += f" DEFAULT {value} NOT NULL"
                 conn.exec_driver_sql(ddl)
+            for index in table.indexes:  # create_all makes indexes only with new tables
+                index.create(conn, checkfirst=True)
 
 
 def _make_engine(url: str) -> Engine:

@@ -20,8 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text, func, select,
-                        update)
+from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text, bindparam, func,
+                        select, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -58,6 +58,12 @@ sweep_items = Table(
     Column("reason", Text),
     Column("skipped", Boolean, nullable=False, default=False),  # settled before: not read again
 )
+
+
+_RECORD = (update(sweep_items)
+           .where(sweep_items.c.sweep_id == bindparam("p_sweep"), sweep_items.c.username == bindparam("p_user"))
+           .values(outcome=bindparam("p_outcome"), reason=bindparam("p_reason"),
+                   directory=bindparam("p_directory")))
 
 
 class SweepConflict(Exception):
@@ -128,12 +134,13 @@ class Sweeps:
         writer.writerows(self.problems(sweep_id))
         return out.getvalue()
 
-    def record(self, sweep_id: int, result: SyncResult) -> None:
+    def record(self, sweep_id: int, result: SyncResult, conn=None) -> None:
         """A queued user of the sweep is done (a failed attempt counts: the job retries apart)."""
-        with self.store.write() as conn:
-            conn.execute(update(sweep_items).where(sweep_items.c.sweep_id == sweep_id,
-                                                   sweep_items.c.username == result.username)
-                         .values(outcome=result.outcome, reason=result.reason, directory=result.directory))
+        if conn is None:
+            with self.store.write() as conn:
+                return self.record(sweep_id, result, conn)
+        conn.execute(_RECORD, {"p_sweep": sweep_id, "p_user": result.username, "p_outcome": result.outcome,
+                               "p_reason": result.reason, "p_directory": result.directory})
 
     # -- running -----------------------------------------------------------------------
 

@@ -62,14 +62,14 @@ class WorkerPool:
 
     def process(self, job: Job) -> None:
         result = self.services.syncer.sync_user(job.username, force=job.force, jira_user=job.jira_user)
-        if job.sweep_id is not None:
-            self.sweeps.record(job.sweep_id, result)
+        # the sweep's report row is written in the same transaction as the job's end
+        also = (lambda conn: self.sweeps.record(job.sweep_id, result, conn)) if job.sweep_id is not None else None
         if result.outcome == FAILED:
-            retried = self.queue.fail(job, result.reason or "failed")
+            retried = self.queue.fail(job, result.reason or "failed", also=also)
             if not retried:
                 log.error("giving up on %s after %d attempts: %s", job.username, job.attempts, result.reason)
         else:
-            self.queue.complete(job)
+            self.queue.complete(job, also=also)
 
     def maintain(self) -> None:
         """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping."""

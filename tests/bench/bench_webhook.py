@@ -174,14 +174,14 @@ def main() -> None:
         write_config(config, db, jira.url, ldap, people, True)
         port = slapd_rig.free_port()
         proc = start_gunicorn(config, port, db / "gunicorn.log", gunicorn_env)
-        original_put = jira.server.app.view_functions["api.select"]
+        original_put = jira.app.view_functions["api.select"]
 
         def timed_select(*a, **kw):
             resp = original_put(*a, **kw)
             from flask import request as flask_request
             selected_at[flask_request.args["username"]] = time.perf_counter()
             return resp
-        jira.server.app.view_functions["api.select"] = timed_select
+        jira.app.view_functions["api.select"] = timed_select
         state.latency = args.jira_latency_ms / 1000
         session = requests.Session()
         latencies, overheads = [], []

@@ -1,0 +1,121 @@
+"""Benchmark: a full sweep of N users with photos against the emulator.
+
+    .venv/bin/python -m tests.bench.bench_sweep [--users 10000] [--latency-ms 10] [--concurrency 8]
+
+The emulator (this process) adds ``latency`` to every Jira call; the sweep runs as the real
+CLI, ``jira-avatar-sync sweep``, in its own process with jira.max_concurrency = C. Reported:
+first sweep time against the round-trip bound 3*N*L/C (three Jira calls per new avatar), the
+repeat sweep's time, Jira writes and photo reads, and the sweep process's peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests import photos
+from tests.jira_emulator import EmulatorServer, JiraState
+from tests.rig import slapd as slapd_rig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_sweep(config: Path, *args: str) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (KiB) and output of one `jira-avatar-sync sweep` process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+    env["AVATAR_SYNC_CONFIG"] = str(config)
+    script = str(Path(sys.executable).parent / "jira-avatar-sync")
+    prefix = os.environ.get("BENCH_PROFILE_PREFIX", "").split()
+    wrapper = [sys.executable, "-c", (
+        "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+        "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print('CPU_S', r.ru_utime + r.ru_stime, file=sys.stderr); "
+        "print('PEAK_RSS_KB', r.ru_maxrss, file=sys.stderr); "
+        "sys.exit(rc)"), *prefix, script, "--log-level", "WARNING", "sweep", *args]
+    started = time.perf_counter()
+    out = subprocess.run(wrapper, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    rss = int(out.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    print(f"sweep process: {seconds:.1f}s wall, {float(out.stderr.rsplit('CPU_S', 1)[1].split()[0]):.1f}s CPU",
+          file=sys.stderr)
+    if out.returncode != 0:
+        raise SystemExit(out.stdout + out.stderr[-3000:])
+    return seconds, rss, out.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--latency-ms", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--photo-px", type=int, default=96, help="side of the seeded JPEG photos")
+    args = parser.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    work = Path(tempfile.mkdtemp(prefix="avatar-sweep-bench-"))
+    ldap = slapd_rig.Slapd(work / "slapd")
+    ldap.configure()
+    ldap.start()
+    ldap.seed_base()
+    people = ldap.add_ou("people")
+    names = [f"user{i:06d}" for i in range(args.users)]
+    t = time.perf_counter()
+    photo = photos.photo(args.photo_px, args.photo_px)
+    ldap.add_users(people, [(n, photo) for n in names])
+    state = JiraState(version="11.0.0")
+    state.add_account("avatar-sync", "pw", admin=True)
+    for n in names:
+        state.add_user(n)
+    print(f"seeded {args.users} users in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+
+    with EmulatorServer(state) as jira:
+        config = work / "config.toml"
+        config.write_text(f"""
+database_url = "sqlite:///{work}/state.db"
+[jira]
+url = "{jira.url}"
+username = "avatar-sync"
+password = "pw"
+max_concurrency = {args.concurrency}
+[webhook]
+secret = "bench"
+[worker]
+threads = {args.concurrency}
+poll_seconds = 0.2
+[[directories]]
+name = "openldap"
+urls = ["{ldap.url}"]
+bind_dn = "{slapd_rig.SVC_DN}"
+bind_password = "{slapd_rig.SVC_PW}"
+base_dn = "{people}"
+""")
+        state.latency = args.latency_ms / 1000
+        first_s, first_rss, first_out = run_sweep(config)
+        writes_after_first = state.writes()
+        uploads = state.count("POST /user/avatar/temporary")
+        repeat_s, repeat_rss, repeat_out = run_sweep(config)
+        bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
+        result = {
+            "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
+            "bound_3NL_over_C_s": round(bound, 1),
+            "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2),
+            "first_uploads": uploads, "first_peak_rss_mb": round(first_rss / 1024),
+            "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
+            "repeat_peak_rss_mb": round(repeat_rss / 1024),
+            "first_summary": first_out.splitlines()[:8], "repeat_summary": repeat_out.splitlines()[:6],
+        }
+    ldap.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
