@@ -31,7 +31,7 @@ from .sync import FAILED, NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNC
 
 log = logging.getLogger(__name__)
 RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = "running", "finished", "failed", "cancelled"
-LEASE = timedelta(seconds=30)
+MAX_LEASE_SECONDS = 30  # a dead runner's sweep is resumed elsewhere within this
 PAGE = 500
 
 sweeps = Table(
@@ -74,6 +74,7 @@ class Sweeps:
     def __init__(self, services):
         self.services = services
         self.store, self.queue = services.store, services.queue
+        self.lease = timedelta(seconds=min(MAX_LEASE_SECONDS, services.settings.worker.lease_seconds))
 
     # -- starting, cancelling, reading -------------------------------------------------
 
@@ -153,7 +154,7 @@ class Sweeps:
             if row is None:
                 return None
             taken = conn.execute(update(sweeps).where(sweeps.c.id == row.id, sweeps.c.lease_until < now)
-                                 .values(lease_owner=owner, lease_until=now + LEASE)).rowcount
+                                 .values(lease_owner=owner, lease_until=now + self.lease)).rowcount
         return row.id if taken else None
 
     def run(self, sweep_id: int, on_progress=None) -> None:
@@ -233,8 +234,10 @@ class Sweeps:
         if dry is not None:
             self._items(sweep_id, directory, [(n, None, None) for n, _ in work])
             results = dry.map(lambda w: self.services.syncer.sync_user(w[0], dry_run=True, jira_user=w[1]), work)
-            for result in results:
+            for i, result in enumerate(results, 1):
                 self.record(sweep_id, result)
+                if i % 50 == 0:
+                    self._renew(sweep_id)  # a page of dry-run syncs can outlast a short lease
             return
         with self.store.write() as conn:
             _insert_items(conn, sweep_id, directory, [(n, None, None) for n, _ in work], False)
@@ -267,7 +270,7 @@ class Sweeps:
             row = conn.execute(select(sweeps.c.status).where(sweeps.c.id == sweep_id)).first()
             if row is None or row.status != RUNNING:
                 raise _Cancelled()
-            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id).values(lease_until=utcnow() + LEASE))
+            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id).values(lease_until=utcnow() + self.lease))
 
 
 class _Cancelled(Exception):

@@ -201,3 +201,132 @@ def test_samba_ad_sweep_uses_usn_markers(tmp_path, samba, ad_ou, jira, services_
     second = rig.sweep()
     assert lookups == [names[0]] and second["counts"]["updated"] == 1
     assert rig.services.store.get(names[0]).marker.startswith("uSNChanged=")
+
+
+# -- doors: admin API, CLI, schedule ------------------------------------------------------
+
+def test_admin_sweep_api(tmp_path, slapd, ldap_ou, jira):
+    from app import create_app
+    slapd.add_users(ldap_ou, [("api1", photos.photo(40, 40)), ("api2", None)])
+    for n in ("api1", "api2"):
+        jira.state.add_user(n)
+    app = create_app(make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)],
+                                   webhook={"secret": "s"}, admin={"token": "t"}, worker={"poll_seconds": 0.05}))
+    http, auth = app.test_client(), {"Authorization": "Bearer t"}
+    services = app.extensions["avatar_sync"]
+    assert http.post("/admin/sweeps", json={"dry_run": False}).status_code == 401
+    assert http.post("/admin/sweeps", json={"dry_run": "no"}, headers=auth).status_code == 400
+    pool = WorkerPool(services, threads=2, poll_seconds=0.05).start()
+    try:
+        r = http.post("/admin/sweeps", json={"dry_run": False}, headers=auth)
+        assert r.status_code == 202 and r.get_json()["status"] == "running"
+        sweep_id = r.get_json()["id"]
+        assert http.post("/admin/sweeps", json={}, headers=auth).status_code == 409
+        deadline = time.monotonic() + 20
+        while http.get(f"/admin/sweeps/{sweep_id}", headers=auth).get_json()["status"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        pool.stop()
+    body = http.get(f"/admin/sweeps/{sweep_id}", headers=auth).get_json()
+    assert body["status"] == "finished" and body["total"] == body["done"] >= 3
+    assert body["counts"]["updated"] == 1 and body["counts"]["no_photo"] == 1
+    assert {"username": "api2", "outcome": "no_photo"}.items() <= body["problems"][-1].items() or \
+        any(p["username"] == "api2" for p in body["problems"])
+    csv_text = http.get(f"/admin/sweeps/{sweep_id}/problems.csv", headers=auth).get_data(as_text=True)
+    assert csv_text.splitlines()[0] == "username,outcome,reason,directory" and "api2,no_photo" in csv_text
+    as_json = http.get(f"/admin/sweeps/{sweep_id}/problems.json", headers=auth).get_json()
+    assert any(p["username"] == "api2" for p in as_json["problems"])
+    assert http.get("/admin/sweeps", headers=auth).get_json()["sweeps"][0]["id"] == sweep_id
+    assert http.post(f"/admin/sweeps/{sweep_id}/cancel", headers=auth).status_code == 409
+    assert http.get("/admin/sweeps/999", headers=auth).status_code == 404
+
+
+def test_sweep_refused_when_disabled(tmp_path, slapd, ldap_ou, jira, services_for):
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for, photo_attributes=[])
+    with pytest.raises(SweepConflict, match="disabled"):
+        rig.sweeps.start()
+
+
+def test_schedule_starts_exactly_one_sweep(tmp_path, slapd, ldap_ou, jira, services_for):
+    from datetime import timedelta
+    from app import schedule
+    from app.store import utcnow
+    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)], sweep={"schedule": "01:11"})
+    replicas = [services_for(settings) for _ in range(3)]  # three processes sharing one database
+    now = utcnow()
+    assert schedule.start_if_due(replicas[0], now) is None  # first call only plans the next run
+    later = now + timedelta(days=1, minutes=1)
+    started = [schedule.start_if_due(r, later) for r in replicas]
+    assert len([s for s in started if s]) == 1
+    assert schedule.start_if_due(replicas[0], later) is None
+    nxt = schedule.next_run(settings.sweep_schedule, now).astimezone()
+    assert (nxt.hour, nxt.minute) == (1, 11) and timedelta(0) < nxt - now.astimezone() <= timedelta(days=1)
+
+
+def _cli_env(tmp_path, slapd, ldap_ou, jira, extra=""):
+    import os
+    from tests.test_cli import slapd_toml, write_config
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra=extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+    env["AVATAR_SYNC_CONFIG"] = str(config)
+    return env, config
+
+
+def test_cli_sweep_prints_a_summary_and_dry_run_writes_nothing(tmp_path, slapd, ldap_ou, jira):
+    import subprocess
+    from tests.test_cli import SCRIPT
+    slapd.add_users(ldap_ou, [("cli1", photos.photo(40, 40)), ("cli2", None), ("cli3", b"broken")])
+    for n in ("cli1", "cli2", "cli3"):
+        jira.state.add_user(n)
+    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
+    dry = subprocess.run([SCRIPT, "sweep", "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert "(dry run)" in dry.stdout and jira.state.writes() == 0
+    real = subprocess.run([SCRIPT, "sweep"], env=env, capture_output=True, text=True, timeout=120)
+    assert real.returncode == 0, real.stderr
+    lines = real.stdout.splitlines()
+    assert lines[0] == "sweep 2: finished"
+    table = dict(line.split() for line in lines[2:6])
+    assert table == {"invalid_photo": "1", "no_photo": "1", "not_in_directory": "1", "updated": "1"}
+    assert "cli3: invalid_photo (jpegPhoto in openldap: not a JPEG" in real.stdout
+    assert "sweep 2 [done] 4/4 users" in real.stderr  # the progress line
+
+
+def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_path, slapd, ldap_ou, jira):
+    import os
+    import signal
+    import subprocess
+    from app.config import load_settings
+    from app.services import build_services
+    from tests.test_cli import SCRIPT
+    names = [f"kill{i:03d}" for i in range(150)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(64, 64)) for n in names])  # > 48 px: crop-confirm creates
+    for n in names:
+        jira.state.add_user(n)
+    jira.state.latency = 0.02
+    env, config = _cli_env(tmp_path, slapd, ldap_ou, jira, extra="[worker]\nlease_seconds = 2\npoll_seconds = 0.1\n")
+    sweeping = subprocess.Popen([SCRIPT, "sweep"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + 60
+    while sum(jira.state.selected_avatar(n).owner is not None for n in names) < 20:
+        assert time.monotonic() < deadline and sweeping.poll() is None
+        time.sleep(0.05)
+    os.killpg(sweeping.pid, signal.SIGKILL)
+    sweeping.wait()
+    done_before = sum(jira.state.selected_avatar(n).owner is not None for n in names)
+    assert done_before < len(names)
+    restarted = subprocess.Popen([SCRIPT, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        services = build_services(load_settings(config, env={}))
+        sweeps = Sweeps(services)
+        while sweeps.summary(1)["status"] == "running":
+            assert time.monotonic() < deadline + 60, sweeps.summary(1)
+            time.sleep(0.2)
+        summary = sweeps.summary(1)
+        assert summary["status"] == "finished" and summary["counts"]["updated"] == len(names)
+        assert {n: c for n in names if (c := jira.state.count("POST /user/avatar", n)) != 1} == {}
+        services.close()
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(30)
