@@ -33,10 +33,7 @@ def _unavailable(what: str):
 def slapd(tmp_path_factory):
     if not Path("/usr/sbin/slapd").exists():
         _unavailable("OpenLDAP slapd")
-    server = slapd_rig.Slapd(tmp_path_factory.mktemp("slapd"))
-    server.configure()
-    server.start()
-    server.seed_base()
+    server = slapd_rig.Slapd.running(tmp_path_factory.mktemp("slapd"))
     yield server
     server.stop()
 

@@ -53,10 +53,7 @@ def main(argv=None) -> int:
     shutil.rmtree(STATE, ignore_errors=True)
     STATE.mkdir()
     work = Path(tempfile.mkdtemp(prefix="avatar-sync-demo-"))
-    ldap = slapd_rig.Slapd(work / "slapd")
-    ldap.configure()
-    ldap.start()
-    ldap.seed_base()
+    ldap = slapd_rig.Slapd.running(work / "slapd")
     people = ldap.add_ou("people")
     users = {
         "alice": portrait((200, 60, 60), "A"),

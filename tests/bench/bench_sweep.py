@@ -57,18 +57,18 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--photo-px", type=int, default=96, help="side of the seeded JPEG photos")
+    parser.add_argument("--no-photos", action="store_true",
+                        help="users without photos: every user is still paged, queued, looked up and "
+                             "reported (memory as in a real sweep), but nothing is uploaded; for RSS at 100k")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     work = Path(tempfile.mkdtemp(prefix="avatar-sweep-bench-"))
-    ldap = slapd_rig.Slapd(work / "slapd")
-    ldap.configure()
-    ldap.start()
-    ldap.seed_base()
+    ldap = slapd_rig.Slapd.running(work / "slapd")
     people = ldap.add_ou("people")
     names = [f"user{i:06d}" for i in range(args.users)]
     t = time.perf_counter()
-    photo = photos.photo(args.photo_px, args.photo_px)
+    photo = None if args.no_photos else photos.photo(args.photo_px, args.photo_px)
     ldap.add_users(people, [(n, photo) for n in names])
     state = JiraState(version="11.0.0")
     state.add_account("avatar-sync", "pw", admin=True)

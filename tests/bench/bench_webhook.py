@@ -128,10 +128,7 @@ def main() -> None:
         raise SystemExit("needs wrk: apt-get install -y wrk")
 
     work = Path(tempfile.mkdtemp(prefix="avatar-bench-"))
-    ldap = slapd_rig.Slapd(work / "slapd")
-    ldap.configure()
-    ldap.start()
-    ldap.seed_base()
+    ldap = slapd_rig.Slapd.running(work / "slapd")
     people = ldap.add_ou("people")
     state = JiraState(version="10.3.0")
     state.add_account("avatar-sync", "pw", admin=True)

@@ -106,6 +106,15 @@ class Slapd:
         self.svc_size_limit = svc_size_limit
         self.proc: subprocess.Popen | None = None
 
+    @classmethod
+    def running(cls, workdir: Path, **kwargs) -> "Slapd":
+        """Configured, started and seeded with the base entries and the service account."""
+        server = cls(workdir, **kwargs)
+        server.configure()
+        server.start()
+        server.seed_base()
+        return server
+
     def configure(self) -> None:
         for tool in ("slapd", "slapadd"):
             if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
