@@ -44,8 +44,8 @@ def run_sweep(config: Path, *args: str) -> tuple[float, int, str]:
     out = subprocess.run(wrapper, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     rss = int(out.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    print(f"sweep process: {seconds:.1f}s wall, {float(out.stderr.rsplit('CPU_S', 1)[1].split()[0]):.1f}s CPU",
-          file=sys.stderr)
+    print(f"sweep process: {seconds:.1f}s wall, {float(out.stderr.rsplit('CPU_S', 1)[1].split()[0]):.1f}s CPU, "
+          f"peak RSS {rss / 1024:.0f} MB", file=sys.stderr)
     if out.returncode != 0:
         raise SystemExit(out.stdout + out.stderr[-3000:])
     return seconds, rss, out.stdout
@@ -106,7 +106,7 @@ base_dn = "{people}"
         result = {
             "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
             "bound_3NL_over_C_s": round(bound, 1),
-            "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2),
+            "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2) if bound else None,
             "first_uploads": uploads, "first_peak_rss_mb": round(first_rss / 1024),
             "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
             "repeat_peak_rss_mb": round(repeat_rss / 1024),
