@@ -65,55 +65,57 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="avatar-sweep-bench-"))
     ldap = slapd_rig.Slapd.running(work / "slapd")
-    people = ldap.add_ou("people")
-    names = [f"user{i:06d}" for i in range(args.users)]
-    t = time.perf_counter()
-    photo = None if args.no_photos else photos.photo(args.photo_px, args.photo_px)
-    ldap.add_users(people, [(n, photo) for n in names])
-    state = JiraState(version="11.0.0")
-    state.add_account("avatar-sync", "pw", admin=True)
-    for n in names:
-        state.add_user(n)
-    print(f"seeded {args.users} users in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+    try:
+        people = ldap.add_ou("people")
+        names = [f"user{i:06d}" for i in range(args.users)]
+        t = time.perf_counter()
+        photo = None if args.no_photos else photos.photo(args.photo_px, args.photo_px)
+        ldap.add_users(people, [(n, photo) for n in names])
+        state = JiraState(version="11.0.0")
+        state.add_account("avatar-sync", "pw", admin=True)
+        for n in names:
+            state.add_user(n)
+        print(f"seeded {args.users} users in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 
-    with EmulatorServer(state) as jira:
-        config = work / "config.toml"
-        config.write_text(f"""
-database_url = "sqlite:///{work}/state.db"
-[jira]
-url = "{jira.url}"
-username = "avatar-sync"
-password = "pw"
-max_concurrency = {args.concurrency}
-[webhook]
-secret = "bench"
-[worker]
-threads = {args.concurrency}
-poll_seconds = 0.2
-[[directories]]
-name = "openldap"
-urls = ["{ldap.url}"]
-bind_dn = "{slapd_rig.SVC_DN}"
-bind_password = "{slapd_rig.SVC_PW}"
-base_dn = "{people}"
-""")
-        state.latency = args.latency_ms / 1000
-        first_s, first_rss, first_out = run_sweep(config)
-        writes_after_first = state.writes()
-        uploads = state.count("POST /user/avatar/temporary")
-        repeat_s, repeat_rss, repeat_out = run_sweep(config)
-        bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
-        result = {
-            "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
-            "bound_3NL_over_C_s": round(bound, 1),
-            "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2) if bound else None,
-            "first_uploads": uploads, "first_peak_rss_mb": round(first_rss / 1024),
-            "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
-            "repeat_peak_rss_mb": round(repeat_rss / 1024),
-            "first_summary": first_out.splitlines()[:8], "repeat_summary": repeat_out.splitlines()[:6],
-        }
-    ldap.stop()
-    shutil.rmtree(work, ignore_errors=True)
+        with EmulatorServer(state) as jira:
+            config = work / "config.toml"
+            config.write_text(f"""
+    database_url = "sqlite:///{work}/state.db"
+    [jira]
+    url = "{jira.url}"
+    username = "avatar-sync"
+    password = "pw"
+    max_concurrency = {args.concurrency}
+    [webhook]
+    secret = "bench"
+    [worker]
+    threads = {args.concurrency}
+    poll_seconds = 0.2
+    [[directories]]
+    name = "openldap"
+    urls = ["{ldap.url}"]
+    bind_dn = "{slapd_rig.SVC_DN}"
+    bind_password = "{slapd_rig.SVC_PW}"
+    base_dn = "{people}"
+    """)
+            state.latency = args.latency_ms / 1000
+            first_s, first_rss, first_out = run_sweep(config)
+            writes_after_first = state.writes()
+            uploads = state.count("POST /user/avatar/temporary")
+            repeat_s, repeat_rss, repeat_out = run_sweep(config)
+            bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
+            result = {
+                "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
+                "bound_3NL_over_C_s": round(bound, 1),
+                "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2) if bound else None,
+                "first_uploads": uploads, "first_peak_rss_mb": round(first_rss / 1024),
+                "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
+                "repeat_peak_rss_mb": round(repeat_rss / 1024),
+                "first_summary": first_out.splitlines()[:8], "repeat_summary": repeat_out.splitlines()[:6],
+            }
+    finally:
+        ldap.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
 

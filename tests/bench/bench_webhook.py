@@ -102,8 +102,8 @@ def signed_bodies(path: Path, count: int, prefix: str) -> None:
             fh.write(f"{sig} {body}\n")
 
 
-def wrk(port: int, lua: Path, duration: int, connections: int) -> dict:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua),
+def wrk(port: int, lua: Path, duration: int, connections: int, threads: int = 1) -> dict:
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua),
                           f"http://127.0.0.1:{port}/webhooks/jira"], capture_output=True, text=True, check=True).stdout
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -123,91 +123,96 @@ def main() -> None:
     parser.add_argument("--web-workers", default="2", help="gunicorn workers (AVATAR_SYNC_WEB_WORKERS)")
     parser.add_argument("--web-threads", default="2", help="threads per worker (AVATAR_SYNC_WEB_THREADS)")
     parser.add_argument("--skip-workers-on", action="store_true")
+    parser.add_argument("--wrk-threads", type=int, default=2,
+                        help="wrk's own threads; on 2 cores each one takes CPU from gunicorn")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk: apt-get install -y wrk")
 
     work = Path(tempfile.mkdtemp(prefix="avatar-bench-"))
     ldap = slapd_rig.Slapd.running(work / "slapd")
-    people = ldap.add_ou("people")
-    state = JiraState(version="10.3.0")
-    state.add_account("avatar-sync", "pw", admin=True)
-    thumb = photos.photo(96, 96)
-    names = [f"lat{i}" for i in range(args.logins)]
-    for name in names:
-        ldap.add_user(people, name, thumbnail_photo=thumb)
-        state.add_user(name)
-    selected_at: dict[str, float] = {}
-    results = {"cores": os.cpu_count()}
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    with EmulatorServer(state) as jira:
-        # -- 1. acknowledgement --------------------------------------------------------
-        gunicorn_env = {"AVATAR_SYNC_LOG_LEVEL": "WARNING", "AVATAR_SYNC_WEB_WORKERS": args.web_workers,
-                        "AVATAR_SYNC_WEB_THREADS": args.web_threads}
-        results["gunicorn"] = {"workers": args.web_workers, "threads": args.web_threads,
-                               "wrk_connections": args.connections}
-        for workers_on in (False,) if args.skip_workers_on else (False, True):
-            db = work / f"ack-{workers_on}"
+    try:
+        people = ldap.add_ou("people")
+        state = JiraState(version="10.3.0")
+        state.add_account("avatar-sync", "pw", admin=True)
+        thumb = photos.photo(96, 96)
+        names = [f"lat{i}" for i in range(args.logins)]
+        for name in names:
+            ldap.add_user(people, name, thumbnail_photo=thumb)
+            state.add_user(name)
+        selected_at: dict[str, float] = {}
+        results = {"cores": os.cpu_count()}
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        with EmulatorServer(state) as jira:
+            # -- 1. acknowledgement --------------------------------------------------------
+            gunicorn_env = {"AVATAR_SYNC_LOG_LEVEL": "WARNING", "AVATAR_SYNC_WEB_WORKERS": args.web_workers,
+                            "AVATAR_SYNC_WEB_THREADS": args.web_threads}
+            results["gunicorn"] = {"workers": args.web_workers, "threads": args.web_threads,
+                                   "wrk_connections": args.connections, "wrk_threads": args.wrk_threads}
+            for workers_on in (False,) if args.skip_workers_on else (False, True):
+                db = work / f"ack-{workers_on}"
+                db.mkdir()
+                config = db / "config.toml"
+                write_config(config, db, jira.url, ldap, people, workers_on)
+                port = slapd_rig.free_port()
+                proc = start_gunicorn(config, port, db / "gunicorn.log", gunicorn_env)
+                try:
+                    bodies = db / "bodies.txt"
+                    signed_bodies(bodies, 400_000, f"ack{int(workers_on)}-")
+                    lua = db / "signed.lua"
+                    lua.write_text(WRK_LUA % {"file": bodies})
+                    wrk(port, lua, 3, args.connections, args.wrk_threads)  # warm-up
+                    results[f"ack_workers_{'on' if workers_on else 'off'}"] = wrk(
+                        port, lua, args.duration, args.connections, args.wrk_threads)
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+
+            # -- 2. login -> avatar selected -------------------------------------------------
+            db = work / "latency"
             db.mkdir()
             config = db / "config.toml"
-            write_config(config, db, jira.url, ldap, people, workers_on)
+            write_config(config, db, jira.url, ldap, people, True)
             port = slapd_rig.free_port()
             proc = start_gunicorn(config, port, db / "gunicorn.log", gunicorn_env)
+            original_put = jira.app.view_functions["api.select"]
+
+            def timed_select(*a, **kw):
+                resp = original_put(*a, **kw)
+                from flask import request as flask_request
+                selected_at[flask_request.args["username"]] = time.perf_counter()
+                return resp
+            jira.app.view_functions["api.select"] = timed_select
+            state.latency = args.jira_latency_ms / 1000
+            session = requests.Session()
+            latencies, overheads = [], []
             try:
-                bodies = db / "bodies.txt"
-                signed_bodies(bodies, 400_000, f"ack{int(workers_on)}-")
-                lua = db / "signed.lua"
-                lua.write_text(WRK_LUA % {"file": bodies})
-                wrk(port, lua, 3, args.connections)  # warm-up
-                results[f"ack_workers_{'on' if workers_on else 'off'}"] = wrk(port, lua, args.duration, args.connections)
+                for name in names:
+                    body = json.dumps({"webhookEvent": "user_login", "user": {"name": name}}).encode()
+                    sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                    started = time.perf_counter()
+                    r = session.post(f"http://127.0.0.1:{port}/webhooks/jira", data=body,
+                                     headers={"Content-Type": "application/json", "X-Hub-Signature": sig}, timeout=10)
+                    assert r.status_code == 202, r.text
+                    deadline = started + 10
+                    while name not in selected_at and time.perf_counter() < deadline:
+                        time.sleep(0.0005)
+                    latencies.append((selected_at[name] - started) * 1000)
+                    time.sleep(0.005)  # let the PUT's after_request book its time
+                    overheads.append(latencies[-1] - state.user_seconds.get(name, 0.0) * 1000)
             finally:
                 proc.terminate()
                 proc.wait(30)
-
-        # -- 2. login -> avatar selected -------------------------------------------------
-        db = work / "latency"
-        db.mkdir()
-        config = db / "config.toml"
-        write_config(config, db, jira.url, ldap, people, True)
-        port = slapd_rig.free_port()
-        proc = start_gunicorn(config, port, db / "gunicorn.log", gunicorn_env)
-        original_put = jira.app.view_functions["api.select"]
-
-        def timed_select(*a, **kw):
-            resp = original_put(*a, **kw)
-            from flask import request as flask_request
-            selected_at[flask_request.args["username"]] = time.perf_counter()
-            return resp
-        jira.app.view_functions["api.select"] = timed_select
-        state.latency = args.jira_latency_ms / 1000
-        session = requests.Session()
-        latencies, overheads = [], []
-        try:
-            for name in names:
-                body = json.dumps({"webhookEvent": "user_login", "user": {"name": name}}).encode()
-                sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-                started = time.perf_counter()
-                r = session.post(f"http://127.0.0.1:{port}/webhooks/jira", data=body,
-                                 headers={"Content-Type": "application/json", "X-Hub-Signature": sig}, timeout=10)
-                assert r.status_code == 202, r.text
-                deadline = started + 10
-                while name not in selected_at and time.perf_counter() < deadline:
-                    time.sleep(0.0005)
-                latencies.append((selected_at[name] - started) * 1000)
-                time.sleep(0.005)  # let the PUT's after_request book its time
-                overheads.append(latencies[-1] - state.user_seconds.get(name, 0.0) * 1000)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-        latencies.sort()
-        results["login_to_avatar"] = {
-            "jira_latency_per_call_ms": args.jira_latency_ms, "jira_calls": 4,
-            "p50_ms": round(statistics.median(latencies), 1),
-            "p95_ms": round(latencies[int(len(latencies) * 0.95) - 1], 1),
-            "p50_above_added_latency_ms": round(statistics.median(latencies) - 4 * args.jira_latency_ms, 1),
-            "p50_above_time_in_emulator_ms": round(statistics.median(overheads), 1)}
-    ldap.stop()
-    shutil.rmtree(work, ignore_errors=True)
+            latencies.sort()
+            results["login_to_avatar"] = {
+                "jira_latency_per_call_ms": args.jira_latency_ms, "jira_calls": 4,
+                "p50_ms": round(statistics.median(latencies), 1),
+                "p95_ms": round(latencies[int(len(latencies) * 0.95) - 1], 1),
+                "p50_above_added_latency_ms": round(statistics.median(latencies) - 4 * args.jira_latency_ms, 1),
+                "p50_above_time_in_emulator_ms": round(statistics.median(overheads), 1)}
+    finally:
+        ldap.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
 
 
