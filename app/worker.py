@@ -72,7 +72,8 @@ class WorkerPool:
             self.queue.complete(job, also=also)
 
     def maintain(self) -> None:
-        """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping."""
+        """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:
+        old webhook delivery ids and old sweep reports are forgotten."""
         now = time.monotonic()
         with self._maintenance_lock:
             check_sweeps = now >= self._next_sweep_check
@@ -86,6 +87,7 @@ class WorkerPool:
             run_in_background(self.services)
         if housekeeping:
             self.queue.prune_deliveries()
+            self.sweeps.prune()
 
     def _run(self) -> None:
         wakeup = self.queue.wakeup

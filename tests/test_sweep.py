@@ -330,3 +330,16 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(30)
+
+
+def test_old_sweep_reports_are_pruned(tmp_path, slapd, ldap_ou, jira, services_for):
+    from datetime import timedelta
+    from app.store import utcnow
+    slapd.add_users(ldap_ou, [("p1", None)])
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    ids = [rig.sweep()["id"] for _ in range(3)]
+    with rig.services.store.write() as conn:
+        conn.execute(update(sweeps_table).values(started_at=utcnow() - timedelta(days=40)))
+    assert rig.sweeps.prune(keep_days=30, keep_last=1) == 2
+    assert [s["id"] for s in rig.sweeps.list()] == ids[-1:]
+    assert rig.sweeps.problems(ids[0]) == [] and rig.sweeps.problems(ids[-1]) != []
