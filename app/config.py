@@ -94,6 +94,7 @@ class Settings:
     admin: AdminSettings = AdminSettings()
     worker: WorkerSettings = WorkerSettings()
     sweep_schedule: dt_time | None = None  # daily, local time: "01:11"
+    metrics_require_admin: bool = False
     log_level: str = "INFO"
 
     @property
@@ -129,7 +130,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     r = _Reader(data, "", env)
     r.reject_unknown({"database_url", "photo_attributes", "size", "login_debounce_seconds",
                       "max_photo_bytes", "max_photo_pixels", "log_level",
-                      "jira", "webhook", "admin", "worker", "sweep", "directories"})
+                      "jira", "webhook", "admin", "worker", "sweep", "metrics", "directories"})
     photo_attributes = r.attr_list("photo_attributes", DEFAULT_PHOTO_ATTRIBUTES)
     dirs_raw = data.get("directories", [])
     if not isinstance(dirs_raw, list):
@@ -161,6 +162,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         admin=_admin(_Reader(r.table("admin"), "admin.", env)),
         worker=_worker(_Reader(r.table("worker"), "worker.", env)),
         sweep_schedule=_schedule(_Reader(r.table("sweep"), "sweep.", env)),
+        metrics_require_admin=_Reader(r.table("metrics"), "metrics.", env).boolean("require_admin", False),
         log_level=level,
     )
 
@@ -296,6 +298,7 @@ _ENV_KEYS = {
     "WEBHOOK_MAX_BODY_BYTES": (("webhook",), "max_body_bytes"),
     "ADMIN_TOKEN": (("admin",), "token"),
     "SWEEP_SCHEDULE": (("sweep",), "schedule"),
+    "METRICS_REQUIRE_ADMIN": (("metrics",), "require_admin"),
     "WORKER_THREADS": (("worker",), "threads"),
     "WORKER_POLL_SECONDS": (("worker",), "poll_seconds"),
     "WORKER_LEASE_SECONDS": (("worker",), "lease_seconds"),

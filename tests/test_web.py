@@ -212,3 +212,18 @@ def test_failed_sync_is_not_debounced(web, jira):
     post(web, login("jdoe"))
     web.pool.run_once()
     assert post(web, login("jdoe")).status_code == 202
+
+
+def test_metrics_read_the_shared_database(web, service, jira):
+    post(web, login("jdoe"))
+    text = web.http.get("/metrics").get_data(as_text=True)
+    assert 'jira_avatar_sync_queue_jobs{state="pending"} 1.0' in text
+    web.pool.run_once()
+    other_process = service()  # same database, fresh process state: same figures
+    text = other_process.http.get("/metrics").get_data(as_text=True)
+    assert 'jira_avatar_sync_users{outcome="updated"} 1.0' in text
+    assert 'jira_avatar_sync_queue_jobs{state="pending"} 0.0' in text
+    assert "jira_avatar_sync_sweep_running 0.0" in text
+    locked = service(metrics={"require_admin": True})
+    assert locked.http.get("/metrics").status_code == 401
+    assert locked.http.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
