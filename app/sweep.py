@@ -229,12 +229,18 @@ class Sweeps:
             done = set(conn.execute(select(sweep_items.c.username).where(
                 sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_(names))).scalars())
         states = self.store.get_many(n for n in names if n not in done)
+        if bulk is None:  # no /user/list: read the users whose picture decides it, C at a time
+            bulk = self._read_jira_users([u.username for u in users if u.username not in done
+                                          and _needs_jira_view(u, states.get(u.username))])
+            absent_means_not_in_jira = False
+        else:
+            absent_means_not_in_jira = True
         settled, work = [], []
         for user in users:
             if user.username in done:
                 continue
-            jira_user = bulk.get(user.username) if bulk is not None else None
-            if bulk is not None and jira_user is None:
+            jira_user = bulk.get(user.username)
+            if absent_means_not_in_jira and jira_user is None:
                 settled.append((user.username, NOT_IN_JIRA, None))
                 continue
             state = states.get(user.username)
@@ -257,6 +263,14 @@ class Sweeps:
             self.queue.enqueue_sweep(conn, sweep_id, work)
         if work:
             self.queue.wakeup.set()
+
+    def _read_jira_users(self, names: list[str]) -> dict[str, JiraUser]:
+        """Per-user reads for Jira versions without /user/list, jira.max_concurrency at a time."""
+        if not names:
+            return {}
+        with ThreadPoolExecutor(self.services.settings.jira.max_concurrency) as pool:
+            found = pool.map(self.services.jira.get_user, names)
+            return {name: user for name, user in zip(names, found) if user is not None}
 
     def _items(self, sweep_id, directory, rows, skipped=False) -> None:
         if rows:
@@ -288,6 +302,12 @@ class Sweeps:
 
 class _Cancelled(Exception):
     pass
+
+
+def _needs_jira_view(user, state) -> bool:
+    """Only Jira's current picture can tell whether this user is settled."""
+    return (state is not None and state.last_outcome in SUCCESSES and bool(user.marker)
+            and state.marker == user.marker)
 
 
 def _still_settled(user, state, jira_user: JiraUser | None) -> bool:

@@ -112,7 +112,7 @@ def test_dry_run_reports_what_a_real_run_does_with_zero_writes(big):
     assert dry["counts"] == real["counts"]
 
 
-def test_jira_9_without_user_list_reads_users_one_by_one(tmp_path, slapd, ldap_ou, jira, services_for):
+def test_jira_9_without_user_list_reads_users_one_by_one(tmp_path, slapd, ldap_ou, jira, services_for, lookups):
     jira.state.version = "9.12.0"
     slapd.add_users(ldap_ou, [(f"v{i}", photos.photo(40, 40)) for i in range(30)])
     for i in range(30):
@@ -120,10 +120,12 @@ def test_jira_9_without_user_list_reads_users_one_by_one(tmp_path, slapd, ldap_o
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
     first = rig.sweep()
     assert first["counts"] == {"updated": 30}
-    writes = rig.state.writes()
+    writes, lookups[:] = rig.state.writes(), []
     second = rig.sweep()
     assert second["counts"] == {"unchanged": 30} and rig.state.writes() == writes
+    assert lookups == []  # Jira read user by user instead: no photo transferred
     assert jira.state.count("GET /user/list") == 2  # tried, 404 on 9.x, never trusted /user/search
+    assert jira.state.count("GET /user/search") == 0
 
 
 def test_only_one_sweep_at_a_time_and_cancel(big):

@@ -2,6 +2,8 @@
 
     .venv/bin/python -m tests.bench.bench_sweep [--users 10000] [--latency-ms 10] [--concurrency 8]
 
+BENCH_EXTRA_WORKERS=N also runs N `jira-avatar-sync worker` processes beside it.
+
 The emulator (this process) adds ``latency`` to every Jira call; the sweep runs as the real
 CLI, ``jira-avatar-sync sweep``, in its own process with jira.max_concurrency = C. Reported:
 first sweep time against the round-trip bound 3*N*L/C (three Jira calls per new avatar), the
@@ -40,8 +42,13 @@ def run_sweep(config: Path, *args: str) -> tuple[float, int, str]:
         "print('CPU_S', r.ru_utime + r.ru_stime, file=sys.stderr); "
         "print('PEAK_RSS_KB', r.ru_maxrss, file=sys.stderr); "
         "sys.exit(rc)"), *prefix, script, "--log-level", "WARNING", "sweep", *args]
+    helpers = [subprocess.Popen([script, "--log-level", "WARNING", "worker"], env=env)
+               for _ in range(int(os.environ.get("BENCH_EXTRA_WORKERS", "0")))]
     started = time.perf_counter()
     out = subprocess.run(wrapper, env=env, capture_output=True, text=True)
+    for helper in helpers:
+        helper.terminate()
+        helper.wait(30)
     seconds = time.perf_counter() - started
     rss = int(out.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
     print(f"sweep process: {seconds:.1f}s wall, {float(out.stderr.rsplit('CPU_S', 1)[1].split()[0]):.1f}s CPU, "
