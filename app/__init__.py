@@ -23,8 +23,8 @@ def create_app(config: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook.max_body_bytes
     app.extensions["avatar_sync"] = build_services(settings)
 
-    from .web import admin, health, hooks, metrics
-    for blueprint in (health.bp, hooks.bp, admin.bp, metrics.bp):
+    from .web import admin, dashboard, health, hooks, metrics
+    for blueprint in (health.bp, hooks.bp, admin.bp, metrics.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     return app
 

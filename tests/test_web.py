@@ -227,3 +227,16 @@ def test_metrics_read_the_shared_database(web, service, jira):
     locked = service(metrics={"require_admin": True})
     assert locked.http.get("/metrics").status_code == 401
     assert locked.http.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+
+
+def test_dashboard_shows_queue_outcomes_and_sweeps(web):
+    import base64 as b64
+    post(web, login("jdoe"))
+    web.pool.run_once()
+    assert web.http.get("/").status_code == 401  # the browser is asked for the admin token
+    basic = b64.b64encode(f"admin:{ADMIN}".encode()).decode()
+    page = web.http.get("/", headers={"Authorization": f"Basic {basic}"})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "<td>updated</td><td class=\"num\">1</td>" in html
+    assert "no sweep yet" in html and "Start a sweep" in html
