@@ -27,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .jira import JiraUser
 from .store import metadata, utcnow
-from .sync import FAILED, NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SyncResult
+from .sync import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SyncResult
 
 log = logging.getLogger(__name__)
 RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = "running", "finished", "failed", "cancelled"

@@ -2,7 +2,6 @@
 real Samba AD and the emulator in its 9.x and 10.x behaviours."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
