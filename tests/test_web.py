@@ -138,6 +138,7 @@ def test_service_account_is_ignored_and_disabled_is_answered(web, service):
     disabled = service(photo_attributes=[])
     r = post(disabled, login("jdoe"))
     assert r.status_code == 200 and r.get_json()["status"] == "disabled"
+    assert disabled.http.get("/readyz").get_json()["status"] == "disabled"
     assert web.services.queue.counts() == {}
 
 
