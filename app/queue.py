@@ -16,7 +16,7 @@ import random
 import socket
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from sqlalchemy import (Boolean, Column, DateTime, Index, Integer, String, Table, Text, and_, bindparam,
                         case, func, select)
@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .jira import JiraUser
-from .store import Store, metadata, utcnow
+from .store import Store, aware, metadata, user_key, utcnow
 
 LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
 PENDING, RUNNING, FAILED = "pending", "running", "failed"
@@ -88,10 +88,6 @@ class RetryPolicy:
         """Exponential back-off with jitter after ``attempts`` failed tries."""
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
         return random.uniform(ceiling / 2, ceiling)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 class LoginQueue:
@@ -218,12 +214,12 @@ class LoginQueue:
 
     def job_for(self, username: str) -> dict | None:
         with self.store.engine.connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.username == username)).mappings().first()
+            row = conn.execute(select(jobs).where(jobs.c.username == user_key(username))).mappings().first()
         if row is None:
             return None
         out = {k: row[k] for k in ("state", "priority", "source", "attempts", "last_error", "force")}
         for k in ("next_try_at", "created_at", "updated_at"):
-            out[k] = _aware(row[k]).isoformat() if row[k] else None
+            out[k] = aware(row[k]).isoformat() if row[k] else None
         return out
 
     def counts(self) -> dict[str, int]:
@@ -240,7 +236,7 @@ class LoginQueue:
     def forget(self, username: str) -> None:
         """user_deleted: drop any queued work for the user (a running attempt finishes)."""
         with self.store.write() as conn:
-            conn.execute(jobs.delete().where(jobs.c.username == username, jobs.c.state != RUNNING))
+            conn.execute(jobs.delete().where(jobs.c.username == user_key(username), jobs.c.state != RUNNING))
 
     def prune_deliveries(self, older_than: timedelta = timedelta(days=2)) -> None:
         with self.store.write() as conn:
@@ -279,7 +275,7 @@ def _build(dialect: str, name: str):
 
 
 def _params(username, priority, source, force, sweep_id, now, hint: JiraUser | None) -> dict:
-    return {"username": username, "priority": priority, "force": force, "source": source,
+    return {"username": user_key(username), "priority": priority, "force": force, "source": source,
             "sweep_id": sweep_id, "now": now, "rerun": source != "login",
             "jira_key": hint.key if hint else None, "jira_avatar_id": hint.avatar_id if hint else None,
             "jira_avatar_custom": hint.avatar_is_custom if hint else None}

@@ -13,7 +13,7 @@ from sqlalchemy import Column, DateTime, String, Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .store import metadata, utcnow
+from .store import aware, metadata, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,11 @@ def start_if_due(services, now: datetime | None = None) -> int | None:
         insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         conn.execute(insert(schedules).values(name="sweep", next_run_at=next_run(at, now))
                      .on_conflict_do_nothing(index_elements=["name"]))
-        due = conn.execute(select(schedules.c.next_run_at).where(schedules.c.name == "sweep")).scalar_one()
-        if due.tzinfo is None:
-            due = due.replace(tzinfo=now.tzinfo)
+        stored = conn.execute(select(schedules.c.next_run_at).where(schedules.c.name == "sweep")).scalar_one()
+        due = aware(stored)
         if due > now:
             return None
-        won = conn.execute(update(schedules).where(schedules.c.name == "sweep", schedules.c.next_run_at == due)
+        won = conn.execute(update(schedules).where(schedules.c.name == "sweep", schedules.c.next_run_at == stored)
                            .values(next_run_at=next_run(at, now))).rowcount
     if not won:
         return None

@@ -47,6 +47,17 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; they were stored in UTC."""
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def user_key(username: str) -> str:
+    """How a user is keyed in every table. LDAP matches names case-insensitively and Jira
+    looks usernames up the same way, so 'JDoe' in AD and 'jdoe' in Jira are one user."""
+    return username.lower()
+
+
 @dataclass
 class UserState:
     username: str
@@ -138,12 +149,13 @@ class Store:
 
     def get(self, username: str) -> UserState | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(user_state).where(user_state.c.username == username)).mappings().first()
+            row = conn.execute(select(user_state).where(user_state.c.username == user_key(username))) \
+                .mappings().first()
         return None if row is None else _state(row)
 
     def get_many(self, usernames) -> dict[str, UserState]:
-        """States of many users in one query (a sweep reads a page at a time)."""
-        names = list(usernames)
+        """States of many users in one query (a sweep reads a page at a time), by user_key."""
+        names = [user_key(n) for n in usernames]
         if not names:
             return {}
         with self.engine.connect() as conn:
@@ -191,7 +203,7 @@ class Store:
 
     def delete(self, username: str) -> None:
         with self.write() as conn:
-            conn.execute(user_state.delete().where(user_state.c.username == username))
+            conn.execute(user_state.delete().where(user_state.c.username == user_key(username)))
 
     def _update(self, username: str, change) -> None:
         """Read-modify-write one user's row in a transaction, the row locked against others."""
@@ -199,8 +211,9 @@ class Store:
         with self.write() as conn:
             ensure, lock_row, save = self._statements(conn.dialect.name)
             # Make sure the row exists first: FOR UPDATE cannot lock a row that is not there yet.
-            conn.execute(ensure, {"p_username": username})
-            state = _state(conn.execute(lock_row, {"p_username": username}).mappings().one())
+            key = user_key(username)
+            conn.execute(ensure, {"p_username": key})
+            state = _state(conn.execute(lock_row, {"p_username": key}).mappings().one())
             state.last_attempt_at = now
             change(state)
             values = {f"p_{k}": v for k, v in state.__dict__.items()}
@@ -230,8 +243,7 @@ def _state(row) -> UserState:
     data.pop("attempts", None)
     data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
     for k in ("last_attempt_at", "last_success_at"):
-        if data[k] is not None and data[k].tzinfo is None:  # SQLite drops the zone
-            data[k] = data[k].replace(tzinfo=timezone.utc)
+        data[k] = aware(data[k])
     return UserState(**data)
 
 

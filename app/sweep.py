@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .jira import JiraUser
-from .store import metadata, utcnow
+from .store import aware, metadata, user_key, utcnow
 from .sync import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SyncResult
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Sweeps:
         if conn is None:
             with self.store.write() as conn:
                 return self.record(sweep_id, result, conn)
-        conn.execute(_RECORD, {"p_sweep": sweep_id, "p_user": result.username, "p_outcome": result.outcome,
+        conn.execute(_RECORD, {"p_sweep": sweep_id, "p_user": user_key(result.username), "p_outcome": result.outcome,
                                "p_reason": result.reason, "p_directory": result.directory})
 
     def prune(self, keep_days: int = 30, keep_last: int = 10) -> int:
@@ -190,14 +190,14 @@ class Sweeps:
     def _scan(self, sweep_id: int, dry_run: bool, full: bool, on_progress) -> None:
         services = self.services
         jira_users = services.jira.iter_users()
-        bulk = None if jira_users is None else {u.name: u for u in jira_users}
+        bulk = None if jira_users is None else {user_key(u.name): u for u in jira_users}
         seen: set[str] = set()
         dry = ThreadPoolExecutor(services.settings.jira.max_concurrency) if dry_run else None
         try:
             for directory in services.directories:
                 page: list = []
                 for user in directory.iter_users():
-                    key = user.username.casefold()
+                    key = user_key(user.username)
                     if key in seen:  # the first directory holding the user wins
                         continue
                     seen.add(key)
@@ -209,9 +209,9 @@ class Sweeps:
                             on_progress(self.summary(sweep_id))
                 self._page(sweep_id, directory.name, page, bulk, full, dry)
             if bulk is not None:  # Jira users no directory holds
-                rest = [(n, None) for n in bulk if n.casefold() not in seen]
+                rest = [key for key in bulk if key not in seen]
                 for i in range(0, len(rest), PAGE):
-                    self._items(sweep_id, None, [(n, NOT_IN_DIRECTORY, None) for n, _ in rest[i:i + PAGE]])
+                    self._items(sweep_id, None, [(key, NOT_IN_DIRECTORY, None) for key in rest[i:i + PAGE]])
         finally:
             if dry:
                 dry.shutdown(wait=True)
@@ -224,31 +224,30 @@ class Sweeps:
         self._renew(sweep_id)
         if not users:
             return
-        names = [u.username for u in users]
+        # Report rows, jobs and states are all keyed by user_key: 'JDoe' in AD is Jira's 'jdoe'.
+        keyed = [(user_key(u.username), u) for u in users]
         with self.store.engine.connect() as conn:
             done = set(conn.execute(select(sweep_items.c.username).where(
-                sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_(names))).scalars())
-        states = self.store.get_many(n for n in names if n not in done)
+                sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_([k for k, _ in keyed]))).scalars())
+        keyed = [(k, u) for k, u in keyed if k not in done]
+        states = self.store.get_many(k for k, _ in keyed)
         if bulk is None:  # no /user/list: read the users whose picture decides it, C at a time
-            bulk = self._read_jira_users([u.username for u in users if u.username not in done
-                                          and _needs_jira_view(u, states.get(u.username))])
+            bulk = self._read_jira_users([k for k, u in keyed if _needs_jira_view(u, states.get(k))])
             absent_means_not_in_jira = False
         else:
             absent_means_not_in_jira = True
         settled, work = [], []
-        for user in users:
-            if user.username in done:
-                continue
-            jira_user = bulk.get(user.username)
+        for key, user in keyed:
+            jira_user = bulk.get(key)
             if absent_means_not_in_jira and jira_user is None:
-                settled.append((user.username, NOT_IN_JIRA, None))
+                settled.append((key, NOT_IN_JIRA, None))
                 continue
-            state = states.get(user.username)
+            state = states.get(key)
             if not full and _still_settled(user, state, jira_user):
                 outcome = UNCHANGED if state.last_outcome in SUCCESSES else state.last_outcome
-                settled.append((user.username, outcome, state.last_error))
+                settled.append((key, outcome, state.last_error))
             else:
-                work.append((user.username, jira_user))
+                work.append((key, jira_user))
         self._items(sweep_id, directory, settled, skipped=True)
         if dry is not None:
             self._items(sweep_id, directory, [(n, None, None) for n, _ in work])
@@ -265,7 +264,8 @@ class Sweeps:
             self.queue.wakeup.set()
 
     def _read_jira_users(self, names: list[str]) -> dict[str, JiraUser]:
-        """Per-user reads for Jira versions without /user/list, jira.max_concurrency at a time."""
+        """Per-user reads for Jira versions without /user/list, jira.max_concurrency at a time
+        (Jira finds 'jdoe' for 'JDoe'; the answer is keyed as asked)."""
         if not names:
             return {}
         with ThreadPoolExecutor(self.services.settings.jira.max_concurrency) as pool:
@@ -335,17 +335,13 @@ def _summary(row, counts: dict) -> dict:
     total = sum(counts.values())
     waiting = counts.pop(None, 0)
     done = total - waiting
-    started = row["started_at"]
-    end = row["finished_at"] or utcnow()
-    if started.tzinfo is None:
-        started = started.replace(tzinfo=end.tzinfo)
-    if end.tzinfo is None:
-        end = end.replace(tzinfo=started.tzinfo)
+    started, finished = aware(row["started_at"]), aware(row["finished_at"])
+    end = finished or utcnow()
     elapsed = max((end - started).total_seconds(), 1e-6)
     rate = done / elapsed
     return {"id": row["id"], "status": row["status"], "phase": row["phase"], "dry_run": row["dry_run"],
             "full": row["full"], "trigger": row["trigger"], "started_at": started.isoformat(),
-            "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
+            "finished_at": finished.isoformat() if finished else None,
             "total": total, "done": done, "counts": {k: v for k, v in sorted(counts.items())},
             "rate_per_second": round(rate, 1),
             "eta_seconds": round(waiting / rate) if rate and row["status"] == RUNNING and row["phase"] != "scanning"

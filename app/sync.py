@@ -20,7 +20,7 @@ from .config import Settings
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
 from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
-from .store import Store, UserState
+from .store import Store, UserState, user_key
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,15 @@ class Syncer:
         window = self.settings.login_debounce_seconds
         if window <= 0:
             return None
+        key = user_key(username)
         with self._recent_lock:
-            synced_at = self._recent.get(username)
+            synced_at = self._recent.get(key)
         if synced_at is None:
             state = self.store.get(username)
             if state and state.last_success_at:
                 synced_at = state.last_success_at.timestamp()
                 with self._recent_lock:
-                    self._recent[username] = synced_at
+                    self._recent[key] = synced_at
         if synced_at is not None and time.time() - synced_at < window:
             return DEBOUNCED
         return None
@@ -112,7 +113,7 @@ class Syncer:
             self._record_problem(result, marker)
         if not dry_run and result.outcome in SETTLED:
             with self._recent_lock:
-                self._recent[username] = time.time()
+                self._recent[user_key(username)] = time.time()
         log.log(logging.WARNING if result.outcome == FAILED else logging.INFO,
                 "sync %s%s", result.line(), " [dry run]" if dry_run else "")
         return result

@@ -9,9 +9,11 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from app.config import settings_from_dict
 from app.services import build_services
@@ -101,3 +103,44 @@ def services_for(tmp_path):
     yield build
     for services in built:
         services.close()
+
+
+# -- databases: the store and queue tests run on SQLite and on the local PostgreSQL --------
+
+PG_URL = os.environ.get("AVATAR_SYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
+                                          connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A throw-away schema in the local PostgreSQL, so runs never see each other's rows."""
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI")
+        pytest.skip("PostgreSQL not reachable")
+    schema = f"avsync_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    return request.getfixturevalue("pg_url")

@@ -261,7 +261,12 @@ def create_emulator(state: JiraState | None = None) -> Flask:
         return request.headers.get("X-Atlassian-Token", "").lower() == "no-check"
 
     def find_user(name):
-        return state.users.get(name or "")
+        """Jira looks usernames up case-insensitively (it keeps a lower-cased copy)."""
+        name = name or ""
+        user = state.users.get(name)
+        if user is None and name.lower() != name:
+            user = next((u for u in state.users.values() if u.name.lower() == name.lower()), None)
+        return user
 
     @api.get("/user")
     def get_user():

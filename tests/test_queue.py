@@ -8,11 +8,10 @@ from sqlalchemy import update
 
 from app.queue import LOGIN, SWEEP, USER_EVENT, LoginQueue, RetryPolicy, jobs
 from app.store import Store, utcnow
-from tests.test_store import database_url, pg_url  # noqa: F401 - fixtures shared with the store tests
 
 
 @pytest.fixture
-def queue(database_url):  # noqa: F811
+def queue(database_url):
     store = Store(database_url)
     with store.write() as conn:
         conn.execute(jobs.delete())
@@ -122,7 +121,7 @@ def _claim_all(url, results):
     results.put(mine)
 
 
-def test_claims_are_atomic_across_processes(queue, database_url):  # noqa: F811
+def test_claims_are_atomic_across_processes(queue, database_url):
     for i in range(120):
         queue.enqueue(f"user{i}", SWEEP, source="sweep")
     ctx = multiprocessing.get_context("fork")

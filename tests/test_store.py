@@ -1,7 +1,6 @@
 """The store, on SQLite and on the local PostgreSQL alike."""
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 
@@ -9,45 +8,6 @@ import pytest
 import sqlalchemy
 
 from app.store import Store
-
-PG_URL = os.environ.get("AVATAR_SYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _postgres_available() -> bool:
-    try:
-        engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
-                                          connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.fixture(scope="session")
-def pg_url():
-    """A throw-away schema in the local PostgreSQL, so runs never see each other's rows."""
-    if not _postgres_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI")
-        pytest.skip("PostgreSQL not reachable")
-    schema = f"avsync_{uuid.uuid4().hex[:10]}"
-    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/state.db"
-    return request.getfixturevalue("pg_url")
-
 
 @pytest.fixture
 def store(database_url):
@@ -112,3 +72,12 @@ def test_older_database_gains_new_columns(database_url):
     store.remember_created("old", "10600", "cd")
     assert store.get("old").pending_sha256 == "cd"
     store.dispose()
+
+
+def test_usernames_are_one_user_whatever_their_case(store):
+    user = f"JDoe-{uuid.uuid4().hex[:6]}"
+    store.record_success(user, outcome="updated", photo_sha256="ab", avatar_id="1", directory="ad")
+    assert store.get(user.lower()).avatar_id == "1"
+    assert list(store.get_many([user.upper()])) == [user.lower()]
+    store.delete(user.lower())
+    assert store.get(user) is None
