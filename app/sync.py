@@ -136,6 +136,7 @@ class Syncer:
             return result(NO_PHOTO, f"no {'/'.join(self._attributes(entry))} in {entry.directory}")
         photo_hash = hashlib.sha256(entry.photo).hexdigest()  # rule 8: hash raw bytes, pre-decode
 
+        hinted = jira_user is not None
         jira_user = jira_user or self.jira.get_user(username)
         if jira_user is None:
             return result(NOT_IN_JIRA)
@@ -143,6 +144,15 @@ class Syncer:
         ours = state.avatar_id if state else None
         same_photo = state is not None and state.photo_sha256 == photo_hash and ours is not None
 
+        def fresh_jira_user() -> JiraUser | None:
+            # A sweep's bulk read can predate a sync that ran since (a login, or a killed run
+            # that finished this user): trust it to say "unchanged", never to justify a write.
+            return self.jira.get_user(username) if hinted else jira_user
+
+        if same_photo and not force and jira_user.avatar_id != ours:
+            jira_user = fresh_jira_user()
+            if jira_user is None:
+                return result(NOT_IN_JIRA)
         if same_photo and not force:
             if jira_user.avatar_id == ours:  # rule 8: no write, no decode
                 if not dry_run:
@@ -167,6 +177,7 @@ class Syncer:
         leftover = self._interrupted_upload(username, state, photo_hash) if not force else None
         if leftover:
             if not dry_run:
+                jira_user = fresh_jira_user() or jira_user
                 if jira_user.avatar_id != leftover:
                     self.jira.select_avatar(username, leftover)
                 self._record(username, outcome, photo_hash, leftover, entry)

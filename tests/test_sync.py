@@ -209,13 +209,18 @@ def test_crash_between_upload_and_select_leaves_no_orphan(rig, monkeypatch):
     assert rig.sync("jdoe").outcome == "unchanged"
 
 
-def test_crash_after_select_before_recording_does_not_upload_again(rig, monkeypatch):
-    rig.user("jdoe", photos.solid(RED))
+def _killed_after_select(rig, monkeypatch):
+    """Syncs jdoe but dies after Jira selected the avatar and before the store noted it."""
     store = rig.services.store
     real_record = store.record_success
     monkeypatch.setattr(store, "record_success", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
     assert rig.sync("jdoe").outcome == "failed"
     monkeypatch.setattr(store, "record_success", real_record)
+
+
+def test_crash_after_select_before_recording_does_not_upload_again(rig, monkeypatch):
+    rig.user("jdoe", photos.solid(RED))
+    _killed_after_select(rig, monkeypatch)
     writes = rig.state.writes()
     assert rig.sync("jdoe").outcome == "updated"
     assert rig.state.writes() == writes  # already selected in Jira: only recorded now
@@ -261,3 +266,25 @@ def test_users_own_upload_with_any_name_is_never_adopted(rig):
     own = rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
     result = rig.sync("jdoe")
     assert result.avatar_id != own and own in rig.state.avatars
+
+
+def test_a_sweeps_stale_view_of_jira_never_causes_a_write(rig):
+    """A sweep read Jira in bulk before a login (or a killed run) synced the user."""
+    rig.user("jdoe", photos.solid(RED))
+    stale = rig.services.jira.get_user("jdoe")  # still showing Jira's default avatar
+    assert rig.sync("jdoe").outcome == "updated"
+    writes = rig.state.writes()
+    assert rig.sync("jdoe", jira_user=stale).outcome == "unchanged"
+    assert rig.state.writes() == writes
+    # ...but a real choice of the user's is still seen through the stale view and undone
+    rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
+    assert rig.sync("jdoe", jira_user=stale).outcome == "restored"
+
+
+def test_stale_view_after_a_crash_past_select_makes_no_second_select(rig, monkeypatch):
+    rig.user("jdoe", photos.solid(RED))
+    stale = rig.services.jira.get_user("jdoe")
+    _killed_after_select(rig, monkeypatch)
+    writes = rig.state.writes()
+    assert rig.sync("jdoe", jira_user=stale).outcome == "updated"
+    assert rig.state.writes() == writes
