@@ -29,7 +29,16 @@ from tests.rig import slapd as slapd_rig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_sweep(config: Path, *args: str) -> tuple[float, int, str]:
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU of this process (the emulator) or of another one (slapd)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_sweep(config: Path, *args: str, slapd_pid: int | None = None) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (KiB) and output of one `jira-avatar-sync sweep` process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
     env["AVATAR_SYNC_CONFIG"] = str(config)
@@ -43,7 +52,7 @@ def run_sweep(config: Path, *args: str) -> tuple[float, int, str]:
         "sys.exit(rc)"), *prefix, script, "--log-level", "WARNING", "sweep", *args]
     helpers = [subprocess.Popen([script, "--log-level", "WARNING", "worker"], env=env)
                for _ in range(int(os.environ.get("BENCH_EXTRA_WORKERS", "0")))]
-    started = time.perf_counter()
+    started, emulator_cpu, slapd_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(slapd_pid)
     out = subprocess.run(wrapper, env=env, capture_output=True, text=True)
     for helper in helpers:
         helper.terminate()
@@ -51,7 +60,8 @@ def run_sweep(config: Path, *args: str) -> tuple[float, int, str]:
     seconds = time.perf_counter() - started
     rss = int(out.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
     print(f"sweep process: {seconds:.1f}s wall, {float(out.stderr.rsplit('CPU_S', 1)[1].split()[0]):.1f}s CPU, "
-          f"peak RSS {rss / 1024:.0f} MB", file=sys.stderr)
+          f"peak RSS {rss / 1024:.0f} MB; meanwhile the emulator used {cpu_seconds() - emulator_cpu:.1f}s CPU "
+          f"and slapd {cpu_seconds(slapd_pid) - slapd_cpu:.1f}s", file=sys.stderr)
     if out.returncode != 0:
         raise SystemExit(out.stdout + out.stderr[-3000:])
     return seconds, rss, out.stdout
@@ -105,10 +115,10 @@ def main() -> None:
     base_dn = "{people}"
     """)
             state.latency = args.latency_ms / 1000
-            first_s, first_rss, first_out = run_sweep(config)
+            first_s, first_rss, first_out = run_sweep(config, slapd_pid=ldap.proc.pid)
             writes_after_first = state.writes()
             uploads = state.count("POST /user/avatar/temporary")
-            repeat_s, repeat_rss, repeat_out = run_sweep(config)
+            repeat_s, repeat_rss, repeat_out = run_sweep(config, slapd_pid=ldap.proc.pid)
             bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
             result = {
                 "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
