@@ -142,62 +142,86 @@ class LoginQueue:
     def claim(self, limit: int = 1) -> list[Job]:
         """Lease up to ``limit`` due jobs, highest priority first; atomic across processes."""
         now = utcnow()
-        owner = self.owner()
-        pending = (select(jobs).where(jobs.c.state == PENDING, jobs.c.next_try_at <= now)
-                   .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id).limit(limit))
-        expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < now).limit(limit)
+        probe_pending, probe_expired, pending, expired, lease = self._claim_statements(limit)
         # An idle poll is a plain read: it must not take the write lock webhooks are waiting for.
         with self.store.engine.connect() as conn:
-            if (conn.execute(pending.with_only_columns(jobs.c.id)).first() is None
-                    and conn.execute(expired.with_only_columns(jobs.c.id)).first() is None):
+            if (conn.execute(probe_pending, {"now": now}).first() is None
+                    and conn.execute(probe_expired, {"now": now}).first() is None):
                 return []
         with self.store.write() as conn:
             if conn.dialect.name == "postgresql":
                 pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
-            rows = conn.execute(expired).mappings().all()  # a dead worker's job first: it waited longest
-            rows += conn.execute(pending.limit(limit - len(rows))).mappings().all() if len(rows) < limit else []
+            rows = conn.execute(expired, {"now": now}).mappings().all()  # a dead worker's job first: it waited longest
+            if len(rows) < limit:
+                rows += conn.execute(pending, {"now": now}).mappings().all()
+            rows = rows[:limit]
             if not rows:
                 return []
-            conn.execute(jobs.update().where(jobs.c.id.in_([r["id"] for r in rows])).values(
-                state=RUNNING, lease_owner=owner, again=False,
-                lease_until=now + timedelta(seconds=self.policy.lease_seconds),
-                attempts=jobs.c.attempts + 1, updated_at=now))
+            conn.execute(lease, {"ids": [r["id"] for r in rows], "lease_of": self.owner(), "now": now,
+                                 "until": now + timedelta(seconds=self.policy.lease_seconds)})
         return [Job(r["id"], r["username"], r["priority"], bool(r["force"]), r["source"],
                     r["attempts"] + 1, r["sweep_id"],
                     JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
                     if r["jira_key"] else None) for r in rows]
 
-    def complete(self, job: Job, also=None) -> None:
-        """Done: drop the row, unless another event came in meanwhile (then run it again).
-        ``also(conn)`` writes more in the same transaction."""
-        now = utcnow()
-        with self.store.write() as conn:
-            if also:
-                also(conn)
-            mine = and_(jobs.c.id == job.id, jobs.c.lease_owner == self.owner())
-            conn.execute(jobs.update().where(mine, jobs.c.again.is_(True)).values(
-                state=PENDING, again=False, attempts=0, lease_owner=None, lease_until=None,
-                next_try_at=now, last_error=None, updated_at=now))
-            conn.execute(jobs.delete().where(mine, jobs.c.again.is_(False), jobs.c.state == RUNNING))
+    def _claim_statements(self, limit: int):
+        """Built once: composing these selects cost more than running them, per claim."""
+        key = ("claim", limit)
+        built = self._statements.get(key)
+        if built is None:
+            now = bindparam("now")
+            pending = (select(jobs).where(jobs.c.state == PENDING, jobs.c.next_try_at <= now)
+                       .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id).limit(limit))
+            expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < now).limit(limit)
+            lease = jobs.update().where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(
+                state=RUNNING, lease_owner=bindparam("lease_of"), again=False, lease_until=bindparam("until"),
+                attempts=jobs.c.attempts + 1, updated_at=now)
+            built = self._statements[key] = (pending.with_only_columns(jobs.c.id),
+                                             expired.with_only_columns(jobs.c.id), pending, expired, lease)
+        return built
 
-    def fail(self, job: Job, error: str, also=None) -> bool:
+    def complete(self, job: Job, conn=None) -> None:
+        """Done: drop the row, unless another event came in meanwhile (then run it again).
+        ``conn``: the caller's transaction, else one of its own."""
+        if conn is None:
+            with self.store.write() as conn:
+                return self.complete(job, conn)
+        rerun, drop = self._finish_statements()[:2]
+        mine = {"job": job.id, "lease_of": self.owner(), "now": utcnow()}
+        conn.execute(rerun, mine)
+        conn.execute(drop, mine)
+
+    def fail(self, job: Job, error: str, conn=None) -> bool:
         """A failed attempt: retry later with back-off, or keep as failed. True if retried."""
+        if conn is None:
+            with self.store.write() as conn:
+                return self.fail(job, error, conn)
         now = utcnow()
         retry = job.attempts < self.policy.max_attempts
-        with self.store.write() as conn:
-            if also:
-                also(conn)
-            mine = and_(jobs.c.id == job.id, jobs.c.lease_owner == self.owner())
-            if retry:
-                values = dict(state=PENDING, next_try_at=now + timedelta(seconds=self.policy.delay(job.attempts)))
-            else:
-                values = dict(state=FAILED, next_try_at=now)
-            conn.execute(jobs.update().where(mine).values(
-                lease_owner=None, lease_until=None, last_error=error[:2000], updated_at=now, **values))
-            # an event that arrived while this attempt ran deserves a fresh start
-            conn.execute(jobs.update().where(jobs.c.id == job.id, jobs.c.again.is_(True)).values(
-                state=PENDING, again=False, attempts=0, next_try_at=now))
+        _, _, failed, fresh = self._finish_statements()
+        conn.execute(failed, {"job": job.id, "lease_of": self.owner(), "now": now, "reason": error[:2000],
+                              "new_state": PENDING if retry else FAILED,
+                              "next": now + timedelta(seconds=self.policy.delay(job.attempts)) if retry else now})
+        # an event that arrived while this attempt ran deserves a fresh start
+        conn.execute(fresh, {"job": job.id, "now": now})
         return retry
+
+    def _finish_statements(self):
+        built = self._statements.get("finish")
+        if built is None:
+            now = bindparam("now")
+            mine = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
+            rerun = jobs.update().where(mine, jobs.c.again.is_(True)).values(
+                state=PENDING, again=False, attempts=0, lease_owner=None, lease_until=None,
+                next_try_at=now, last_error=None, updated_at=now)
+            drop = jobs.delete().where(mine, jobs.c.again.is_(False), jobs.c.state == RUNNING)
+            failed = jobs.update().where(mine).values(
+                lease_owner=None, lease_until=None, last_error=bindparam("reason"), updated_at=now,
+                state=bindparam("new_state"), next_try_at=bindparam("next"))
+            fresh = jobs.update().where(jobs.c.id == bindparam("job"), jobs.c.again.is_(True)).values(
+                state=PENDING, again=False, attempts=0, next_try_at=now)
+            built = self._statements["finish"] = (rerun, drop, failed, fresh)
+        return built
 
     def release_dead_leases(self) -> int:
         """Free leases held by processes of this host that no longer exist (after a kill -9)."""

@@ -172,8 +172,9 @@ class Store:
         self._update(username, change)
 
     def record_success(self, username: str, *, outcome: str, photo_sha256: str, avatar_id: str,
-                       directory: str, marker: str | None = None) -> None:
-        """Jira confirmed ``avatar_id`` as the user's picture for the photo hashing to ``photo_sha256``."""
+                       directory: str, marker: str | None = None, also=None) -> None:
+        """Jira confirmed ``avatar_id`` as the user's picture for the photo hashing to ``photo_sha256``.
+        ``also(conn)``: more to write in the same transaction."""
         def change(state: UserState):
             state.photo_sha256, state.avatar_id, state.directory = photo_sha256, avatar_id, directory
             state.marker = marker
@@ -182,7 +183,7 @@ class Store:
             state.pending_avatar_id = state.pending_sha256 = None
             if avatar_id not in state.created_avatar_ids:
                 state.created_avatar_ids.append(avatar_id)
-        self._update(username, change)
+        self._update(username, change, also)
 
     def forget_created(self, username: str, avatar_ids) -> None:
         gone = set(avatar_ids)
@@ -190,7 +191,8 @@ class Store:
             s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]))
 
     def record_outcome(self, username: str, outcome: str, error: str | None = None,
-                       directory: str | None = None, success: bool = False, marker: str | None = None) -> None:
+                       directory: str | None = None, success: bool = False, marker: str | None = None,
+                       also=None) -> None:
         """``success``: a settled outcome; only then is ``marker`` kept (a failure proves nothing)."""
         def change(state: UserState):
             state.last_outcome, state.last_error = outcome, error
@@ -199,13 +201,13 @@ class Store:
             if success:
                 state.last_success_at = state.last_attempt_at
                 state.marker = marker
-        self._update(username, change)
+        self._update(username, change, also)
 
     def delete(self, username: str) -> None:
         with self.write() as conn:
             conn.execute(user_state.delete().where(user_state.c.username == user_key(username)))
 
-    def _update(self, username: str, change) -> None:
+    def _update(self, username: str, change, also=None) -> None:
         """Read-modify-write one user's row in a transaction, the row locked against others."""
         now = utcnow()
         with self.write() as conn:
@@ -219,6 +221,8 @@ class Store:
             values = {f"p_{k}": v for k, v in state.__dict__.items()}
             values["p_created_avatar_ids"] = json.dumps(state.created_avatar_ids)
             conn.execute(save, values)
+            if also:
+                also(conn)
 
     def _statements(self, dialect: str):
         """Built once per dialect: composing the statements costs more than running them."""

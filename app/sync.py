@@ -13,8 +13,10 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from cachetools import TTLCache
+from sqlalchemy.engine import Connection
 
 from .config import Settings
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
@@ -37,6 +39,9 @@ SUCCESSES = (UPDATED, RESTORED, UNCHANGED)
 SETTLED = SUCCESSES + (NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA, INVALID_PHOTO)
 
 
+Then = Callable[[Connection, "SyncResult"], None]
+
+
 @dataclass(frozen=True)
 class SyncResult:
     username: str
@@ -52,6 +57,15 @@ class SyncResult:
 
     def line(self) -> str:
         return f"{self.username}: {self.outcome}" + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What _sync decided: the result, and what recording it needs."""
+    result: SyncResult
+    marker: str | None  # the directory entry's change marker
+    photo_hash: str | None
+    stale: list[str]  # avatars of ours to delete once the new one is recorded
 
 
 class Syncer:
@@ -92,14 +106,21 @@ class Syncer:
         return None
 
     def sync_user(self, username: str, force: bool = False, dry_run: bool = False,
-                  jira_user: JiraUser | None = None) -> SyncResult:
-        """Bring one user's Jira picture in step with the directory. Never raises.
+                  jira_user: JiraUser | None = None, then: Then | None = None) -> SyncResult:
+        """Bring one user's Jira picture in step with the directory. Never raises, except when
+        ``then`` cannot be written for a dry run or a disabled sync.
 
         ``jira_user``: the user as a sweep just read it in bulk, saving one GET per user.
+        ``then(conn, result)``: the caller's own write (the queue closing the job), committed
+        in the same transaction as the user's outcome, exactly once.
         """
-        marker = None
+        verdict, recorded = None, False
         try:
-            result, marker = self._sync(username, force, dry_run, jira_user)
+            verdict = self._sync(username, force, dry_run, jira_user)
+            result = verdict.result
+            if not dry_run and result.outcome != DISABLED:
+                self._record(verdict, then)
+                recorded = True
         except DirectoryUnavailable as exc:
             # Rule 3: an unreachable directory ahead of the user's own must not be skipped.
             result = SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True)
@@ -109,8 +130,18 @@ class Syncer:
             log.exception("unexpected error syncing %r", username)
             result = SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
                                 dry_run=dry_run, retryable=True)
-        if not dry_run and result.outcome not in SUCCESSES and result.outcome != DISABLED:
-            self._record_problem(result, marker)
+        if recorded and verdict.stale:
+            try:
+                self._delete_previous(username, verdict.stale)
+            except Exception:  # noqa: BLE001 - recorded already; the next sync tries again
+                log.exception("could not delete old avatars of %r", username)
+        if not recorded and not dry_run and result.outcome == FAILED:
+            # if even this cannot be written, the caller's part is left undone too: a queued
+            # job then keeps its lease until it expires, and is tried again
+            self._record_problem(result, verdict.marker if verdict else None, then)
+        elif then is not None and not recorded:
+            with self.store.write() as conn:  # dry run or disabled: nothing of the user's to write
+                then(conn, result)
         if not dry_run and result.outcome in SETTLED:
             with self._recent_lock:
                 self._recent[user_key(username)] = time.time()
@@ -120,13 +151,16 @@ class Syncer:
 
     # -- the rules ---------------------------------------------------------------------
 
-    def _sync(self, username: str, force: bool, dry_run: bool,
-              jira_user: JiraUser | None) -> tuple[SyncResult, str | None]:
-        def result(outcome, reason=None, avatar_id=None):
-            return SyncResult(username, outcome, reason, avatar_id,
-                              entry.directory if entry else None, dry_run), entry.marker if entry else None
+    def _sync(self, username: str, force: bool, dry_run: bool, jira_user: JiraUser | None) -> Verdict:
+        """Decides, and makes Jira's changes; what to store is left to the caller."""
+        entry = state = photo_hash = None
 
-        entry = None
+        def result(outcome, reason=None, avatar_id=None):
+            stale = [a for a in state.created_avatar_ids if a != avatar_id] \
+                if state and avatar_id and outcome in (UPDATED, RESTORED) else []
+            return Verdict(SyncResult(username, outcome, reason, avatar_id, entry.directory if entry else None,
+                                      dry_run), entry.marker if entry else None, photo_hash, stale)
+
         if self.settings.sync_disabled:  # rule 2
             return result(DISABLED, "photo_attributes is empty")
         entry = self._find(username)  # rule 3
@@ -155,15 +189,11 @@ class Syncer:
                 return result(NOT_IN_JIRA)
         if same_photo and not force:
             if jira_user.avatar_id == ours:  # rule 8: no write, no decode
-                if not dry_run:
-                    self.store.record_outcome(username, UNCHANGED, directory=entry.directory, success=True,
-                                              marker=entry.marker)
                 return result(UNCHANGED, avatar_id=ours)
             # Rule 6: the user picked another picture; show ours again, re-using it if it exists.
             if ours in self.jira.custom_avatars(username):
                 if not dry_run:
                     self.jira.select_avatar(username, ours)
-                    self._record(username, RESTORED, photo_hash, ours, entry)
                 return result(RESTORED, f"user had selected avatar {jira_user.avatar_id}", ours)
             outcome, why = RESTORED, f"avatar {ours} was deleted in Jira"
         elif same_photo:
@@ -180,11 +210,9 @@ class Syncer:
                 jira_user = fresh_jira_user() or jira_user
                 if jira_user.avatar_id != leftover:
                     self.jira.select_avatar(username, leftover)
-                self._record(username, outcome, photo_hash, leftover, entry)
-                self._delete_previous(username, keep=leftover)
             return result(outcome, why, leftover)
 
-        # Rules 4 and 5: decode, upload, select, then delete what we created before.
+        # Rules 4 and 5: decode, upload, select; what we created before is deleted once recorded.
         try:
             png = normalize(entry.photo, self.settings.size, max_bytes=self.settings.max_photo_bytes,
                             max_pixels=self.settings.max_photo_pixels)
@@ -192,10 +220,7 @@ class Syncer:
             return result(INVALID_PHOTO, f"{entry.photo_attribute} in {entry.directory}: {exc}")
         if dry_run:
             return result(outcome, why)
-        new_id = self._upload_and_select(username, png, photo_hash)
-        self._record(username, outcome, photo_hash, new_id, entry)
-        self._delete_previous(username, keep=new_id)
-        return result(outcome, why, new_id)
+        return result(outcome, why, self._upload_and_select(username, png, photo_hash))
 
     # -- steps -------------------------------------------------------------------------
 
@@ -234,16 +259,22 @@ class Syncer:
         self.jira.select_avatar(username, new_id)
         return new_id
 
-    def _record(self, username: str, outcome: str, photo_hash: str, avatar_id: str,
-                entry: DirectoryEntry) -> None:
-        # Only now, after Jira confirmed, is the hash stored (rule 8).
-        self.store.record_success(username, outcome=outcome, photo_sha256=photo_hash,
-                                  avatar_id=avatar_id, directory=entry.directory, marker=entry.marker)
+    def _record(self, verdict: Verdict, then: Then | None) -> None:
+        """The outcome, with the caller's own write in the same transaction."""
+        r = verdict.result
+        also = (lambda conn: then(conn, r)) if then else None
+        if r.outcome in (UPDATED, RESTORED):
+            # Only now, after Jira confirmed, is the hash stored (rule 8).
+            self.store.record_success(r.username, outcome=r.outcome, photo_sha256=verdict.photo_hash,
+                                      avatar_id=r.avatar_id, directory=r.directory, marker=verdict.marker,
+                                      also=also)
+        else:
+            self.store.record_outcome(r.username, r.outcome, None if r.outcome == UNCHANGED else r.reason,
+                                      directory=r.directory, success=r.outcome in SETTLED,
+                                      marker=verdict.marker, also=also)
 
-    def _delete_previous(self, username: str, keep: str) -> None:
+    def _delete_previous(self, username: str, stale: list[str]) -> None:
         """Delete avatars this service created before; never one the user uploaded (rule 5)."""
-        state = self.store.get(username)
-        stale = [a for a in (state.created_avatar_ids if state else []) if a != keep]
         deleted = []
         for avatar_id in stale:
             try:
@@ -255,11 +286,11 @@ class Syncer:
         if deleted:
             self.store.forget_created(username, deleted)
 
-    def _record_problem(self, result: SyncResult, marker: str | None) -> None:
+    def _record_problem(self, result: SyncResult, marker: str | None, then: Then | None) -> None:
         try:
             self.store.record_outcome(result.username, result.outcome, result.reason,
-                                      directory=result.directory, success=result.outcome in SETTLED,
-                                      marker=marker)
+                                      directory=result.directory, success=False, marker=marker,
+                                      also=(lambda conn: then(conn, result)) if then else None)
         except Exception:  # noqa: BLE001 - the database being down must not hide the outcome
             log.exception("could not record the outcome of %s", result.username)
 

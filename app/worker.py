@@ -61,15 +61,16 @@ class WorkerPool:
         return bool(jobs)
 
     def process(self, job: Job) -> None:
-        result = self.services.syncer.sync_user(job.username, force=job.force, jira_user=job.jira_user)
-        # the sweep's report row is written in the same transaction as the job's end
-        also = (lambda conn: self.sweeps.record(job.sweep_id, result, conn)) if job.sweep_id is not None else None
-        if result.outcome == FAILED:
-            retried = self.queue.fail(job, result.reason or "failed", also=also)
-            if not retried:
+        def close_job(conn, result) -> None:
+            # in the transaction that records the user's outcome: one commit per job, and a
+            # crash can never leave an outcome recorded with its job still open, or the reverse
+            if job.sweep_id is not None:  # a failed attempt counts: the job retries apart
+                self.sweeps.record(job.sweep_id, result, conn)
+            if result.outcome != FAILED:
+                self.queue.complete(job, conn=conn)
+            elif not self.queue.fail(job, result.reason or "failed", conn=conn):
                 log.error("giving up on %s after %d attempts: %s", job.username, job.attempts, result.reason)
-        else:
-            self.queue.complete(job, also=also)
+        self.services.syncer.sync_user(job.username, force=job.force, jira_user=job.jira_user, then=close_job)
 
     def maintain(self) -> None:
         """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:

@@ -288,3 +288,30 @@ def test_stale_view_after_a_crash_past_select_makes_no_second_select(rig, monkey
     writes = rig.state.writes()
     assert rig.sync("jdoe", jira_user=stale).outcome == "updated"
     assert rig.state.writes() == writes
+
+
+def test_callers_write_commits_with_the_outcome_or_neither_does(rig):
+    """The queue closes a job in the transaction that records the user's outcome."""
+    rig.user("jdoe", photos.solid(RED))
+    seen = []
+
+    def closing_fails(conn, result):
+        seen.append(result.outcome)
+        if result.outcome != "failed":
+            raise RuntimeError("database went away")
+    assert rig.sync("jdoe", then=closing_fails).outcome == "failed"
+    assert seen == ["updated", "failed"]  # tried with the outcome, then recorded with the failure
+    state = rig.services.store.get("jdoe")
+    assert state.photo_sha256 is None and state.last_outcome == "failed"  # the success rolled back
+    uploads = rig.state.count("POST /user/avatar")
+    closed = []
+    result = rig.sync("jdoe", then=lambda conn, r: closed.append(r.outcome))
+    assert result.outcome == "updated" and closed == ["updated"]
+    assert rig.state.count("POST /user/avatar") == uploads  # the avatar made before is used
+
+
+def test_callers_write_happens_once_for_a_dry_run(rig):
+    rig.user("jdoe", photos.solid(RED))
+    closed = []
+    assert rig.sync("jdoe", dry_run=True, then=lambda conn, r: closed.append(r.outcome)).outcome == "updated"
+    assert closed == ["updated"] and rig.services.store.get("jdoe") is None
