@@ -106,17 +106,21 @@ class Syncer:
         return None
 
     def sync_user(self, username: str, force: bool = False, dry_run: bool = False,
-                  jira_user: JiraUser | None = None, then: Then | None = None) -> SyncResult:
+                  jira_user: JiraUser | None = None, then: Then | None = None,
+                  attempt: int | None = None) -> SyncResult:
         """Bring one user's Jira picture in step with the directory. Never raises, except when
         ``then`` cannot be written for a dry run or a disabled sync.
 
         ``jira_user``: the user as a sweep just read it in bulk, saving one GET per user.
         ``then(conn, result)``: the caller's own write (the queue closing the job), committed
         in the same transaction as the user's outcome, exactly once.
+        ``attempt``: a queued job's attempt number. A job's next attempt is itself the sign that
+        an upload may have been cut short, so a queued first attempt skips the write that
+        marks an upload as begun (one transaction fewer per new avatar in a sweep).
         """
         verdict, recorded = None, False
         try:
-            verdict = self._sync(username, force, dry_run, jira_user)
+            verdict = self._sync(username, force, dry_run, jira_user, attempt)
             result = verdict.result
             if not dry_run and result.outcome != DISABLED:
                 self._record(verdict, then)
@@ -151,7 +155,8 @@ class Syncer:
 
     # -- the rules ---------------------------------------------------------------------
 
-    def _sync(self, username: str, force: bool, dry_run: bool, jira_user: JiraUser | None) -> Verdict:
+    def _sync(self, username: str, force: bool, dry_run: bool, jira_user: JiraUser | None,
+              attempt: int | None) -> Verdict:
         """Decides, and makes Jira's changes; what to store is left to the caller."""
         entry = state = photo_hash = None
 
@@ -204,7 +209,8 @@ class Syncer:
             outcome, why = UPDATED, "directory photo changed"
 
         # A previous run uploaded this very photo and died before recording it: finish that job.
-        leftover = self._interrupted_upload(username, state, photo_hash) if not force else None
+        retried = attempt is not None and attempt > 1
+        leftover = self._interrupted_upload(username, state, photo_hash, retried) if not force else None
         if leftover:
             if not dry_run:
                 jira_user = fresh_jira_user() or jira_user
@@ -220,7 +226,7 @@ class Syncer:
             return result(INVALID_PHOTO, f"{entry.photo_attribute} in {entry.directory}: {exc}")
         if dry_run:
             return result(outcome, why)
-        return result(outcome, why, self._upload_and_select(username, png, photo_hash))
+        return result(outcome, why, self._upload_and_select(username, png, photo_hash, mark=attempt is None))
 
     # -- steps -------------------------------------------------------------------------
 
@@ -238,21 +244,25 @@ class Syncer:
                 return d.photo_attributes
         return self.settings.photo_attributes
 
-    def _interrupted_upload(self, username: str, state: UserState | None, photo_hash: str) -> str | None:
-        """The avatar a killed earlier run created for this very photo, if Jira still has it."""
-        if not state or state.pending_sha256 != photo_hash:
+    def _interrupted_upload(self, username: str, state: UserState | None, photo_hash: str,
+                            retried: bool) -> str | None:
+        """The avatar a killed earlier run created for this very photo, if Jira still has it.
+        Looked for when the store says an upload of this photo began, or on a job's retry."""
+        marked = state is not None and state.pending_sha256 == photo_hash
+        if not marked and not retried:
             return None
         custom = self.jira.custom_avatars(username)
-        if state.pending_avatar_id in custom:
+        if marked and state.pending_avatar_id in custom:
             return state.pending_avatar_id
         # Killed between Jira's crop-confirm answer and our note of the id: find it by the
         # file name we gave it (DC 10+ lists fileName; elsewhere we simply upload again).
-        name = upload_filename(photo_hash)
-        return next((i for i, f in custom.items() if f == name and i not in state.created_avatar_ids), None)
+        name, ours = upload_filename(photo_hash), state.created_avatar_ids if state else []
+        return next((i for i, f in custom.items() if f == name and i not in ours), None)
 
-    def _upload_and_select(self, username: str, png: bytes, photo_hash: str) -> str:
+    def _upload_and_select(self, username: str, png: bytes, photo_hash: str, mark: bool) -> str:
         side, _ = png_size(png)
-        self.store.remember_created(username, None, photo_hash)  # "an upload of this photo began"
+        if mark:
+            self.store.remember_created(username, None, photo_hash)  # "an upload of this photo began"
         new_id = self.jira.upload_avatar(username, png, side, upload_filename(photo_hash))
         # Remember it before selecting: a crash in between must not orphan it in Jira.
         self.store.remember_created(username, new_id, photo_hash)

@@ -70,7 +70,8 @@ class WorkerPool:
                 self.queue.complete(job, conn=conn)
             elif not self.queue.fail(job, result.reason or "failed", conn=conn):
                 log.error("giving up on %s after %d attempts: %s", job.username, job.attempts, result.reason)
-        self.services.syncer.sync_user(job.username, force=job.force, jira_user=job.jira_user, then=close_job)
+        self.services.syncer.sync_user(job.username, force=job.force, jira_user=job.jira_user, then=close_job,
+                                       attempt=job.attempts)
 
     def maintain(self) -> None:
         """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:

@@ -241,21 +241,28 @@ def test_odd_but_real_usernames_find_exactly_that_user(rig):
         assert rig.sync(name).outcome == "updated", name
 
 
-def test_crash_between_confirm_and_noting_the_id_does_not_upload_again(rig, monkeypatch):
-    """Jira created the avatar but the process died before writing its id down."""
+@pytest.mark.parametrize("first, then", [(None, None), (1, 2)], ids=["inline", "queued job"])
+def test_crash_between_confirm_and_noting_the_id_does_not_upload_again(rig, monkeypatch, first, then):
+    """Jira created the avatar but the process died before writing its id down.
+
+    Inline, a note "upload began" written first tells the next run to look; a queued job
+    writes no such note, its retry is the sign."""
     rig.user("jdoe", photos.solid(RED))
     store = rig.services.store
     real = store.remember_created
+    notes = []
 
     def dies_after_jira_answered(username, avatar_id, photo_hash=None):
+        notes.append(avatar_id)
         if avatar_id is not None:
             raise RuntimeError("killed")
         real(username, avatar_id, photo_hash)
     monkeypatch.setattr(store, "remember_created", dies_after_jira_answered)
-    assert rig.sync("jdoe").outcome == "failed"
+    assert rig.sync("jdoe", attempt=first).outcome == "failed"
+    assert notes[:-1] == ([None] if first is None else []) and notes[-1] is not None
     monkeypatch.setattr(store, "remember_created", real)
     created = rig.state.count("POST /user/avatar")
-    result = rig.sync("jdoe")
+    result = rig.sync("jdoe", attempt=then)
     assert result.outcome == "updated"
     assert rig.state.count("POST /user/avatar") == created  # found by its file name, not made again
     assert [a.id for a in rig.state.custom_avatars("jdoe")] == [result.avatar_id] == [rig.shown("jdoe").id]
