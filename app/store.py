@@ -153,6 +153,15 @@ class Store:
                 .mappings().first()
         return None if row is None else _state(row)
 
+    def last_success(self, username: str) -> datetime | None:
+        """Only the time of the user's last settled sync: the login debounce's one read."""
+        stmt = self._built.get("last_success")
+        if stmt is None:
+            stmt = self._built["last_success"] = select(user_state.c.last_success_at).where(
+                user_state.c.username == bindparam("p_username"))
+        with self.engine.connect() as conn:
+            return aware(conn.execute(stmt, {"p_username": user_key(username)}).scalar())
+
     def get_many(self, usernames) -> dict[str, UserState]:
         """States of many users in one query (a sweep reads a page at a time), by user_key."""
         names = [user_key(n) for n in usernames]

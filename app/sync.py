@@ -96,9 +96,9 @@ class Syncer:
         with self._recent_lock:
             synced_at = self._recent.get(key)
         if synced_at is None:
-            state = self.store.get(username)
-            if state and state.last_success_at:
-                synced_at = state.last_success_at.timestamp()
+            last = self.store.last_success(username)
+            if last is not None:
+                synced_at = last.timestamp()
                 with self._recent_lock:
                     self._recent[key] = synced_at
         if synced_at is not None and time.time() - synced_at < window:
