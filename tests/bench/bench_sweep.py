@@ -2,7 +2,8 @@
 
     .venv/bin/python -m tests.bench.bench_sweep [--users 10000] [--latency-ms 10] [--concurrency 8]
 
-BENCH_EXTRA_WORKERS=N also runs N `jira-avatar-sync worker` processes beside it.
+BENCH_EXTRA_WORKERS=N also runs N `jira-avatar-sync worker` processes beside it, C split
+between all processes (jira.max_concurrency is per process).
 
 The emulator (this process) adds ``latency`` to every Jira call; the sweep runs as the real
 CLI, ``jira-avatar-sync sweep``, in its own process with jira.max_concurrency = C. Reported:
@@ -94,6 +95,9 @@ def main() -> None:
         print(f"seeded {args.users} users in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 
         with EmulatorServer(state) as jira:
+            # C calls in flight in all: split between the sweep and any extra worker processes
+            processes = 1 + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
+            per_process = max(1, args.concurrency // processes)
             config = work / "config.toml"
             config.write_text(f"""
     database_url = "sqlite:///{work}/state.db"
@@ -101,11 +105,11 @@ def main() -> None:
     url = "{jira.url}"
     username = "avatar-sync"
     password = "pw"
-    max_concurrency = {args.concurrency}
+    max_concurrency = {per_process}
     [webhook]
     secret = "bench"
     [worker]
-    threads = {args.concurrency}
+    threads = {per_process}
     poll_seconds = 0.2
     [[directories]]
     name = "openldap"
