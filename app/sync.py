@@ -209,7 +209,8 @@ class Syncer:
             outcome, why = UPDATED, "directory photo changed"
 
         # A previous run uploaded this very photo and died before recording it: finish that job.
-        retried = attempt is not None and attempt > 1
+        # (A queued job's later attempt, or any sync after a failed one, may follow such a run.)
+        retried = (attempt is not None and attempt > 1) or (state is not None and state.last_outcome == FAILED)
         leftover = self._interrupted_upload(username, state, photo_hash, retried) if not force else None
         if leftover:
             if not dry_run:

@@ -241,12 +241,13 @@ def test_odd_but_real_usernames_find_exactly_that_user(rig):
         assert rig.sync(name).outcome == "updated", name
 
 
-@pytest.mark.parametrize("first, then", [(None, None), (1, 2)], ids=["inline", "queued job"])
+@pytest.mark.parametrize("first, then", [(None, None), (1, 2), (1, 1)],
+                         ids=["inline", "queued job", "queued job started afresh by a new event"])
 def test_crash_between_confirm_and_noting_the_id_does_not_upload_again(rig, monkeypatch, first, then):
     """Jira created the avatar but the process died before writing its id down.
 
     Inline, a note "upload began" written first tells the next run to look; a queued job
-    writes no such note, its retry is the sign."""
+    writes no such note, its retry (or the failure it recorded) is the sign."""
     rig.user("jdoe", photos.solid(RED))
     store = rig.services.store
     real = store.remember_created
