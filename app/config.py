@@ -14,14 +14,9 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-ENV_PREFIX = "AVATAR_SYNC_"
+from .config_source import ENV_PREFIX, ConfigError, Reader, apply_env
+
 DEFAULT_PHOTO_ATTRIBUTES = ("thumbnailPhoto", "jpegPhoto")
-
-
-class ConfigError(ValueError):
-    def __init__(self, key: str, message: str):
-        super().__init__(f"configuration error: {key}: {message}")
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -122,12 +117,12 @@ def load_settings(path: str | os.PathLike | None = None,
             raise ConfigError("AVATAR_SYNC_CONFIG", f"cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("AVATAR_SYNC_CONFIG", f"{path} is not valid TOML: {exc}") from None
-    return settings_from_dict(_apply_env(data, env), env)
+    return settings_from_dict(apply_env(data, env), env)
 
 
 def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
     env = {} if env is None else env
-    r = _Reader(data, "", env)
+    r = Reader(data, "", env)
     r.reject_unknown({"database_url", "photo_attributes", "size", "login_debounce_seconds",
                       "max_photo_bytes", "max_photo_pixels", "log_level",
                       "jira", "webhook", "admin", "worker", "sweep", "metrics", "directories"})
@@ -149,7 +144,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     if "://" not in db:
         raise ConfigError("database_url", "must be an SQLAlchemy URL such as sqlite:///path/state.db")
     return Settings(
-        jira=_jira(_Reader(r.table("jira"), "jira.", env)),
+        jira=_jira(Reader(r.table("jira"), "jira.", env)),
         directories=directories,
         database_url=db,
         photo_attributes=photo_attributes,
@@ -158,16 +153,16 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         login_debounce_seconds=r.integer("login_debounce_seconds", 600, 0, 7 * 86400),
         max_photo_bytes=r.integer("max_photo_bytes", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024),
         max_photo_pixels=r.integer("max_photo_pixels", 40_000_000, 1, 200_000_000),
-        webhook=_webhook(_Reader(r.table("webhook"), "webhook.", env)),
-        admin=_admin(_Reader(r.table("admin"), "admin.", env)),
-        worker=_worker(_Reader(r.table("worker"), "worker.", env)),
-        sweep_schedule=_schedule(_Reader(r.table("sweep"), "sweep.", env)),
-        metrics_require_admin=_Reader(r.table("metrics"), "metrics.", env).boolean("require_admin", False),
+        webhook=_webhook(Reader(r.table("webhook"), "webhook.", env)),
+        admin=_admin(Reader(r.table("admin"), "admin.", env)),
+        worker=_worker(Reader(r.table("worker"), "worker.", env)),
+        sweep_schedule=_schedule(Reader(r.table("sweep"), "sweep.", env)),
+        metrics_require_admin=Reader(r.table("metrics"), "metrics.", env).boolean("require_admin", False),
         log_level=level,
     )
 
 
-def _jira(r: "_Reader") -> JiraSettings:
+def _jira(r: "Reader") -> JiraSettings:
     r.reject_unknown({"url", "username", "password", "password_file", "token", "token_file",
                       "max_concurrency", "max_requests_per_second", "connect_timeout", "timeout",
                       "max_retries", "ca_file", "verify_tls"})
@@ -193,19 +188,19 @@ def _jira(r: "_Reader") -> JiraSettings:
         ca_file=ca_file, verify_tls=r.boolean("verify_tls", True))
 
 
-def _webhook(r: "_Reader") -> WebhookSettings:
+def _webhook(r: "Reader") -> WebhookSettings:
     r.reject_unknown({"secret", "secret_file", "allow_unauthenticated", "max_body_bytes"})
     return WebhookSettings(secret=r.secret("secret"),
                            allow_unauthenticated=r.boolean("allow_unauthenticated", False),
                            max_body_bytes=r.integer("max_body_bytes", 64 * 1024, 256, 16 * 1024 * 1024))
 
 
-def _admin(r: "_Reader") -> AdminSettings:
+def _admin(r: "Reader") -> AdminSettings:
     r.reject_unknown({"token", "token_file"})
     return AdminSettings(token=r.secret("token"))
 
 
-def _worker(r: "_Reader") -> WorkerSettings:
+def _worker(r: "Reader") -> WorkerSettings:
     r.reject_unknown({"threads", "poll_seconds", "lease_seconds", "max_attempts", "retry_base_seconds",
                       "retry_max_seconds", "start_in_web"})
     return WorkerSettings(
@@ -217,7 +212,7 @@ def _worker(r: "_Reader") -> WorkerSettings:
         start_in_web=r.boolean("start_in_web", True))
 
 
-def _schedule(r: "_Reader") -> dt_time | None:
+def _schedule(r: "Reader") -> dt_time | None:
     r.reject_unknown({"schedule"})
     text = r.string("schedule", "")
     if not text:
@@ -233,7 +228,7 @@ def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySetting
     prefix = f"directories[{index}]."
     if not isinstance(raw, Mapping):
         raise ConfigError(prefix.rstrip("."), "must be a table")
-    r = _Reader(raw, prefix, env)
+    r = Reader(raw, prefix, env)
     r.reject_unknown({"name", "urls", "url", "bind_dn", "bind_password", "bind_password_file",
                       "base_dn", "user_filter", "username_attribute", "photo_attributes", "ca_file",
                       "start_tls", "verify_tls", "connect_timeout", "timeout", "pool_size"})
@@ -271,183 +266,3 @@ def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySetting
         connect_timeout=r.integer("connect_timeout", 3, 1, 120),
         timeout=r.integer("timeout", 10, 1, 600),
         pool_size=r.integer("pool_size", 4, 1, 64))
-
-
-# --- environment ---------------------------------------------------------------------------
-
-# env suffix -> (table path, key); LDAP_* shape the first directory.
-_ENV_KEYS = {
-    "DATABASE_URL": ((), "database_url"),
-    "PHOTO_ATTRIBUTES": ((), "photo_attributes"),
-    "SIZE": ((), "size"),
-    "LOGIN_DEBOUNCE_SECONDS": ((), "login_debounce_seconds"),
-    "MAX_PHOTO_BYTES": ((), "max_photo_bytes"),
-    "MAX_PHOTO_PIXELS": ((), "max_photo_pixels"),
-    "LOG_LEVEL": ((), "log_level"),
-    "JIRA_URL": (("jira",), "url"),
-    "JIRA_USERNAME": (("jira",), "username"),
-    "JIRA_PASSWORD": (("jira",), "password"),
-    "JIRA_TOKEN": (("jira",), "token"),
-    "JIRA_MAX_CONCURRENCY": (("jira",), "max_concurrency"),
-    "JIRA_MAX_REQUESTS_PER_SECOND": (("jira",), "max_requests_per_second"),
-    "JIRA_TIMEOUT": (("jira",), "timeout"),
-    "JIRA_CA_FILE": (("jira",), "ca_file"),
-    "JIRA_VERIFY_TLS": (("jira",), "verify_tls"),
-    "WEBHOOK_SECRET": (("webhook",), "secret"),
-    "WEBHOOK_ALLOW_UNAUTHENTICATED": (("webhook",), "allow_unauthenticated"),
-    "WEBHOOK_MAX_BODY_BYTES": (("webhook",), "max_body_bytes"),
-    "ADMIN_TOKEN": (("admin",), "token"),
-    "SWEEP_SCHEDULE": (("sweep",), "schedule"),
-    "METRICS_REQUIRE_ADMIN": (("metrics",), "require_admin"),
-    "WORKER_THREADS": (("worker",), "threads"),
-    "WORKER_POLL_SECONDS": (("worker",), "poll_seconds"),
-    "WORKER_LEASE_SECONDS": (("worker",), "lease_seconds"),
-    "WORKER_MAX_ATTEMPTS": (("worker",), "max_attempts"),
-    "WORKER_RETRY_BASE_SECONDS": (("worker",), "retry_base_seconds"),
-    "WORKER_RETRY_MAX_SECONDS": (("worker",), "retry_max_seconds"),
-    "WORKER_START_IN_WEB": (("worker",), "start_in_web"),
-    "LDAP_NAME": (("directories",), "name"),
-    "LDAP_URL": (("directories",), "urls"),
-    "LDAP_BIND_DN": (("directories",), "bind_dn"),
-    "LDAP_BIND_PASSWORD": (("directories",), "bind_password"),
-    "LDAP_BASE_DN": (("directories",), "base_dn"),
-    "LDAP_USER_FILTER": (("directories",), "user_filter"),
-    "LDAP_USERNAME_ATTRIBUTE": (("directories",), "username_attribute"),
-    "LDAP_PHOTO_ATTRIBUTES": (("directories",), "photo_attributes"),
-    "LDAP_CA_FILE": (("directories",), "ca_file"),
-    "LDAP_START_TLS": (("directories",), "start_tls"),
-    "LDAP_VERIFY_TLS": (("directories",), "verify_tls"),
-}
-_SECRETS = {"JIRA_PASSWORD", "JIRA_TOKEN", "WEBHOOK_SECRET", "ADMIN_TOKEN", "LDAP_BIND_PASSWORD"}
-
-
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    if isinstance(data.get("directories"), list):
-        data["directories"] = [dict(d) if isinstance(d, dict) else d for d in data["directories"]]
-    for suffix, (table, key) in _ENV_KEYS.items():
-        name = ENV_PREFIX + suffix
-        value = env.get(name)
-        if suffix in _SECRETS and env.get(name + "_FILE"):
-            value = _read_secret_file(name + "_FILE", env[name + "_FILE"])
-        if value is None:
-            continue
-        if table == ("directories",):
-            dirs = data.setdefault("directories", [])
-            if not isinstance(dirs, list):
-                raise ConfigError("directories", "must be a list of tables ([[directories]])")
-            if not dirs:
-                dirs.append({"name": "ldap"})
-            target = dirs[0]
-        elif table:
-            target = data.setdefault(table[0], {})
-        else:
-            target = data
-        if key in ("urls", "photo_attributes"):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        target[key] = value
-    return data
-
-
-def _read_secret_file(key: str, path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read secret file {path}: {exc.strerror}") from None
-
-
-class _Reader:
-    """Typed access to one TOML table; env strings are converted, errors name the full key."""
-
-    def __init__(self, data: Mapping[str, Any], prefix: str, env: Mapping[str, str]):
-        if not isinstance(data, Mapping):
-            raise ConfigError(prefix.rstrip("."), "must be a table")
-        self.data, self.prefix, self.env = data, prefix, env
-
-    def _fail(self, key: str, msg: str):
-        raise ConfigError(self.prefix + key, msg)
-
-    def reject_unknown(self, known: set[str]) -> None:
-        unknown = sorted(set(self.data) - known)
-        if unknown:
-            self._fail(unknown[0], f"unknown key (known: {', '.join(sorted(known))})")
-
-    def table(self, key: str) -> Mapping[str, Any]:
-        value = self.data.get(key, {})
-        if not isinstance(value, Mapping):
-            self._fail(key, "must be a table")
-        return value
-
-    def string(self, key: str, default: str) -> str:
-        value = self.data.get(key, default)
-        if not isinstance(value, str):
-            self._fail(key, "must be a string")
-        return value.strip()
-
-    def secret(self, key: str) -> str:
-        if self.data.get(key + "_file"):
-            return _read_secret_file(self.prefix + key + "_file", self.string(key + "_file", ""))
-        value = self.data.get(key, "")
-        if not isinstance(value, str):
-            self._fail(key, "must be a string")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self.data.get(key, default)
-        if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                self._fail(key, f"must be a whole number, got {value!r}")
-        if isinstance(value, bool) or not isinstance(value, int):
-            self._fail(key, "must be a whole number")
-        if not low <= value <= high:
-            self._fail(key, f"must be between {low} and {high}, got {value}")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.data.get(key, default)
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                self._fail(key, f"must be a number, got {value!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self._fail(key, "must be a number")
-        if not low <= value <= high:
-            self._fail(key, f"must be between {low} and {high}, got {value}")
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if isinstance(value, str):
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            self._fail(key, f"must be true or false, got {value!r}")
-        if not isinstance(value, bool):
-            self._fail(key, "must be true or false")
-        return value
-
-    def str_list(self, key: str, default):
-        value = self.data.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",")]
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self._fail(key, "must be a list of strings")
-        return [v.strip() for v in value if v.strip()]
-
-    def attr_list(self, key: str, default) -> tuple[str, ...]:
-        values = self.str_list(key, default)
-        if values is None:
-            return ()
-        for v in values:
-            if not v.replace("-", "").replace(";", "").isalnum():
-                self._fail(key, f"{v!r} is not an attribute name")
-        return tuple(values)
