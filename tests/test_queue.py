@@ -154,3 +154,23 @@ def test_old_delivery_ids_are_pruned(queue):
     queue.prune_deliveries()
     assert queue.enqueue("bob", delivery_id="old") is True  # forgotten, so accepted again
     assert queue.enqueue("bob", delivery_id="new") is False
+
+
+def test_a_job_ends_in_the_transaction_that_records_the_outcome(queue):
+    """On both databases: the worker closes a job inside the store's outcome transaction."""
+    store = queue.store
+    for name in ("alice", "bob"):
+        store.delete(name)
+        queue.enqueue(name)
+    alice, bob = sorted(queue.claim(2), key=lambda j: j.username)
+
+    store.record_outcome("alice", "no_photo", success=True, also=lambda conn: queue.complete(alice, conn=conn))
+    assert queue.job_for("alice") is None and store.get("alice").last_outcome == "no_photo"
+
+    def fails_midway(conn):
+        queue.complete(bob, conn=conn)
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError):
+        store.record_outcome("bob", "no_photo", success=True, also=fails_midway)
+    assert queue.job_for("bob")["state"] == "running" and store.get("bob") is None  # neither happened
+    assert queue.fail(bob, "Jira down") is True and queue.job_for("bob")["state"] == "pending"
