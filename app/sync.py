@@ -114,9 +114,10 @@ class Syncer:
         ``jira_user``: the user as a sweep just read it in bulk, saving one GET per user.
         ``then(conn, result)``: the caller's own write (the queue closing the job), committed
         in the same transaction as the user's outcome, exactly once.
-        ``attempt``: a queued job's attempt number. A job's next attempt is itself the sign that
-        an upload may have been cut short, so a queued first attempt skips the write that
-        marks an upload as begun (one transaction fewer per new avatar in a sweep).
+        ``attempt``: a queued job's attempt number. A job's next attempt (like any sync after a
+        failed one) is itself the sign that an upload may have been cut short, so a queued
+        first attempt skips the write that marks an upload as begun (one transaction fewer per
+        new avatar in a sweep).
         """
         verdict, recorded = None, False
         try:
