@@ -136,30 +136,25 @@ class Reader:
         return value
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
+        return self._ranged(key, default, low, high, int, "a whole number")
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        return float(self._ranged(key, default, low, high, float, "a number"))
+
+    def _ranged(self, key: str, default, low, high, kind: type, what: str):
+        """A number within [low, high]; from the environment it arrives as a string."""
         value = self.data.get(key, default)
         if isinstance(value, str):
             try:
-                value = int(value.strip())
+                value = kind(value.strip())
             except ValueError:
-                self._fail(key, f"must be a whole number, got {value!r}")
-        if isinstance(value, bool) or not isinstance(value, int):
-            self._fail(key, "must be a whole number")
+                self._fail(key, f"must be {what}, got {value!r}")
+        allowed = (int,) if kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            self._fail(key, f"must be {what}")
         if not low <= value <= high:
             self._fail(key, f"must be between {low} and {high}, got {value}")
         return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.data.get(key, default)
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                self._fail(key, f"must be a number, got {value!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self._fail(key, "must be a number")
-        if not low <= value <= high:
-            self._fail(key, f"must be between {low} and {high}, got {value}")
-        return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)

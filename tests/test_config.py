@@ -91,3 +91,25 @@ def test_no_directory():
     env = {k: v for k, v in BASE_ENV.items() if "LDAP" not in k}
     with pytest.raises(ConfigError, match="directories: at least one directory"):
         load_settings(env=env)
+
+
+def test_numbers_from_env_and_file(tmp_path):
+    env = {**BASE_ENV, "AVATAR_SYNC_JIRA_MAX_REQUESTS_PER_SECOND": "2.5"}
+    assert load_settings(env=env).jira.max_requests_per_second == 2.5
+    for value, message in [("1.5", "size: must be a whole number, got '1.5'"),
+                           ("9999", "size: must be between 16 and 500, got 9999")]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(env={**BASE_ENV, "AVATAR_SYNC_SIZE": value})
+    with pytest.raises(ConfigError, match="max_requests_per_second: must be a number, got 'fast'"):
+        load_settings(env={**BASE_ENV, "AVATAR_SYNC_JIRA_MAX_REQUESTS_PER_SECOND": "fast"})
+    path = tmp_path / "c.toml"
+    path.write_text("[jira]\nmax_requests_per_second = 5\n")
+    s = load_settings(path, env=BASE_ENV)
+    assert s.jira.max_requests_per_second == 5.0 and isinstance(s.jira.max_requests_per_second, float)
+    for toml in ("size = 1.5", "size = true"):
+        path.write_text(toml + "\n")
+        with pytest.raises(ConfigError, match="size: must be a whole number$"):
+            load_settings(path, env=BASE_ENV)
+    path.write_text("[jira]\nmax_requests_per_second = \"x\"\n")
+    with pytest.raises(ConfigError, match="must be a number, got 'x'"):
+        load_settings(path, env=BASE_ENV)
