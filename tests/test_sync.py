@@ -323,3 +323,16 @@ def test_callers_write_happens_once_for_a_dry_run(rig):
     closed = []
     assert rig.sync("jdoe", dry_run=True, then=lambda conn, r: closed.append(r.outcome)).outcome == "updated"
     assert closed == ["updated"] and rig.services.store.get("jdoe") is None
+
+
+def test_an_old_avatar_whose_deletion_failed_goes_at_the_next_restore(rig):
+    """Rule 5 at a later sync: ours stay listed until Jira confirms they are gone."""
+    dn = rig.user("jdoe", photos.solid(RED))
+    first = rig.sync("jdoe").avatar_id
+    rig.slapd.set_photo(dn, "jpegPhoto", photos.solid(BLUE))
+    rig.state.inject(403, path=f"/rest/api/2/user/avatar/{first}", method="DELETE", count=1)
+    assert rig.sync("jdoe").outcome == "updated"
+    assert first in rig.state.avatars  # Jira refused the delete
+    own = rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
+    assert rig.sync("jdoe").outcome == "restored"
+    assert first not in rig.state.avatars and own in rig.state.avatars
