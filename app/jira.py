@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
-import requests
+from urllib3 import exceptions as http_errors
 
 from .config import JiraSettings
+from .jira_http import JiraHttp, Response
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class JiraClient:
         self.settings = settings
         self.api = settings.url.rstrip("/") + "/rest/api/2"
         self._sleep = sleep
-        self._local = threading.local()
+        self._http = JiraHttp(settings)
         self._pid = None
         self._state_lock = threading.Lock()
         self._auth_blocked_until = 0.0
@@ -89,7 +90,7 @@ class JiraClient:
 
     def get_user(self, username: str) -> JiraUser | None:
         resp = self._request("GET", "/user", params={"username": username}, ok=(200, 404))
-        if resp.status_code == 404:
+        if resp.status == 404:
             return None
         return _user(_json(resp), username)
 
@@ -100,7 +101,7 @@ class JiraClient:
         on 10.x (§4.1), so a caller without /user/list must read users one by one.
         """
         first = self._request("GET", "/user/list", params={"maxResults": page_size}, ok=(200, 404))
-        if first.status_code == 404:
+        if first.status == 404:
             return None
 
         def pages(resp):
@@ -139,15 +140,15 @@ class JiraClient:
                 "POST", "/user/avatar", params={"username": username}, ok=(200, 201, 500),
                 json={"cropperOffsetX": 0, "cropperOffsetY": 0, "cropperWidth": side,
                       "needsCropping": False}, idempotent=False)
-            if confirm.status_code != 500:
+            if confirm.status != 500:
                 avatar_id = _json(confirm).get("id")
                 if avatar_id is None:
-                    raise JiraError("Jira confirmed the avatar without an id", confirm.status_code)
+                    raise JiraError("Jira confirmed the avatar without an id", confirm.status)
                 return str(avatar_id)
             # 500 here means the temporary image was not in our HTTP session (expired session,
             # another cluster node): start over once with a fresh session.
             log.warning("Jira lost the temporary avatar of %s (attempt %d)", username, attempt)
-            self._session().cookies.clear()
+            self._http.forget_session()
         raise JiraError("Jira lost the temporary avatar between upload and crop-confirm; "
                         "a Data Center cluster needs sticky sessions", 500)
 
@@ -160,7 +161,7 @@ class JiraClient:
         """Delete one custom avatar; False when it was already gone."""
         resp = self._request("DELETE", f"/user/avatar/{avatar_id}", params={"username": username},
                              ok=(204, 200, 404))
-        return resp.status_code != 404
+        return resp.status != 404
 
     # -- checks ------------------------------------------------------------------------
 
@@ -174,74 +175,60 @@ class JiraClient:
 
     # -- transport ---------------------------------------------------------------------
 
-    def _session(self) -> requests.Session:
-        self._after_fork()
-        session = getattr(self._local, "session", None)
-        if session is None:
-            s = self.settings
-            session = requests.Session()
-            if s.token:
-                session.headers["Authorization"] = f"Bearer {s.token}"
-            else:
-                session.auth = (s.username, s.password)  # requests sends Basic pre-emptively
-            session.headers["X-Atlassian-Token"] = "no-check"
-            session.headers["Accept"] = "application/json"
-            session.headers["User-Agent"] = "jira-avatar-sync"
-            session.verify = s.ca_file or s.verify_tls
-            # Read HTTPS_PROXY/NO_PROXY once here: with trust_env requests re-reads the whole
-            # environment on every call (a fifth of a millisecond each, a sweep makes millions).
-            session.proxies = requests.utils.get_environ_proxies(self.settings.url)
-            session.trust_env = False
-            self._local.session = session
-        return session
-
     def _after_fork(self) -> None:
         if self._pid != os.getpid():
             with self._state_lock:
                 if self._pid != os.getpid():
-                    self._local = threading.local()
                     self._gate = threading.BoundedSemaphore(self.settings.max_concurrency)
                     self._rate = _RateLimiter(self.settings.max_requests_per_second)
                     self._pid = os.getpid()
 
     def _request(self, method: str, path: str, *, ok=(200,), idempotent: bool = True,
-                 **kwargs) -> requests.Response:
+                 **kwargs) -> Response:
         s = self.settings
         if time.monotonic() < self._auth_blocked_until:
             raise JiraAuthError(self._auth_block_reason + " (not retried until "
                                 "the service restarts or the block expires)")
-        session = self._session()
-        timeout = (s.connect_timeout, s.timeout)
+        self._after_fork()
         url = self.api + path
         for attempt in range(s.max_retries + 1):
             wait = None
             try:
                 self._rate.wait()
                 with self._gate:
-                    resp = session.request(method, url, timeout=timeout, **kwargs)
-            except requests.ConnectTimeout as exc:
-                error = JiraError(f"Jira did not accept a connection: {exc}")
-            except requests.ConnectionError as exc:
-                if not idempotent and not _never_sent(exc):
-                    raise JiraError(f"connection lost during {method} {path}: {exc}") from None
-                error = JiraError(f"cannot reach Jira: {exc}")
-            except requests.Timeout:
+                    resp = self._http.request(method, url, **kwargs)
+            except http_errors.NewConnectionError as exc:  # refused, unknown host: never sent
+                error = JiraError(f"cannot reach Jira: {_reason(exc)}")
+            except http_errors.ConnectTimeoutError as exc:
+                error = JiraError(f"Jira did not accept a connection within {s.connect_timeout:g}s: {_reason(exc)}")
+            except (http_errors.SSLError, http_errors.ProxyError) as exc:  # failed before the request went out
+                error = JiraError(f"cannot reach Jira: {_reason(exc)}")
+            except http_errors.ReadTimeoutError:
+                message = f"Jira did not answer {method} {path} within {s.timeout:g}s"
                 if not idempotent:
-                    raise JiraError(f"Jira did not answer {method} {path} within {s.timeout:g}s") from None
-                error = JiraError(f"Jira did not answer {method} {path} within {s.timeout:g}s")
-            except requests.RequestException as exc:
-                raise JiraError(f"{method} {path} failed: {exc}") from None
+                    raise JiraError(message) from None
+                error = JiraError(message)
+            except http_errors.ProtocolError as exc:  # the connection broke with the request sent
+                if not idempotent:
+                    raise JiraError(f"connection lost during {method} {path}: {_reason(exc)}") from None
+                error = JiraError(f"connection to Jira lost: {_reason(exc)}")
+            except http_errors.HTTPError as exc:
+                raise JiraError(f"{method} {path} failed: {_reason(exc)}") from None
             else:
-                if resp.status_code in ok:
+                if resp.status in ok:
                     return resp
                 self._raise_for_auth(resp, method, path)
-                if resp.status_code not in RETRY_STATUSES:
-                    message = f"{method} {path} answered {resp.status_code}: {_error_text(resp)}"
-                    if 400 <= resp.status_code < 500:
-                        raise JiraRequestError(message, resp.status_code)
-                    raise JiraError(message, resp.status_code)
+                if 300 <= resp.status < 400:
+                    raise JiraRequestError(
+                        f"{method} {path} answered {resp.status}, a redirect to {resp.headers.get('Location')!r}: "
+                        "set jira.url to Jira's base URL as Jira itself gives it", resp.status)
+                if resp.status not in RETRY_STATUSES:
+                    message = f"{method} {path} answered {resp.status}: {_error_text(resp)}"
+                    if 400 <= resp.status < 500:
+                        raise JiraRequestError(message, resp.status)
+                    raise JiraError(message, resp.status)
                 wait = _retry_after(resp)
-                error = JiraError(f"{method} {path} answered {resp.status_code}", resp.status_code, wait)
+                error = JiraError(f"{method} {path} answered {resp.status}", resp.status, wait)
                 _log_rate_limit(resp)
                 if wait is not None and wait > MAX_RETRY_AFTER:
                     raise error  # the caller's queue reschedules; don't hold a worker for it
@@ -252,22 +239,22 @@ class JiraClient:
             self._sleep(wait)
         raise AssertionError("unreachable")
 
-    def _raise_for_auth(self, resp: requests.Response, method: str, path: str) -> None:
-        if resp.status_code not in (401, 403):
+    def _raise_for_auth(self, resp: Response, method: str, path: str) -> None:
+        if resp.status not in (401, 403):
             return
         denied = resp.headers.get("X-Authentication-Denied-Reason", "")
         login_reason = resp.headers.get("X-Seraph-LoginReason", "")
         if "CAPTCHA" in denied.upper():
             self._block(f"Jira requires a CAPTCHA for {self._who()}: log in once in a browser "
                         "or have an admin reset the failed-login count")
-        if resp.status_code == 401 and ("FAILED" in login_reason or "DENIED" in login_reason
+        if resp.status == 401 and ("FAILED" in login_reason or "DENIED" in login_reason
                                         or path in ("/myself", "/mypermissions")):
             self._block(f"Jira refused the credentials of {self._who()} (401)")
-        if resp.status_code == 403 and path.startswith("/user/avatar") and "xsrf" in _error_text(resp).lower():
+        if resp.status == 403 and path.startswith("/user/avatar") and "xsrf" in _error_text(resp).lower():
             raise JiraRequestError(f"{method} {path}: Jira's XSRF check refused the call", 403)
-        raise JiraAuthError(f"{method} {path} answered {resp.status_code}: {self._who()} is not allowed "
+        raise JiraAuthError(f"{method} {path} answered {resp.status}: {self._who()} is not allowed "
                             "(the service account needs the Jira Administrators permission)",
-                            resp.status_code)
+                            resp.status)
 
     def _block(self, reason: str):
         self._auth_block_reason = reason
@@ -298,7 +285,7 @@ class _RateLimiter:
             time.sleep(at - now)
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def _retry_after(resp: Response) -> float | None:
     value = resp.headers.get("Retry-After")
     if not value:
         return None
@@ -309,8 +296,8 @@ def _retry_after(resp: requests.Response) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
-def _log_rate_limit(resp: requests.Response) -> None:
-    if resp.status_code == 429:
+def _log_rate_limit(resp: Response) -> None:
+    if resp.status == 429:
         log.warning("Jira rate limit hit (remaining %s, fill rate %s per %ss): ask for an exemption "
                     "of the service account", resp.headers.get("X-RateLimit-Remaining"),
                     resp.headers.get("X-RateLimit-FillRate"),
@@ -323,23 +310,24 @@ def _user(bean: dict, username: str) -> JiraUser:
                     avatar_id=avatar_id, avatar_is_custom=custom)
 
 
-def _never_sent(exc: requests.ConnectionError) -> bool:
-    text = str(exc)
-    return "Connection refused" in text or "Failed to establish" in text or "Name or service" in text
+def _reason(exc: Exception) -> str:
+    """urllib3 wraps the socket's own error; its words say more than the wrapper's."""
+    inner = getattr(exc, "reason", None) or getattr(exc, "__cause__", None)
+    return str(inner or exc)
 
 
-def _json(resp: requests.Response) -> dict:
+def _json(resp: Response) -> dict:
     try:
         body = resp.json()
     except ValueError:
-        raise JiraError(f"Jira answered {resp.status_code} with no JSON "
-                        f"({resp.headers.get('Content-Type', 'no content type')})", resp.status_code) from None
+        raise JiraError(f"Jira answered {resp.status} with no JSON "
+                        f"({resp.headers.get('Content-Type', 'no content type')})", resp.status) from None
     if not isinstance(body, dict):
-        raise JiraError(f"Jira answered {resp.status_code} with unexpected JSON", resp.status_code)
+        raise JiraError(f"Jira answered {resp.status} with unexpected JSON", resp.status)
     return body
 
 
-def _error_text(resp: requests.Response) -> str:
+def _error_text(resp: Response) -> str:
     try:
         body = resp.json()
         messages = list(body.get("errorMessages") or []) + [f"{k}: {v}" for k, v in (body.get("errors") or {}).items()]

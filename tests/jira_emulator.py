@@ -556,14 +556,18 @@ class EmulatorServer:
     """
 
     def __init__(self, state: JiraState | None = None, host: str = "127.0.0.1", port: int = 0,
-                 threads: int = 32):
+                 threads: int = 32, tls: tuple[str, str] | None = None):
+        """``tls``: (certificate file, key file) to serve HTTPS at https://localhost:port."""
         self.state = state or JiraState()
         self.app = create_emulator(self.state)
         self.server = wsgi.Server((host, port), self.app, numthreads=threads, server_name="jira-emulator",
                                   shutdown_timeout=1)
+        if tls:
+            from cheroot.ssl.builtin import BuiltinSSLAdapter
+            self.server.ssl_adapter = BuiltinSSLAdapter(*tls)
         self.server.expiration_interval = 0.05  # its loop's tick: how soon stop() is noticed
         self.server.prepare()  # binds, so the port is known now
-        self.url = f"http://{host}:{self.server.bind_addr[1]}"
+        self.url = f"https://localhost:{self.server.bind_addr[1]}" if tls else f"http://{host}:{self.server.bind_addr[1]}"
         self.state.base_url = self.url
         self.thread = threading.Thread(target=self.server.serve, name="jira-emulator", daemon=True)
 

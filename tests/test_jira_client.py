@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import requests
+from urllib3.exceptions import InsecureRequestWarning
 
 from app.config import JiraSettings
 from app.images import normalize
@@ -133,3 +134,68 @@ def test_every_call_has_a_timeout(jira):
     jira.state.latency = 1.5
     with pytest.raises(JiraError, match="did not answer"):
         client(jira, timeout=0.3, max_retries=0).get_user("jdoe")
+
+
+def test_each_thread_keeps_its_own_jira_session(jira):
+    """Jira holds one temporary image per HTTP session: threads sharing a session would
+    confirm each other's uploads (§1.3)."""
+    from concurrent.futures import ThreadPoolExecutor
+    names = [f"u{i}" for i in range(8)]
+    for n in names:
+        jira.state.add_user(n)
+    c = client(jira, max_concurrency=8)
+    colours = {n: (30 * i, 255 - 30 * i, 100) for i, n in enumerate(names)}  # each user's own picture
+
+    def upload(name):
+        png = normalize(photos.solid(colours[name], 120, fmt="PNG"), 256)
+        return [c.upload_avatar(name, png, 120) for _ in range(3)]
+
+    with ThreadPoolExecutor(8) as pool:
+        created = dict(zip(names, pool.map(upload, names)))
+    for name, ids in created.items():
+        for avatar_id in ids:
+            assert jira.state.avatars[avatar_id].image.convert("RGB").getpixel((60, 60)) == colours[name]
+    assert len(jira.state.sessions) == 8  # one session per thread, kept across its calls
+
+
+def test_a_redirect_is_reported_not_followed():
+    """A jira.url that Jira redirects (http -> https, a missing context path) must say so."""
+    import http.server
+    import threading
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", "https://jira.example.com" + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        c = JiraClient(JiraSettings(url=f"http://127.0.0.1:{server.server_port}", username="u", password="p"))
+        with pytest.raises(JiraError, match="redirect to 'https://jira.example.com/rest/api/2/user") as err:
+            c.get_user("jdoe")
+        assert err.value.retryable is False
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_trusts_jira_ca_file_and_refuses_an_unknown_ca(tmp_path):
+    from tests.jira_emulator import EmulatorServer
+    from tests.rig.slapd import make_certificates
+    tls = tmp_path / "tls"
+    make_certificates(tls)
+    with EmulatorServer(tls=(str(tls / "server.pem"), str(tls / "server.key"))) as jira:
+        jira.state.add_account(JIRA_USER, JIRA_PASSWORD, admin=True)
+        jira.state.add_user("jdoe")
+        trusted = client(jira, ca_file=str(tls / "ca.pem"))
+        assert trusted.get_user("jdoe").name == "jdoe"
+        with pytest.raises(JiraError, match="CERTIFICATE_VERIFY_FAILED"):
+            client(jira, max_retries=0).get_user("jdoe")  # the system's CAs do not know this one
+        with pytest.warns(InsecureRequestWarning):  # the operator's opt-out works, and is flagged
+            assert client(jira, verify_tls=False).get_user("jdoe").name == "jdoe"
