@@ -41,9 +41,18 @@ SIZES = {"xsmall": 16, "small": 24, "medium": 32, "large": 48, "xlarge": 64, "xx
 class Avatar:
     id: str
     owner: str | None      # user key; None for system avatars
-    image: Image.Image     # the 256 px rendition Jira derives all sizes from (§5)
+    source: Image.Image    # the cropped square as confirmed
     file_name: str = ""    # the upload's filename, listed as fileName by DC 10+ (§1.1)
+    _image: Image.Image | None = None
     _png: bytes | None = None
+
+    @property
+    def image(self) -> Image.Image:
+        """The 256 px rendition Jira derives all sizes from (§5); made when first asked for,
+        as the PNG below: a benchmark's thousands of uploads skip the cost."""
+        if self._image is None:
+            self._image = self.source.resize((256, 256), Image.Resampling.LANCZOS)
+        return self._image
 
     @property
     def png(self) -> bytes:
@@ -157,7 +166,6 @@ class JiraState:
         avatar_id = str(self.next_id)
         self.next_id += 1
         image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
-        image = image.resize((256, 256), Image.Resampling.LANCZOS)  # all sizes come from 256 px
         self.avatars[avatar_id] = Avatar(avatar_id, owner, image, file_name)
         return self.avatars[avatar_id]
 
