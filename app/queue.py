@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -96,6 +97,8 @@ class LoginQueue:
         self.wakeup = threading.Event()  # set by enqueue: this process's workers start at once
         self.owner_prefix = f"{socket.gethostname()}:"
         self._statements: dict = {}
+        self._busy = threading.local()  # this thread's last claim found work
+        self._next_expiry_check = 0.0  # time.monotonic(); see claim
 
     # -- producers ---------------------------------------------------------------------
 
@@ -140,21 +143,33 @@ class LoginQueue:
         return f"{self.owner_prefix}{os.getpid()}:{threading.get_ident()}"
 
     def claim(self, limit: int = 1) -> list[Job]:
-        """Lease up to ``limit`` due jobs, highest priority first; atomic across processes."""
+        """Lease up to ``limit`` due jobs, highest priority first; atomic across processes.
+
+        An idle poll is a plain read first: it must not take the write lock that webhooks
+        wait for. A thread whose last claim found work skips that read (there is likely more),
+        and looks for expired leases, which only a dead worker leaves, at most once a second.
+        """
         now = utcnow()
         probe_pending, probe_expired, pending, expired, lease = self._claim_statements(limit)
-        # An idle poll is a plain read: it must not take the write lock webhooks are waiting for.
-        with self.store.engine.connect() as conn:
-            if (conn.execute(probe_pending, {"now": now}).first() is None
-                    and conn.execute(probe_expired, {"now": now}).first() is None):
-                return []
+        if not getattr(self._busy, "value", False):
+            with self.store.engine.connect() as conn:
+                if (conn.execute(probe_pending, {"now": now}).first() is None
+                        and conn.execute(probe_expired, {"now": now}).first() is None):
+                    return []
+            look_for_expired = True
+        else:
+            look_for_expired = time.monotonic() >= self._next_expiry_check
+        if look_for_expired:
+            self._next_expiry_check = time.monotonic() + 1.0
         with self.store.write() as conn:
             if conn.dialect.name == "postgresql":
                 pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
-            rows = conn.execute(expired, {"now": now}).mappings().all()  # a dead worker's job first: it waited longest
+            # a dead worker's job first: it waited longest
+            rows = conn.execute(expired, {"now": now}).mappings().all() if look_for_expired else []
             if len(rows) < limit:
                 rows += conn.execute(pending, {"now": now}).mappings().all()
             rows = rows[:limit]
+            self._busy.value = bool(rows)
             if not rows:
                 return []
             conn.execute(lease, {"ids": [r["id"] for r in rows], "lease_of": self.owner(), "now": now,

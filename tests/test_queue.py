@@ -95,6 +95,23 @@ def test_expired_lease_is_taken_again(queue):
     assert retaken.id == job.id and retaken.attempts == 2
 
 
+def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue, monkeypatch):
+    """A busy thread skips the idle probe and checks for expired leases once a second only;
+    a dead worker's job must still come back while a sweep's queue never runs dry."""
+    clock = [1000.0]
+    monkeypatch.setattr("app.queue.time.monotonic", lambda: clock[0])
+    queue.enqueue("dead-workers-job")
+    stuck = queue.claim(1)[0]
+    with queue.store.write() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == stuck.id).values(lease_until=utcnow() - _seconds(1)))
+    for i in range(5):
+        queue.enqueue(f"sweep{i}", SWEEP, source="sweep")
+    assert queue.claim(1)[0].username == "sweep0"  # within the second: pending work only
+    clock[0] += 1.5
+    retaken = queue.claim(1)[0]
+    assert retaken.id == stuck.id and retaken.attempts == 2
+
+
 def test_dead_process_leases_are_released(queue):
     queue.enqueue("bob")
     queue.claim(1)
