@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .jira import JiraUser
+from .prepared import Prepared
 from .store import Store, aware, metadata, user_key, utcnow
 
 LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
@@ -113,12 +114,10 @@ class LoginQueue:
         now = utcnow()
         with self.store.write() as conn:
             if delivery_id:
-                inserted = conn.execute(self._statement(conn, "delivery"),
-                                        {"id": delivery_id[:255], "received_at": now}).first()
-                if inserted is None:
+                inserted = self._statement(conn, "delivery").rows(conn, {"id": delivery_id[:255], "received_at": now})
+                if not inserted:
                     return False
-            conn.execute(self._statement(conn, "enqueue"), _params(username, priority, source, force,
-                                                                    sweep_id, now, None))
+            self._statement(conn, "enqueue").run(conn, _params(username, priority, source, force, sweep_id, now, None))
         self.wakeup.set()
         return True
 
@@ -126,15 +125,15 @@ class LoginQueue:
         """Queue a page of a sweep's users at low priority, inside the caller's transaction."""
         if users:
             now = utcnow()
-            conn.execute(self._statement(conn, "enqueue"),
-                         [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users])
+            self._statement(conn, "enqueue").run_many(
+                conn, [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users])
 
-    def _statement(self, conn, name: str):
+    def _statement(self, conn, name: str) -> Prepared:
         """Built once per dialect: composing an upsert costs more than running it."""
         key = (conn.dialect.name, name)
         stmt = self._statements.get(key)
         if stmt is None:
-            stmt = self._statements[key] = _build(conn.dialect.name, name)
+            stmt = self._statements[key] = Prepared(_build(conn.dialect.name, name), conn.dialect)
         return stmt
 
     # -- consumers ---------------------------------------------------------------------
@@ -150,11 +149,10 @@ class LoginQueue:
         and looks for expired leases, which only a dead worker leaves, at most once a second.
         """
         now = utcnow()
-        probe_pending, probe_expired, pending, expired, lease = self._claim_statements(limit)
         if not getattr(self._busy, "value", False):
             with self.store.engine.connect() as conn:
-                if (conn.execute(probe_pending, {"now": now}).first() is None
-                        and conn.execute(probe_expired, {"now": now}).first() is None):
+                probe_pending, probe_expired = self._claim_statements(conn, limit)[:2]
+                if probe_pending.first(conn, {"now": now}) is None and probe_expired.first(conn, {"now": now}) is None:
                     return []
             look_for_expired = True
         else:
@@ -162,37 +160,45 @@ class LoginQueue:
         if look_for_expired:
             self._next_expiry_check = time.monotonic() + 1.0
         with self.store.write() as conn:
-            if conn.dialect.name == "postgresql":
-                pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
+            pending, expired, lease = self._claim_statements(conn, limit)[2:]
             # a dead worker's job first: it waited longest
-            rows = conn.execute(expired, {"now": now}).mappings().all() if look_for_expired else []
+            rows = expired.all(conn, {"now": now}) if look_for_expired else []
             if len(rows) < limit:
-                rows += conn.execute(pending, {"now": now}).mappings().all()
+                rows += pending.all(conn, {"now": now})
             rows = rows[:limit]
             self._busy.value = bool(rows)
             if not rows:
                 return []
-            conn.execute(lease, {"ids": [r["id"] for r in rows], "lease_of": self.owner(), "now": now,
-                                 "until": now + timedelta(seconds=self.policy.lease_seconds)})
+            lease_values = {"lease_of": self.owner(), "now": now,
+                            "until": now + timedelta(seconds=self.policy.lease_seconds)}
+            if isinstance(lease, Prepared):
+                lease.run(conn, {"job": rows[0]["id"], **lease_values})
+            else:
+                conn.execute(lease, {"ids": [r["id"] for r in rows], **lease_values})
         return [Job(r["id"], r["username"], r["priority"], bool(r["force"]), r["source"],
                     r["attempts"] + 1, r["sweep_id"],
                     JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
                     if r["jira_key"] else None) for r in rows]
 
-    def _claim_statements(self, limit: int):
-        """Built once: composing these selects cost more than running them, per claim."""
-        key = ("claim", limit)
+    def _claim_statements(self, conn, limit: int):
+        """Built once per dialect: composing these selects cost more than running them, per claim."""
+        key = ("claim", conn.dialect.name, limit)
         built = self._statements.get(key)
         if built is None:
             now = bindparam("now")
             pending = (select(jobs).where(jobs.c.state == PENDING, jobs.c.next_try_at <= now)
                        .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id).limit(limit))
             expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < now).limit(limit)
-            lease = jobs.update().where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(
-                state=RUNNING, lease_owner=bindparam("lease_of"), again=False, lease_until=bindparam("until"),
-                attempts=jobs.c.attempts + 1, updated_at=now)
-            built = self._statements[key] = (pending.with_only_columns(jobs.c.id),
-                                             expired.with_only_columns(jobs.c.id), pending, expired, lease)
+            probes = (pending.with_only_columns(jobs.c.id), expired.with_only_columns(jobs.c.id))
+            if conn.dialect.name == "postgresql":
+                pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
+            leased = dict(state=RUNNING, lease_owner=bindparam("lease_of"), again=False,
+                          lease_until=bindparam("until"), attempts=jobs.c.attempts + 1, updated_at=now)
+            if limit == 1:  # the workers' case, prepared; Prepared cannot take the IN list
+                lease = Prepared(jobs.update().where(jobs.c.id == bindparam("job")).values(**leased), conn.dialect)
+            else:
+                lease = jobs.update().where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(**leased)
+            built = self._statements[key] = (*(Prepared(q, conn.dialect) for q in (*probes, pending, expired)), lease)
         return built
 
     def complete(self, job: Job, conn=None) -> None:
@@ -201,10 +207,10 @@ class LoginQueue:
         if conn is None:
             with self.store.write() as conn:
                 return self.complete(job, conn)
-        rerun, drop = self._finish_statements()[:2]
+        rerun, drop = self._finish_statements(conn)[:2]
         mine = {"job": job.id, "lease_of": self.owner(), "now": utcnow()}
-        conn.execute(rerun, mine)
-        conn.execute(drop, mine)
+        rerun.run(conn, mine)
+        drop.run(conn, mine)
 
     def fail(self, job: Job, error: str, conn=None) -> bool:
         """A failed attempt: retry later with back-off, or keep as failed. True if retried."""
@@ -213,16 +219,17 @@ class LoginQueue:
                 return self.fail(job, error, conn)
         now = utcnow()
         retry = job.attempts < self.policy.max_attempts
-        _, _, failed, fresh = self._finish_statements()
-        conn.execute(failed, {"job": job.id, "lease_of": self.owner(), "now": now, "reason": error[:2000],
-                              "new_state": PENDING if retry else FAILED,
-                              "next": now + timedelta(seconds=self.policy.delay(job.attempts)) if retry else now})
+        _, _, failed, fresh = self._finish_statements(conn)
+        failed.run(conn, {"job": job.id, "lease_of": self.owner(), "now": now, "reason": error[:2000],
+                          "new_state": PENDING if retry else FAILED,
+                          "next": now + timedelta(seconds=self.policy.delay(job.attempts)) if retry else now})
         # an event that arrived while this attempt ran deserves a fresh start
-        conn.execute(fresh, {"job": job.id, "now": now})
+        fresh.run(conn, {"job": job.id, "now": now})
         return retry
 
-    def _finish_statements(self):
-        built = self._statements.get("finish")
+    def _finish_statements(self, conn) -> tuple[Prepared, ...]:
+        key = ("finish", conn.dialect.name)
+        built = self._statements.get(key)
         if built is None:
             now = bindparam("now")
             mine = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
@@ -235,7 +242,7 @@ class LoginQueue:
                 state=bindparam("new_state"), next_try_at=bindparam("next"))
             fresh = jobs.update().where(jobs.c.id == bindparam("job"), jobs.c.again.is_(True)).values(
                 state=PENDING, again=False, attempts=0, next_try_at=now)
-            built = self._statements["finish"] = (rerun, drop, failed, fresh)
+            built = self._statements[key] = tuple(Prepared(q, conn.dialect) for q in (rerun, drop, failed, fresh))
         return built
 
     def release_dead_leases(self) -> int:

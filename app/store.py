@@ -21,6 +21,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 
+from .prepared import Prepared
+
 metadata = MetaData()
 
 user_state = Table(
@@ -149,18 +151,14 @@ class Store:
 
     def get(self, username: str) -> UserState | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(user_state).where(user_state.c.username == user_key(username))) \
-                .mappings().first()
+            row = self._statements(conn)["get"].first(conn, {"p_username": user_key(username)})
         return None if row is None else _state(row)
 
     def last_success(self, username: str) -> datetime | None:
         """Only the time of the user's last settled sync: the login debounce's one read."""
-        stmt = self._built.get("last_success")
-        if stmt is None:
-            stmt = self._built["last_success"] = select(user_state.c.last_success_at).where(
-                user_state.c.username == bindparam("p_username"))
         with self.engine.connect() as conn:
-            return aware(conn.execute(stmt, {"p_username": user_key(username)}).scalar())
+            row = self._statements(conn)["last_success"].first(conn, {"p_username": user_key(username)})
+        return aware(row["last_success_at"]) if row else None
 
     def get_many(self, usernames) -> dict[str, UserState]:
         """States of many users in one query (a sweep reads a page at a time), by user_key."""
@@ -220,34 +218,38 @@ class Store:
         """Read-modify-write one user's row in a transaction, the row locked against others."""
         now = utcnow()
         with self.write() as conn:
-            ensure, lock_row, save = self._statements(conn.dialect.name)
+            statements = self._statements(conn)
             # Make sure the row exists first: FOR UPDATE cannot lock a row that is not there yet.
             key = user_key(username)
-            conn.execute(ensure, {"p_username": key})
-            state = _state(conn.execute(lock_row, {"p_username": key}).mappings().one())
+            statements["ensure"].run(conn, {"p_username": key})
+            state = _state(statements["lock_row"].first(conn, {"p_username": key}))
             state.last_attempt_at = now
             change(state)
             values = {f"p_{k}": v for k, v in state.__dict__.items()}
             values["p_created_avatar_ids"] = json.dumps(state.created_avatar_ids)
-            conn.execute(save, values)
+            statements["save"].run(conn, values)
             if also:
                 also(conn)
 
-    def _statements(self, dialect: str):
+    def _statements(self, conn) -> dict[str, Prepared]:
         """Built once per dialect: composing the statements costs more than running them."""
-        built = self._built.get(dialect)
+        dialect = conn.dialect
+        built = self._built.get(dialect.name)
         if built is None:
             name = bindparam("p_username")
-            insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(user_state)
+            insert = (pg_insert if dialect.name == "postgresql" else sqlite_insert)(user_state)
             ensure = insert.values(username=name, created_avatar_ids="[]", attempts=0) \
                 .on_conflict_do_nothing(index_elements=["username"])
-            lock_row = select(user_state).where(user_state.c.username == name)
-            if dialect == "postgresql":
-                lock_row = lock_row.with_for_update()
+            get = select(user_state).where(user_state.c.username == name)
+            lock_row = get.with_for_update() if dialect.name == "postgresql" else get
             fields = [c.name for c in user_state.columns if c.name not in ("username", "attempts")]
             save = user_state.update().where(user_state.c.username == name).values(
                 {**{f: bindparam(f"p_{f}") for f in fields}, "attempts": user_state.c.attempts + 1})
-            built = self._built[dialect] = (ensure, lock_row, save)
+            last_success = select(user_state.c.last_success_at).where(user_state.c.username == name)
+            built = self._built[dialect.name] = {
+                key: Prepared(stmt, dialect) for key, stmt in
+                (("ensure", ensure), ("get", get), ("lock_row", lock_row), ("save", save),
+                 ("last_success", last_success))}
         return built
 
 

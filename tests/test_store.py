@@ -81,3 +81,40 @@ def test_usernames_are_one_user_whatever_their_case(store):
     assert list(store.get_many([user.upper()])) == [user.lower()]
     store.delete(user.lower())
     assert store.get(user) is None
+
+
+def test_prepared_statements_write_and_read_what_core_does(store):
+    """Prepared runs Core statements on the DB-API cursor: values must round-trip exactly as
+    through Core (SQLite keeps datetimes as text, compared as text: one format or wrong order)."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import bindparam, select
+
+    from app.prepared import Prepared
+    from app.queue import jobs
+    whole_second = datetime(2026, 11, 28, 3, 0, 0, tzinfo=timezone.utc)  # no microseconds
+    with store.write() as conn:
+        conn.execute(jobs.delete())
+        insert = Prepared(jobs.insert().values(
+            username=bindparam("u"), priority=0, state="pending", force=bindparam("f"), again=False,
+            source="login", attempts=0, next_try_at=bindparam("at"), created_at=bindparam("at"),
+            updated_at=bindparam("at")), conn.dialect)
+        insert.run(conn, {"u": "a", "f": True, "at": whole_second})
+        insert.run_many(conn, [{"u": "b", "f": False, "at": whole_second.replace(microsecond=500)}])
+        conn.execute(jobs.insert().values(username="core", priority=0, state="done", force=True, again=False,
+                                          source="login", attempts=0, next_try_at=whole_second,
+                                          created_at=whole_second, updated_at=whole_second))
+    with store.engine.connect() as conn:
+        stored = dict(conn.exec_driver_sql("SELECT username, next_try_at FROM jobs").all())
+        assert stored["a"] == stored["core"]  # the very same text on SQLite
+        conn.execute(jobs.delete().where(jobs.c.username == "core"))
+        core = conn.execute(select(jobs.c.username, jobs.c.force, jobs.c.next_try_at)
+                            .where(jobs.c.next_try_at <= whole_second)).all()
+        assert [(u, bool(f)) for u, f, _ in core] == [("a", True)]  # b is later, by 500 µs
+        due = Prepared(select(jobs.c.username, jobs.c.next_try_at).where(jobs.c.next_try_at <= bindparam("now"))
+                       .order_by(jobs.c.username), conn.dialect)
+        rows = due.all(conn, {"now": whole_second.replace(microsecond=500)})
+    assert [r["username"] for r in rows] == ["a", "b"]
+    assert rows[0]["next_try_at"].replace(tzinfo=None) == whole_second.replace(tzinfo=None)
+    with pytest.raises(ValueError, match="expanding"):
+        Prepared(select(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))), conn.dialect)
