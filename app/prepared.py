@@ -32,6 +32,7 @@ class Prepared:
         results = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
         self._results = results if any(results) else None
         self._literals: dict | None = None  # the statement's own constants, by bind name
+        self._keys: frozenset = frozenset()  # the parameters every call passes
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[tuple]:
         """Run it; the rows it returns (SELECT or RETURNING), processed as Core would."""
@@ -72,6 +73,9 @@ class Prepared:
     def _values(self, params: Mapping[str, Any]):
         if self._literals is None:
             self._literals = self._compiled.construct_params({k: None for k in params})
+            self._keys = frozenset(params)
+        elif params.keys() != self._keys:  # a missing key would be written as NULL, silently
+            raise ValueError(f"parameters {sorted(params)} differ from this statement's {sorted(self._keys)}")
         values = {**self._literals, **params}
         for name, process in self._bind.items():
             if name in values:

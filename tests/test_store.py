@@ -118,3 +118,16 @@ def test_prepared_statements_write_and_read_what_core_does(store):
     assert rows[0]["next_try_at"].replace(tzinfo=None) == whole_second.replace(tzinfo=None)
     with pytest.raises(ValueError, match="expanding"):
         Prepared(select(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))), conn.dialect)
+
+
+def test_a_prepared_statement_refuses_a_call_missing_a_parameter(store):
+    from sqlalchemy import bindparam
+
+    from app.prepared import Prepared
+    from app.store import user_state
+    with store.engine.connect() as conn:
+        stmt = Prepared(user_state.update().where(user_state.c.username == bindparam("u"))
+                        .values(last_error=bindparam("e")), conn.dialect)
+        stmt.run(conn, {"u": "nobody", "e": "x"})
+        with pytest.raises(ValueError, match="differ"):
+            stmt.run(conn, {"u": "nobody"})  # would have set last_error to NULL
