@@ -199,3 +199,42 @@ def test_https_trusts_jira_ca_file_and_refuses_an_unknown_ca(tmp_path):
             client(jira, max_retries=0).get_user("jdoe")  # the system's CAs do not know this one
         with pytest.warns(InsecureRequestWarning):  # the operator's opt-out works, and is flagged
             assert client(jira, verify_tls=False).get_user("jdoe").name == "jdoe"
+
+
+def test_calls_go_through_the_environments_proxy_unless_no_proxy(monkeypatch):
+    """HTTP_PROXY / HTTPS_PROXY / NO_PROXY are read once, as requests did for this client."""
+    import http.server
+    import json
+    import threading
+
+    seen = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)  # a proxy is sent the absolute URL
+            body = json.dumps({"name": "jdoe", "key": "JIRAUSER1", "avatarUrls": {}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        settings = JiraSettings(url="http://jira.invalid:8080", username="u", password="p", max_retries=0)
+        assert JiraClient(settings).get_user("jdoe").key == "JIRAUSER1"
+        assert seen == ["http://jira.invalid:8080/rest/api/2/user?username=jdoe"]
+        monkeypatch.setenv("NO_PROXY", "jira.invalid")
+        with pytest.raises(JiraError, match="cannot reach Jira"):
+            JiraClient(settings).get_user("jdoe")  # straight to a host that does not exist
+        assert len(seen) == 1
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
