@@ -12,6 +12,7 @@ must not share a session (one's upload would replace the other's temporary image
 """
 from __future__ import annotations
 
+import base64
 import http.cookiejar
 import json as jsonlib
 import os
@@ -51,12 +52,13 @@ class JiraHttp:
         self._local = threading.local()
         self._pool: urllib3.PoolManager | None = None
         self._timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.timeout)
-        headers = {"Accept": "application/json", "User-Agent": "jira-avatar-sync",
+        headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate",  # as requests sent
+                   "User-Agent": "jira-avatar-sync",
                    "X-Atlassian-Token": "no-check"}  # XSRF: mutating calls need it (§1.2)
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
         else:  # sent pre-emptively: Jira never challenges (§6)
-            headers.update(urllib3.make_headers(basic_auth=f"{settings.username}:{settings.password}"))
+            headers["Authorization"] = _basic(settings.username, settings.password)
         self._headers = headers
 
     def request(self, method: str, url: str, *, params: dict | None = None, data: bytes | None = None,
@@ -110,6 +112,17 @@ class JiraHttp:
         if proxy:
             return urllib3.ProxyManager(proxy, **size, **tls)
         return urllib3.PoolManager(**size, **tls)
+
+
+def _basic(username: str, password: str) -> str:
+    """Basic credentials in ISO-8859-1, which servlet containers assume, or else in UTF-8
+    (a character Latin-1 lacks would otherwise stop the service from starting)."""
+    pair = f"{username}:{password}"
+    try:
+        raw = pair.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = pair.encode("utf-8")
+    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 def _environ_proxy(url: str) -> str | None:

@@ -494,7 +494,8 @@ def _authenticate(state: JiraState) -> Response | None:
             return _error(401, "invalid token")
     elif header.startswith("Basic "):
         try:
-            name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            # ISO-8859-1, as Jira decodes Basic credentials (JRASERVER-59828: others fail)
+            name, _, password = base64.b64decode(header[6:]).decode("latin-1").partition(":")
         except (ValueError, UnicodeDecodeError):
             return _error(401, "bad header")
         with state.lock:
@@ -503,7 +504,7 @@ def _authenticate(state: JiraState) -> Response | None:
                     "X-Seraph-LoginReason": "AUTHENTICATION_DENIED",
                     "X-Authentication-Denied-Reason": f"CAPTCHA_CHALLENGE; login-url={state.base_url}/login.jsp"})
             account = state.accounts.get(name)
-            if account is None or not secrets.compare_digest(account["password"], password):
+            if account is None or not secrets.compare_digest(account["password"].encode(), password.encode()):
                 state.failed_logins[name] = state.failed_logins.get(name, 0) + 1
                 return _error(401, "login failed", headers={"X-Seraph-LoginReason": "AUTHENTICATED_FAILED"})
             state.failed_logins[name] = 0

@@ -238,3 +238,13 @@ def test_calls_go_through_the_environments_proxy_unless_no_proxy(monkeypatch):
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_password_with_accents_is_sent_as_jira_decodes_it(jira):
+    """Jira decodes Basic credentials as ISO-8859-1; a character beyond it must not stop the
+    service from starting (it is sent in UTF-8, and Jira's answer says what it thinks)."""
+    jira.state.add_account("dépôt", "pässwörd", admin=True)
+    jira.state.add_user("jdoe")
+    assert client(jira, username="dépôt", password="pässwörd").get_user("jdoe").name == "jdoe"
+    with pytest.raises(JiraAuthError):
+        client(jira, username="dépôt", password="p€ss").myself()
