@@ -72,8 +72,8 @@ class Prepared:
 
     def _values(self, params: Mapping[str, Any]):
         if self._literals is None:
+            self._keys = frozenset(params)  # first: another thread may read it once _literals is set
             self._literals = self._compiled.construct_params({k: None for k in params})
-            self._keys = frozenset(params)
         elif params.keys() != self._keys:  # a missing key would be written as NULL, silently
             raise ValueError(f"parameters {sorted(params)} differ from this statement's {sorted(self._keys)}")
         values = {**self._literals, **params}

@@ -334,4 +334,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A worker killed with its master stays a zombie until someone reaps it, and a zombie
+    # answers kill(0): its job would wait for the lease to expire instead of being taken back.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here: trust kill(0)
+    return state not in (b"Z", b"X")

@@ -99,6 +99,7 @@ class JiraState:
     counts: dict = field(default_factory=dict)        # "METHOD endpoint" -> n
     user_counts: dict = field(default_factory=dict)   # ("METHOD endpoint", username) -> n
     user_seconds: dict = field(default_factory=dict)  # username -> time spent inside "Jira"
+    created: dict = field(default_factory=dict)       # owner key -> avatars ever created, deleted ones too
     next_id: int = 10500
     next_user: int = 10100
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -148,6 +149,11 @@ class JiraState:
         key = self.users[name].key
         return [a for a in self.avatars.values() if a.owner == key]
 
+    def created_for(self, name: str) -> int:
+        """Avatars ever created for the user. A request that created nothing (a crop-confirm
+        whose body a killed client cut short answers 400) does not count."""
+        return self.created.get(self.users[name].key, 0)
+
     def writes(self) -> int:
         return sum(n for k, n in self.counts.items() if not k.startswith("GET "))
 
@@ -165,6 +171,7 @@ class JiraState:
     def _create_avatar(self, owner: str, image: Image.Image, file_name: str = "avatar.png") -> Avatar:
         avatar_id = str(self.next_id)
         self.next_id += 1
+        self.created[owner] = self.created.get(owner, 0) + 1
         image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
         self.avatars[avatar_id] = Avatar(avatar_id, owner, image, file_name)
         return self.avatars[avatar_id]

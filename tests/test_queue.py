@@ -121,6 +121,22 @@ def test_dead_process_leases_are_released(queue):
     assert queue.claim(1)[0].username == "bob"
 
 
+def test_a_zombie_workers_lease_is_released(queue):
+    """Workers killed together with their master stay zombies until reaped: dead all the same."""
+    import subprocess
+    import time
+    child = subprocess.Popen(["true"])  # exits at once; unreaped, it stays a zombie
+    try:
+        time.sleep(0.3)
+        queue.enqueue("bob")
+        queue.claim(1)
+        with queue.store.write() as conn:
+            conn.execute(update(jobs).values(lease_owner=f"{queue.owner_prefix}{child.pid}:1"))
+        assert queue.release_dead_leases() == 1
+    finally:
+        child.wait()
+
+
 def test_duplicate_delivery(queue):
     assert queue.enqueue("bob", delivery_id="abc") is True
     assert queue.enqueue("bob", delivery_id="abc") is False

@@ -330,7 +330,7 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
         assert counts.pop("not_in_directory") == 1  # the emulator's service account
         assert summary["status"] == "finished" and set(counts) <= {"updated", "unchanged"}, summary
         assert counts.get("updated", 0) + counts.get("unchanged", 0) == len(names)
-        assert {n: c for n in names if (c := jira.state.count("POST /user/avatar", n)) != 1} == {}
+        assert {n: c for n in names if (c := jira.state.created_for(n)) != 1} == {}
         services.close()
     finally:
         restarted.send_signal(signal.SIGTERM)
