@@ -12,7 +12,7 @@ It runs inside the caller's Connection and transaction. Not for expanding IN par
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from sqlalchemy.engine import Connection, Dialect
 
@@ -51,8 +51,7 @@ class Prepared:
         return [dict(zip(self.columns, row)) for row in self.rows(conn, params)]
 
     def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> dict | None:
-        rows = self.rows(conn, params)
-        return dict(zip(self.columns, rows[0])) if rows else None
+        return next(iter(self.all(conn, params)), None)
 
     def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> int:
         """Run it; the number of rows it changed."""
@@ -81,3 +80,13 @@ class Prepared:
             if name in values:
                 values[name] = process(values[name])
         return values if self._order is None else tuple(values[name] for name in self._order)
+
+
+def prepared_once(cache: dict, conn: Connection, name: str, build: Callable[[], Any]) -> Prepared:
+    """``cache``'s Prepared for ``name`` on this connection's dialect, built on first use:
+    composing and rendering a statement costs more than running it."""
+    key = (conn.dialect.name, name)
+    stmt = cache.get(key)
+    if stmt is None:
+        stmt = cache[key] = Prepared(build(), conn.dialect)
+    return stmt

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .jira import JiraUser
-from .prepared import Prepared
+from .prepared import Prepared, prepared_once
 from .store import Store, aware, metadata, user_key, utcnow
 
 LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
@@ -129,12 +129,7 @@ class LoginQueue:
                 conn, [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users])
 
     def _statement(self, conn, name: str) -> Prepared:
-        """Built once per dialect: composing an upsert costs more than running it."""
-        key = (conn.dialect.name, name)
-        stmt = self._statements.get(key)
-        if stmt is None:
-            stmt = self._statements[key] = Prepared(_build(conn.dialect.name, name), conn.dialect)
-        return stmt
+        return prepared_once(self._statements, conn, name, lambda: _build(conn.dialect.name, name))
 
     # -- consumers ---------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .jira import JiraUser
-from .prepared import Prepared
+from .prepared import prepared_once
 from .store import aware, metadata, user_key, utcnow
 from .sync import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SyncResult
 
@@ -76,7 +76,7 @@ class Sweeps:
         self.services = services
         self.store, self.queue = services.store, services.queue
         self.lease = timedelta(seconds=min(MAX_LEASE_SECONDS, services.settings.worker.lease_seconds))
-        self._record_statement: dict[str, Prepared] = {}  # by dialect: one run per user of a sweep
+        self._prepared: dict = {}  # the outcome's update runs once per user of a sweep
 
     # -- starting, cancelling, reading -------------------------------------------------
 
@@ -142,11 +142,9 @@ class Sweeps:
         if conn is None:
             with self.store.write() as conn:
                 return self.record(sweep_id, result, conn)
-        stmt = self._record_statement.get(conn.dialect.name)
-        if stmt is None:
-            stmt = self._record_statement[conn.dialect.name] = Prepared(_RECORD, conn.dialect)
-        stmt.run(conn, {"p_sweep": sweep_id, "p_user": user_key(result.username), "p_outcome": result.outcome,
-                        "p_reason": result.reason, "p_directory": result.directory})
+        prepared_once(self._prepared, conn, "record", lambda: _RECORD).run(conn, {
+            "p_sweep": sweep_id, "p_user": user_key(result.username), "p_outcome": result.outcome,
+            "p_reason": result.reason, "p_directory": result.directory})
 
     def prune(self, keep_days: int = 30, keep_last: int = 10) -> int:
         """Forget the reports of finished sweeps older than ``keep_days`` (the last few stay):
