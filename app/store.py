@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (Column, DateTime, Integer, MetaData, String, Table, Text, create_engine,
-                        bindparam, event, inspect, literal, select)
+                        bindparam, event, func, inspect, literal, select)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from .prepared import Prepared
 
 metadata = MetaData()
+SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is created ('avat')
 
 user_state = Table(
     "user_state", metadata,
@@ -103,10 +104,28 @@ class Store:
                     if self._engine is not None:
                         self._engine.dispose(close=False)  # the parent's connections stay the parent's
                     self._engine = _make_engine(self.url)
-                    metadata.create_all(self._engine)
-                    _add_missing_columns(self._engine)
+                    self._create_schema(self._engine)
                     self._pid = os.getpid()
         return self._engine
+
+    def _create_schema(self, engine: Engine) -> None:
+        """Tables, and columns a newer version added. Serialised across processes: gunicorn's
+        workers start together, and on SQLite two racing CREATE TABLEs fail one of them with
+        'database is locked' at once (a read upgrading to a write gets no busy wait)."""
+        if engine.dialect.name == "sqlite" and self._lock_path is not None:
+            fcntl.flock(self._lock_fd(), fcntl.LOCK_EX)
+            try:
+                with engine.begin() as conn:
+                    metadata.create_all(conn)
+                    _add_missing_columns(conn)
+            finally:
+                fcntl.flock(self._lock_fd(), fcntl.LOCK_UN)
+            return
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # the same race, between replicas too
+                conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
+            metadata.create_all(conn)
+            _add_missing_columns(conn)
 
     def dispose(self) -> None:
         if self._engine is not None and self._pid == os.getpid():
@@ -262,30 +281,29 @@ def _state(row) -> UserState:
     return UserState(**data)
 
 
-def _add_missing_columns(engine: Engine) -> None:
+def _add_missing_columns(conn) -> None:
     """Additive schema upgrade: columns added in a newer version appear in an older database.
 
     Every column added after the first release is nullable or has a default, so this is all
     the migration the schema has needed so far; anything else will need a real migration.
     """
-    with engine.begin() as conn:
-        inspector = inspect(conn)
-        for table in metadata.sorted_tables:
-            if not inspector.has_table(table.name):
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
                 continue
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
-                default = getattr(column.default, "arg", None)
-                if default is not None and not callable(default):
-                    value = literal(default, column.type).compile(
-                        dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-                    ddl += f" DEFAULT {value} NOT NULL"
-                conn.exec_driver_sql(ddl)
-            for index in table.indexes:  # create_all makes indexes only with new tables
-                index.create(conn, checkfirst=True)
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            default = getattr(column.default, "arg", None)
+            if default is not None and not callable(default):
+                value = literal(default, column.type).compile(
+                    dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+                ddl += f" DEFAULT {value} NOT NULL"
+            conn.exec_driver_sql(ddl)
+        for index in table.indexes:  # create_all makes indexes only with new tables
+            index.create(conn, checkfirst=True)
 
 
 def _make_engine(url: str) -> Engine:

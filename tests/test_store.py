@@ -131,3 +131,39 @@ def test_a_prepared_statement_refuses_a_call_missing_a_parameter(store):
         stmt.run(conn, {"u": "nobody", "e": "x"})
         with pytest.raises(ValueError, match="differ"):
             stmt.run(conn, {"u": "nobody"})  # would have set last_error to NULL
+
+
+def _first_use(url, barrier, errors):
+    barrier.wait()
+    try:
+        Store(url).last_success("nobody")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        errors.put(f"{type(exc).__name__}: {exc}"[:300])
+
+
+def test_processes_starting_together_create_the_schema_once(database_url):
+    """gunicorn's workers start together on a fresh database: none may fail creating tables."""
+    import multiprocessing
+    schema = None
+    if database_url.startswith("postgresql"):  # a schema of its own, still empty
+        from tests.conftest import PG_URL
+        schema = f"avsync_{uuid.uuid4().hex[:10]}"
+        admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        database_url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    ctx = multiprocessing.get_context("fork")
+    barrier, errors = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_first_use, args=(database_url, barrier, errors)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    if schema:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+    assert found == []

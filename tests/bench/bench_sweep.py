@@ -55,14 +55,16 @@ def run_sweep(config: Path, *args: str, slapd_pid: int | None = None) -> tuple[f
                for _ in range(int(os.environ.get("BENCH_EXTRA_WORKERS", "0")))]
     started, emulator_cpu, slapd_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(slapd_pid)
     out = subprocess.run(wrapper, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    helpers_cpu = sum(cpu_seconds(helper.pid) for helper in helpers)  # read before they exit
     for helper in helpers:
         helper.terminate()
         helper.wait(30)
-    seconds = time.perf_counter() - started
     rss = int(out.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
     print(f"sweep process: {seconds:.1f}s wall, {float(out.stderr.rsplit('CPU_S', 1)[1].split()[0]):.1f}s CPU, "
           f"peak RSS {rss / 1024:.0f} MB; meanwhile the emulator used {cpu_seconds() - emulator_cpu:.1f}s CPU "
-          f"and slapd {cpu_seconds(slapd_pid) - slapd_cpu:.1f}s", file=sys.stderr)
+          f"and slapd {cpu_seconds(slapd_pid) - slapd_cpu:.1f}s"
+          + (f", the extra workers {helpers_cpu:.1f}s" if helpers else ""), file=sys.stderr)
     if out.returncode != 0:
         raise SystemExit(out.stdout + out.stderr[-3000:])
     return seconds, rss, out.stdout
