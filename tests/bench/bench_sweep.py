@@ -3,7 +3,8 @@
     .venv/bin/python -m tests.bench.bench_sweep [--users 10000] [--latency-ms 10] [--concurrency 8]
 
 BENCH_EXTRA_WORKERS=N also runs N `jira-avatar-sync worker` processes beside it, C split
-between all processes (jira.max_concurrency is per process).
+between all processes (jira.max_concurrency is per process). BENCH_THREADS=N gives each
+process N worker threads instead of its share of C (Jira calls in flight stay at C).
 
 The emulator (this process) adds ``latency`` to every Jira call; the sweep runs as the real
 CLI, ``jira-avatar-sync sweep``, in its own process with jira.max_concurrency = C. Reported:
@@ -111,7 +112,7 @@ def main() -> None:
     [webhook]
     secret = "bench"
     [worker]
-    threads = {per_process}
+    threads = {os.environ.get("BENCH_THREADS", per_process)}
     poll_seconds = 0.2
     [[directories]]
     name = "openldap"
