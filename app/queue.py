@@ -164,18 +164,15 @@ class LoginQueue:
             self._busy.value = bool(rows)
             if not rows:
                 return []
-            lease_values = {"lease_of": self.owner(), "now": now,
-                            "until": now + timedelta(seconds=self.policy.lease_seconds)}
-            if isinstance(lease, Prepared):
-                lease.run(conn, {"job": rows[0]["id"], **lease_values})
-            else:
-                conn.execute(lease, {"ids": [r["id"] for r in rows], **lease_values})
+            until = now + timedelta(seconds=self.policy.lease_seconds)
+            for r in rows:  # one row in the workers' case
+                lease.run(conn, {"job": r["id"], "lease_of": self.owner(), "now": now, "until": until})
         return [Job(r["id"], r["username"], r["priority"], bool(r["force"]), r["source"],
                     r["attempts"] + 1, r["sweep_id"],
                     JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
                     if r["jira_key"] else None) for r in rows]
 
-    def _claim_statements(self, conn, limit: int):
+    def _claim_statements(self, conn, limit: int) -> tuple[Prepared, ...]:
         """Built once per dialect: composing these selects cost more than running them, per claim."""
         key = ("claim", conn.dialect.name, limit)
         built = self._statements.get(key)
@@ -187,13 +184,11 @@ class LoginQueue:
             probes = (pending.with_only_columns(jobs.c.id), expired.with_only_columns(jobs.c.id))
             if conn.dialect.name == "postgresql":
                 pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
-            leased = dict(state=RUNNING, lease_owner=bindparam("lease_of"), again=False,
-                          lease_until=bindparam("until"), attempts=jobs.c.attempts + 1, updated_at=now)
-            if limit == 1:  # the workers' case, prepared; Prepared cannot take the IN list
-                lease = Prepared(jobs.update().where(jobs.c.id == bindparam("job")).values(**leased), conn.dialect)
-            else:
-                lease = jobs.update().where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(**leased)
-            built = self._statements[key] = (*(Prepared(q, conn.dialect) for q in (*probes, pending, expired)), lease)
+            lease = jobs.update().where(jobs.c.id == bindparam("job")).values(
+                state=RUNNING, lease_owner=bindparam("lease_of"), again=False, lease_until=bindparam("until"),
+                attempts=jobs.c.attempts + 1, updated_at=now)
+            built = self._statements[key] = tuple(Prepared(q, conn.dialect)
+                                                  for q in (*probes, pending, expired, lease))
         return built
 
     def complete(self, job: Job, conn=None) -> None:

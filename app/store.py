@@ -10,7 +10,7 @@ import fcntl
 import json
 import os
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,16 +112,8 @@ class Store:
         """Tables, and columns a newer version added. Serialised across processes: gunicorn's
         workers start together, and on SQLite two racing CREATE TABLEs fail one of them with
         'database is locked' at once (a read upgrading to a write gets no busy wait)."""
-        if engine.dialect.name == "sqlite" and self._lock_path is not None:
-            fcntl.flock(self._lock_fd(), fcntl.LOCK_EX)
-            try:
-                with engine.begin() as conn:
-                    metadata.create_all(conn)
-                    _add_missing_columns(conn)
-            finally:
-                fcntl.flock(self._lock_fd(), fcntl.LOCK_UN)
-            return
-        with engine.begin() as conn:
+        sqlite_file = engine.dialect.name == "sqlite" and self._lock_path is not None
+        with self._file_lock() if sqlite_file else nullcontext(), engine.begin() as conn:
             if engine.dialect.name == "postgresql":  # the same race, between replicas too
                 conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
             metadata.create_all(conn)
@@ -145,15 +137,20 @@ class Store:
             with engine.connect() as conn, conn.begin():
                 yield conn
             return
-        with self._thread_write_lock:
-            fcntl.flock(self._lock_fd(), fcntl.LOCK_EX)
-            try:
-                with engine.connect() as conn:
-                    conn.execution_options(sqlite_immediate=True)
-                    with conn.begin():
-                        yield conn
-            finally:
-                fcntl.flock(self._lock_fd(), fcntl.LOCK_UN)
+        with self._thread_write_lock, self._file_lock():
+            with engine.connect() as conn:
+                conn.execution_options(sqlite_immediate=True)
+                with conn.begin():
+                    yield conn
+
+    @contextmanager
+    def _file_lock(self):
+        """flock() on the lock file beside the SQLite database: one writer across processes."""
+        fcntl.flock(self._lock_fd(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd(), fcntl.LOCK_UN)
 
     def _lock_fd(self) -> int:
         if self._lock_file is None or self._lock_file_pid != os.getpid():
