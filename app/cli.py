@@ -114,8 +114,10 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool) -> None:
         click.echo(f"cannot start a sweep: {exc}", err=True)
         ctx.exit(1)
     # This process drains the queue too, so the sweep finishes with or without the service.
-    pool = WorkerPool(services, max(services.settings.worker.threads, services.settings.jira.max_concurrency),
-                      services.settings.worker.poll_seconds).start()
+    # Twice as many threads as Jira slots: a sync spends part of its time off Jira (directory,
+    # decode, database), and the client's gate still holds calls in flight to max_concurrency.
+    threads = max(services.settings.worker.threads, 2 * services.settings.jira.max_concurrency)
+    pool = WorkerPool(services, threads, services.settings.worker.poll_seconds).start()
     runner = None
     if sweeps.take_over() == sweep_id:
         runner = threading.Thread(target=sweeps.run, args=(sweep_id,), daemon=True)
