@@ -53,7 +53,8 @@ sweeps = Table(
 sweep_items = Table(
     "sweep_items", metadata,
     Column("sweep_id", Integer, primary_key=True),
-    Column("username", String(255), primary_key=True),
+    Column("username", String(255), primary_key=True),  # user_key: how jobs and states know the user
+    Column("display_name", String(255)),  # as the directory (or Jira) spells it, for the report
     Column("directory", String(255)),
     Column("outcome", String(32)),   # None while queued
     Column("reason", Text),
@@ -120,8 +121,8 @@ class Sweeps:
 
     def problems(self, sweep_id: int, limit: int | None = None) -> list[dict]:
         """Every user whose outcome is none of updated, restored, unchanged."""
-        query = (select(sweep_items.c.username, sweep_items.c.outcome, sweep_items.c.reason,
-                        sweep_items.c.directory)
+        query = (select(func.coalesce(sweep_items.c.display_name, sweep_items.c.username).label("username"),
+                        sweep_items.c.outcome, sweep_items.c.reason, sweep_items.c.directory)
                  .where(sweep_items.c.sweep_id == sweep_id, sweep_items.c.outcome.is_not(None),
                         sweep_items.c.outcome.not_in(SUCCESSES))
                  .order_by(sweep_items.c.outcome, sweep_items.c.username))
@@ -212,9 +213,9 @@ class Sweeps:
                             on_progress(self.summary(sweep_id))
                 self._page(sweep_id, directory.name, page, bulk, full, dry)
             if bulk is not None:  # Jira users no directory holds
-                rest = [key for key in bulk if key not in seen]
+                rest = [(key, user.name) for key, user in bulk.items() if key not in seen]
                 for i in range(0, len(rest), PAGE):
-                    self._items(sweep_id, None, [(key, NOT_IN_DIRECTORY, None) for key in rest[i:i + PAGE]])
+                    self._items(sweep_id, None, [(key, name, NOT_IN_DIRECTORY, None) for key, name in rest[i:i + PAGE]])
         finally:
             if dry:
                 dry.shutdown(wait=True)
@@ -243,26 +244,27 @@ class Sweeps:
         for key, user in keyed:
             jira_user = bulk.get(key)
             if absent_means_not_in_jira and jira_user is None:
-                settled.append((key, NOT_IN_JIRA, None))
+                settled.append((key, user.username, NOT_IN_JIRA, None))
                 continue
             state = states.get(key)
             if not full and _still_settled(user, state, jira_user):
                 outcome = UNCHANGED if state.last_outcome in SUCCESSES else state.last_outcome
-                settled.append((key, outcome, state.last_error))
+                settled.append((key, user.username, outcome, state.last_error))
             else:
-                work.append((key, jira_user))
+                work.append((key, user.username, jira_user))
         self._items(sweep_id, directory, settled, skipped=True)
+        queued = [(key, name, None, None) for key, name, _ in work]
         if dry is not None:
-            self._items(sweep_id, directory, [(n, None, None) for n, _ in work])
-            results = dry.map(lambda w: self.services.syncer.sync_user(w[0], dry_run=True, jira_user=w[1]), work)
+            self._items(sweep_id, directory, queued)
+            results = dry.map(lambda w: self.services.syncer.sync_user(w[0], dry_run=True, jira_user=w[2]), work)
             for i, result in enumerate(results, 1):
                 self.record(sweep_id, result)
                 if i % 50 == 0:
                     self._renew(sweep_id)  # a page of dry-run syncs can outlast a short lease
             return
         with self.store.write() as conn:
-            _insert_items(conn, sweep_id, directory, [(n, None, None) for n, _ in work], False)
-            self.queue.enqueue_sweep(conn, sweep_id, work)
+            _insert_items(conn, sweep_id, directory, queued, False)
+            self.queue.enqueue_sweep(conn, sweep_id, [(key, jira_user) for key, _, jira_user in work])
         if work:
             self.queue.wakeup.set()
 
@@ -326,12 +328,14 @@ def _still_settled(user, state, jira_user: JiraUser | None) -> bool:
 
 
 def _insert_items(conn, sweep_id, directory, rows, skipped) -> None:
+    """``rows``: (user_key, name as spelt, outcome or None while queued, reason)."""
     if not rows:
         return
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     conn.execute(insert(sweep_items).on_conflict_do_nothing(index_elements=["sweep_id", "username"]),
-                 [{"sweep_id": sweep_id, "username": n, "directory": directory, "outcome": o, "reason": r,
-                   "skipped": skipped} for n, o, r in rows])
+                 [{"sweep_id": sweep_id, "username": k, "display_name": n if n != k else None,
+                   "directory": directory, "outcome": o, "reason": r, "skipped": skipped}
+                  for k, n, o, r in rows])
 
 
 def _summary(row, counts: dict) -> dict:

@@ -12,7 +12,7 @@ from app.queue import LOGIN
 from app.sweep import SweepConflict, Sweeps, sweeps as sweeps_table
 from app.worker import WorkerPool
 from tests import photos
-from tests.conftest import make_settings, samba_directory, slapd_directory
+from tests.conftest import JIRA_USER, make_settings, samba_directory, slapd_directory
 
 N_USERS = 1100  # > 2 pages of 500; the service account may see only 5 entries unpaged
 
@@ -360,3 +360,19 @@ def test_mixed_case_directory_names_match_jira_users(tmp_path, slapd, ldap_ou, j
     assert rig.services.syncer.login_decision("jdoe") == "debounced"  # one state row for both spellings
     lookups[:] = []
     assert rig.sweep()["counts"] == {"unchanged": 1, "not_in_directory": 1} and lookups == []
+
+
+def test_report_spells_users_as_the_directory_and_jira_do(tmp_path, slapd, ldap_ou, jira, services_for):
+    """The report is for people: 'Carol.Smith' as the directory has her, not the lowercase key
+    that jobs and states use; a Jira user no directory holds as Jira spells the name."""
+    slapd.add_users(ldap_ou, [("Carol.Smith", None), ("Dan.Jones", photos.photo(64, 64))])
+    jira.state.add_user("carol.smith")
+    jira.state.add_user("Eve.Only")
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    summary = rig.sweep()
+    problems = {p["username"]: p["outcome"] for p in rig.sweeps.problems(summary["id"])
+                if p["username"] != JIRA_USER}
+    assert problems == {"Carol.Smith": "no_photo", "Dan.Jones": "not_in_jira", "Eve.Only": "not_in_directory"}
+    # the second sweep settles Carol from her stored state: still her directory spelling
+    problems = {p["username"] for p in rig.sweeps.problems(rig.sweep()["id"])}
+    assert {"Carol.Smith", "Dan.Jones", "Eve.Only"} <= problems
