@@ -37,10 +37,12 @@ class DirectoryUnavailable(Exception):
         self.directory, self.reason = directory, reason
 
 
-# Change markers: uSNChanged (AD, per DC), modifyTimestamp (OpenLDAP; AD derives it from
-# whenChanged), whenChanged (AD). All present are kept; a directory with none gets no marker
-# and its users are simply read in full on every sweep.
-MARKER_ATTRIBUTES = ("uSNChanged", "modifyTimestamp", "whenChanged")
+# Change markers: uSNChanged (AD, per DC), entryCSN (OpenLDAP, to the microsecond),
+# modifyTimestamp (most servers; AD derives it from whenChanged), whenChanged (AD). All present
+# are kept. modifyTimestamp alone has a resolution of one second: a photo replaced within the
+# second a sync read the entry would keep its marker, and a sweep would never look again.
+# A directory with none gets no marker and its users are simply read in full on every sweep.
+MARKER_ATTRIBUTES = ("uSNChanged", "entryCSN", "modifyTimestamp", "whenChanged")
 SWEEP_PAGE_SIZE = 500  # <= AD's MaxPageSize (1000) and OpenLDAP's usual size.pr
 
 
