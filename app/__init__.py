@@ -1,9 +1,10 @@
 """jira-avatar-sync: keeps Jira Server / Data Center profile pictures in step with LDAP and AD.
 
-``create_app()`` wires settings, store and services and registers the blueprints. It opens no
-connection and starts no thread: gunicorn forks after it, and sockets or threads made before
-the fork would be shared by, or missing from, the workers. The queue workers are started by
-gunicorn's post_worker_init hook (app/gunicorn_conf.py) or by ``jira-avatar-sync worker``.
+``create_app()`` wires settings, store and services, registers the blueprints and puts the
+webhook door in front. It opens no connection and starts no thread: gunicorn forks after it,
+and sockets or threads made before the fork would be shared by, or missing from, the workers.
+The queue workers are started by gunicorn's post_worker_init hook (app/gunicorn_conf.py) or by
+``jira-avatar-sync worker``.
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ def create_app(config: Settings | None = None) -> Flask:
     app.extensions["avatar_sync"] = build_services(settings)
 
     from .web import admin, dashboard, health, hooks, metrics
-    for blueprint in (health.bp, hooks.bp, admin.bp, metrics.bp, dashboard.bp):
+    for blueprint in (health.bp, admin.bp, metrics.bp, dashboard.bp):
         app.register_blueprint(blueprint)
+    # the webhook, Jira's one hot path, is answered before Flask (see app/web/hooks.py)
+    app.wsgi_app = hooks.WebhookDoor(app.wsgi_app, app.extensions["avatar_sync"])
     return app
 
 

@@ -105,6 +105,23 @@ def test_bad_bodies(web):
     assert web.services.queue.counts() == {}
 
 
+def test_webhook_door_answers_other_methods_odd_signatures_and_its_own_failures(web, monkeypatch, caplog):
+    r = web.http.get("/webhooks/jira")
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    body = json.dumps(login("jdoe")).encode()
+    r = web.http.post("/webhooks/jira", data=body, headers={"X-Hub-Signature": "sha256=caf\u00e9" + "0" * 60})
+    assert r.status_code == 401  # not a 500 from comparing non-ASCII text
+    assert web.http.get("/webhooks/jira/x").status_code == 404  # other paths are Flask's
+
+    def database_down(*a, **kw):
+        raise RuntimeError("database is down")
+    monkeypatch.setattr(web.services.queue, "enqueue", database_down)
+    r = post(web, login("jdoe"))
+    assert r.status_code == 500 and r.get_json()["status"] == "error"
+    assert "database is down" not in r.get_data(as_text=True)  # details go to the log only
+    assert "database is down" in caplog.text
+
+
 def test_duplicate_delivery_is_not_queued_twice(web):
     headers = {"X-Atlassian-Webhook-Identifier": "delivery-1"}
     assert post(web, login("jdoe"), headers=headers).status_code == 202

@@ -1,1 +1,2 @@
-"""HTTP doors onto the services: one blueprint per concern."""
+"""HTTP doors onto the services: one blueprint per concern, and the webhook as WSGI middleware
+in front of Flask (hooks.py says why)."""
