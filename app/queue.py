@@ -112,7 +112,7 @@ class LoginQueue:
         the job runs once more afterwards.
         """
         now = utcnow()
-        with self.store.write() as conn:
+        with self.store.hot_write() as conn:  # every login's one write: see app/thread_conns.py
             if delivery_id:
                 inserted = self._statement(conn, "delivery").rows(conn, {"id": delivery_id[:255], "received_at": now})
                 if not inserted:

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 
 from .prepared import Prepared
+from .thread_conns import HotConnection, ThreadConnections
 
 metadata = MetaData()
 SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is created ('avat')
@@ -95,6 +96,8 @@ class Store:
         self._lock_file_pid: int | None = None
         database = make_url(database_url).database if database_url.startswith("sqlite") else None
         self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
+        # the webhook's statements on SQLite (app/thread_conns.py says why); None: the pool's
+        self._hot = ThreadConnections(database, _sqlite_setup) if self._lock_path else None
 
     @property
     def engine(self) -> Engine:
@@ -123,6 +126,8 @@ class Store:
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
         self._engine = None
+        if self._hot is not None:
+            self._hot.close_all()
 
     @contextmanager
     def write(self):
@@ -142,6 +147,36 @@ class Store:
                 conn.execution_options(sqlite_immediate=True)
                 with conn.begin():
                     yield conn
+
+    @contextmanager
+    def hot_write(self):
+        """write() for statements that are all Prepared (the webhook's queue insert): on SQLite,
+        on this thread's own connection, outside the pool; the same locks, the same BEGIN."""
+        dialect = self.engine.dialect
+        if self._hot is None:
+            with self.write() as conn:
+                yield conn
+            return
+        conn = self._hot.get()
+        with self._thread_write_lock, self._file_lock():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield HotConnection(conn, dialect)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT can leave it open
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def hot_read(self):
+        """A connection for one Prepared read (the login debounce), as hot_write's."""
+        dialect = self.engine.dialect
+        if self._hot is None:
+            with self.engine.connect() as conn:
+                yield conn
+            return
+        yield HotConnection(self._hot.get(), dialect)  # autocommit: the SELECT is its own transaction
 
     @contextmanager
     def _file_lock(self):
@@ -172,7 +207,7 @@ class Store:
 
     def last_success(self, username: str) -> datetime | None:
         """Only the time of the user's last settled sync: the login debounce's one read."""
-        with self.engine.connect() as conn:
+        with self.hot_read() as conn:
             row = self._statements(conn)["last_success"].first(conn, {"p_username": user_key(username)})
         return aware(row["last_success_at"]) if row else None
 
@@ -303,6 +338,16 @@ def _add_missing_columns(conn) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _sqlite_setup(dbapi_conn) -> None:
+    """Every SQLite connection, pooled or a thread's own (app/thread_conns.py)."""
+    dbapi_conn.isolation_level = None  # autocommit: BEGIN is emitted by us (write(), hot_write())
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
 def _make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -312,12 +357,7 @@ def _make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
-            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
+            _sqlite_setup(dbapi_conn)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):

@@ -7,7 +7,8 @@ import uuid
 import pytest
 import sqlalchemy
 
-from app.store import Store
+from app.queue import LoginQueue
+from app.store import Store, utcnow
 
 @pytest.fixture
 def store(database_url):
@@ -167,3 +168,64 @@ def test_processes_starting_together_create_the_schema_once(database_url):
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
     assert found == []
+
+
+# -- the webhook's own connections (app/thread_conns.py), SQLite only ---------------------
+
+def _hot_conn(store):
+    with store.hot_read() as conn:
+        return conn.connection
+
+
+def test_hot_connections_are_one_per_thread_and_renewed_after_dispose(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    mine = _hot_conn(store)
+    assert _hot_conn(store) is mine
+    other = []
+    thread = threading.Thread(target=lambda: other.append(_hot_conn(store)))
+    thread.start()
+    thread.join()
+    assert other[0] is not mine
+    store.dispose()
+    with pytest.raises(Exception, match="closed"):
+        mine.execute("SELECT 1")
+    assert store.last_success("nobody") is None  # a fresh connection
+    store.dispose()
+
+
+def test_a_failed_hot_write_leaves_nothing_and_no_open_transaction(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    queue = LoginQueue(store)
+    with pytest.raises(RuntimeError), store.hot_write() as conn:
+        queue._statement(conn, "delivery").rows(conn, {"id": "d1", "received_at": utcnow()})
+        raise RuntimeError("the request died half-way")
+    assert not _hot_conn(store).in_transaction
+    assert queue.enqueue("jdoe", delivery_id="d1")  # d1 was rolled back with the rest
+    assert queue.job_for("jdoe")["state"] == "pending"
+    store.dispose()
+
+
+def test_a_forked_child_opens_its_own_hot_connection_and_leaves_the_parents(tmp_path):
+    import multiprocessing
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    queue = LoginQueue(store)
+    assert queue.enqueue("parent-before")
+    parents = _hot_conn(store)
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    child = ctx.Process(target=_child_enqueues, args=(store, queue, parents, errors))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and errors.empty(), errors.get() if not errors.empty() else child.exitcode
+    assert queue.enqueue("parent-after")  # the child closed nothing of ours
+    assert _hot_conn(store) is parents
+    assert {queue.job_for(n)["state"] for n in ("parent-before", "child", "parent-after")} == {"pending"}
+    store.dispose()
+
+
+def _child_enqueues(store, queue, parents, errors):
+    try:
+        assert queue.enqueue("child")
+        assert _hot_conn(store) is not parents
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        errors.put(f"{type(exc).__name__}: {exc}"[:300])
