@@ -145,7 +145,7 @@ class LoginQueue:
         """
         now = utcnow()
         if not getattr(self._busy, "value", False):
-            with self.store.engine.connect() as conn:
+            with self.store.hot_read() as conn:
                 probe_pending, probe_expired = self._claim_statements(conn, limit)[:2]
                 if probe_pending.first(conn, {"now": now}) is None and probe_expired.first(conn, {"now": now}) is None:
                     return []
@@ -154,7 +154,7 @@ class LoginQueue:
             look_for_expired = time.monotonic() >= self._next_expiry_check
         if look_for_expired:
             self._next_expiry_check = time.monotonic() + 1.0
-        with self.store.write() as conn:
+        with self.store.hot_write() as conn:
             pending, expired, lease = self._claim_statements(conn, limit)[2:]
             # a dead worker's job first: it waited longest
             rows = expired.all(conn, {"now": now}) if look_for_expired else []

@@ -96,7 +96,7 @@ class Store:
         self._lock_file_pid: int | None = None
         database = make_url(database_url).database if database_url.startswith("sqlite") else None
         self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
-        # the webhook's statements on SQLite (app/thread_conns.py says why); None: the pool's
+        # the hot statements on SQLite (app/thread_conns.py says why); None: the pool's
         self._hot = ThreadConnections(database, _sqlite_setup) if self._lock_path else None
 
     @property
@@ -150,8 +150,9 @@ class Store:
 
     @contextmanager
     def hot_write(self):
-        """write() for statements that are all Prepared (the webhook's queue insert): on SQLite,
-        on this thread's own connection, outside the pool; the same locks, the same BEGIN."""
+        """write() for statements that are all Prepared (the webhook's insert, a job's claim and
+        the user's update): on SQLite, on this thread's own connection, outside the pool; the
+        same locks, the same BEGIN."""
         dialect = self.engine.dialect
         if self._hot is None:
             with self.write() as conn:
@@ -170,7 +171,7 @@ class Store:
 
     @contextmanager
     def hot_read(self):
-        """A connection for one Prepared read (the login debounce), as hot_write's."""
+        """A connection for Prepared reads (the login debounce, a user's state), as hot_write's."""
         dialect = self.engine.dialect
         if self._hot is None:
             with self.engine.connect() as conn:
@@ -201,7 +202,7 @@ class Store:
     # -- user state --------------------------------------------------------------------
 
     def get(self, username: str) -> UserState | None:
-        with self.engine.connect() as conn:
+        with self.hot_read() as conn:
             row = self._statements(conn)["get"].first(conn, {"p_username": user_key(username)})
         return None if row is None else _state(row)
 
@@ -268,7 +269,7 @@ class Store:
     def _update(self, username: str, change, also=None) -> None:
         """Read-modify-write one user's row in a transaction, the row locked against others."""
         now = utcnow()
-        with self.write() as conn:
+        with self.hot_write() as conn:
             statements = self._statements(conn)
             # Make sure the row exists first: FOR UPDATE cannot lock a row that is not there yet.
             key = user_key(username)

@@ -1,5 +1,5 @@
-"""SQLite connections of each thread's own, outside SQLAlchemy's pool, for the webhook's two
-statements: the debounce read and the queue insert.
+"""SQLite connections of each thread's own, outside SQLAlchemy's pool, for the hot statements:
+the webhook's debounce read and queue insert, and a queued job's claim, state read and update.
 
 Why: for one short statement, SQLAlchemy's pool checkout and check-in (with its rollback
 reset), its Connection and its transaction events cost more CPU than SQLite's own work, and
