@@ -9,6 +9,8 @@ Run on demand (not part of the test suite):
    different user, so each one takes the full path: size check, HMAC, parse, debounce lookup,
    one durable queue insert, 202. Run once with the sync workers off (the door alone) and once
    with them on (the workers compete for the same 2 cores, syncing users not in the directory).
+   Reported with how wrk's keep-alive connections landed on the gunicorn workers: when one
+   worker holds them all, the run measures that worker alone.
 2. Login -> avatar: one signed login at a time for users with a 96 px thumbnailPhoto; the time
    from sending the webhook until the emulator has processed the PUT that selects the avatar.
    Reported as measured, and minus the time spent inside the emulator for that user (its added
@@ -102,16 +104,35 @@ def signed_bodies(path: Path, count: int, prefix: str) -> None:
             fh.write(f"{sig} {body}\n")
 
 
+def connections_per_worker(port: int) -> list[int] | None:
+    """How wrk's keep-alive connections are spread over the gunicorn workers, busiest first.
+    The workers race to accept them, and a run where one worker holds three or four of them
+    measures that worker alone. None without `ss` (iproute2)."""
+    try:
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    pids = re.findall(r"pid=(\d+)", out)
+    return sorted((pids.count(p) for p in set(pids)), reverse=True)
+
+
 def wrk(port: int, lua: Path, duration: int, connections: int, threads: int = 1) -> dict:
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua),
-                          f"http://127.0.0.1:{port}/webhooks/jira"], capture_output=True, text=True, check=True).stdout
+    proc = subprocess.Popen(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua),
+                             f"http://127.0.0.1:{port}/webhooks/jira"], stdout=subprocess.PIPE, text=True)
+    time.sleep(duration / 2)  # wrk's threads each load the bodies file before they connect
+    split = connections_per_worker(port)
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"wrk failed ({proc.returncode})")
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
+            "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": int(non2xx.group(1)) if non2xx else 0,
+            "connections_per_worker": split}
 
 
 def main() -> None:
