@@ -71,6 +71,10 @@ def check(ctx: click.Context) -> None:
     try:
         me = services.jira.myself()
         line(True, f"Jira {settings.jira.url}: authenticated as {me.get('name')}")
+        own = me.get("name") or ""
+        if own and settings.jira.username.casefold() != own.casefold():  # rule 9 goes by this name
+            click.echo(f"note jira.username is {settings.jira.username or 'not set'!r}: set it to {own!r} "
+                       "(the account this token signs in as), so the webhook ignores that account's own logins")
         admin = services.jira.is_admin()
         line(admin, f"Jira permission: {me.get('name')} "
                     + ("is a Jira administrator" if admin else

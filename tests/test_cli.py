@@ -150,6 +150,18 @@ def test_check_fails_on_bad_bind_and_non_admin(tmp_path, slapd, ldap_ou, jira):
     assert "wrong-password" not in result.stdout + result.stderr
 
 
+def test_check_with_a_token_names_the_account_the_webhook_must_ignore(tmp_path, slapd, ldap_ou, jira):
+    """Rule 9 ignores the service's own logins by jira.username, which a token does not need."""
+    jira.state.add_account("svc-token", admin=True, token="pat-123")
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text()
+    config = config.replace(f'username = "{JIRA_USER}"', 'token = "pat-123"').replace("password_file", "# password_file")
+    (tmp_path / "c.toml").write_text(config)
+    result = run("check", config=tmp_path / "c.toml")
+    assert result.returncode == 0, result.stdout + result.stderr  # advice, not a failure
+    assert "note jira.username is 'not set': set it to 'svc-token'" in result.stdout
+    assert "pat-123" not in result.stdout + result.stderr
+
+
 def test_configuration_error_exits_2_naming_the_key(tmp_path):
     result = run("sync", "jdoe", env={"AVATAR_SYNC_JIRA_URL": "http://jira", "AVATAR_SYNC_JIRA_TOKEN": "t",
                                       "AVATAR_SYNC_LDAP_URL": "ldap://x", "AVATAR_SYNC_LDAP_BASE_DN": "dc=x",
