@@ -170,7 +170,7 @@ def test_processes_starting_together_create_the_schema_once(database_url):
     assert found == []
 
 
-# -- the webhook's own connections (app/thread_conns.py), SQLite only ---------------------
+# -- per-thread connections for the hot statements (app/thread_conns.py), SQLite only --------
 
 def _hot_conn(store):
     with store.hot_read() as conn:
