@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
+from cachetools import LRUCache
 
 from .config import JiraSettings
 
@@ -65,6 +66,7 @@ class JiraHttp:
                 json=None, headers: dict | None = None) -> Response:
         """One call, no retries and no redirects followed; urllib3's exceptions pass through."""
         pool, jar = self._pool_and_jar()
+        cookie_request = self._cookie_request(url)
         if params:
             url = f"{url}?{urlencode(params)}"
         all_headers = dict(self._headers)
@@ -73,7 +75,6 @@ class JiraHttp:
         if json is not None:
             data = jsonlib.dumps(json).encode()
             all_headers["Content-Type"] = "application/json"
-        cookie_request = urllib.request.Request(url, method=method)
         jar.add_cookie_header(cookie_request)
         cookie = cookie_request.get_header("Cookie")
         if cookie:
@@ -82,6 +83,18 @@ class JiraHttp:
                             retries=False, redirect=False)
         jar.extract_cookies(resp, cookie_request)  # reads Set-Cookie via resp.info()
         return Response(resp.status, resp.reason or "", resp.headers, resp.data)
+
+    def _cookie_request(self, url: str) -> urllib.request.Request:
+        """What the cookie jar needs of a call: its host and path, without the query. Kept per
+        thread and URL, because building a Request (URL parsing) cost as much as the jar itself."""
+        cache = getattr(self._local, "cookie_requests", None)
+        if cache is None:
+            cache = self._local.cookie_requests = LRUCache(maxsize=32)  # DELETE paths carry ids
+        request = cache.get(url)
+        if request is None:
+            request = cache[url] = urllib.request.Request(url)
+        request.remove_header("Cookie")  # the jar adds it only when absent
+        return request
 
     def forget_session(self) -> None:
         """Start this thread's next call in a new Jira session."""

@@ -158,6 +158,26 @@ def test_each_thread_keeps_its_own_jira_session(jira):
     assert len(jira.state.sessions) <= 8  # one per thread (a pool thread may serve two users), kept across calls
 
 
+def test_a_lost_session_is_started_afresh_once(jira):
+    """Jira forgetting the session between upload and crop-confirm (expired, another node)
+    answers the confirm 500; the client uploads again in a new session, sending no stale cookie."""
+    jira.state.add_user("jdoe")
+    c = client(jira)
+    c.get_user("jdoe")  # a session exists before the upload, as in a running service
+    real = c._http.request
+
+    def request(method, url, **kw):
+        resp = real(method, url, **kw)
+        if url.endswith("/user/avatar/temporary") and jira.state.count("POST /user/avatar/temporary") == 1:
+            jira.state.sessions.clear()  # Jira restarted right after the first upload
+        return resp
+
+    c._http.request = request
+    avatar_id = c.upload_avatar("jdoe", normalize(photos.photo(300, 300), 256), 256)
+    assert jira.state.count("POST /user/avatar/temporary") == 2
+    assert jira.state.avatars[avatar_id].owner == jira.state.users["jdoe"].key
+
+
 def test_a_redirect_is_reported_not_followed():
     """A jira.url that Jira redirects (http -> https, a missing context path) must say so."""
     import http.server
