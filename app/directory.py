@@ -105,13 +105,47 @@ class Directory:
         if not entries:
             return None
         entry = entries[0]
-        raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
+        return self._entry(entry["dn"], {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()})
+
+    def _entry(self, dn: str, raw: dict) -> DirectoryEntry:
+        """``raw``: attribute (lower case) -> raw values."""
         marker = _marker(raw)
         for attribute in self.photo_attributes:
             values = raw.get(attribute.lower())
             if values and values[0]:
-                return DirectoryEntry(self.name, entry["dn"], bytes(values[0]), attribute, marker)
-        return DirectoryEntry(self.name, entry["dn"], None, None, marker)
+                return DirectoryEntry(self.name, dn, bytes(values[0]), attribute, marker)
+        return DirectoryEntry(self.name, dn, None, None, marker)
+
+    def lookup_many(self, usernames: list[str]) -> tuple[dict[str, DirectoryEntry], list[str]]:
+        """Several users in one search (a worker's batch of jobs): (entries found, names
+        surely not held here), both as asked. Only clean answers are given: a user held twice,
+        or any doubt (an entry no asked name accounts for: a matching rule this cannot mirror;
+        any error), leaves users in neither, and the caller looks those up alone, with
+        lookup()'s rules and errors.
+        """
+        s = self.settings
+        wanted = {name.casefold(): name for name in usernames if name and len(name) <= MAX_USERNAME_LENGTH}
+        if not wanted:
+            return {}, []
+        terms = "".join(f"({s.username_attribute}={escape_filter_chars(n)})" for n in wanted.values())
+        search_filter = f"(&{s.user_filter}(|{terms}))"
+        attributes = [s.username_attribute, *self.photo_attributes, *MARKER_ATTRIBUTES]
+        found: dict[str, list] = {}
+        complete = True
+        try:
+            # paged: a service account's size limit may be below the batch
+            for entry in self._paged(search_filter, attributes, page_size=len(wanted)):
+                raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
+                names = {v.decode("utf-8", "replace").casefold() for v in raw.get(s.username_attribute.lower(), [])}
+                mine = names & wanted.keys()
+                if not mine:
+                    complete = False
+                for key in mine:
+                    found.setdefault(key, []).append(self._entry(entry["dn"], raw))
+        except (DirectoryUnavailable, LDAPException):
+            return {}, []
+        entries = {wanted[k]: e[0] for k, e in found.items() if len(e) == 1}
+        return entries, [n for k, n in wanted.items() if k not in found] if complete else []
 
     def iter_users(self) -> Iterator[DirectoryUser]:
         """Every user under base_dn, page by page, without transferring any photo.
@@ -180,6 +214,27 @@ class Directory:
                     conn.broken = True
                     raise DirectoryUnavailable(self.name, f"search failed: {exc}") from None
         raise AssertionError("unreachable")
+
+    def _paged(self, search_filter: str, attributes: list[str], page_size: int) -> Iterator[dict]:
+        """The entries of a paged search on a pooled connection; any error raises."""
+        s = self.settings
+        with self._connection() as conn:
+            cookie = None
+            while True:
+                try:
+                    conn.search(s.base_dn, search_filter, search_scope=ldap3.SUBTREE, attributes=attributes,
+                                time_limit=s.timeout, paged_size=page_size, paged_cookie=cookie)
+                except LDAPException as exc:
+                    conn.broken = True
+                    raise DirectoryUnavailable(self.name, f"search failed: {exc}") from None
+                result, response = conn.result or {}, conn.response or []
+                conn.response = None
+                if result.get("result") not in (0, 32):
+                    raise DirectoryUnavailable(self.name, f"search failed: {result.get('description')}")
+                yield from (r for r in response if r.get("type") == "searchResEntry")
+                cookie = (result.get("controls") or {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
+                if not cookie:
+                    return
 
     @contextmanager
     def _connection(self, fresh: bool = False) -> Iterator[ldap3.Connection]:

@@ -136,8 +136,10 @@ class LoginQueue:
     def owner(self) -> str:
         return f"{self.owner_prefix}{os.getpid()}:{threading.get_ident()}"
 
-    def claim(self, limit: int = 1) -> list[Job]:
+    def claim(self, limit: int = 1, min_priority: int = LOGIN) -> list[Job]:
         """Lease up to ``limit`` due jobs, highest priority first; atomic across processes.
+        ``min_priority``: only jobs of that priority or lower (a worker adding sweep jobs to
+        its batch must not hold back logins the other threads could take at once).
 
         An idle poll is a plain read first: it must not take the write lock that webhooks
         wait for. A thread whose last claim found work skips that read (there is likely more),
@@ -146,7 +148,7 @@ class LoginQueue:
         now = utcnow()
         if not getattr(self._busy, "value", False):
             with self.store.hot_read() as conn:
-                probe_pending, probe_expired = self._claim_statements(conn, limit)[:2]
+                probe_pending, probe_expired = self._claim_statements(conn, limit, min_priority)[:2]
                 if probe_pending.first(conn, {"now": now}) is None and probe_expired.first(conn, {"now": now}) is None:
                     return []
             look_for_expired = True
@@ -155,7 +157,7 @@ class LoginQueue:
         if look_for_expired:
             self._next_expiry_check = time.monotonic() + 1.0
         with self.store.hot_write() as conn:
-            pending, expired, lease = self._claim_statements(conn, limit)[2:]
+            pending, expired, lease = self._claim_statements(conn, limit, min_priority)[2:]
             # a dead worker's job first: it waited longest
             rows = expired.all(conn, {"now": now}) if look_for_expired else []
             if len(rows) < limit:
@@ -172,15 +174,25 @@ class LoginQueue:
                     JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
                     if r["jira_key"] else None) for r in rows]
 
-    def _claim_statements(self, conn, limit: int) -> tuple[Prepared, ...]:
+    def urgent_waiting(self) -> bool:
+        """A job above sweep priority (a login...) is due: a worker holding a batch of sweep
+        jobs takes it before its next one. A plain read, as an idle poll's."""
+        with self.store.hot_read() as conn:
+            probe = prepared_once(self._statements, conn, "urgent", lambda: select(jobs.c.id).where(
+                jobs.c.state == PENDING, jobs.c.priority < SWEEP, jobs.c.next_try_at <= bindparam("now")).limit(1))
+            return probe.first(conn, {"now": utcnow()}) is not None
+
+    def _claim_statements(self, conn, limit: int, min_priority: int) -> tuple[Prepared, ...]:
         """Built once per dialect: composing these selects cost more than running them, per claim."""
-        key = ("claim", conn.dialect.name, limit)
+        key = ("claim", conn.dialect.name, limit, min_priority)
         built = self._statements.get(key)
         if built is None:
             now = bindparam("now")
             pending = (select(jobs).where(jobs.c.state == PENDING, jobs.c.next_try_at <= now)
                        .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id).limit(limit))
             expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < now).limit(limit)
+            if min_priority > LOGIN:
+                pending, expired = (q.where(jobs.c.priority >= min_priority) for q in (pending, expired))
             probes = (pending.with_only_columns(jobs.c.id), expired.with_only_columns(jobs.c.id))
             if conn.dialect.name == "postgresql":
                 pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))

@@ -107,11 +107,12 @@ class Syncer:
 
     def sync_user(self, username: str, force: bool = False, dry_run: bool = False,
                   jira_user: JiraUser | None = None, then: Then | None = None,
-                  attempt: int | None = None) -> SyncResult:
+                  attempt: int | None = None, entry: DirectoryEntry | None = None) -> SyncResult:
         """Bring one user's Jira picture in step with the directory. Never raises, except when
         ``then`` cannot be written for a dry run or a disabled sync.
 
         ``jira_user``: the user as a sweep just read it in bulk, saving one GET per user.
+        ``entry``: the user's directory entry as prefetch() just read it (rule 3 holds there).
         ``then(conn, result)``: the caller's own write (the queue closing the job), committed
         in the same transaction as the user's outcome, exactly once.
         ``attempt``: a queued job's attempt number. A job's next attempt (like any sync after a
@@ -121,7 +122,7 @@ class Syncer:
         """
         verdict, recorded = None, False
         try:
-            verdict = self._sync(username, force, dry_run, jira_user, attempt)
+            verdict = self._sync(username, force, dry_run, jira_user, attempt, entry)
             result = verdict.result
             if not dry_run and result.outcome != DISABLED:
                 self._record(verdict, then)
@@ -157,7 +158,7 @@ class Syncer:
     # -- the rules ---------------------------------------------------------------------
 
     def _sync(self, username: str, force: bool, dry_run: bool, jira_user: JiraUser | None,
-              attempt: int | None) -> Verdict:
+              attempt: int | None, prefetched: DirectoryEntry | None) -> Verdict:
         """Decides, and makes Jira's changes; what to store is left to the caller."""
         entry = state = photo_hash = None
 
@@ -169,7 +170,7 @@ class Syncer:
 
         if self.settings.sync_disabled:  # rule 2
             return result(DISABLED, "photo_attributes is empty")
-        entry = self._find(username)  # rule 3
+        entry = prefetched or self._find(username)  # rule 3
         if entry is None:
             return result(NOT_IN_DIRECTORY)
         if entry.photo is None:  # rule 7: hands off the user's own picture
@@ -231,6 +232,18 @@ class Syncer:
         return result(outcome, why, self._upload_and_select(username, png, photo_hash, mark=attempt is None))
 
     # -- steps -------------------------------------------------------------------------
+
+    def prefetch(self, usernames: list[str]) -> dict[str, DirectoryEntry]:
+        """The entries _find would give a batch of users, in one search per directory (a
+        sweep's jobs, claimed a few at a time). A user left out is looked up alone."""
+        entries, rest = {}, list(usernames)
+        for directory in self.directories:
+            if not rest:
+                break
+            found, absent = directory.lookup_many(rest)
+            entries.update(found)
+            rest = absent  # only a user surely not held here may be sought further down
+        return entries
 
     def _find(self, username: str) -> DirectoryEntry | None:
         """First directory holding the user wins; an outage before it raises (rule 3)."""

@@ -71,6 +71,33 @@ def test_two_entries_for_one_username_is_an_error_not_a_guess(slapd, ldap_ou):
         d.lookup("twin")
 
 
+def test_lookup_many_reads_a_batch_past_the_size_limit_and_leaves_doubts_to_lookup(slapd, ldap_ou):
+    """One search for a worker's batch, paged (the service account's size limit is 5), answers
+    exactly as lookup() would, keyed as asked; a username held twice is left to lookup()."""
+    for i in range(7):
+        slapd.add_user(ldap_ou, f"b{i}", jpeg_photo=f"photo-{i}".encode())
+    slapd.add_user(ldap_ou, "nophoto")
+    slapd.add_user(ldap_ou, "twin", jpeg_photo=b"a")
+    with slapd.admin() as c:  # a branch below: the same uid twice under one base
+        c.add(f"ou=more,{ldap_ou}", ["organizationalUnit"], {"ou": "more"})
+    slapd.add_user(f"ou=more,{ldap_ou}", "twin", jpeg_photo=b"b")
+    d = directory(slapd_directory(slapd, ldap_ou))
+    asked = [f"b{i}" for i in range(6)] + ["B6", "nophoto", "twin", "nobody", "*"]
+    found, absent = d.lookup_many(asked)
+    assert sorted(found) == ["B6", "b0", "b1", "b2", "b3", "b4", "b5", "nophoto"]
+    assert found["B6"] == d.lookup("b6") and found["b3"].photo == b"photo-3"
+    assert found["nophoto"].photo is None and found["nophoto"].marker
+    assert sorted(absent) == ["*", "nobody"]  # surely not held; "twin" is in neither
+    # LDAP's matching ignores a trailing space, a plain comparison does not: the entry that
+    # came back answers no asked name, so no absent name can be trusted to be absent either
+    assert d.lookup_many(["b1 ", "nobody"]) == ({}, [])
+
+
+def test_lookup_many_of_an_unreachable_directory_answers_nothing(slapd, ldap_ou):
+    d = directory(slapd_directory(slapd, ldap_ou, urls=[f"ldap://127.0.0.1:{free_port()}"]))
+    assert d.lookup_many(["jdoe"]) == ({}, [])  # lookup() then raises, as for a single user
+
+
 def test_concurrent_lookups_share_the_pool_correctly(slapd, ldap_ou):
     for i in range(8):
         slapd.add_user(ldap_ou, f"u{i}", jpeg_photo=f"photo-{i}".encode())

@@ -31,6 +31,15 @@ def test_one_row_per_user_and_login_beats_sweep(queue):
     assert queue.claim(1) == []
 
 
+def test_a_claim_for_more_sweep_jobs_leaves_logins_to_other_threads(queue):
+    for name in ("s1", "s2"):
+        queue.enqueue(name, SWEEP, source="sweep")
+    queue.enqueue("carol", LOGIN, source="login")
+    assert queue.urgent_waiting()
+    assert sorted(j.username for j in queue.claim(3, min_priority=SWEEP)) == ["s1", "s2"]
+    assert queue.claim(3)[0].username == "carol" and not queue.urgent_waiting()
+
+
 def test_enqueue_wakes_this_process(queue):
     queue.wakeup.clear()
     queue.enqueue("bob")

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import update
 
 from app.directory import Directory
-from app.queue import LOGIN
+from app.queue import LOGIN, SWEEP
 from app.sweep import SweepConflict, Sweeps, sweeps as sweeps_table
 from app.worker import WorkerPool
 from tests import photos
@@ -19,14 +19,21 @@ N_USERS = 1100  # > 2 pages of 500; the service account may see only 5 entries u
 
 @pytest.fixture
 def lookups(monkeypatch):
-    """Counts photo reads (Directory.lookup transfers the photo)."""
+    """Counts photo reads: the users Directory.lookup and lookup_many (a worker's batch) were
+    asked for; both transfer the photo."""
     seen = []
-    real = Directory.lookup
+    real, real_many = Directory.lookup, Directory.lookup_many
 
     def counting(self, username):
         seen.append(username)
         return real(self, username)
+
+    def counting_many(self, usernames):
+        found, absent = real_many(self, usernames)
+        seen.extend(found)
+        return found, absent
     monkeypatch.setattr(Directory, "lookup", counting)
+    monkeypatch.setattr(Directory, "lookup_many", counting_many)
     return seen
 
 
@@ -187,6 +194,37 @@ def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira
         assert pending > 50  # the sweep was far from done: the login went first
     finally:
         pool.stop()
+
+
+def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tmp_path, slapd, ldap_ou, jira,
+                                                                              services_for, monkeypatch):
+    names = [f"b{i}" for i in range(4)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names + ["vip"]])
+    for n in names + ["vip"]:
+        jira.state.add_user(n)
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    queue, syncer = rig.services.queue, rig.services.syncer
+    for n in names:
+        queue.enqueue(n, SWEEP, source="sweep")
+    order, real = [], syncer.sync_user
+
+    def sync_user(username, **kw):
+        order.append((username, kw.get("entry") is not None))
+        if username == "b0":
+            queue.enqueue("vip", LOGIN, source="login")  # arrives while the batch is being worked
+        return real(username, **kw)
+    monkeypatch.setattr(syncer, "sync_user", sync_user)
+    assert WorkerPool(rig.services).run_once()
+    # the batch's entries were read together; the login's alone, when its sync ran
+    assert order == [("b0", True), ("vip", False), ("b1", True), ("b2", True), ("b3", True)]
+    assert all(jira.state.selected_avatar(n).owner for n in names + ["vip"])
+    # logins are taken one at a time, so that every idle thread takes one at once
+    order[:] = []
+    queue.enqueue("b3", SWEEP, source="sweep")
+    for n in ("b1", "b2"):
+        queue.enqueue(n, LOGIN, source="login")
+    assert WorkerPool(rig.services).run_once()
+    assert [n for n, _ in order] == ["b1"]
 
 
 def test_samba_ad_sweep_uses_usn_markers(tmp_path, samba, ad_ou, jira, services_for, lookups):

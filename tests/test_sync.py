@@ -6,6 +6,7 @@ import pytest
 from tests import photos
 from tests.conftest import make_settings, slapd_directory
 from tests.photos import BLUE, GREEN, RED, YELLOW
+from tests.rig.slapd import free_port
 
 
 @pytest.fixture
@@ -336,3 +337,25 @@ def test_an_old_avatar_whose_deletion_failed_goes_at_the_next_restore(rig):
     own = rig.state.upload_as_user("jdoe", photos.solid(GREEN, fmt="PNG"))
     assert rig.sync("jdoe").outcome == "restored"
     assert first not in rig.state.avatars and own in rig.state.avatars
+
+
+
+def test_prefetch_picks_each_users_entry_as_the_lookup_would(tmp_path, slapd, ldap_ou, jira, services_for):
+    """A worker's batch is read in one search per directory, and rule 3 still holds: the first
+    directory holding the user wins, and a doubt there (a user held twice, an outage) never
+    lets a lower directory answer; such a user is left to the lookup of its own."""
+    upper, lower = ldap_ou, slapd.add_ou(ldap_ou.split(",")[0][3:] + "-lower")
+    with slapd.admin() as c:  # a second branch of the upper directory
+        c.add(f"ou=more,{upper}", ["organizationalUnit"], {"ou": "more"})
+    for base, name, photo in [(upper, "both", b"upper"), (lower, "both", b"lower"), (lower, "onlylower", b"lower"),
+                              (upper, "twin", b"a"), (f"ou=more,{upper}", "twin", b"b"), (lower, "twin", b"lower")]:
+        slapd.add_user(base, name, jpeg_photo=photo)
+    dirs = [slapd_directory(slapd, upper, name="upper"), slapd_directory(slapd, lower, name="lower")]
+    syncer = services_for(make_settings(tmp_path, jira.url, dirs)).syncer
+    found = syncer.prefetch(["both", "onlylower", "twin", "nobody"])
+    assert {n: (e.directory, e.photo) for n, e in found.items()} == {
+        "both": ("upper", b"upper"), "onlylower": ("lower", b"lower")}
+
+    dirs[0]["urls"] = [f"ldap://127.0.0.1:{free_port()}"]  # the upper directory is down
+    syncer = services_for(make_settings(tmp_path, jira.url, dirs)).syncer
+    assert syncer.prefetch(["both", "onlylower"]) == {}
