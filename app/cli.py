@@ -127,7 +127,7 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool) -> None:
         runner = threading.Thread(target=sweeps.run, args=(sweep_id,), daemon=True)
         runner.start()
     try:
-        summary = _follow(sweeps, sweep_id)
+        summary = _follow(sweeps, sweep_id, runner)
     except KeyboardInterrupt:
         sweeps.cancel(sweep_id)
         click.echo("\ncancelled", err=True)
@@ -140,7 +140,7 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool) -> None:
     ctx.exit(0 if summary["status"] == "finished" else 1)
 
 
-def _follow(sweeps, sweep_id: int) -> dict:
+def _follow(sweeps, sweep_id: int, runner: threading.Thread | None) -> dict:
     tty = sys.stderr.isatty()
     last_line = 0.0
     while True:
@@ -158,7 +158,10 @@ def _follow(sweeps, sweep_id: int) -> dict:
         elif time.monotonic() - last_line > 10:
             click.echo(line, err=True)
             last_line = time.monotonic()
-        time.sleep(0.5)
+        if runner is not None and runner.is_alive():
+            runner.join(0.5)  # the summary comes the moment this process's runner ends the sweep
+        else:
+            time.sleep(0.5)
 
 
 def _print_summary(summary: dict, problems: list[dict]) -> None:
