@@ -225,6 +225,14 @@ def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tm
         queue.enqueue(n, LOGIN, source="login")
     assert WorkerPool(rig.services).run_once()
     assert [n for n, _ in order] == ["b1"]
+    # entries read longer ago than PREFETCH_FRESH_SECONDS are read again
+    monkeypatch.setattr("app.worker.PREFETCH_FRESH_SECONDS", 0)
+    order[:] = []
+    for n in ("b0", "b1"):
+        queue.enqueue(n, SWEEP, source="sweep")
+    queue.forget("b2")
+    assert WorkerPool(rig.services).run_once()
+    assert sorted(order) == [("b0", False), ("b1", False), ("b3", False), ("vip", False)]  # b0 brings vip
 
 
 def test_samba_ad_sweep_uses_usn_markers(tmp_path, samba, ad_ou, jira, services_for, lookups):
