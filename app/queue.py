@@ -138,8 +138,9 @@ class LoginQueue:
 
     def claim(self, limit: int = 1, min_priority: int = LOGIN) -> list[Job]:
         """Lease up to ``limit`` due jobs, highest priority first; atomic across processes.
-        ``min_priority``: only jobs of that priority or lower (a worker adding sweep jobs to
-        its batch must not hold back logins the other threads could take at once).
+        ``min_priority``: only jobs whose priority number is at least this (SWEEP: sweep jobs
+        only; a worker adding sweep jobs to its batch must not hold back logins the other
+        threads could take at once).
 
         An idle poll is a plain read first: it must not take the write lock that webhooks
         wait for. A thread whose last claim found work skips that read (there is likely more),
