@@ -11,6 +11,7 @@ import threading
 import time
 
 from . import schedule
+from .directory import DirectoryEntry
 from .queue import SWEEP, Job
 from .sweep import Sweeps, run_in_background
 from .sync import FAILED
@@ -76,7 +77,7 @@ class WorkerPool:
             self.process(job, entries.get(job.username) if fresh else None)
         return bool(jobs)
 
-    def process(self, job: Job, entry=None) -> None:
+    def process(self, job: Job, entry: DirectoryEntry | None = None) -> None:
         def close_job(conn, result) -> None:
             # in the transaction that records the user's outcome: one commit per job, and a
             # crash can never leave an outcome recorded with its job still open, or the reverse
