@@ -70,7 +70,7 @@ class WorkerPool:
         entries = self.services.syncer.prefetch([j.username for j in jobs]) if len(jobs) > 1 else {}
         read_at = time.monotonic()
         for i, job in enumerate(jobs):
-            if i and job.priority >= SWEEP and self.queue.urgent_waiting():
+            if i and self.queue.urgent_waiting():  # jobs after the first are sweep jobs
                 for urgent in self.queue.claim(1):
                     self.process(urgent)
             fresh = time.monotonic() - read_at < PREFETCH_FRESH_SECONDS  # else read again

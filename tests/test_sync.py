@@ -339,7 +339,6 @@ def test_an_old_avatar_whose_deletion_failed_goes_at_the_next_restore(rig):
     assert first not in rig.state.avatars and own in rig.state.avatars
 
 
-
 def test_prefetch_picks_each_users_entry_as_the_lookup_would(tmp_path, slapd, ldap_ou, jira, services_for):
     """A worker's batch is read in one search per directory, and rule 3 still holds: the first
     directory holding the user wins, and a doubt there (a user held twice, an outage) never
