@@ -5,6 +5,7 @@ check did not pass, 2 for a configuration error.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -13,12 +14,25 @@ import threading
 import time
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
-from .config import ConfigError, load_settings
+from . import __version__, logs
+from .config import ConfigError, load_settings, weak_settings
 from .directory import DirectoryUnavailable
+from .factory import require_webhook_auth
 from .jira import JiraError
+from .outcomes import FAILED
 from .services import Services, build_services
-from .sync import FAILED
+from .store import describe_error, describe_location
+from .sweep import SweepConflict
+from .worker import WorkerPool
+
+
+class _SyncLineFilter(logging.Filter):
+    """The CLI prints each outcome itself: the log's own line per sync would say it twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "outcome", None) is None
 
 
 def _services(ctx: click.Context) -> Services:
@@ -28,90 +42,154 @@ def _services(ctx: click.Context) -> Services:
         except ConfigError as exc:
             click.echo(str(exc), err=True)
             ctx.exit(2)
-        logging.basicConfig(level=ctx.obj["log_level"] or settings.log_level,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        verbose = ctx.obj["verbose"]
+        level = ctx.obj["log_level"] or (settings.log_level if verbose else "WARNING")
+        logs.setup(level, settings.log_format)
+        if not verbose:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(_SyncLineFilter())
         ctx.obj["services"] = build_services(settings)
         ctx.call_on_close(ctx.obj["services"].close)
     return ctx.obj["services"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Expected failures end with one line and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            where = describe_location(ctx.obj["services"].settings.database_url) if "services" in ctx.obj else "the state"
+            click.echo(f"cannot use {where}: {describe_error(exc)}", err=True)
+            ctx.exit(1)
+
+
+def _print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="jira-avatar-sync")
 @click.option("--config", "config", envvar="AVATAR_SYNC_CONFIG", type=click.Path(dir_okay=False),
               help="TOML configuration file (default: $AVATAR_SYNC_CONFIG).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Override log_level for this command.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every sync on stderr too (as the service does).")
 @click.pass_context
-def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
+def main(ctx: click.Context, config: str | None, log_level: str | None, verbose: bool) -> None:
     """Keep Jira profile pictures in step with LDAP / Active Directory photos."""
     ctx.ensure_object(dict)
-    ctx.obj.update(config=config, log_level=log_level and log_level.upper())
+    ctx.obj.update(config=config, log_level=log_level and log_level.upper(), verbose=verbose)
+
+
+class _Report:
+    """check's findings: ok and FAIL lines (a FAIL means `serve` would not work), warnings, notes."""
+
+    def __init__(self):
+        self.items: list[dict] = []
+
+    def add(self, status: str, name: str, text: str) -> None:
+        self.items.append({"status": status, "check": name, "detail": text})
+
+    @property
+    def failed(self) -> bool:
+        return any(i["status"] == "fail" for i in self.items)
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Check the configuration, every directory bind, and Jira access and permission."""
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Check everything `serve` needs: configuration, every directory bind, Jira access and
+    permission, the state database. Exit 1 when anything would stop the service."""
     services = _services(ctx)
     settings = services.settings
-    failures = 0
-
-    def line(ok: bool, text: str) -> None:
-        nonlocal failures
-        failures += not ok
-        click.echo(f"{'ok  ' if ok else 'FAIL'} {text}")
-
-    line(True, f"configuration: {len(settings.directories)} directories, photo attributes "
+    report = _Report()
+    report.add("ok", "configuration", f"{len(settings.directories)} directories, photo attributes "
                f"{', '.join(settings.photo_attributes) or '(none: sync disabled)'}, size {settings.size}px")
+    try:
+        require_webhook_auth(settings)
+    except ConfigError as exc:
+        report.add("fail", "webhook", str(exc).removeprefix("configuration error: "))
+    for warning in weak_settings(settings):
+        report.add("warn", "security", warning)
+    _check_directories(services, report)
+    _check_jira(services, report)
+    where = describe_location(settings.database_url)
+    try:
+        services.store.check_writable()
+        report.add("ok", "state", where)
+    except SQLAlchemyError as exc:
+        report.add("fail", "state", f"{where}: {describe_error(exc)}")
+    except Exception as exc:  # noqa: BLE001 - a read-only standby, a locked file...
+        report.add("fail", "state", f"{where}: {exc}")
+    if as_json:
+        _print_json({"ok": not report.failed, "version": __version__, "checks": report.items})
+    else:
+        for item in report.items:
+            click.echo(f"{ {'ok': 'ok  ', 'fail': 'FAIL', 'warn': 'warn', 'note': 'note'}[item['status']]} "
+                       f"{item['detail'] if item['check'] in ('security', 'note') else item['check'] + ': ' + item['detail']}")
+    ctx.exit(1 if report.failed else 0)
+
+
+def _check_directories(services: Services, report: _Report) -> None:
     for directory in services.directories:
         try:
             directory.check()
-            line(True, f"directory {directory.name}: bound as {directory.settings.bind_dn or 'anonymous'}")
+            report.add("ok", f"directory {directory.name}", f"bound as {directory.settings.bind_dn or 'anonymous'}")
         except DirectoryUnavailable as exc:
-            line(False, str(exc))
+            report.add("fail", f"directory {directory.name}", exc.reason)
+
+
+def _check_jira(services: Services, report: _Report) -> None:
+    settings = services.settings
     try:
         me = services.jira.myself()
-        line(True, f"Jira {settings.jira.url}: authenticated as {me.get('name')}")
-        own = me.get("name") or ""
-        if own and settings.jira.username.casefold() != own.casefold():  # rule 9 goes by this name
-            click.echo(f"note jira.username is {settings.jira.username or 'not set'!r}: set it to {own!r} "
-                       "(the account this token signs in as), so the webhook ignores that account's own logins")
-        admin = services.jira.is_admin()
-        line(admin, f"Jira permission: {me.get('name')} "
-                    + ("is a Jira administrator" if admin else
-                       "is NOT a Jira administrator (needed to set other users' avatars)"))
     except JiraError as exc:
-        line(False, f"Jira {settings.jira.url}: {exc}")
+        report.add("fail", f"Jira {settings.jira.url}", str(exc))
+        return
+    own = me.get("name") or ""
+    report.add("ok", f"Jira {settings.jira.url}", f"authenticated as {own}")
+    if own and settings.jira.username.casefold() != own.casefold():  # logins of this account are ignored
+        report.add("note", "note", f"jira.username is {settings.jira.username or 'not set'!r}: set it to {own!r} "
+                   "(the account this token signs in as), so the webhook ignores that account's own logins")
     try:
-        services.store.ping()
-        line(True, f"database: {services.store.engine.url.render_as_string(hide_password=True)}")
-    except Exception as exc:  # noqa: BLE001 - any driver error is a failed check
-        line(False, f"database: {type(exc).__name__}: {exc}")
-    ctx.exit(1 if failures else 0)
+        admin = services.jira.is_admin()
+        report.add("ok" if admin else "fail", "Jira permission", f"{own} " + (
+            "is a Jira administrator" if admin else "is NOT a Jira administrator (needed to set other users' avatars)"))
+        if services.jira.serves_gravatar():
+            report.add("warn", "security", "Jira serves Gravatar pictures (Administration > General configuration "
+                       "> Use Gravatar for user avatars): uploaded avatars stay invisible until that is off")
+    except JiraError as exc:
+        report.add("fail", "Jira permission", str(exc))
 
 
 @main.command()
 @click.argument("username")
 @click.option("--force", is_flag=True, help="Upload again even when nothing changed.")
 @click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The outcome as JSON.")
 @click.pass_context
-def sync(ctx: click.Context, username: str, force: bool, dry_run: bool) -> None:
+def sync(ctx: click.Context, username: str, force: bool, dry_run: bool, as_json: bool) -> None:
     """Sync one user's picture now and print the outcome."""
-    result = _services(ctx).syncer.sync_user(username, force=force, dry_run=dry_run)
-    click.echo(result.line() + (" [dry run]" if dry_run else ""))
+    result = _services(ctx).syncer.sync_user(username, force=force, dry_run=dry_run, source="admin")
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        click.echo(result.line() + (" [dry run]" if dry_run else ""))
     ctx.exit(1 if result.outcome == FAILED else 0)
 
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Report what a real sweep would do; write nothing to Jira.")
 @click.option("--full", is_flag=True, help="Ignore change markers: read every user's photo again.")
+@click.option("--json", "as_json", is_flag=True, help="The summary and every problem as JSON.")
 @click.pass_context
-def sweep(ctx: click.Context, dry_run: bool, full: bool) -> None:
+def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool) -> None:
     """Sync every directory user now, with a progress bar and a summary at the end."""
-    from .sweep import SweepConflict, Sweeps
-    from .worker import WorkerPool
-
     services = _services(ctx)
-    sweeps = Sweeps(services)
+    sweeps = services.sweeps
     try:
         sweep_id = sweeps.start(dry_run=dry_run, full=full, trigger="cli")
     except SweepConflict as exc:
@@ -136,7 +214,10 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool) -> None:
         if runner:
             runner.join(10)
         pool.stop()
-    _print_summary(summary, sweeps.problems(sweep_id, limit=20))
+    if as_json:
+        _print_json({**summary, "problems": sweeps.problems(sweep_id)})
+    else:
+        _print_summary(summary, sweeps.problems(sweep_id, limit=20))
     ctx.exit(0 if summary["status"] == "finished" else 1)
 
 
@@ -183,8 +264,6 @@ def _print_summary(summary: dict, problems: list[dict]) -> None:
 @click.pass_context
 def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
     """Drain the login queue in this process (instead of, or beside, the web workers)."""
-    from .worker import WorkerPool
-
     services = _services(ctx)
     w = services.settings.worker
     pool = WorkerPool(services, threads if threads is not None else max(1, w.threads), w.poll_seconds)
@@ -206,8 +285,6 @@ def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
 @click.pass_context
 def serve(ctx: click.Context, bind: str | None) -> None:
     """Run the web service under gunicorn (extra arguments go to gunicorn)."""
-    from . import require_webhook_auth
-
     try:  # fail here with one line rather than in every gunicorn worker
         require_webhook_auth(_services(ctx).settings)
     except ConfigError as exc:
@@ -218,6 +295,7 @@ def serve(ctx: click.Context, bind: str | None) -> None:
         args += ["--bind", bind]
     if ctx.obj["config"]:
         os.environ["AVATAR_SYNC_CONFIG"] = ctx.obj["config"]
+    os.environ.setdefault("AVATAR_SYNC_LOG_FORMAT", _services(ctx).settings.log_format)  # gunicorn's own lines
     os.execv(sys.executable, args + list(ctx.args) + ["app:create_app()"])
 
 

@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from .config_source import ENV_PREFIX, ConfigError, Reader, apply_env
 
 DEFAULT_PHOTO_ATTRIBUTES = ("thumbnailPhoto", "jpegPhoto")
+# Four slashes: an absolute path. sqlite:///var/... would be var/... under the current directory.
+DEFAULT_DATABASE_URL = "sqlite:////var/lib/jira-avatar-sync/state.db"
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class AdminSettings:
 class Settings:
     jira: JiraSettings
     directories: tuple[DirectorySettings, ...]
-    database_url: str = "sqlite:///var/lib/jira-avatar-sync/state.db"
+    database_url: str = DEFAULT_DATABASE_URL
     photo_attributes: tuple[str, ...] = DEFAULT_PHOTO_ATTRIBUTES
     size: int = 256
     login_debounce_seconds: int = 600
@@ -91,6 +96,8 @@ class Settings:
     sweep_schedule: dt_time | None = None  # daily, local time: "01:11"
     metrics_require_admin: bool = False
     log_level: str = "INFO"
+    log_format: str = "text"       # or "json": one object per line, for log shippers
+    trusted_proxies: int = 0       # reverse proxies in front whose X-Forwarded-For is believed
 
     @property
     def sync_disabled(self) -> bool:
@@ -99,6 +106,32 @@ class Settings:
 
     def attributes_for(self, directory: DirectorySettings) -> tuple[str, ...]:
         return directory.photo_attributes or self.photo_attributes
+
+
+MIN_SECRET_LENGTH = 16
+
+
+def weak_settings(settings: Settings) -> list[str]:
+    """Settings that work but leave a door open: warned about at start and by `check`."""
+    out = []
+    j = settings.jira
+    if urlsplit(j.url).scheme == "http" and (j.password or j.token):
+        out.append(f"jira.url is plain http ({j.url}): the Jira credentials cross the network unencrypted")
+    if not j.verify_tls:
+        out.append("jira.verify_tls is false: anyone on the path to Jira can read the Jira credentials")
+    for d in settings.directories:
+        key = f"directories[{d.name}]"
+        if d.bind_password and not d.start_tls and any(u.startswith("ldap://") for u in d.urls):
+            out.append(f"{key}: plain ldap:// without start_tls: the bind password crosses the network unencrypted")
+        if not d.verify_tls:
+            out.append(f"{key}.verify_tls is false: the directory's certificate is not checked")
+    # the two secrets this service itself checks, and so the ones guessed against it
+    for name, value in (("webhook.secret", settings.webhook.secret), ("admin.token", settings.admin.token)):
+        if value and len(value) < MIN_SECRET_LENGTH:
+            out.append(f"{name} is shorter than {MIN_SECRET_LENGTH} characters: easy to guess")
+    if settings.webhook.allow_unauthenticated and not settings.webhook.secret:
+        out.append("webhook.allow_unauthenticated is true: anyone who reaches the service can make it sync users")
+    return out
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -124,7 +157,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     env = {} if env is None else env
     r = Reader(data, "", env)
     r.reject_unknown({"database_url", "photo_attributes", "size", "login_debounce_seconds",
-                      "max_photo_bytes", "max_photo_pixels", "log_level",
+                      "max_photo_bytes", "max_photo_pixels", "log_level", "log_format", "trusted_proxies",
                       "jira", "webhook", "admin", "worker", "sweep", "metrics", "directories"})
     photo_attributes = r.attr_list("photo_attributes", DEFAULT_PHOTO_ATTRIBUTES)
     dirs_raw = data.get("directories", [])
@@ -140,9 +173,10 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     level = r.string("log_level", "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
-    db = r.string("database_url", Settings.database_url)
-    if "://" not in db:
-        raise ConfigError("database_url", "must be an SQLAlchemy URL such as sqlite:///path/state.db")
+    log_format = r.string("log_format", "text").lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError("log_format", f"must be text or json, got {log_format!r}")
+    db = _database_url(r.string("database_url", DEFAULT_DATABASE_URL))
     return Settings(
         jira=_jira(Reader(r.table("jira"), "jira.", env)),
         directories=directories,
@@ -158,8 +192,29 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         worker=_worker(Reader(r.table("worker"), "worker.", env)),
         sweep_schedule=_schedule(Reader(r.table("sweep"), "sweep.", env)),
         metrics_require_admin=Reader(r.table("metrics"), "metrics.", env).boolean("require_admin", False),
-        log_level=level,
+        log_level=level, log_format=log_format,
+        trusted_proxies=r.integer("trusted_proxies", 0, 0, 10),
     )
+
+
+def _database_url(url: str) -> str:
+    """An SQLAlchemy URL whose SQLite file, if any, is an absolute path: a relative one would
+    resolve against whatever directory a command runs in, and `check` or a sweep started
+    elsewhere would quietly work on a fresh, empty state."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("database_url", "must be an SQLAlchemy URL such as "
+                          f"{DEFAULT_DATABASE_URL} or postgresql://user@host/db, got {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError("database_url", f"must be sqlite:// or postgresql://, got {backend}://")
+    database = parsed.database or ""
+    if backend == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:") \
+            and not os.path.isabs(database):
+        raise ConfigError("database_url", f"the SQLite path {database!r} is relative; give an absolute "
+                          f"path with four slashes, such as sqlite:////var/lib/jira-avatar-sync/state.db")
+    return url
 
 
 def _jira(r: "Reader") -> JiraSettings:

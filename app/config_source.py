@@ -27,6 +27,8 @@ _ENV_KEYS = {
     "MAX_PHOTO_BYTES": ((), "max_photo_bytes"),
     "MAX_PHOTO_PIXELS": ((), "max_photo_pixels"),
     "LOG_LEVEL": ((), "log_level"),
+    "LOG_FORMAT": ((), "log_format"),
+    "TRUSTED_PROXIES": ((), "trusted_proxies"),
     "JIRA_URL": (("jira",), "url"),
     "JIRA_USERNAME": (("jira",), "username"),
     "JIRA_PASSWORD": (("jira",), "password"),
@@ -89,6 +91,8 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         if key in ("urls", "photo_attributes"):
             value = [v.strip() for v in value.split(",") if v.strip()]
         target[key] = value
+        if suffix in _SECRETS:
+            target.pop(key + "_file", None)  # the environment wins over the file's *_file too
     return data
 
 

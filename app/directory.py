@@ -22,6 +22,7 @@ from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
 from .config import DirectorySettings
+from .metrics import LDAP_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class DirectoryUnavailable(Exception):
     def __init__(self, directory: str, reason: str):
         super().__init__(f"directory {directory}: {reason}")
         self.directory, self.reason = directory, reason
+        LDAP_ERRORS.labels(directory).inc()  # raised wherever a directory call failed: counted once, here
 
 
 # Change markers: uSNChanged (AD, per DC), entryCSN (OpenLDAP, to the microsecond),

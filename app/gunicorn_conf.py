@@ -4,8 +4,15 @@ gthread workers: the webhook only verifies, inserts one row and answers, so a fe
 process are plenty. No preload: each worker builds its own app, so no socket or thread is
 ever shared across a fork. The sync worker threads start in post_worker_init (after fork) and
 are stopped, letting running jobs finish, in worker_exit.
+
+Metrics: every worker counts in files under PROMETHEUS_MULTIPROC_DIR (a private temporary
+directory unless set), so a scrape of any worker adds up all of them (app/metrics.py). It is
+set here, in the master, before any worker imports prometheus_client, which reads it once.
+This module imports nothing of the package but app.logs (``import app`` itself is light).
 """
+import glob
 import os
+import tempfile
 
 bind = os.environ.get("AVATAR_SYNC_BIND", "127.0.0.1:8080")
 worker_class = "gthread"
@@ -26,7 +33,28 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 accesslog = os.environ.get("AVATAR_SYNC_ACCESS_LOG") or None
 errorlog = "-"
+logger_class = "app.logs.GunicornLogger"  # the service's log format; ?token= redacted
 loglevel = os.environ.get("AVATAR_SYNC_GUNICORN_LOG_LEVEL", "info")
+
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jira-avatar-sync-metrics-")
+
+
+def on_starting(server):
+    """Files of processes gone since an earlier run would add their counts in (a separate
+    `jira-avatar-sync worker` sharing the directory keeps its own)."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        pid = os.path.basename(path).rsplit("_", 1)[-1].removesuffix(".db")
+        if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
+            os.remove(path)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess  # the master: only now, and only this
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

@@ -26,6 +26,7 @@ from urllib3 import exceptions as http_errors
 
 from .config import JiraSettings
 from .jira_http import JiraHttp, Response
+from .metrics import JIRA_REQUESTS, JIRA_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,25 @@ class JiraClient:
                              ok=(204, 200, 404))
         return resp.status != 404
 
+    def avatar_image(self, username: str, size: str = "48x48") -> bytes | None:
+        """The picture Jira now shows for the user (PNG or whatever Jira serves), for the
+        dashboard's thumbnails; None when the user is unknown or the picture is not Jira's own
+        (Gravatar, another host): the service's credentials go to Jira's base URL only."""
+        resp = self._request("GET", "/user", params={"username": username}, ok=(200, 404))
+        if resp.status == 404:
+            return None
+        url = (_json(resp).get("avatarUrls") or {}).get(size)
+        if not isinstance(url, str) or not _same_origin(url, self.settings.url):
+            return None
+        image = self._request("GET", url, ok=(200, 404))
+        return image.body if image.status == 200 else None
+
+    def serves_gravatar(self) -> bool:
+        """True when the service account's own picture comes from Gravatar: Jira then shows
+        Gravatar for everyone, and uploaded avatars are invisible."""
+        urls = self.myself().get("avatarUrls") or {}
+        return any(isinstance(u, str) and "gravatar.com" in urlsplit(u).netloc for u in urls.values())
+
     # -- checks ------------------------------------------------------------------------
 
     def myself(self) -> dict:
@@ -190,30 +210,21 @@ class JiraClient:
             raise JiraAuthError(self._auth_block_reason + " (not retried until "
                                 "the service restarts or the block expires)")
         self._after_fork()
-        url = self.api + path
+        url = path if path.startswith(("http://", "https://")) else self.api + path
         for attempt in range(s.max_retries + 1):
             wait = None
             try:
                 self._rate.wait()
                 with self._gate:
-                    resp = self._http.request(method, url, **kwargs)
-            except http_errors.NewConnectionError as exc:  # refused, unknown host: never sent
-                error = JiraError(f"cannot reach Jira: {_reason(exc)}")
-            except http_errors.ConnectTimeoutError as exc:
-                error = JiraError(f"Jira did not accept a connection within {s.connect_timeout:g}s: {_reason(exc)}")
-            except (http_errors.SSLError, http_errors.ProxyError) as exc:  # failed before the request went out
-                error = JiraError(f"cannot reach Jira: {_reason(exc)}")
-            except http_errors.ReadTimeoutError:
-                message = f"Jira did not answer {method} {path} within {s.timeout:g}s"
-                if not idempotent:
-                    raise JiraError(message) from None
-                error = JiraError(message)
-            except http_errors.ProtocolError as exc:  # the connection broke with the request sent
-                if not idempotent:
-                    raise JiraError(f"connection lost during {method} {path}: {_reason(exc)}") from None
-                error = JiraError(f"connection to Jira lost: {_reason(exc)}")
+                    started = time.perf_counter()
+                    try:
+                        resp = self._http.request(method, url, **kwargs)
+                    finally:
+                        JIRA_SECONDS.labels(method).observe(time.perf_counter() - started)
+                JIRA_REQUESTS.labels(method, str(resp.status)).inc()
             except http_errors.HTTPError as exc:
-                raise JiraError(f"{method} {path} failed: {_reason(exc)}") from None
+                JIRA_REQUESTS.labels(method, "error").inc()
+                error = self._transport_error(exc, method, path, idempotent)
             else:
                 if resp.status in ok:
                     return resp
@@ -238,6 +249,26 @@ class JiraClient:
                 wait = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
             self._sleep(wait)
         raise AssertionError("unreachable")
+
+    def _transport_error(self, exc: Exception, method: str, path: str, idempotent: bool) -> JiraError:
+        """The JiraError for a call that got no answer; raised at once where retrying could
+        repeat a write Jira may have done (the request went out)."""
+        s = self.settings
+        if isinstance(exc, http_errors.NewConnectionError):  # refused, unknown host: never sent
+            return JiraError(f"cannot reach Jira: {_reason(exc)}")
+        if isinstance(exc, http_errors.ConnectTimeoutError):
+            return JiraError(f"Jira did not accept a connection within {s.connect_timeout:g}s: {_reason(exc)}")
+        if isinstance(exc, (http_errors.SSLError, http_errors.ProxyError)):  # before the request went out
+            return JiraError(f"cannot reach Jira: {_reason(exc)}")
+        if isinstance(exc, http_errors.ReadTimeoutError):
+            error = JiraError(f"Jira did not answer {method} {path} within {s.timeout:g}s")
+        elif isinstance(exc, http_errors.ProtocolError):  # the connection broke with the request sent
+            error = JiraError(f"connection to Jira lost during {method} {path}: {_reason(exc)}")
+        else:
+            raise JiraError(f"{method} {path} failed: {_reason(exc)}") from None
+        if not idempotent:
+            raise error
+        return error
 
     def _raise_for_auth(self, resp: Response, method: str, path: str) -> None:
         if resp.status not in (401, 403):
@@ -308,6 +339,11 @@ def _user(bean: dict, username: str) -> JiraUser:
     avatar_id, custom = avatar_from_urls(bean.get("avatarUrls"))
     return JiraUser(name=bean.get("name", username), key=bean.get("key", ""),
                     avatar_id=avatar_id, avatar_is_custom=custom)
+
+
+def _same_origin(url: str, base: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
 def _reason(exc: Exception) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .store import aware, metadata, utcnow
+from .sweep import SweepConflict
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,20 @@ def start_if_due(services, now: datetime | None = None) -> int | None:
                            .values(next_run_at=next_run(at, now))).rowcount
     if not won:
         return None
-    from .sweep import SweepConflict, Sweeps
     try:
-        sweep_id = Sweeps(services).start(trigger="schedule")
+        sweep_id = services.sweeps.start(trigger="schedule")
         log.info("scheduled sweep %d started", sweep_id)
         return sweep_id
     except SweepConflict as exc:
         log.warning("scheduled sweep skipped: %s", exc)
         return None
+
+
+def next_scheduled(services) -> datetime | None:
+    """When the nightly sweep runs next (None: no schedule). A plain read."""
+    at = services.settings.sweep_schedule
+    if at is None:
+        return None
+    with services.store.engine.connect() as conn:
+        stored = conn.execute(select(schedules.c.next_run_at).where(schedules.c.name == "sweep")).scalar()
+    return aware(stored) if stored is not None else next_run(at, utcnow())

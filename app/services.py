@@ -2,13 +2,16 @@
 directories, database and Jira connect lazily, after gunicorn has forked."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from .config import Settings
 from .directory import Directory, build_directories
 from .jira import JiraClient
 from .queue import LoginQueue, RetryPolicy
+from .readiness import Readiness
 from .store import Store
+from .sweep import Sweeps
 from .sync import Syncer
 
 
@@ -20,6 +23,15 @@ class Services:
     jira: JiraClient
     syncer: Syncer
     queue: LoginQueue
+    sweeps: Sweeps = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sweeps = Sweeps(self)
+
+    @cached_property
+    def readiness(self) -> Readiness:
+        """Made on first use (a request), never in create_app."""
+        return Readiness(self)
 
     def close(self) -> None:
         for directory in self.directories:

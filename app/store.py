@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import (Column, DateTime, Integer, MetaData, String, Table, Text, create_engine,
-                        bindparam, event, func, inspect, literal, select)
+from sqlalchemy import (Column, DateTime, Index, Integer, MetaData, String, Table, Text, create_engine,
+                        bindparam, event, func, inspect, literal, select, text)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -25,6 +25,7 @@ from .prepared import Prepared
 from .thread_conns import HotConnection, ThreadConnections
 
 metadata = MetaData()
+SQLITE_BUSY_MS = 30000
 SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is created ('avat')
 
 user_state = Table(
@@ -44,6 +45,9 @@ user_state = Table(
     Column("last_attempt_at", DateTime(timezone=True)),
     Column("last_success_at", DateTime(timezone=True)),
     Column("attempts", Integer, nullable=False, default=0),
+    Column("last_source", String(16)),         # login, created, updated, sweep, admin
+    Column("last_duration_ms", Integer),
+    Index("user_state_last_attempt", "last_attempt_at"),  # the dashboard's recent syncs
 )
 
 
@@ -76,6 +80,8 @@ class UserState:
     last_error: str | None = None
     last_attempt_at: datetime | None = None
     last_success_at: datetime | None = None  # last sync that ended in a settled outcome (not failed)
+    last_source: str | None = None
+    last_duration_ms: int | None = None
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -199,6 +205,21 @@ class Store:
         with self.engine.connect() as conn:
             conn.execute(select(1))
 
+    def check_writable(self, timeout: float = 2.0) -> None:
+        """Raise unless a write could start now: SQLite's write lock can be had within
+        ``timeout``; PostgreSQL is not a read-only standby. Writes nothing."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                raw = conn.connection.dbapi_connection  # autocommit: BEGIN is ours (see _sqlite_setup)
+                raw.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                    raw.execute("ROLLBACK")
+                finally:
+                    raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+            elif conn.execute(text("SHOW transaction_read_only")).scalar() == "on":
+                raise RuntimeError("PostgreSQL is read-only here (a standby?)")
+
     # -- user state --------------------------------------------------------------------
 
     def get(self, username: str) -> UserState | None:
@@ -221,6 +242,30 @@ class Store:
             rows = conn.execute(select(user_state).where(user_state.c.username.in_(names))).mappings().all()
         return {row["username"]: _state(row) for row in rows}
 
+    def recent(self, limit: int = 20) -> list[UserState]:
+        """The users whose sync ended last, newest first (the dashboard's list)."""
+        query = select(user_state).where(user_state.c.last_outcome.is_not(None)) \
+            .order_by(user_state.c.last_attempt_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [_state(row) for row in conn.execute(query).mappings()]
+
+    def search(self, prefix: str, limit: int = 20) -> list[UserState]:
+        """Users whose name starts with ``prefix`` (case-insensitive), by name."""
+        escaped = user_key(prefix).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = select(user_state).where(user_state.c.username.like(escaped + "%", escape="\\")) \
+            .order_by(user_state.c.username).limit(limit)
+        with self.engine.connect() as conn:
+            return [_state(row) for row in conn.execute(query).mappings()]
+
+    def last_success_at(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            return aware(conn.execute(select(func.max(user_state.c.last_success_at))).scalar())
+
+    def counts_by_outcome(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(user_state.c.last_outcome, func.count())
+                                     .group_by(user_state.c.last_outcome)).all())
+
     def remember_created(self, username: str, avatar_id: str | None, photo_sha256: str | None = None) -> None:
         """Note an avatar this service created, before selecting it, so it is never orphaned
         (``avatar_id`` None: an upload of that photo is about to start)."""
@@ -231,7 +276,8 @@ class Store:
         self._update(username, change)
 
     def record_success(self, username: str, *, outcome: str, photo_sha256: str, avatar_id: str,
-                       directory: str, marker: str | None = None, also=None) -> None:
+                       directory: str, marker: str | None = None, also=None, source: str | None = None,
+                       duration_ms: int | None = None) -> None:
         """Jira confirmed ``avatar_id`` as the user's picture for the photo hashing to ``photo_sha256``.
         ``also(conn)``: more to write in the same transaction."""
         def change(state: UserState):
@@ -242,6 +288,7 @@ class Store:
             state.pending_avatar_id = state.pending_sha256 = None
             if avatar_id not in state.created_avatar_ids:
                 state.created_avatar_ids.append(avatar_id)
+            state.last_source, state.last_duration_ms = source, duration_ms
         self._update(username, change, also)
 
     def forget_created(self, username: str, avatar_ids) -> None:
@@ -251,7 +298,7 @@ class Store:
 
     def record_outcome(self, username: str, outcome: str, error: str | None = None,
                        directory: str | None = None, success: bool = False, marker: str | None = None,
-                       also=None) -> None:
+                       also=None, source: str | None = None, duration_ms: int | None = None) -> None:
         """``success``: a settled outcome; only then is ``marker`` kept (a failure proves nothing)."""
         def change(state: UserState):
             state.last_outcome, state.last_error = outcome, error
@@ -260,6 +307,7 @@ class Store:
             if success:
                 state.last_success_at = state.last_attempt_at
                 state.marker = marker
+            state.last_source, state.last_duration_ms = source, duration_ms
         self._update(username, change, also)
 
     def delete(self, username: str) -> None:
@@ -345,15 +393,41 @@ def _sqlite_setup(dbapi_conn) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
     cur.close()
+
+
+def _create_private(path: Path) -> None:
+    """The state file and its directory, readable by the service's user alone (the state
+    names every user; SQLite gives its -wal and -shm files the database file's mode)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
+def describe_error(exc: Exception) -> str:
+    """A database error in one line: the driver's own words, without SQLAlchemy's statement
+    dump and link (which would fill logs and answers, and can carry row values)."""
+    inner = getattr(exc, "orig", None) or exc
+    return (str(inner).strip().splitlines() or [type(inner).__name__])[0][:300]
+
+
+def describe_location(url: str) -> str:
+    """Where the state lives, for people: the SQLite file, or PostgreSQL's host and database
+    (never the password)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite file {parsed.database}" if parsed.database not in (None, "", ":memory:") \
+            else "SQLite in memory (nothing is kept)"
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+    return f"PostgreSQL {where}" + (f" as {parsed.username}" if parsed.username else "")
 
 
 def _make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(parsed.database))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")

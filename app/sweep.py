@@ -28,7 +28,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from .jira import JiraUser
 from .prepared import prepared_once
 from .store import aware, metadata, user_key, utcnow
-from .sync import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SyncResult
+from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
+from .sync import SyncResult
 
 log = logging.getLogger(__name__)
 RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = "running", "finished", "failed", "cancelled"
@@ -114,6 +115,22 @@ class Sweeps:
                                        .group_by(sweep_items.c.outcome)).all())
         return _summary(row, counts)
 
+    def running(self) -> dict | None:
+        """The running sweep's summary, if one runs."""
+        with self.store.engine.connect() as conn:
+            sweep_id = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING)).scalar()
+        return self.summary(sweep_id) if sweep_id is not None else None
+
+    def last_ended(self) -> dict | None:
+        """The status and end of the sweep that ended last (finished, failed or cancelled)."""
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(sweeps.c.id, sweeps.c.status, sweeps.c.finished_at)
+                               .where(sweeps.c.status != RUNNING, sweeps.c.finished_at.is_not(None))
+                               .order_by(sweeps.c.finished_at.desc()).limit(1)).first()
+        if row is None:
+            return None
+        return {"id": row.id, "status": row.status, "finished_epoch": aware(row.finished_at).timestamp()}
+
     def list(self, limit: int = 50) -> list[dict]:
         with self.store.engine.connect() as conn:
             ids = conn.execute(select(sweeps.c.id).order_by(sweeps.c.id.desc()).limit(limit)).scalars().all()
@@ -135,7 +152,7 @@ class Sweeps:
         out = io.StringIO()
         writer = csv.DictWriter(out, ["username", "outcome", "reason", "directory"])
         writer.writeheader()
-        writer.writerows(self.problems(sweep_id))
+        writer.writerows({k: _spreadsheet_safe(v) for k, v in row.items()} for row in self.problems(sweep_id))
         return out.getvalue()
 
     def record(self, sweep_id: int, result: SyncResult, conn=None) -> None:
@@ -256,7 +273,7 @@ class Sweeps:
         queued = [(key, name, None, None) for key, name, _ in work]
         if dry is not None:
             self._items(sweep_id, directory, queued)
-            results = dry.map(lambda w: self.services.syncer.sync_user(w[0], dry_run=True, jira_user=w[2]), work)
+            results = dry.map(lambda w: self.services.syncer.sync_user(w[0], dry_run=True, jira_user=w[2], source="sweep"), work)
             for i, result in enumerate(results, 1):
                 self.record(sweep_id, result)
                 if i % 50 == 0:
@@ -338,6 +355,14 @@ def _insert_items(conn, sweep_id, directory, rows, skipped) -> None:
                   for k, n, o, r in rows])
 
 
+def _spreadsheet_safe(value):
+    """A cell a spreadsheet will not run as a formula (=HYPERLINK(...) in a username): text
+    starting with = + - @ or a control character is quoted with a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r", "\n"):
+        return "'" + value
+    return value
+
+
 def _summary(row, counts: dict) -> dict:
     total = sum(counts.values())
     waiting = counts.pop(None, 0)
@@ -357,9 +382,9 @@ def _summary(row, counts: dict) -> dict:
 
 def run_in_background(services) -> threading.Thread | None:
     """Take over a sweep whose lease is free and run it on a thread of its own."""
-    sweep_id = Sweeps(services).take_over()
+    sweep_id = services.sweeps.take_over()
     if sweep_id is None:
         return None
-    thread = threading.Thread(target=Sweeps(services).run, args=(sweep_id,), name=f"sweep-{sweep_id}", daemon=True)
+    thread = threading.Thread(target=services.sweeps.run, args=(sweep_id,), name=f"sweep-{sweep_id}", daemon=True)
     thread.start()
     return thread

@@ -12,32 +12,23 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
+from . import metrics
 from .config import Settings
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
 from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
-from .store import Store, UserState, user_key
+from .outcomes import (DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, NO_PHOTO, NOT_IN_DIRECTORY,
+                       NOT_IN_JIRA, RESTORED, SETTLED, UNCHANGED, UPDATED)
+from .store import Store, UserState, describe_error, user_key
 
 log = logging.getLogger(__name__)
-
-UPDATED, RESTORED, UNCHANGED = "updated", "restored", "unchanged"
-NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA = "no_photo", "not_in_directory", "not_in_jira"
-INVALID_PHOTO, DISABLED, FAILED = "invalid_photo", "disabled", "failed"
-IGNORED, DEBOUNCED = "ignored", "debounced"  # webhook answers, not sync outcomes
-OUTCOMES = (UPDATED, RESTORED, UNCHANGED, NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA,
-            INVALID_PHOTO, DISABLED, FAILED)
-SUCCESSES = (UPDATED, RESTORED, UNCHANGED)
-# Final for now: nothing more to do until the directory or Jira changes. Each counts as a
-# completed sync for the login debounce, so a user without a photo does not cost an LDAP
-# search on every Jira request.
-SETTLED = SUCCESSES + (NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA, INVALID_PHOTO)
-
 
 Then = Callable[[Connection, "SyncResult"], None]
 
@@ -51,15 +42,31 @@ class SyncResult:
     directory: str | None = None
     dry_run: bool = False
     retryable: bool = False  # for failed: trying again later may help
+    source: str | None = None       # login, created, updated, sweep, admin
+    duration_ms: int | None = None
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def line(self) -> str:
-        return f"{self.username}: {self.outcome}" + (f" ({self.reason})" if self.reason else "")
+        """``user: outcome (reason)``, the user's name escaped so that it cannot forge a line."""
+        return f"{loggable(self.username)}: {self.outcome}" + (f" ({self.reason})" if self.reason else "")
 
 
-@dataclass(frozen=True)
+def loggable(text: str) -> str:
+    """A name as it may appear in a log line or a terminal: control characters (CR, LF, ESC,
+    NUL...) and lone surrogates escaped, so a hostile username cannot forge a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+def _ms_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
+
+
+@dataclass
 class Verdict:
     """What _sync decided: the result, and what recording it needs."""
     result: SyncResult
@@ -107,7 +114,8 @@ class Syncer:
 
     def sync_user(self, username: str, force: bool = False, dry_run: bool = False,
                   jira_user: JiraUser | None = None, then: Then | None = None,
-                  attempt: int | None = None, entry: DirectoryEntry | None = None) -> SyncResult:
+                  attempt: int | None = None, entry: DirectoryEntry | None = None,
+                  source: str = "admin") -> SyncResult:
         """Bring one user's Jira picture in step with the directory. Never raises, except when
         ``then`` cannot be written for a dry run or a disabled sync.
 
@@ -115,15 +123,17 @@ class Syncer:
         ``entry``: the user's directory entry as prefetch() just read it (rule 3 holds there).
         ``then(conn, result)``: the caller's own write (the queue closing the job), committed
         in the same transaction as the user's outcome, exactly once.
+        ``source``: what asked for it (login, created, updated, sweep, admin), for the log
+        line and the dashboard.
         ``attempt``: a queued job's attempt number. A job's next attempt (like any sync after a
         failed one) is itself the sign that an upload may have been cut short, so a queued
         first attempt skips the write that marks an upload as begun (one transaction fewer per
         new avatar in a sweep).
         """
-        verdict, recorded = None, False
+        verdict, recorded, started = None, False, time.perf_counter()
         try:
             verdict = self._sync(username, force, dry_run, jira_user, attempt, entry)
-            result = verdict.result
+            result = verdict.result = replace(verdict.result, source=source, duration_ms=_ms_since(started))
             if not dry_run and result.outcome != DISABLED:
                 self._record(verdict, then)
                 recorded = True
@@ -132,10 +142,15 @@ class Syncer:
             result = SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True)
         except JiraError as exc:
             result = SyncResult(username, FAILED, f"Jira: {exc}", dry_run=dry_run, retryable=exc.retryable)
+        except SQLAlchemyError as exc:  # the state database: nothing was recorded, the job stays
+            result = SyncResult(username, FAILED, f"database: {describe_error(exc)}", dry_run=dry_run,
+                                retryable=True)
         except Exception as exc:  # noqa: BLE001 - rule 11: one user's problem never stops the rest
-            log.exception("unexpected error syncing %r", username)
+            log.exception("unexpected error syncing %s", loggable(username))
             result = SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
                                 dry_run=dry_run, retryable=True)
+        if result.duration_ms is None:
+            result = replace(result, source=source, duration_ms=_ms_since(started))
         if recorded and verdict.stale:
             try:
                 self._delete_previous(username, verdict.stale)
@@ -151,8 +166,13 @@ class Syncer:
         if not dry_run and result.outcome in SETTLED:
             with self._recent_lock:
                 self._recent[user_key(username)] = time.time()
+        if not dry_run:
+            metrics.SYNCS.labels(result.outcome, source).inc()
+            metrics.SYNC_SECONDS.observe((result.duration_ms or 0) / 1000)
         log.log(logging.WARNING if result.outcome == FAILED else logging.INFO,
-                "sync %s%s", result.line(), " [dry run]" if dry_run else "")
+                "sync %s%s", result.line(), " [dry run]" if dry_run else "",
+                extra={"user": result.username, "outcome": result.outcome, "reason": result.reason,
+                       "source": source, "duration_ms": result.duration_ms, "dry_run": dry_run})
         return result
 
     # -- the rules ---------------------------------------------------------------------
@@ -292,11 +312,12 @@ class Syncer:
             # Only now, after Jira confirmed, is the hash stored (rule 8).
             self.store.record_success(r.username, outcome=r.outcome, photo_sha256=verdict.photo_hash,
                                       avatar_id=r.avatar_id, directory=r.directory, marker=verdict.marker,
-                                      also=also)
+                                      also=also, source=r.source, duration_ms=r.duration_ms)
         else:
             self.store.record_outcome(r.username, r.outcome, None if r.outcome == UNCHANGED else r.reason,
                                       directory=r.directory, success=r.outcome in SETTLED,
-                                      marker=verdict.marker, also=also)
+                                      marker=verdict.marker, also=also, source=r.source,
+                                      duration_ms=r.duration_ms)
 
     def _delete_previous(self, username: str, stale: list[str]) -> None:
         """Delete avatars this service created before; never one the user uploaded (rule 5)."""
@@ -315,9 +336,12 @@ class Syncer:
         try:
             self.store.record_outcome(result.username, result.outcome, result.reason,
                                       directory=result.directory, success=False, marker=marker,
-                                      also=(lambda conn: then(conn, result)) if then else None)
-        except Exception:  # noqa: BLE001 - the database being down must not hide the outcome
-            log.exception("could not record the outcome of %s", result.username)
+                                      also=(lambda conn: then(conn, result)) if then else None,
+                                      source=result.source, duration_ms=result.duration_ms)
+        except SQLAlchemyError as exc:  # the database is down: the outcome is still answered
+            log.error("could not record the outcome of %s: %s", loggable(result.username), describe_error(exc))
+        except Exception:  # noqa: BLE001 - nothing here may hide the outcome
+            log.exception("could not record the outcome of %s", loggable(result.username))
 
 
 def upload_filename(photo_hash: str) -> str:

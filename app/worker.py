@@ -13,8 +13,8 @@ import time
 from . import schedule
 from .directory import DirectoryEntry
 from .queue import SWEEP, Job
-from .sweep import Sweeps, run_in_background
-from .sync import FAILED
+from .sweep import run_in_background
+from .outcomes import FAILED
 
 log = logging.getLogger(__name__)
 MAINTENANCE_SECONDS = 3600
@@ -32,7 +32,7 @@ class WorkerPool:
         self._maintenance_lock = threading.Lock()
         self._next_maintenance = 0.0
         self._next_sweep_check = 0.0
-        self.sweeps = Sweeps(services)
+        self.sweeps = services.sweeps
 
     def start(self) -> "WorkerPool":
         try:
@@ -88,7 +88,7 @@ class WorkerPool:
             elif not self.queue.fail(job, result.reason or "failed", conn=conn):
                 log.error("giving up on %s after %d attempts: %s", job.username, job.attempts, result.reason)
         self.services.syncer.sync_user(job.username, force=job.force, jira_user=job.jira_user, then=close_job,
-                                       attempt=job.attempts, entry=entry)
+                                       attempt=job.attempts, entry=entry, source=job.source)
 
     def maintain(self) -> None:
         """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:

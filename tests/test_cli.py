@@ -1,6 +1,7 @@
 """The real console script, pointed at real slapd, real Samba AD and the Jira emulator."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,10 +26,15 @@ def run(*args, env=None, config=None):
     return subprocess.run([SCRIPT, *args], capture_output=True, text=True, env=full_env, timeout=60)
 
 
-def write_config(tmp_path, jira_url, directories: str, extra: str = "", password=JIRA_PASSWORD) -> Path:
+WEBHOOK_SECRET = "a-webhook-secret-long-enough"
+
+
+def write_config(tmp_path, jira_url, directories: str, extra: str = "", password=JIRA_PASSWORD,
+                 webhook_secret: str | None = WEBHOOK_SECRET) -> Path:
     path = tmp_path / "avatar-sync.toml"
     secret = tmp_path / "jira-password"
     secret.write_text(password + "\n")
+    webhook = f'[webhook]\nsecret = "{webhook_secret}"' if webhook_secret else ""
     path.write_text(f"""
 database_url = "sqlite:///{tmp_path}/state.db"
 {extra}
@@ -38,6 +44,7 @@ username = "{JIRA_USER}"
 password_file = "{secret}"
 max_retries = 1
 {directories}
+{webhook}
 """)
     return path
 
@@ -133,8 +140,55 @@ def test_check_passes_and_names_each_check(tmp_path, slapd, ldap_ou, jira):
     result = run("check", config=config)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
-    assert [ln[:4] for ln in lines] == ["ok  "] * 5
+    assert [ln[:4] for ln in lines if not ln.startswith("warn")] == ["ok  "] * 5
     assert "is a Jira administrator" in result.stdout and "directory openldap: bound" in result.stdout
+    assert f"ok   state: SQLite file {tmp_path}/state.db" in lines
+    # the test rig's weak spots are named, without failing the check
+    assert any(ln.startswith("warn jira.url is plain http") for ln in lines)
+    assert any("plain ldap:// without start_tls" in ln for ln in lines)
+    assert result.stderr == ""
+
+
+def test_check_fails_for_what_would_stop_serve_and_speaks_json(tmp_path, slapd, ldap_ou, jira):
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), webhook_secret=None)
+    result = run("check", config=config)
+    assert result.returncode == 1 and "FAIL webhook: webhook.secret: is required" in result.stdout
+    as_json = run("check", "--json", config=config)
+    body = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and body["ok"] is False
+    assert {"status": "fail", "check": "webhook"}.items() <= next(c for c in body["checks"] if c["check"] == "webhook").items()
+    assert JIRA_PASSWORD not in as_json.stdout + as_json.stderr
+
+
+def test_relative_sqlite_path_is_a_configuration_error(tmp_path, slapd, ldap_ou, jira):
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text()
+    (tmp_path / "c.toml").write_text(config.replace(f"sqlite:///{tmp_path}/state.db", "sqlite:///var/lib/x/state.db"))
+    result = run("check", config=tmp_path / "c.toml")
+    assert result.returncode == 2 and result.stderr.startswith("configuration error: database_url:")
+    assert "relative" in result.stderr and not (Path.cwd() / "var").exists()
+
+
+def test_each_outcome_is_printed_once_and_expected_failures_have_no_traceback(tmp_path, slapd, ldap_ou, jira):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou))
+    quiet = run("sync", "jdoe", config=config)
+    assert quiet.stdout == "jdoe: updated\n" and quiet.stderr == ""
+    verbose = run("--verbose", "sync", "jdoe", "--force", config=config)
+    assert verbose.stdout == "jdoe: updated (forced)\n" and "sync jdoe: updated (forced)" in verbose.stderr
+    as_json = json.loads(run("sync", "jdoe", "--json", config=config).stdout)
+    assert as_json["outcome"] == "unchanged" and as_json["username"] == "jdoe" and as_json["source"] == "admin"
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("jira-avatar-sync, version ")
+
+    down = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text().replace(
+        f"sqlite:///{tmp_path}/state.db", f"postgresql://nobody@127.0.0.1:{slapd_rig.free_port()}/none")
+    (tmp_path / "down.toml").write_text(down)
+    for args in (("sync", "jdoe"), ("sweep",), ("check",)):
+        result = run(*args, config=tmp_path / "down.toml")
+        assert result.returncode == 1, args
+        assert "Traceback" not in result.stdout + result.stderr, args
+        assert "127.0.0.1" in result.stdout + result.stderr, args  # says which database
 
 
 def test_check_fails_on_bad_bind_and_non_admin(tmp_path, slapd, ldap_ou, jira):

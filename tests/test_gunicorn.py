@@ -74,7 +74,7 @@ base_dn = "{base_dn}"
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still booting
                 time.sleep(0.1)
         raise AssertionError("gunicorn did not come up:\n" + self.log.read_text()[-3000:])
 
@@ -224,7 +224,7 @@ def test_serve_and_a_separate_worker_process(tmp_path, slapd, ldap_ou, jira):
 def _up(url) -> bool:
     try:
         return requests.get(url + "/healthz", timeout=1).status_code == 200
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):
         return False
 
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.rig.slapd import free_port
 
 SECRET = "hook-secret"
 ADMIN = "admin-token"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
 
 def signed(payload: dict, secret: str = SECRET) -> tuple[bytes, dict]:
@@ -207,14 +209,42 @@ def test_failed_job_is_visible_through_the_admin_api(web, jira):
 def test_health_and_readiness(web, service, slapd, ldap_ou):
     assert web.http.get("/healthz").get_json() == {"status": "ok"}
     r = web.http.get("/readyz")
-    assert r.status_code == 200 and r.get_json()["status"] == "ok"
-    assert set(r.get_json()["checks"]) == {"directory:openldap", "jira", "database"}
-    broken = service([slapd_directory(slapd, ldap_ou, urls=[f"ldap://127.0.0.1:{free_port()}"])])
-    r = broken.http.get("/readyz")
-    assert r.status_code == 503
+    assert r.status_code == 200 and r.get_json()["status"] == "ready"
     checks = r.get_json()["checks"]
-    assert checks["directory:openldap"]["ok"] is False and checks["jira"]["ok"] is True
+    assert set(checks) == {"directory:openldap", "jira", "database"}
+    assert all(c == {"status": "ok"} for c in checks.values())  # anonymous: the status alone
+    detailed = web.http.get("/readyz", headers=ADMIN_HEADERS).get_json()["checks"]
+    assert detailed["directory:openldap"]["servers"] == [slapd.url] and detailed["jira"]["account"] == JIRA_USER
+
+
+def test_readiness_stays_200_while_a_dependency_is_down(service, slapd, ldap_ou):
+    """A load balancer must keep sending webhooks while LDAP is down: they queue."""
+    dead = f"ldap://127.0.0.1:{free_port()}"
+    broken = service([slapd_directory(slapd, ldap_ou, urls=[dead])])
+    r = broken.http.get("/readyz")
+    assert r.status_code == 200 and r.get_json()["status"] == "degraded"
+    assert r.get_json()["checks"]["directory:openldap"] == {"status": "down"}
+    assert dead not in r.get_data(as_text=True)  # addresses and reasons are for admins
+    detailed = broken.http.get("/readyz", headers=ADMIN_HEADERS).get_json()["checks"]
+    assert detailed["directory:openldap"]["status"] == "down" and detailed["directory:openldap"]["reason"]
+    assert detailed["directory:openldap"]["since"] and detailed["jira"]["status"] == "ok"
+    assert post(broken, login("jdoe")).status_code == 202  # accepted durably all the same
     assert broken.http.get("/healthz").status_code == 200
+
+
+def test_readiness_is_503_only_when_the_database_cannot_take_a_write(web, tmp_path):
+    import sqlite3
+    holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        r = web.http.get("/readyz")
+        assert r.status_code == 503 and r.get_json()["status"] == "unavailable"
+        assert r.get_json()["checks"]["database"] == {"status": "down"}
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    web.services.readiness._probed_at = float("-inf")  # the next probe, without waiting 5 s
+    assert web.http.get("/readyz").status_code == 200
 
 
 def test_user_without_photo_is_debounced_too(web, slapd, ldap_ou, jira):
@@ -247,14 +277,80 @@ def test_metrics_read_the_shared_database(web, service, jira):
     assert locked.http.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
 
 
-def test_dashboard_shows_queue_outcomes_and_sweeps(web):
-    import base64 as b64
+def basic_auth(token: str = ADMIN) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"admin:{token}".encode()).decode()}
+
+
+DASHBOARD = {**basic_auth(), "Content-Type": "application/json", "X-Avatar-Sync-Request": "1"}
+
+
+def test_dashboard_page_and_its_data(web, jira):
     post(web, login("jdoe"))
     web.pool.run_once()
     assert web.http.get("/").status_code == 401  # the browser is asked for the admin token
-    basic = b64.b64encode(f"admin:{ADMIN}".encode()).decode()
-    page = web.http.get("/", headers={"Authorization": f"Basic {basic}"})
+    page = web.http.get("/", headers=basic_auth())
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and page.mimetype == "text/html"
-    assert "<td>updated</td><td class=\"num\">1</td>" in html
-    assert "no sweep yet" in html and "Start a sweep" in html
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert page.headers["X-Frame-Options"] == "DENY" and page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert re.findall(r"<script[^>]*>\s*[^<\s]", html) == [] and " style=" not in html and "<style" not in html
+    script = web.http.get(re.search(r'<script src="([^"]+)"', html).group(1))
+    assert script.status_code == 200 and b"admin/dashboard.json" in script.data
+
+    data = web.http.get("/admin/dashboard.json", headers=basic_auth()).get_json()
+    assert data["status"] == "ready" and data["checks"]["jira"]["status"] == "ok" and data["disabled"] is False
+    assert data["queue"] == {} and data["sweep"] is None and data["next_sweep"] is None
+    (recent,) = data["recent"]
+    assert recent["username"] == "jdoe" and recent["outcome"] == "updated" and recent["source"] == "login"
+    assert isinstance(recent["duration_ms"], int) and recent["avatar_id"] == jira.state.selected_avatar("jdoe").id
+    thumb = web.http.get(f"/admin/users/jdoe/avatar.png?v={recent['avatar_id']}", headers=basic_auth())
+    assert thumb.status_code == 200 and thumb.mimetype == "image/png" and thumb.data.startswith(b"\x89PNG")
+    found = web.http.get("/admin/users?search=JD", headers=basic_auth()).get_json()["users"]
+    assert [u["username"] for u in found] == ["jdoe"] and found[0]["state"]["last_outcome"] == "updated"
+    assert web.http.get("/admin/users?search=x%25", headers=basic_auth()).get_json()["users"] == []
+
+
+def test_browser_credentials_cannot_be_used_cross_site(web, jira):
+    """Any page the admin visits could post a form here with the browser's Basic credentials."""
+    form = web.http.post("/admin/users/jdoe/sync", data={"force": "true"}, headers=basic_auth())
+    assert form.status_code == 403 and jira.state.writes() == 0
+    empty_form = web.http.post("/admin/sweeps", data=b"", headers=basic_auth(),
+                               content_type="application/x-www-form-urlencoded")
+    assert empty_form.status_code == 403
+    text = web.http.post("/admin/sweeps", data=b'{"dry_run": true}', headers=basic_auth(), content_type="text/plain")
+    assert text.status_code == 403
+    no_header = web.http.post("/admin/users/jdoe/sync", json={}, headers=basic_auth())
+    assert no_header.status_code == 403 and "dashboard" in no_header.get_json()["error"]
+    other_site = web.http.post("/admin/users/jdoe/sync", json={}, headers={
+        **DASHBOARD, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+    assert other_site.status_code == 403 and jira.state.writes() == 0
+    ok = web.http.post("/admin/users/jdoe/sync", json={}, headers={**DASHBOARD, "Sec-Fetch-Site": "same-origin",
+                                                                  "Origin": "http://localhost"})
+    assert ok.status_code == 200 and ok.get_json()["outcome"] == "updated"
+    # scripts with the token as Bearer keep working, with or without a JSON content type
+    r = web.http.post("/admin/users/jdoe/sync", data=b'{"force": true}', headers=ADMIN_HEADERS,
+                      content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 200 and r.get_json()["outcome"] == "updated"
+    assert web.http.post("/admin/users/jdoe/sync", headers=ADMIN_HEADERS).status_code == 200
+
+
+def test_admin_answers_name_what_is_wrong(web):
+    missing = web.http.get("/admin/sweeps")
+    wrong = web.http.get("/admin/sweeps", headers={"Authorization": "Bearer nope"})
+    assert missing.status_code == wrong.status_code == 401
+    assert "required" in missing.get_json()["error"] and "wrong" in wrong.get_json()["error"]
+    r = web.http.post("/admin/users/jdoe/sync", json={"forse": True}, headers=ADMIN_HEADERS)
+    assert r.status_code == 400 and "'forse'" in r.get_json()["error"]
+    r = web.http.post("/admin/sweeps", json={"dry_run": "yes"}, headers=ADMIN_HEADERS)
+    assert r.status_code == 400 and "dry_run" in r.get_json()["error"]
+    r = web.http.post("/admin/sweeps", json=[1], headers=ADMIN_HEADERS)
+    assert r.status_code == 400
+    huge = "9" * 23
+    assert web.http.get(f"/admin/sweeps/{huge}", headers=ADMIN_HEADERS).status_code == 404
+    assert web.http.get(f"/admin/sweeps/{huge}/problems.csv", headers=ADMIN_HEADERS).status_code == 404
+    assert web.http.post(f"/admin/sweeps/{huge}/cancel", headers=ADMIN_HEADERS).status_code == 404
+    assert web.http.get("/admin/sweeps/\u00b2", headers=ADMIN_HEADERS).status_code == 404
+    assert web.http.get(f"/admin/sweeps?limit={huge}", headers=ADMIN_HEADERS).status_code == 200
+    assert web.http.get("/admin/sweeps?limit=-1", headers=ADMIN_HEADERS).status_code == 400

@@ -1,130 +1,141 @@
-"""Admin API: Bearer <admin token>, or HTTP Basic with the token as password (for browsers)."""
+"""Admin API (app/web/auth.py: who may call it, and the rules for browser credentials)."""
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import hmac
+import threading
 
-from flask import Blueprint, current_app, jsonify, request
+from cachetools import TTLCache
+from flask import Blueprint, Response, jsonify, request
+
+from ..jira import JiraError
+from ..sweep import SweepConflict, run_in_background
+from .auth import BadRequest, admin_required, json_body, services
 
 bp = Blueprint("admin", __name__)
+MAX_ID = 2**31 - 1  # ids are INTEGER columns; a longer number names no sweep
+MAX_LIMIT = 100_000
+
+# Thumbnails of Jira's current pictures, by (user, avatar id): the dashboard shows a few dozen
+# and refreshes every few seconds; Jira is asked once per picture and process.
+_thumbnails: TTLCache = TTLCache(maxsize=512, ttl=600)
+_thumbnails_lock = threading.Lock()
 
 
-def _services():
-    return current_app.extensions["avatar_sync"]
+def _sweep_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > MAX_ID:
+        raise BadRequest(404, f"no sweep {text[:40]}")
+    return int(text)
 
 
-def admin_token_ok(token: str) -> bool:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    given = ""
-    if scheme.lower() == "bearer":
-        given = value.strip()
-    elif scheme.lower() == "basic":
-        try:
-            given = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
-            given = ""
-    return bool(token) and bool(given) and hmac.compare_digest(given.encode(), token.encode())
-
-
-def admin_required(view):
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        token = _services().settings.admin.token
-        if not token:
-            return jsonify({"error": "the admin API is off: set admin.token"}), 403
-        if not admin_token_ok(token):
-            return (jsonify({"error": "admin token required"}), 401,
-                    {"WWW-Authenticate": 'Basic realm="jira-avatar-sync"'})
-        return view(*args, **kwargs)
-    return wrapper
+def _limit(default: int) -> int:
+    text = request.args.get("limit", "")
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()):
+        raise BadRequest(400, "limit must be a whole number")
+    return max(1, min(int(text) if len(text) <= 9 else MAX_LIMIT, MAX_LIMIT))
 
 
 @bp.post("/admin/users/<path:username>/sync")
 @admin_required
 def sync_user(username: str):
-    body = request.get_json(silent=True) if request.get_data() else {}
-    if not isinstance(body, dict):
-        return jsonify({"error": "body must be a JSON object such as {\"force\": false}"}), 400
-    force, dry_run = body.get("force", False), body.get("dry_run", False)
-    if not isinstance(force, bool) or not isinstance(dry_run, bool):
-        return jsonify({"error": "force and dry_run must be true or false"}), 400
-    result = _services().syncer.sync_user(username, force=force, dry_run=dry_run)
+    body = json_body({"force": bool, "dry_run": bool})
+    result = services().syncer.sync_user(username, force=body.get("force", False),
+                                         dry_run=body.get("dry_run", False), source="admin")
     return jsonify(result.as_dict())
 
 
 @bp.get("/admin/users/<path:username>")
 @admin_required
 def get_user(username: str):
-    services = _services()
-    state = services.store.get(username)
-    job = services.queue.job_for(username)
+    svc = services()
+    state, job = svc.store.get(username), svc.queue.job_for(username)
     if state is None and job is None:
         return jsonify({"username": username, "error": "nothing known about this user"}), 404
     return jsonify({"username": username, "state": state.as_dict() if state else None, "queue": job})
 
 
+@bp.get("/admin/users")
+@admin_required
+def search_users():
+    """``?search=prefix``: what the service knows of the users whose name starts so."""
+    prefix = request.args.get("search", "")
+    svc = services()
+    return jsonify({"users": [{"username": s.username, "state": s.as_dict(), "queue": svc.queue.job_for(s.username)}
+                              for s in svc.store.search(prefix, limit=_limit(20))]})
+
+
+@bp.get("/admin/users/<path:username>/avatar.png")
+@admin_required
+def current_avatar(username: str):
+    """The picture Jira shows now, through the service: the admin's browser needs no Jira session."""
+    svc = services()
+    key = (username.lower(), request.args.get("v", ""))
+    with _thumbnails_lock:
+        image = _thumbnails.get(key)
+    if image is None:
+        try:
+            image = svc.jira.avatar_image(username)
+        except JiraError as exc:
+            return jsonify({"error": f"Jira: {exc}"}), 502
+        if image is None:
+            return jsonify({"error": "Jira shows no picture of its own for this user"}), 404
+        with _thumbnails_lock:
+            _thumbnails[key] = image
+    # the page asks with ?v=<avatar id>: a new picture is a new URL, so caching is safe
+    return Response(image, mimetype="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
 @bp.post("/admin/sweeps")
 @admin_required
 def start_sweep():
-    from ..sweep import SweepConflict, Sweeps, run_in_background
-
-    body = request.get_json(silent=True) if request.get_data() else {}
-    if not isinstance(body, dict) or not all(isinstance(body.get(k, False), bool) for k in ("dry_run", "full")):
-        return jsonify({"error": "body must be a JSON object such as {\"dry_run\": false, \"full\": false}"}), 400
-    services = _services()
+    body = json_body({"dry_run": bool, "full": bool})
+    svc = services()
     try:
-        sweep_id = Sweeps(services).start(dry_run=body.get("dry_run", False), full=body.get("full", False))
+        sweep_id = svc.sweeps.start(dry_run=body.get("dry_run", False), full=body.get("full", False))
     except SweepConflict as exc:
         return jsonify({"error": str(exc)}), 409
-    run_in_background(services)  # here and now; any other process would take it within seconds
-    return jsonify(Sweeps(services).summary(sweep_id)), 202
+    run_in_background(svc)  # here and now; any other process would take it within seconds
+    return jsonify(svc.sweeps.summary(sweep_id)), 202
 
 
 @bp.get("/admin/sweeps")
 @admin_required
 def list_sweeps():
-    from ..sweep import Sweeps
-    return jsonify({"sweeps": Sweeps(_services()).list()})
+    return jsonify({"sweeps": services().sweeps.list(limit=_limit(50))})
 
 
-@bp.get("/admin/sweeps/<int:sweep_id>")
+@bp.get("/admin/sweeps/<sweep_id>")
 @admin_required
-def get_sweep(sweep_id: int):
-    from ..sweep import Sweeps
-    sweeps = Sweeps(_services())
-    summary = sweeps.summary(sweep_id)
+def get_sweep(sweep_id: str):
+    sweeps, number = services().sweeps, _sweep_id(sweep_id)
+    summary = sweeps.summary(number)
     if summary is None:
-        return jsonify({"error": f"no sweep {sweep_id}"}), 404
-    limit = request.args.get("limit", default=1000, type=int)
-    summary["problems"] = sweeps.problems(sweep_id, limit=max(1, limit))
+        return jsonify({"error": f"no sweep {number}"}), 404
+    summary["problems"] = sweeps.problems(number, limit=_limit(1000))
     return jsonify(summary)
 
 
-@bp.get("/admin/sweeps/<int:sweep_id>/problems.<fmt>")
+@bp.get("/admin/sweeps/<sweep_id>/problems.<fmt>")
 @admin_required
-def sweep_problems(sweep_id: int, fmt: str):
-    from ..sweep import Sweeps
-    sweeps = Sweeps(_services())
-    if sweeps.summary(sweep_id) is None:
-        return jsonify({"error": f"no sweep {sweep_id}"}), 404
+def sweep_problems(sweep_id: str, fmt: str):
+    sweeps, number = services().sweeps, _sweep_id(sweep_id)
+    if sweeps.summary(number) is None:
+        return jsonify({"error": f"no sweep {number}"}), 404
     if fmt == "csv":
-        return current_app.response_class(sweeps.problems_csv(sweep_id), mimetype="text/csv", headers={
-            "Content-Disposition": f"attachment; filename=sweep-{sweep_id}-problems.csv"})
+        return Response(sweeps.problems_csv(number), mimetype="text/csv", headers={
+            "Content-Disposition": f"attachment; filename=sweep-{number}-problems.csv"})
     if fmt == "json":
-        return jsonify({"id": sweep_id, "problems": sweeps.problems(sweep_id)})
+        return jsonify({"id": number, "problems": sweeps.problems(number)})
     return jsonify({"error": "problems.csv or problems.json"}), 404
 
 
-@bp.post("/admin/sweeps/<int:sweep_id>/cancel")
+@bp.post("/admin/sweeps/<sweep_id>/cancel")
 @admin_required
-def cancel_sweep(sweep_id: int):
-    from ..sweep import Sweeps
-    sweeps = Sweeps(_services())
-    if sweeps.summary(sweep_id) is None:
-        return jsonify({"error": f"no sweep {sweep_id}"}), 404
-    if not sweeps.cancel(sweep_id):
-        return jsonify({"error": f"sweep {sweep_id} is not running"}), 409
-    return jsonify(sweeps.summary(sweep_id))
+def cancel_sweep(sweep_id: str):
+    json_body({})
+    sweeps, number = services().sweeps, _sweep_id(sweep_id)
+    if sweeps.summary(number) is None:
+        return jsonify({"error": f"no sweep {number}"}), 404
+    if not sweeps.cancel(number):
+        return jsonify({"error": f"sweep {number} is not running"}), 409
+    return jsonify(sweeps.summary(number))

@@ -22,13 +22,16 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from ..queue import LOGIN, USER_EVENT
-from ..sync import DEBOUNCED, IGNORED
+from ..metrics import WEBHOOKS
+from ..outcomes import DEBOUNCED, IGNORED
 
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/jira"
 SYNC_EVENTS = {"user_login": LOGIN, "user_created": USER_EVENT, "user_updated": USER_EVENT}
 DELETE_EVENTS = {"user_deleted"}
+# The metric's status for each refusal (a 2xx answer is counted by its own status word).
+REFUSALS = {400: "bad_request", 401: "bad_signature", 413: "too_large", 415: "not_json", 503: "unavailable"}
 
 
 class WebhookDoor:
@@ -41,12 +44,14 @@ class WebhookDoor:
         if environ.get("PATH_INFO") != PATH:
             return self.app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
+            WEBHOOKS.labels("method_not_allowed").inc()
             return _respond(start_response, 405, {"status": "error", "error": "use POST"}, [("Allow", "POST")])
         try:
             status, answer = self.handle(environ)
         except Exception:  # noqa: BLE001 - the sender retries; the details go to the log only
             log.exception("webhook failed")
             status, answer = 500, {"status": "error", "error": "internal error: the event was not accepted"}
+        WEBHOOKS.labels(answer["status"] if status < 300 else REFUSALS.get(status, "error")).inc()
         return _respond(start_response, status, answer)
 
     def handle(self, environ) -> tuple[int, dict]:

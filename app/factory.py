@@ -1,0 +1,46 @@
+"""create_app(): wires settings, logging, store and services, registers the blueprints and puts
+the webhook door (and, behind proxies, ProxyFix) in front. It opens no connection and starts no
+thread: gunicorn forks after it. app/__init__.py says why this lives apart from the package's
+top.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import logs
+from .config import ConfigError, Settings, load_settings, weak_settings
+from .services import build_services
+from .web import admin, dashboard, health, hooks, metrics
+from .web.auth import EXTENSION
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Settings | None = None) -> Flask:
+    settings = config or load_settings()
+    require_webhook_auth(settings)
+    logs.setup(settings.log_level, settings.log_format)
+    for warning in weak_settings(settings):
+        log.warning("weak setting: %s", warning)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.webhook.max_body_bytes
+    services = app.extensions[EXTENSION] = build_services(settings)
+    for blueprint in (health.bp, admin.bp, metrics.bp, dashboard.bp):
+        app.register_blueprint(blueprint)
+    app.after_request(dashboard.security_headers)
+    # the webhook, Jira's one hot path, is answered before Flask (see app/web/hooks.py)
+    app.wsgi_app = hooks.WebhookDoor(app.wsgi_app, services)
+    if settings.trusted_proxies:  # outermost: every door and the access log see the real client
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+    return app
+
+
+def require_webhook_auth(settings: Settings) -> None:
+    """An open webhook would let anyone trigger LDAP and Jira work: refuse unless asked for."""
+    if not settings.webhook.secret and not settings.webhook.allow_unauthenticated:
+        raise ConfigError("webhook.secret", "is required (AVATAR_SYNC_WEBHOOK_SECRET); set "
+                          "webhook.allow_unauthenticated = true to accept unsigned webhooks")
