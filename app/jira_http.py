@@ -19,7 +19,7 @@ import os
 import threading
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import urllib3
 from cachetools import LRUCache
@@ -123,7 +123,8 @@ class JiraHttp:
         size = {"num_pools": 2, "maxsize": max(1, s.max_concurrency)}
         proxy = _environ_proxy(s.url)  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once
         if proxy:
-            return urllib3.ProxyManager(proxy, **size, **tls)
+            url, headers = _proxy_and_credentials(proxy)
+            return urllib3.ProxyManager(url, proxy_headers=headers, **size, **tls)
         return urllib3.PoolManager(**size, **tls)
 
 
@@ -136,6 +137,20 @@ def _basic(username: str, password: str) -> str:
     except UnicodeEncodeError:
         raw = pair.encode("utf-8")
     return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _proxy_and_credentials(proxy: str) -> tuple[str, dict | None]:
+    """``http://user:pass@proxy:3128`` -> the proxy's URL without them, and the
+    Proxy-Authorization header that carries them (urllib3 leaves credentials in the URL unused,
+    and keeping them out of the URL keeps them out of its error messages)."""
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return proxy, None
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    if ":" in parts.hostname:  # IPv6
+        host = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, "", "")), urllib3.make_headers(proxy_basic_auth=credentials)
 
 
 def _environ_proxy(url: str) -> str | None:

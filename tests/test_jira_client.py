@@ -260,6 +260,54 @@ def test_calls_go_through_the_environments_proxy_unless_no_proxy(monkeypatch):
         proxy.server_close()
 
 
+def test_proxy_credentials_in_the_environment_reach_the_proxy(monkeypatch, caplog):
+    """HTTP_PROXY=http://user:pass@proxy: the proxy demands them (407 without), and they
+    appear in no error message or log line."""
+    import base64
+    import http.server
+    import json
+    import threading
+
+    seen = []
+    expected = "Basic " + base64.b64encode("proxy-user:p@ss:w0rd".encode()).decode()
+
+    class AuthenticatingProxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Proxy-Authorization"))
+            if self.headers.get("Proxy-Authorization") != expected:
+                self.send_response(407)
+                self.send_header("Proxy-Authenticate", 'Basic realm="proxy"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = json.dumps({"name": "jdoe", "key": "JIRAUSER1", "avatarUrls": {}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AuthenticatingProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    settings = JiraSettings(url="http://jira.invalid:8080", username="u", password="p", max_retries=0)
+    try:
+        for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://proxy-user:p%40ss%3Aw0rd@127.0.0.1:{proxy.server_port}")
+        assert JiraClient(settings).get_user("jdoe").key == "JIRAUSER1"
+        assert seen == [expected]
+        monkeypatch.setenv("HTTP_PROXY", f"http://proxy-user:wrong-secret@127.0.0.1:{proxy.server_port}")
+        with pytest.raises(JiraError) as refused:
+            JiraClient(settings).get_user("jdoe")
+        assert "407" in str(refused.value) and "wrong-secret" not in str(refused.value) + caplog.text
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
 def test_a_password_with_accents_is_sent_as_jira_decodes_it(jira):
     """Jira decodes Basic credentials as ISO-8859-1; a character beyond it must not stop the
     service from starting (it is sent in UTF-8, and Jira's answer says what it thinks)."""
