@@ -134,6 +134,38 @@ def weak_settings(settings: Settings) -> list[str]:
     return out
 
 
+# --- the keys ------------------------------------------------------------------------------
+
+# Every key the configuration file accepts, by table ("" is the top level, "directories" each
+# [[directories]] table). The loader refuses any other; the README's reference table,
+# deploy/config.example.toml and the environment names are tested against this list.
+KEYS: dict[str, tuple[str, ...]] = {
+    "": ("database_url", "photo_attributes", "size", "login_debounce_seconds", "max_photo_bytes",
+         "max_photo_pixels", "log_level", "log_format", "trusted_proxies"),
+    "jira": ("url", "username", "password", "token", "max_concurrency", "max_requests_per_second",
+             "connect_timeout", "timeout", "max_retries", "ca_file", "verify_tls"),
+    "webhook": ("secret", "allow_unauthenticated", "max_body_bytes"),
+    "admin": ("token",),
+    "worker": ("threads", "poll_seconds", "lease_seconds", "max_attempts", "retry_base_seconds",
+               "retry_max_seconds", "start_in_web"),
+    "sweep": ("schedule",),
+    "metrics": ("require_admin",),
+    "directories": ("name", "urls", "bind_dn", "bind_password", "base_dn", "user_filter",
+                    "username_attribute", "photo_attributes", "ca_file", "start_tls", "verify_tls",
+                    "connect_timeout", "timeout", "pool_size"),
+}
+SECRETS = {"jira.password", "jira.token", "webhook.secret", "admin.token", "directories.bind_password"}
+ALIASES = {"directories": ("url",)}  # one URL instead of the list
+
+
+def accepted(table: str) -> set[str]:
+    """The keys a table may hold: its own, ``<secret>_file`` for each secret, aliases, and at
+    the top level the tables."""
+    keys = set(KEYS[table]) | set(ALIASES.get(table, ()))
+    keys |= {k + "_file" for k in KEYS[table] if f"{table}.{k}".lstrip(".") in SECRETS}
+    return keys | (set(KEYS) - {""} if table == "" else set())
+
+
 # --- reading -------------------------------------------------------------------------------
 
 def load_settings(path: str | os.PathLike | None = None,
@@ -156,9 +188,7 @@ def load_settings(path: str | os.PathLike | None = None,
 def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
     env = {} if env is None else env
     r = Reader(data, "", env)
-    r.reject_unknown({"database_url", "photo_attributes", "size", "login_debounce_seconds",
-                      "max_photo_bytes", "max_photo_pixels", "log_level", "log_format", "trusted_proxies",
-                      "jira", "webhook", "admin", "worker", "sweep", "metrics", "directories"})
+    r.reject_unknown(accepted(""))
     photo_attributes = r.attr_list("photo_attributes", DEFAULT_PHOTO_ATTRIBUTES)
     dirs_raw = data.get("directories", [])
     if not isinstance(dirs_raw, list):
@@ -191,7 +221,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         admin=_admin(Reader(r.table("admin"), "admin.", env)),
         worker=_worker(Reader(r.table("worker"), "worker.", env)),
         sweep_schedule=_schedule(Reader(r.table("sweep"), "sweep.", env)),
-        metrics_require_admin=Reader(r.table("metrics"), "metrics.", env).boolean("require_admin", False),
+        metrics_require_admin=_metrics(Reader(r.table("metrics"), "metrics.", env)),
         log_level=level, log_format=log_format,
         trusted_proxies=r.integer("trusted_proxies", 0, 0, 10),
     )
@@ -218,9 +248,7 @@ def _database_url(url: str) -> str:
 
 
 def _jira(r: "Reader") -> JiraSettings:
-    r.reject_unknown({"url", "username", "password", "password_file", "token", "token_file",
-                      "max_concurrency", "max_requests_per_second", "connect_timeout", "timeout",
-                      "max_retries", "ca_file", "verify_tls"})
+    r.reject_unknown(accepted("jira"))
     url = r.string("url", "").rstrip("/")
     if not url:
         raise ConfigError("jira.url", "is required (AVATAR_SYNC_JIRA_URL)")
@@ -244,20 +272,19 @@ def _jira(r: "Reader") -> JiraSettings:
 
 
 def _webhook(r: "Reader") -> WebhookSettings:
-    r.reject_unknown({"secret", "secret_file", "allow_unauthenticated", "max_body_bytes"})
+    r.reject_unknown(accepted("webhook"))
     return WebhookSettings(secret=r.secret("secret"),
                            allow_unauthenticated=r.boolean("allow_unauthenticated", False),
                            max_body_bytes=r.integer("max_body_bytes", 64 * 1024, 256, 16 * 1024 * 1024))
 
 
 def _admin(r: "Reader") -> AdminSettings:
-    r.reject_unknown({"token", "token_file"})
+    r.reject_unknown(accepted("admin"))
     return AdminSettings(token=r.secret("token"))
 
 
 def _worker(r: "Reader") -> WorkerSettings:
-    r.reject_unknown({"threads", "poll_seconds", "lease_seconds", "max_attempts", "retry_base_seconds",
-                      "retry_max_seconds", "start_in_web"})
+    r.reject_unknown(accepted("worker"))
     return WorkerSettings(
         threads=r.integer("threads", 2, 0, 64), poll_seconds=r.number("poll_seconds", 1.0, 0.05, 60),
         lease_seconds=r.number("lease_seconds", 120.0, 1, 86400),
@@ -267,8 +294,13 @@ def _worker(r: "Reader") -> WorkerSettings:
         start_in_web=r.boolean("start_in_web", True))
 
 
+def _metrics(r: "Reader") -> bool:
+    r.reject_unknown(accepted("metrics"))
+    return r.boolean("require_admin", False)
+
+
 def _schedule(r: "Reader") -> dt_time | None:
-    r.reject_unknown({"schedule"})
+    r.reject_unknown(accepted("sweep"))
     text = r.string("schedule", "")
     if not text:
         return None
@@ -284,9 +316,7 @@ def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySetting
     if not isinstance(raw, Mapping):
         raise ConfigError(prefix.rstrip("."), "must be a table")
     r = Reader(raw, prefix, env)
-    r.reject_unknown({"name", "urls", "url", "bind_dn", "bind_password", "bind_password_file",
-                      "base_dn", "user_filter", "username_attribute", "photo_attributes", "ca_file",
-                      "start_tls", "verify_tls", "connect_timeout", "timeout", "pool_size"})
+    r.reject_unknown(accepted("directories"))
     urls = r.str_list("urls", None) or ([r.string("url", "")] if raw.get("url") else [])
     if not urls:
         raise ConfigError(prefix + "urls", "at least one ldap:// or ldaps:// URL is required")

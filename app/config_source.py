@@ -36,6 +36,8 @@ _ENV_KEYS = {
     "JIRA_MAX_CONCURRENCY": (("jira",), "max_concurrency"),
     "JIRA_MAX_REQUESTS_PER_SECOND": (("jira",), "max_requests_per_second"),
     "JIRA_TIMEOUT": (("jira",), "timeout"),
+    "JIRA_CONNECT_TIMEOUT": (("jira",), "connect_timeout"),
+    "JIRA_MAX_RETRIES": (("jira",), "max_retries"),
     "JIRA_CA_FILE": (("jira",), "ca_file"),
     "JIRA_VERIFY_TLS": (("jira",), "verify_tls"),
     "WEBHOOK_SECRET": (("webhook",), "secret"),
@@ -62,6 +64,9 @@ _ENV_KEYS = {
     "LDAP_CA_FILE": (("directories",), "ca_file"),
     "LDAP_START_TLS": (("directories",), "start_tls"),
     "LDAP_VERIFY_TLS": (("directories",), "verify_tls"),
+    "LDAP_CONNECT_TIMEOUT": (("directories",), "connect_timeout"),
+    "LDAP_TIMEOUT": (("directories",), "timeout"),
+    "LDAP_POOL_SIZE": (("directories",), "pool_size"),
 }
 _SECRETS = {"JIRA_PASSWORD", "JIRA_TOKEN", "WEBHOOK_SECRET", "ADMIN_TOKEN", "LDAP_BIND_PASSWORD"}
 

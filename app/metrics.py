@@ -23,6 +23,9 @@ from .outcomes import OUTCOMES
 
 PREFIX = "jira_avatar_sync_"
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # its files are opened as the metrics are made, below
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], mode=0o700, exist_ok=True)
+
 SYNCS = Counter(PREFIX + "syncs_total", "Syncs that ended, by outcome (dry runs not counted)",
                 ["outcome", "source"])
 SYNC_SECONDS = Histogram(PREFIX + "sync_duration_seconds", "How long a sync took, directory and Jira included",
@@ -97,11 +100,11 @@ def _database_gauges(svc):
     g.add_metric(["total"], running["total"] if running else 0)
     g.add_metric(["done"], running["done"] if running else 0)
     yield g
-    if last is not None:
-        yield GaugeMetricFamily(PREFIX + "last_sweep_end_timestamp_seconds", "When the last sweep ended",
-                                value=last["finished_epoch"])
-        g = GaugeMetricFamily(PREFIX + "last_sweep_status", "1 for the status the last sweep ended with",
-                              labels=["status"])
-        for status in ("finished", "failed", "cancelled"):
-            g.add_metric([status], 1 if last["status"] == status else 0)
-        yield g
+    # 0 and no status while no sweep has ever ended (the "no sweep for 2 days" alert then fires)
+    yield GaugeMetricFamily(PREFIX + "last_sweep_end_timestamp_seconds", "When the last sweep ended (0: never)",
+                            value=last["finished_epoch"] if last else 0)
+    g = GaugeMetricFamily(PREFIX + "last_sweep_status", "1 for the status the last sweep ended with",
+                          labels=["status"])
+    for status in ("finished", "failed", "cancelled"):
+        g.add_metric([status], 1 if last and last["status"] == status else 0)
+    yield g

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import io
 import json
 import secrets
@@ -89,6 +90,7 @@ class JiraState:
     base_url: str = "http://localhost"
     version: str = "10.3.0"
     latency: float = 0.0
+    gravatar: bool = False   # "Use Gravatar for user avatars": avatarUrls point at gravatar.com (§3)
     accounts: dict = field(default_factory=dict)      # username -> {"password", "admin"}
     tokens: dict = field(default_factory=dict)        # personal access token -> username
     users: dict = field(default_factory=dict)         # name -> User
@@ -177,6 +179,9 @@ class JiraState:
         return self.avatars[avatar_id]
 
     def avatar_urls(self, user: User) -> dict:
+        if self.gravatar:  # Jira then shows Gravatar's picture, whatever avatar is selected
+            digest = hashlib.md5(user.email.lower().encode()).hexdigest()
+            return {f"{px}x{px}": f"https://www.gravatar.com/avatar/{digest}?d=mm&s={px}" for px in (48, 24, 16, 32)}
         avatar = self.selected_avatar(user.name)
         query = {"ownerId": avatar.owner, "avatarId": avatar.id} if avatar.owner else {"avatarId": avatar.id}
         base = f"{self.base_url}/secure/useravatar?"

@@ -160,6 +160,14 @@ def test_check_fails_for_what_would_stop_serve_and_speaks_json(tmp_path, slapd, 
     assert JIRA_PASSWORD not in as_json.stdout + as_json.stderr
 
 
+def test_check_warns_when_jira_serves_gravatar(tmp_path, slapd, ldap_ou, jira):
+    jira.state.gravatar = True
+    result = run("check", config=write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)))
+    assert result.returncode == 0 and "warn Jira serves Gravatar pictures" in result.stdout
+    jira.state.gravatar = False
+    assert "Gravatar" not in run("check", config=tmp_path / "avatar-sync.toml").stdout
+
+
 def test_relative_sqlite_path_is_a_configuration_error(tmp_path, slapd, ldap_ou, jira):
     config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text()
     (tmp_path / "c.toml").write_text(config.replace(f"sqlite:///{tmp_path}/state.db", "sqlite:///var/lib/x/state.db"))

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,6 +159,23 @@ def test_bad_signature_is_refused_and_nothing_queued(service, slapd, ldap_ou, ji
     time.sleep(0.5)
     assert service.user("jdoe").status_code == 404  # nothing known, nothing queued
     assert jira.state.writes() == 0
+
+
+def test_metrics_add_up_every_gunicorn_worker(service, slapd, ldap_ou, jira):
+    """Each worker counts its own requests; a scrape, whichever worker answers it, adds them all."""
+    names = [f"m{i:02d}" for i in range(20)]
+    add_users(slapd, ldap_ou, jira, names)
+    with ThreadPoolExecutor(8) as pool:  # new connections: both workers take some
+        assert set(pool.map(lambda n: service.login(n).status_code, names)) == {202}
+    wait_until(lambda: all(synced(jira, n) for n in names), 30, "every login to be synced")
+    for _ in range(12):
+        with requests.Session() as fresh:
+            text = fresh.get(service.url + "/metrics", timeout=10).text
+        assert 'jira_avatar_sync_webhook_requests_total{status="queued"} 20.0' in text
+        synced_total = sum(float(v) for v in re.findall(
+            r'^jira_avatar_sync_syncs_total\{outcome="updated",source="login"\} (\S+)$', text, re.M))
+        assert synced_total == 20.0
+    assert 'jira_avatar_sync_build_info{version="' in text
 
 
 def test_sigkill_after_accepting_loses_and_repeats_nothing(service, slapd, ldap_ou, jira):

@@ -124,6 +124,18 @@ def test_webhook_door_answers_other_methods_odd_signatures_and_its_own_failures(
     assert "database is down" in caplog.text
 
 
+@pytest.mark.parametrize("proxies, logged", [(1, "203.0.113.7"), (0, "127.0.0.1")])
+def test_client_address_comes_from_x_forwarded_for_only_behind_trusted_proxies(service, caplog, proxies, logged):
+    app = service(trusted_proxies=proxies)
+    body = json.dumps(login("jdoe")).encode()
+    r = app.http.post("/webhooks/jira", data=body, environ_base={"REMOTE_ADDR": "127.0.0.1"},
+                      headers={"X-Forwarded-For": "203.0.113.7", "X-Hub-Signature": "sha256=" + "0" * 64})
+    assert r.status_code == 401
+    refusal = next(rec.getMessage() for rec in caplog.records if "webhook refused" in rec.getMessage())
+    assert refusal.endswith(f"from {logged}: bad or missing signature/token")
+    app.services.close()
+
+
 def test_duplicate_delivery_is_not_queued_twice(web):
     headers = {"X-Atlassian-Webhook-Identifier": "delivery-1"}
     assert post(web, login("jdoe"), headers=headers).status_code == 202

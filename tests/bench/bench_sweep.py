@@ -12,6 +12,11 @@ CLI, ``jira-avatar-sync sweep``, in its own process with jira.max_concurrency = 
 first sweep time against the round-trip bound 3*N*L/C (three Jira calls per new avatar), the
 repeat sweep's time, Jira writes and photo reads, and the sweep process's peak RSS.
 
+--dashboard-every S polls the dashboard's data (GET /admin/dashboard.json, as the open page
+does every 3 s) every S seconds during the first sweep, from this process, and reports how long
+each refresh took: what the page costs the database while a sweep writes to it. Compare the
+first sweep's time with and without it.
+
 --jira-only measures what the rig alone allows: C threads of another process make the same
 three calls per user through the service's own Jira client (upload, crop-confirm, select),
 with no directory, database or decoding. The emulator shares the cores, so even this stays
@@ -35,6 +40,7 @@ from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
 
 ROOT = Path(__file__).resolve().parents[2]
+BENCH_ADMIN = "bench-admin-token-0123456789"
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -75,6 +81,44 @@ def run_sweep(config: Path, *args: str, slapd_pid: int | None = None) -> tuple[f
     if out.returncode != 0:
         raise SystemExit(out.stdout + out.stderr[-3000:])
     return seconds, rss, out.stdout
+
+
+class DashboardPoller:
+    """GET /admin/dashboard.json every ``every`` seconds on a thread, as an open dashboard does."""
+
+    def __init__(self, config: Path, every: float):
+        import threading
+
+        from app import create_app
+        from app.config import load_settings
+        self.app = create_app(load_settings(config, env={}))
+        self.client = self.app.test_client()
+        self.every, self.seconds = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            started = time.perf_counter()
+            r = self.client.get("/admin/dashboard.json", headers={"Authorization": "Bearer " + BENCH_ADMIN})
+            assert r.status_code == 200, r.get_data(as_text=True)
+            self.seconds.append(time.perf_counter() - started)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.app.extensions["avatar_sync"].close()
+
+    def summary(self) -> dict:
+        ms = sorted(s * 1000 for s in self.seconds)
+        if not ms:
+            return {"refreshes": 0}
+        return {"refreshes": len(ms), "every_s": self.every, "p50_ms": round(ms[len(ms) // 2], 1),
+                "max_ms": round(ms[-1], 1)}
 
 
 def jira_only(url: str, users: int, concurrency: int, png: bytes) -> tuple[float, float]:
@@ -130,6 +174,8 @@ def main() -> None:
     parser.add_argument("--no-photos", action="store_true",
                         help="users without photos: every user is still paged, queued, looked up and "
                              "reported (memory as in a real sweep), but nothing is uploaded; for RSS at 100k")
+    parser.add_argument("--dashboard-every", type=float, default=0.0,
+                        help="poll the dashboard's data every S seconds during the first sweep (0: off)")
     parser.add_argument("--jira-only", action="store_true",
                         help="only the three Jira calls per user through the service's client: the rig's own floor")
     args = parser.parse_args()
@@ -164,7 +210,9 @@ def main() -> None:
     password = "pw"
     max_concurrency = {per_process}
     [webhook]
-    secret = "bench"
+    secret = "bench-webhook-secret-0123"
+    [admin]
+    token = "{BENCH_ADMIN}"
     [worker]
     threads = {os.environ.get("BENCH_THREADS", per_process)}
     poll_seconds = 0.2
@@ -176,7 +224,13 @@ def main() -> None:
     base_dn = "{people}"
     """)
             state.latency = args.latency_ms / 1000
-            first_s, first_rss, first_out = run_sweep(config, slapd_pid=ldap.proc.pid)
+            if args.dashboard_every:
+                with DashboardPoller(config, args.dashboard_every) as poller:
+                    first_s, first_rss, first_out = run_sweep(config, slapd_pid=ldap.proc.pid)
+                dashboard = poller.summary()
+            else:
+                first_s, first_rss, first_out = run_sweep(config, slapd_pid=ldap.proc.pid)
+                dashboard = None
             writes_after_first = state.writes()
             uploads = state.count("POST /user/avatar/temporary")
             repeat_s, repeat_rss, repeat_out = run_sweep(config, slapd_pid=ldap.proc.pid)
@@ -188,6 +242,7 @@ def main() -> None:
                 "first_uploads": uploads, "first_peak_rss_mb": round(first_rss / 1024),
                 "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
                 "repeat_peak_rss_mb": round(repeat_rss / 1024),
+                "dashboard_during_first": dashboard,
                 "first_summary": first_out.splitlines()[:8], "repeat_summary": repeat_out.splitlines()[:6],
             }
     finally:
