@@ -25,7 +25,8 @@ from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text,
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .jira import JiraUser
+from .directory import DirectoryUnavailable
+from .jira import JiraError, JiraUser
 from .prepared import prepared_once
 from .store import aware, metadata, user_key, utcnow
 from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
@@ -202,10 +203,15 @@ class Sweeps:
         except _Cancelled:
             log.info("sweep %d cancelled", sweep_id)
         except Exception as exc:  # noqa: BLE001 - the sweep fails, the service goes on
-            log.exception("sweep %d failed", sweep_id)
+            if isinstance(exc, (DirectoryUnavailable, JiraError)):  # expected: the reason says it all
+                error = str(exc)
+                log.error("sweep %d failed: %s", sweep_id, error)
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+                log.exception("sweep %d failed", sweep_id)
             with self.store.write() as conn:
                 conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
-                             .values(status=FAILED_SWEEP, error=f"{type(exc).__name__}: {exc}"[:2000],
+                             .values(status=FAILED_SWEEP, error=error[:2000],
                                      finished_at=utcnow(), lease_until=None))
 
     def _scan(self, sweep_id: int, dry_run: bool, full: bool, on_progress) -> None:

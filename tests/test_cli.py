@@ -189,6 +189,13 @@ def test_each_outcome_is_printed_once_and_expected_failures_have_no_traceback(tm
     version = run("--version")
     assert version.returncode == 0 and version.stdout.startswith("jira-avatar-sync, version ")
 
+    dead_directory = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text().replace(
+        slapd.url, f"ldap://127.0.0.1:{slapd_rig.free_port()}")
+    (tmp_path / "dead.toml").write_text(dead_directory)
+    failed_sweep = run("sweep", config=tmp_path / "dead.toml")
+    assert failed_sweep.returncode == 1 and "sweep 1: failed: directory openldap" in failed_sweep.stdout
+    assert "Traceback" not in failed_sweep.stdout + failed_sweep.stderr
+
     down = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text().replace(
         f"sqlite:///{tmp_path}/state.db", f"postgresql://nobody@127.0.0.1:{slapd_rig.free_port()}/none")
     (tmp_path / "down.toml").write_text(down)
