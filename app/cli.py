@@ -23,7 +23,7 @@ from .factory import require_webhook_auth
 from .jira import JiraError
 from .outcomes import FAILED
 from .services import Services, build_services
-from .store import describe_error, describe_location
+from .database import describe_error, describe_location
 from .sweep import SweepConflict
 from .worker import WorkerPool
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from .directory import DirectoryUnavailable
 from .jira import JiraError
-from .store import describe_location
+from .database import describe_location
 
 CACHE_SECONDS = 5.0
 OK, DOWN = "ok", "down"
@@ -82,6 +82,8 @@ def _directory(directory) -> tuple[str, dict]:
         return OK, {"servers": list(directory.settings.urls)}
     except DirectoryUnavailable as exc:
         return DOWN, {"reason": exc.reason, "servers": list(directory.settings.urls)}
+    except Exception as exc:  # noqa: BLE001 - a probe answers, whatever went wrong
+        return DOWN, {"reason": f"{type(exc).__name__}: {exc}"[:300], "servers": list(directory.settings.urls)}
 
 
 def _jira(jira) -> tuple[str, dict]:
@@ -90,6 +92,8 @@ def _jira(jira) -> tuple[str, dict]:
         return OK, {"url": jira.settings.url, "account": me.get("name")}
     except JiraError as exc:
         return DOWN, {"reason": str(exc), "url": jira.settings.url}
+    except Exception as exc:  # noqa: BLE001 - a probe answers, whatever went wrong
+        return DOWN, {"reason": f"{type(exc).__name__}: {exc}"[:300], "url": jira.settings.url}
 
 
 def _database(svc) -> tuple[str, dict]:

@@ -13,19 +13,18 @@ import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
-from sqlalchemy import (Column, DateTime, Index, Integer, MetaData, String, Table, Text, create_engine,
-                        bindparam, event, func, inspect, literal, select, text)
+from sqlalchemy import (Column, DateTime, Index, Integer, MetaData, String, Table, Text, bindparam, func,
+                        inspect, literal, select, text)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 
+from .database import SQLITE_BUSY_MS, make_engine, sqlite_setup
 from .prepared import Prepared
 from .thread_conns import HotConnection, ThreadConnections
 
 metadata = MetaData()
-SQLITE_BUSY_MS = 30000
 SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is created ('avat')
 
 user_state = Table(
@@ -103,7 +102,7 @@ class Store:
         database = make_url(database_url).database if database_url.startswith("sqlite") else None
         self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
         # the hot statements on SQLite (app/thread_conns.py says why); None: the pool's
-        self._hot = ThreadConnections(database, _sqlite_setup) if self._lock_path else None
+        self._hot = ThreadConnections(database, sqlite_setup) if self._lock_path else None
 
     @property
     def engine(self) -> Engine:
@@ -112,7 +111,7 @@ class Store:
                 if self._engine is None or self._pid != os.getpid():
                     if self._engine is not None:
                         self._engine.dispose(close=False)  # the parent's connections stay the parent's
-                    self._engine = _make_engine(self.url)
+                    self._engine = make_engine(self.url)
                     self._create_schema(self._engine)
                     self._pid = os.getpid()
         return self._engine
@@ -210,7 +209,7 @@ class Store:
         ``timeout``; PostgreSQL is not a read-only standby. Writes nothing."""
         with self.engine.connect() as conn:
             if conn.dialect.name == "sqlite":
-                raw = conn.connection.dbapi_connection  # autocommit: BEGIN is ours (see _sqlite_setup)
+                raw = conn.connection.dbapi_connection  # autocommit: BEGIN is ours (see sqlite_setup)
                 raw.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
                 try:
                     raw.execute("BEGIN IMMEDIATE")
@@ -385,61 +384,3 @@ def _add_missing_columns(conn) -> None:
             conn.exec_driver_sql(ddl)
         for index in table.indexes:  # create_all makes indexes only with new tables
             index.create(conn, checkfirst=True)
-
-
-def _sqlite_setup(dbapi_conn) -> None:
-    """Every SQLite connection, pooled or a thread's own (app/thread_conns.py)."""
-    dbapi_conn.isolation_level = None  # autocommit: BEGIN is emitted by us (write(), hot_write())
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
-    cur.close()
-
-
-def _create_private(path: Path) -> None:
-    """The state file and its directory, readable by the service's user alone (the state
-    names every user; SQLite gives its -wal and -shm files the database file's mode)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-
-
-def describe_error(exc: Exception) -> str:
-    """A database error in one line: the driver's own words, without SQLAlchemy's statement
-    dump and link (which would fill logs and answers, and can carry row values)."""
-    inner = getattr(exc, "orig", None) or exc
-    return (str(inner).strip().splitlines() or [type(inner).__name__])[0][:300]
-
-
-def describe_location(url: str) -> str:
-    """Where the state lives, for people: the SQLite file, or PostgreSQL's host and database
-    (never the password)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return f"SQLite file {parsed.database}" if parsed.database not in (None, "", ":memory:") \
-            else "SQLite in memory (nothing is kept)"
-    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
-    return f"PostgreSQL {where}" + (f" as {parsed.username}" if parsed.username else "")
-
-
-def _make_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            _create_private(Path(parsed.database))
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):
-            _sqlite_setup(dbapi_conn)
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):
-            immediate = conn.get_execution_options().get("sqlite_immediate")
-            # on the DB-API connection: an exec_driver_sql costs a whole execution context
-            conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-        return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        url = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=30)

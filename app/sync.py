@@ -21,12 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .config import Settings
+from .database import describe_error
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
 from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
 from .outcomes import (DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, NO_PHOTO, NOT_IN_DIRECTORY,
                        NOT_IN_JIRA, RESTORED, SETTLED, UNCHANGED, UPDATED)
-from .store import Store, UserState, describe_error, user_key
+from .store import Store, UserState, user_key
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ class Syncer:
             metrics.SYNCS.labels(result.outcome, source).inc()
             metrics.SYNC_SECONDS.observe((result.duration_ms or 0) / 1000)
         log.log(logging.WARNING if result.outcome == FAILED else logging.INFO,
-                "sync %s%s", result.line(), " [dry run]" if dry_run else "",
+                "sync %s%s source=%s duration=%dms", result.line(), " [dry run]" if dry_run else "",
+                source, result.duration_ms,
                 extra={"user": result.username, "outcome": result.outcome, "reason": result.reason,
                        "source": source, "duration_ms": result.duration_ms, "dry_run": dry_run})
         return result

@@ -133,7 +133,9 @@ username_attribute = "uid"
                   f"  (saved to {out.relative_to(ROOT)})")
         if not args.once:
             print(f"""
-Demo running (Ctrl-C stops it). Try:
+Demo running (Ctrl-C stops it).
+The dashboard: {service_url}/  (the browser asks for a password: demo-admin-token, any user name)
+Try:
   AVATAR_SYNC_CONFIG={config.relative_to(ROOT)} .venv/bin/jira-avatar-sync sync bob --force
   curl -s -H 'Authorization: Bearer demo-admin-token' {service_url}/admin/users/bob
   curl -s -X POST -H 'Authorization: Bearer demo-admin-token' {service_url}/admin/users/bob/sync -d '{{"force": true}}' -H 'Content-Type: application/json'

@@ -221,10 +221,20 @@ def test_https_trusts_jira_ca_file_and_refuses_an_unknown_ca(tmp_path):
             assert client(jira, verify_tls=False).get_user("jdoe").name == "jdoe"
 
 
+def _answer_jdoe(handler) -> None:
+    """What Jira would answer GET /user?username=jdoe with, from a stand-in proxy."""
+    import json
+    body = json.dumps({"name": "jdoe", "key": "JIRAUSER1", "avatarUrls": {}}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def test_calls_go_through_the_environments_proxy_unless_no_proxy(monkeypatch):
     """HTTP_PROXY / HTTPS_PROXY / NO_PROXY are read once, as requests did for this client."""
     import http.server
-    import json
     import threading
 
     seen = []
@@ -232,12 +242,7 @@ def test_calls_go_through_the_environments_proxy_unless_no_proxy(monkeypatch):
     class Proxy(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             seen.append(self.path)  # a proxy is sent the absolute URL
-            body = json.dumps({"name": "jdoe", "key": "JIRAUSER1", "avatarUrls": {}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _answer_jdoe(self)
 
         def log_message(self, *args):
             pass
@@ -265,7 +270,6 @@ def test_proxy_credentials_in_the_environment_reach_the_proxy(monkeypatch, caplo
     appear in no error message or log line."""
     import base64
     import http.server
-    import json
     import threading
 
     seen = []
@@ -280,12 +284,7 @@ def test_proxy_credentials_in_the_environment_reach_the_proxy(monkeypatch, caplo
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            body = json.dumps({"name": "jdoe", "key": "JIRAUSER1", "avatarUrls": {}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _answer_jdoe(self)
 
         def log_message(self, *args):
             pass

@@ -16,6 +16,7 @@ import functools
 import hmac
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import current_app, jsonify, request
 
@@ -89,7 +90,8 @@ def _cross_site_refusal() -> str | None:
     if site is not None and site not in ("same-origin", "none"):
         return f"cross-site request refused (Sec-Fetch-Site: {site})"
     origin = request.headers.get("Origin")
-    if origin is not None and origin != request.host_url.rstrip("/"):
+    # the host alone: behind a TLS proxy without trusted_proxies the scheme seen here is http
+    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
         return "cross-site request refused (Origin does not match this service)"
     if request.mimetype != "application/json":
         return "a change made with browser credentials must send a JSON body (Content-Type: application/json)"

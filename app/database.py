@@ -1,0 +1,71 @@
+"""Connecting to the database, and saying where it is: the engine for a URL (SQLite with WAL
+and our own BEGIN, the state file owner-only; PostgreSQL through psycopg 3), and one-line
+descriptions of the location and of a database error for people and logs (never a password,
+never SQLAlchemy's statement dump)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+
+SQLITE_BUSY_MS = 30000
+
+
+def sqlite_setup(dbapi_conn) -> None:
+    """Every SQLite connection, pooled or a thread's own (app/thread_conns.py)."""
+    dbapi_conn.isolation_level = None  # autocommit: BEGIN is emitted by us (write(), hot_write())
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    cur.close()
+
+
+def _create_private(path: Path) -> None:
+    """The state file and its directory, readable by the service's user alone (the state
+    names every user; SQLite gives its -wal and -shm files the database file's mode)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
+def describe_error(exc: Exception) -> str:
+    """A database error in one line: the driver's own words, without SQLAlchemy's statement
+    dump and link (which would fill logs and answers, and can carry row values)."""
+    inner = getattr(exc, "orig", None) or exc
+    return (str(inner).strip().splitlines() or [type(inner).__name__])[0][:300]
+
+
+def describe_location(url: str) -> str:
+    """Where the state lives, for people: the SQLite file, or PostgreSQL's host and database
+    (never the password)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite file {parsed.database}" if parsed.database not in (None, "", ":memory:") \
+            else "SQLite in memory (nothing is kept)"
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+    return f"PostgreSQL {where}" + (f" as {parsed.username}" if parsed.username else "")
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            _create_private(Path(parsed.database))
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            sqlite_setup(dbapi_conn)
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            immediate = conn.get_execution_options().get("sqlite_immediate")
+            # on the DB-API connection: an exec_driver_sql costs a whole execution context
+            conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        url = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=30)
