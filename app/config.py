@@ -21,6 +21,10 @@ from .config_source import ENV_PREFIX, ConfigError, Reader, apply_env
 
 DEFAULT_PHOTO_ATTRIBUTES = ("thumbnailPhoto", "jpegPhoto")
 # Four slashes: an absolute path. sqlite:///var/... would be var/... under the current directory.
+# A decode takes about 8 MB per megapixel (measured: a 40 MP PNG of 170 KB, 310 MB). 4 MP (a
+# 2000 x 2000 photo) is 32 MB; with two decodes at a time per process (sync.DECODE_SLOTS), two
+# gunicorn workers and a separate worker stay under 200 MB of decoding in all.
+DEFAULT_MAX_PHOTO_PIXELS = 4_000_000
 DEFAULT_DATABASE_URL = "sqlite:////var/lib/jira-avatar-sync/state.db"
 
 
@@ -55,6 +59,7 @@ class JiraSettings:
     max_retries: int = 4
     ca_file: str = ""
     verify_tls: bool = True
+    user_groups: tuple[str, ...] = ()  # whose members a sweep reads in bulk (default: application access)
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ class Settings:
     size: int = 256
     login_debounce_seconds: int = 600
     max_photo_bytes: int = 5 * 1024 * 1024
-    max_photo_pixels: int = 40_000_000
+    max_photo_pixels: int = DEFAULT_MAX_PHOTO_PIXELS
     webhook: WebhookSettings = WebhookSettings()
     admin: AdminSettings = AdminSettings()
     worker: WorkerSettings = WorkerSettings()
@@ -101,7 +106,7 @@ class Settings:
 
     @property
     def sync_disabled(self) -> bool:
-        """An empty global attribute list stops synchronisation, overrides included (rule 2)."""
+        """An empty global attribute list stops synchronisation, overrides included."""
         return not self.photo_attributes
 
     def attributes_for(self, directory: DirectorySettings) -> tuple[str, ...]:
@@ -143,7 +148,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "": ("database_url", "photo_attributes", "size", "login_debounce_seconds", "max_photo_bytes",
          "max_photo_pixels", "log_level", "log_format", "trusted_proxies"),
     "jira": ("url", "username", "password", "token", "max_concurrency", "max_requests_per_second",
-             "connect_timeout", "timeout", "max_retries", "ca_file", "verify_tls"),
+             "connect_timeout", "timeout", "max_retries", "ca_file", "verify_tls", "user_groups"),
     "webhook": ("secret", "allow_unauthenticated", "max_body_bytes"),
     "admin": ("token",),
     "worker": ("threads", "poll_seconds", "lease_seconds", "max_attempts", "retry_base_seconds",
@@ -216,7 +221,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         size=r.integer("size", 256, 16, 500),
         login_debounce_seconds=r.integer("login_debounce_seconds", 600, 0, 7 * 86400),
         max_photo_bytes=r.integer("max_photo_bytes", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024),
-        max_photo_pixels=r.integer("max_photo_pixels", 40_000_000, 1, 200_000_000),
+        max_photo_pixels=r.integer("max_photo_pixels", DEFAULT_MAX_PHOTO_PIXELS, 1, 200_000_000),
         webhook=_webhook(Reader(r.table("webhook"), "webhook.", env)),
         admin=_admin(Reader(r.table("admin"), "admin.", env)),
         worker=_worker(Reader(r.table("worker"), "worker.", env)),
@@ -268,7 +273,8 @@ def _jira(r: "Reader") -> JiraSettings:
         connect_timeout=r.number("connect_timeout", 5, 0.1, 120),
         timeout=r.number("timeout", 30, 0.1, 600),
         max_retries=r.integer("max_retries", 4, 0, 20),
-        ca_file=ca_file, verify_tls=r.boolean("verify_tls", True))
+        ca_file=ca_file, verify_tls=r.boolean("verify_tls", True),
+        user_groups=tuple(r.str_list("user_groups", []) or ()))
 
 
 def _webhook(r: "Reader") -> WebhookSettings:

@@ -38,6 +38,7 @@ _ENV_KEYS = {
     "JIRA_TIMEOUT": (("jira",), "timeout"),
     "JIRA_CONNECT_TIMEOUT": (("jira",), "connect_timeout"),
     "JIRA_MAX_RETRIES": (("jira",), "max_retries"),
+    "JIRA_USER_GROUPS": (("jira",), "user_groups"),
     "JIRA_CA_FILE": (("jira",), "ca_file"),
     "JIRA_VERIFY_TLS": (("jira",), "verify_tls"),
     "WEBHOOK_SECRET": (("webhook",), "secret"),
@@ -93,7 +94,7 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             target = data.setdefault(table[0], {})
         else:
             target = data
-        if key in ("urls", "photo_attributes"):
+        if key in ("urls", "photo_attributes", "user_groups"):
             value = [v.strip() for v in value.split(",") if v.strip()]
         target[key] = value
         if suffix in _SECRETS:

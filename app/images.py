@@ -1,8 +1,9 @@
 """normalize(): directory photo bytes -> a square PNG avatar. Pure: no I/O, no global state.
 
-Why each step (reference/engineering-notes.md §2):
+Why each step:
 - only JPEG/PNG/GIF/WEBP decoders run: most Pillow CVEs live in decoders an avatar never needs;
 - bytes and pixels are capped from the header, before any pixel is decoded (decompression bombs);
+  a JPEG counts by the size it is decoded at (1/2..1/8 a side, below), other formats in full;
 - JPEG ``draft`` decodes big photos at 1/2..1/8 scale in the DCT domain (fast, little memory);
 - EXIF orientation is applied, the first frame of an animation is used;
 - every mode ends as RGB or RGBA, 16-bit greys are scaled (a plain convert would clip to white);
@@ -27,7 +28,7 @@ class InvalidPhoto(ValueError):
 
 
 def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024,
-              max_pixels: int = 40_000_000) -> bytes:
+              max_pixels: int = 4_000_000) -> bytes:
     """Return PNG bytes of a centred square of ``raw``, at most ``size`` px a side."""
     if not raw:
         raise InvalidPhoto("empty photo")
@@ -38,10 +39,14 @@ def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024,
         width, height = im.size
         if width < 1 or height < 1:
             raise InvalidPhoto(f"image has no pixels ({width}x{height})")
-        if width * height > max_pixels:
+        # A JPEG is decoded at down to 1/8 a side (draft, below): what counts is what is decoded.
+        if width * height > max_pixels * (64 if im.format == "JPEG" else 1):
             raise InvalidPhoto(f"image is {width}x{height}, over the limit of {max_pixels} pixels")
         if im.format == "JPEG":
             im.draft("RGB", (size, size))  # keeps both sides >= size
+            if im.size[0] * im.size[1] > max_pixels:
+                raise InvalidPhoto(f"image is {width}x{height}, over the limit of {max_pixels} pixels "
+                                   f"even decoded at {im.size[0]}x{im.size[1]}")
         im.load()
         im = ImageOps.exif_transpose(im)
         im = _to_rgb(im)

@@ -1,6 +1,6 @@
 """JiraClient: the few Jira Server / Data Center REST calls this service needs.
 
-Facts behind the choices are in ../shared/reference/jira-rest.md (section numbers below):
+Facts behind the choices are in docs/jira-api.md (its section numbers below):
 - the avatar upload is temporary upload -> crop-confirm -> select, and Jira keeps the
   temporary image in the HTTP session, so both steps must share the cookie jar (§1.2, §1.3);
 - a square image <= 48 px skips cropping: the temporary upload already answers an avatar id;
@@ -19,7 +19,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from urllib3 import exceptions as http_errors
@@ -86,6 +85,7 @@ class JiraClient:
         self._state_lock = threading.Lock()
         self._auth_blocked_until = 0.0
         self._auth_block_reason = ""
+        self._version: tuple[int, ...] | None = None
 
     # -- users and avatars -------------------------------------------------------------
 
@@ -93,29 +93,27 @@ class JiraClient:
         resp = self._request("GET", "/user", params={"username": username}, ok=(200, 404))
         if resp.status == 404:
             return None
-        return _user(_json(resp), username)
+        return user_from_bean(_json(resp), username)
 
-    def iter_users(self, page_size: int = 1000) -> Iterator[JiraUser] | None:
-        """Every user, by cursor, where Jira has /user/list (DC 10.3+ and 11), else None.
-
-        /user/search is no substitute: it stops at the first 1000 users on 8.x-9.x and at 100
-        on 10.x (§4.1), so a caller without /user/list must read users one by one.
-        """
-        first = self._request("GET", "/user/list", params={"maxResults": page_size}, ok=(200, 404))
-        if first.status == 404:
+    def read(self, path: str, params: dict | None = None, missing=(404,)):
+        """The JSON answer of a GET (an object or a list), or None when Jira answered one of
+        ``missing`` (404: no such resource, or an endpoint this version does not have)."""
+        resp = self._request("GET", path, params=params, ok=(200, *missing))
+        if resp.status != 200:
             return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise JiraError(f"Jira answered {resp.status} with no JSON "
+                            f"({resp.headers.get('Content-Type', 'no content type')})", resp.status) from None
 
-        def pages(resp):
-            while True:
-                body = _json(resp)
-                for bean in body.get("values") or []:
-                    if isinstance(bean, dict) and bean.get("name"):
-                        yield _user(bean, bean["name"])
-                cursor = body.get("nextCursor")
-                if body.get("isLast", True) or not cursor:
-                    return
-                resp = self._request("GET", "/user/list", params={"cursor": cursor, "maxResults": page_size})
-        return pages(first)
+    def version(self) -> tuple[int, ...]:
+        """Jira's version numbers (serverInfo), read once."""
+        if self._version is None:
+            info = self.read("/serverInfo") or {}
+            numbers = info.get("versionNumbers") if isinstance(info, dict) else None
+            self._version = tuple(n for n in numbers if isinstance(n, int)) if isinstance(numbers, list) else ()
+        return self._version
 
     def custom_avatars(self, username: str) -> dict[str, str | None]:
         """The user's uploaded (custom) avatars, whoever uploaded them: {id: fileName or None}.
@@ -335,7 +333,7 @@ def _log_rate_limit(resp: Response) -> None:
                     resp.headers.get("X-RateLimit-Interval-Seconds"))
 
 
-def _user(bean: dict, username: str) -> JiraUser:
+def user_from_bean(bean: dict, username: str) -> JiraUser:
     avatar_id, custom = avatar_from_urls(bean.get("avatarUrls"))
     return JiraUser(name=bean.get("name", username), key=bean.get("key", ""),
                     avatar_id=avatar_id, avatar_is_custom=custom)

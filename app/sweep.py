@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .directory import DirectoryUnavailable
+from . import jira_users
 from .jira import JiraError, JiraUser
 from .prepared import prepared_once
 from .store import aware, metadata, user_key, utcnow
@@ -216,8 +217,8 @@ class Sweeps:
 
     def _scan(self, sweep_id: int, dry_run: bool, full: bool, on_progress) -> None:
         services = self.services
-        jira_users = services.jira.iter_users()
-        bulk = None if jira_users is None else {user_key(u.name): u for u in jira_users}
+        bulk = jira_users.read_all(services.jira, services.settings.jira.user_groups)
+        log.info("sweep %d: %d Jira users read in bulk (%s)", sweep_id, len(bulk.users), bulk.how)
         seen: set[str] = set()
         dry = ThreadPoolExecutor(services.settings.jira.max_concurrency) if dry_run else None
         try:
@@ -235,8 +236,8 @@ class Sweeps:
                         if on_progress:
                             on_progress(self.summary(sweep_id))
                 self._page(sweep_id, directory.name, page, bulk, full, dry)
-            if bulk is not None:  # Jira users no directory holds
-                rest = [(key, user.name) for key, user in bulk.items() if key not in seen]
+            if bulk.users:  # Jira users no directory holds
+                rest = [(key, user.name) for key, user in bulk.users.items() if key not in seen]
                 for i in range(0, len(rest), PAGE):
                     self._items(sweep_id, None, [(key, name, NOT_IN_DIRECTORY, None) for key, name in rest[i:i + PAGE]])
         finally:
@@ -258,15 +259,14 @@ class Sweeps:
                 sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_([k for k, _ in keyed]))).scalars())
         keyed = [(k, u) for k, u in keyed if k not in done]
         states = self.store.get_many(k for k, _ in keyed)
-        if bulk is None:  # no /user/list: read the users whose picture decides it, C at a time
-            bulk = self._read_jira_users([k for k, u in keyed if _needs_jira_view(u, states.get(k))])
-            absent_means_not_in_jira = False
-        else:
-            absent_means_not_in_jira = True
+        known, asked = bulk.users, set()
+        if not bulk.complete:  # read alone the users the bulk read missed whose Jira view decides it
+            asked = {k for k, u in keyed if k not in known and _needs_jira_view(u, states.get(k))}
+        read_alone = self._read_jira_users(sorted(asked))
         settled, work = [], []
         for key, user in keyed:
-            jira_user = bulk.get(key)
-            if absent_means_not_in_jira and jira_user is None:
+            jira_user = known.get(key) or read_alone.get(key)
+            if jira_user is None and (bulk.complete or key in asked):
                 settled.append((key, user.username, NOT_IN_JIRA, None))
                 continue
             state = states.get(key)
@@ -292,7 +292,7 @@ class Sweeps:
             self.queue.wakeup.set()
 
     def _read_jira_users(self, names: list[str]) -> dict[str, JiraUser]:
-        """Per-user reads for Jira versions without /user/list, jira.max_concurrency at a time
+        """Per-user reads of those a bulk read could not give, jira.max_concurrency at a time
         (Jira finds 'jdoe' for 'JDoe'; the answer is keyed as asked)."""
         if not names:
             return {}
@@ -333,8 +333,9 @@ class _Cancelled(Exception):
 
 
 def _needs_jira_view(user, state) -> bool:
-    """Only Jira's current picture can tell whether this user is settled."""
-    return (state is not None and state.last_outcome in SUCCESSES and bool(user.marker)
+    """Only Jira can tell whether this user is settled: its picture is still ours, or it still
+    does not have the user (the entry unchanged either way)."""
+    return (state is not None and state.last_outcome in SUCCESSES + (NOT_IN_JIRA,) and bool(user.marker)
             and state.marker == user.marker)
 
 
@@ -343,7 +344,7 @@ def _still_settled(user, state, jira_user: JiraUser | None) -> bool:
     if state is None or state.last_outcome not in SETTLED or not user.marker or state.marker != user.marker:
         return False
     if state.last_outcome == NOT_IN_JIRA:
-        return False  # Jira may have the user by now; only a bulk read (handled before) tells
+        return False  # Jira may have the user by now; only reading Jira (done before) tells
     if state.last_outcome in SUCCESSES:
         # our picture must still be the one shown; without a bulk read we cannot know: sync it
         return jira_user is not None and jira_user.avatar_id == state.avatar_id

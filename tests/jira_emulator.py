@@ -1,11 +1,13 @@
 """A Jira Data Center stand-in for the REST calls jira-avatar-sync makes.
 
-Built from ../shared/reference/jira-rest.md (section numbers below). It models what a client
+Built from docs/jira-api.md (section numbers below). It models what a client
 can get wrong: the temporary avatar lives in the HTTP session (JSESSIONID), the XSRF header,
 the content-type whitelist, size and megapixel checks, the 500 px clamp, crop bounds, the
-<= 48 px square shortcut, avatarUrls with ownerId/avatarId, user search caps per version,
-/user/list cursor paging, CAPTCHA after failed logins, 429 with Retry-After, and injectable
-latency and faults.
+<= 48 px square shortcut, avatarUrls with ownerId/avatarId, user search by prefix with its
+cap per version, /user/list cursor paging (10.3+), application roles and group membership
+(50 a page, total, 404 for an unknown group, inactive users left out), Gravatar, CAPTCHA after
+failed logins, 429 with Retry-After, injectable latency and faults, and how many calls of each
+kind were in flight at once.
 
 Run it on its own:  python -m tests.jira_emulator --port 8090 [--version 10.3] [--users 50]
 Control endpoints (no auth) live under /_emulator/: see ``control`` below.
@@ -34,6 +36,8 @@ MAX_TEMP_SIDE = 500                  # temporary images are scaled to fit 500x50
 MAX_MEGAPIXELS = 5                   # jira.avatar.megapixels
 ATTACHMENT_SIZE = 10 * 1024 * 1024   # jira.attachment.size
 CAPTCHA_AFTER = 3                    # failed logins before Seraph demands a CAPTCHA (§6)
+DEFAULT_GROUP = "jira-software-users"
+GROUP_PAGE = 50                      # group/member answers at most 50 users a page (§4.3)
 SIZES = {"xsmall": 16, "small": 24, "medium": 32, "large": 48, "xlarge": 64, "xxlarge": 96,
          "xxxlarge": 128, "xxlarge@2x": 192, "xxxlarge@2x": 256}
 
@@ -91,6 +95,14 @@ class JiraState:
     version: str = "10.3.0"
     latency: float = 0.0
     gravatar: bool = False   # "Use Gravatar for user avatars": avatarUrls point at gravatar.com (§3)
+    # Application access (§4.3): the groups each application role grants, and who is in which
+    # group. Every user added joins DEFAULT_GROUP unless told otherwise.
+    roles: dict = field(default_factory=lambda: {"jira-software": ["jira-software-users", "jira-administrators"]})
+    groups: dict = field(default_factory=lambda: {"jira-software-users": set(), "jira-administrators": set()})
+    roles_forbidden: bool = False  # the service account may not read application roles: 403
+    member_lists: dict = field(default_factory=dict)  # group -> its members sorted by name (a cache)
+    in_flight: dict = field(default_factory=dict)     # "METHOD endpoint" -> calls being answered now
+    peak_in_flight: dict = field(default_factory=dict)
     accounts: dict = field(default_factory=dict)      # username -> {"password", "admin"}
     tokens: dict = field(default_factory=dict)        # personal access token -> username
     users: dict = field(default_factory=dict)         # name -> User
@@ -123,16 +135,37 @@ class JiraState:
             if token:
                 self.tokens[token] = name
             if name not in self.users:
-                self.add_user(name)
+                self.add_user(name, groups=("jira-administrators",) if admin else (DEFAULT_GROUP,))
 
-    def add_user(self, name: str, display_name: str | None = None, key: str | None = None) -> User:
+    def add_user(self, name: str, display_name: str | None = None, key: str | None = None,
+                 groups=(DEFAULT_GROUP,), active: bool = True) -> User:
+        """``groups``: the groups the user is in (created as needed); () for no application access."""
         with self.lock:
             if key is None:
                 key = f"JIRAUSER{self.next_user}"
                 self.next_user += 1
-            user = User(name, key, display_name or name.title(), f"{name}@example.com")
+            user = User(name, key, display_name or name.title(), f"{name}@example.com", active=active)
             self.users[name] = user
+            for group in groups:
+                self.groups.setdefault(group, set()).add(name)
+                self.member_lists.pop((group, True), None)
+                self.member_lists.pop((group, False), None)
             return user
+
+    def members(self, group: str, inactive: bool) -> list[User]:
+        """The group's users by name (active ones unless ``inactive``); kept between calls, as a
+        benchmark pages thousands."""
+        with self.lock:
+            if (group, inactive) not in self.member_lists:
+                self.member_lists[(group, inactive)] = sorted(
+                    (self.users[n] for n in self.groups[group] if n in self.users and (inactive or self.users[n].active)),
+                    key=lambda u: u.name)
+            return self.member_lists[(group, inactive)]
+
+    def peak(self, endpoint: str) -> int:
+        """The most calls to ``endpoint`` ("GET /user") that were being answered at once."""
+        with self.lock:
+            return self.peak_in_flight.get(endpoint, 0)
 
     def upload_as_user(self, name: str, png: bytes) -> str:
         """The user uploads and selects a picture of their own in the Jira UI."""
@@ -233,8 +266,10 @@ def create_emulator(state: JiraState | None = None) -> Flask:
         g.started = time.perf_counter()
         endpoint = _endpoint_name(path)
         with state.lock:
-            key = f"{request.method} {endpoint}"
+            key = g.in_flight_key = f"{request.method} {endpoint}"
             state.counts[key] = state.counts.get(key, 0) + 1
+            state.in_flight[key] = state.in_flight.get(key, 0) + 1
+            state.peak_in_flight[key] = max(state.peak_in_flight.get(key, 0), state.in_flight[key])
             per_user = (key, request.args.get("username"))
             state.user_counts[per_user] = state.user_counts.get(per_user, 0) + 1
         if state.latency:
@@ -272,6 +307,13 @@ def create_emulator(state: JiraState | None = None) -> Flask:
         if getattr(g, "new_session", False):
             resp.set_cookie("JSESSIONID", g.session_id, httponly=True, path="/")
         return resp
+
+    @app.teardown_request
+    def landed(_exc):
+        key = g.pop("in_flight_key", None)
+        if key is not None:
+            with state.lock:
+                state.in_flight[key] -= 1
 
     def caller_may_edit(user: User) -> bool:
         caller = g.caller
@@ -440,15 +482,56 @@ def create_emulator(state: JiraState | None = None) -> Flask:
 
     @api.get("/user/search")
     def search():
+        """Users whose name, e-mail address or a word of whose display name starts with the
+        query ("." matches everyone), active ones unless asked; at most the version's cap in
+        all, whatever startAt says (§4.1)."""
         query = (request.args.get("username") or "").lower()
         start, maximum = int(request.args.get("startAt", 0)), int(request.args.get("maxResults", 50))
+        inactive = request.args.get("includeInactive", "false").lower() == "true"
+        active = request.args.get("includeActive", "true").lower() == "true"
         cap = 100 if state.major_minor >= (10, 0) else 1000  # §4.1
+
+        def matches(u: User) -> bool:
+            words = [u.name.lower(), u.email.lower(), *u.display_name.lower().split()]
+            return query == "." or any(w.startswith(query) for w in words)
         with state.lock:
             found = [u for u in sorted(state.users.values(), key=lambda u: u.name)
-                     if query == "." or query in u.name.lower() or query in u.email.lower()
-                     or query in u.display_name.lower()]
+                     if matches(u) and (u.active and active or not u.active and inactive)]
             found = found[:cap]
             return jsonify([state.user_bean(u) for u in found[start:start + min(maximum, cap)]])
+
+    @api.get("/applicationrole")
+    def application_roles():
+        """The application roles and the groups that grant each (Jira 7+); admins only."""
+        if state.roles_forbidden or not state.accounts.get(g.caller, {}).get("admin", False):
+            return _error(403, "You are not authorized to perform this operation.")
+        with state.lock:
+            return jsonify([{"key": key, "name": key.replace("-", " ").title(), "groups": sorted(groups),
+                             "defaultGroups": sorted(groups)[:1], "selectedByDefault": False, "defined": True,
+                             "numberOfSeats": -1, "remainingSeats": -1, "userCount": len(state.users),
+                             "userCountDescription": "users", "hasUnlimitedSeats": True, "platform": False}
+                            for key, groups in state.roles.items()])
+
+    @api.get("/group/member")
+    def group_member():
+        """A group's members, 50 a page at most, by name; ``total`` on every page (§4.3)."""
+        name = request.args.get("groupname", "")
+        start = int(request.args.get("startAt", 0))
+        maximum = min(int(request.args.get("maxResults", GROUP_PAGE)), GROUP_PAGE)
+        inactive = request.args.get("includeInactiveUsers", "false").lower() == "true"
+        with state.lock:
+            if name not in state.groups:
+                return _error(404, f"Group with name '{name}' does not exist")
+            members = state.members(name, inactive)
+            page = members[start:start + maximum]
+            last = start + maximum >= len(members)
+            body = {"self": request.url, "maxResults": maximum, "startAt": start, "total": len(members),
+                    "isLast": last, "values": [state.user_bean(u) for u in page]}
+            if not last:
+                body["nextPage"] = (f"{state.base_url}/rest/api/2/group/member?" + urlencode(
+                    {"groupname": name, "includeInactiveUsers": str(inactive).lower(), "startAt": start + maximum,
+                     "maxResults": maximum}))
+            return jsonify(body)
 
     @api.get("/user/list")
     def user_list():

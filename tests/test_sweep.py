@@ -2,6 +2,7 @@
 real Samba AD and the emulator in its 9.x and 10.x behaviours."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -58,8 +59,25 @@ def build(tmp_path, jira, directories, services_for, **extra):
     return Rig(services_for(settings), jira)
 
 
+# How a sweep reads Jira's users, per version (app/jira_users.py): id -> (version, the account
+# may read application roles, the call that lists them in bulk)
+SHAPES = {"9.12-groups": ("9.12.0", True, "GET /group/member"),
+          "10.0-search": ("10.0.0", False, "GET /user/search"),
+          "11-list": ("11.0.0", True, "GET /user/list")}
+
+
+@pytest.fixture(params=["11-list"])
+def shape(request, jira):
+    version, roles_readable, bulk_call = SHAPES[request.param]
+    jira.state.version, jira.state.roles_forbidden = version, not roles_readable
+    return bulk_call
+
+
+every_shape = pytest.mark.parametrize("shape", list(SHAPES), indirect=True)
+
+
 @pytest.fixture
-def big(tmp_path, slapd, ldap_ou, jira, services_for):
+def big(tmp_path, slapd, ldap_ou, jira, services_for, shape):
     thumb = photos.photo(64, 48)
     users = [(f"u{i:04d}", None if i % 10 == 0 else thumb) for i in range(N_USERS)]
     slapd.add_users(ldap_ou, users)
@@ -71,8 +89,10 @@ def big(tmp_path, slapd, ldap_ou, jira, services_for):
     return build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
 
 
-def test_first_sweep_pages_everything_and_reports_each_user(big):
+@every_shape
+def test_first_sweep_pages_everything_and_reports_each_user(big, shape):
     summary = big.sweep()
+    assert big.state.count(shape) >= 1  # the version's bulk read
     assert summary["status"] == "finished" and summary["done"] == summary["total"]
     with_photo = N_USERS - N_USERS // 10
     counts = summary["counts"]
@@ -86,13 +106,16 @@ def test_first_sweep_pages_everything_and_reports_each_user(big):
     assert {p["outcome"] for p in problems} == {"no_photo", "not_in_jira", "not_in_directory"}
 
 
+@every_shape
 def test_repeat_sweep_makes_no_writes_and_reads_no_photo(big, lookups):
     big.sweep()
-    writes, lookups[:] = big.state.writes(), []
+    writes, user_reads, lookups[:] = big.state.writes(), big.state.count("GET /user"), []
     summary = big.sweep()
     assert summary["status"] == "finished" and big.state.writes() == writes
     assert lookups == []  # nothing changed: no photo transferred
     assert summary["counts"]["unchanged"] == N_USERS - N_USERS // 10 - 5 and "updated" not in summary["counts"]
+    # read in bulk, not user by user: only the five Jira does not have are asked for again
+    assert big.state.count("GET /user") - user_reads <= 5
 
 
 def test_incremental_sweep_reads_only_changed_entries_and_full_reads_all(big, slapd, ldap_ou, lookups):
@@ -110,6 +133,7 @@ def test_incremental_sweep_reads_only_changed_entries_and_full_reads_all(big, sl
     assert len(lookups) >= N_USERS - 5  # every directory user with a Jira account read again
 
 
+@every_shape
 def test_dry_run_reports_what_a_real_run_does_with_zero_writes(big):
     dry = big.sweep(dry_run=True)
     assert big.state.writes() == 0 and dry["dry_run"]
@@ -117,19 +141,27 @@ def test_dry_run_reports_what_a_real_run_does_with_zero_writes(big):
     assert dry["counts"] == real["counts"]
 
 
-def test_jira_9_without_user_list_reads_users_one_by_one(tmp_path, slapd, ldap_ou, jira, services_for, lookups):
+def test_users_without_application_access_are_read_one_by_one_concurrently(tmp_path, slapd, ldap_ou, jira,
+                                                                           services_for, lookups):
+    """Jira 9.12: users in no group that grants access are not in the bulk read; the scan reads
+    them alone, jira.max_concurrency at a time."""
     jira.state.version = "9.12.0"
-    slapd.add_users(ldap_ou, [(f"v{i}", photos.photo(40, 40)) for i in range(30)])
-    for i in range(30):
-        jira.state.add_user(f"v{i}")
-    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    slapd.add_users(ldap_ou, [(f"v{i:02d}", photos.photo(40, 40)) for i in range(40)])
+    for i in range(40):
+        jira.state.add_user(f"v{i:02d}", groups=())
+    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)])
+    rig = Rig(services_for(dataclasses.replace(settings, jira=dataclasses.replace(settings.jira, max_concurrency=4))),
+              jira)
     first = rig.sweep()
-    assert first["counts"] == {"updated": 30}
+    assert first["counts"] == {"updated": 40, "not_in_directory": 1}  # and the service account
     writes, lookups[:] = rig.state.writes(), []
+    jira.state.latency, jira.state.peak_in_flight = 0.05, {}
+    reads = jira.state.count("GET /user")
     second = rig.sweep()
-    assert second["counts"] == {"unchanged": 30} and rig.state.writes() == writes
+    assert second["counts"] == {"unchanged": 40, "not_in_directory": 1} and rig.state.writes() == writes
     assert lookups == []  # Jira read user by user instead: no photo transferred
-    assert jira.state.count("GET /user/list") == 2  # tried, 404 on 9.x, never trusted /user/search
+    assert jira.state.count("GET /user") - reads == 40
+    assert jira.state.peak("GET /user") == 4  # max_concurrency calls in flight, never more
     assert jira.state.count("GET /user/search") == 0
 
 

@@ -1,4 +1,4 @@
-"""The sync rules (DESIGN.md "Behaviour" 1-8, 11) end to end: real slapd, the Jira emulator."""
+"""The sync rules (the README's table "The rules") end to end: real slapd, the Jira emulator."""
 from __future__ import annotations
 
 import pytest

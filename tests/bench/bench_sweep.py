@@ -1,6 +1,10 @@
 """Benchmark: a full sweep of N users with photos against the emulator.
 
     .venv/bin/python -m tests.bench.bench_sweep [--users 10000] [--latency-ms 10] [--concurrency 8]
+                                                [--jira-version 9.12.0|10.0.0|11.0.0]
+
+--jira-version picks the emulated Jira: 11.0.0 (and 10.3) list users with /user/list; 9.12.0
+and 10.0.0 have no /user/list, so the sweep reads the members of the application groups.
 
 BENCH_EXTRA_WORKERS=N also runs N `jira-avatar-sync worker` processes beside it, C split
 between all processes (jira.max_concurrency is per process). BENCH_THREADS=N sets
@@ -174,6 +178,7 @@ def main() -> None:
     parser.add_argument("--no-photos", action="store_true",
                         help="users without photos: every user is still paged, queued, looked up and "
                              "reported (memory as in a real sweep), but nothing is uploaded; for RSS at 100k")
+    parser.add_argument("--jira-version", default="11.0.0", help="the emulated Jira: 9.12.0, 10.0.0, 11.0.0")
     parser.add_argument("--dashboard-every", type=float, default=0.0,
                         help="poll the dashboard's data every S seconds during the first sweep (0: off)")
     parser.add_argument("--jira-only", action="store_true",
@@ -191,7 +196,7 @@ def main() -> None:
         t = time.perf_counter()
         photo = None if args.no_photos else photos.photo(args.photo_px, args.photo_px)
         ldap.add_users(people, [(n, photo) for n in names])
-        state = JiraState(version="11.0.0")
+        state = JiraState(version=args.jira_version)
         state.add_account("avatar-sync", "pw", admin=True)
         for n in names:
             state.add_user(n)
@@ -236,7 +241,7 @@ def main() -> None:
             repeat_s, repeat_rss, repeat_out = run_sweep(config, slapd_pid=ldap.proc.pid)
             bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
             result = {
-                "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
+                "jira_version": args.jira_version, "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
                 "bound_3NL_over_C_s": round(bound, 1),
                 "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2) if bound else None,
                 "first_uploads": uploads, "first_peak_rss_mb": round(first_rss / 1024),
