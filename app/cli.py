@@ -16,7 +16,7 @@ import time
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, logs
+from . import __version__, logs, usernames
 from .config import ConfigError, load_settings, weak_settings
 from .directory import DirectoryUnavailable
 from .factory import require_webhook_auth
@@ -173,6 +173,9 @@ def _check_jira(services: Services, report: _Report) -> None:
 @click.pass_context
 def sync(ctx: click.Context, username: str, force: bool, dry_run: bool, as_json: bool) -> None:
     """Sync one user's picture now and print the outcome."""
+    refused = usernames.problem(username)
+    if refused:
+        raise click.BadParameter(refused, param_hint="USER")
     result = _services(ctx).syncer.sync_user(username, force=force, dry_run=dry_run, source="admin")
     if as_json:
         _print_json(result.as_dict())

@@ -6,15 +6,20 @@ top.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
-from flask import Flask
+from flask import Flask, jsonify
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import logs
 from .config import ConfigError, Settings, load_settings, weak_settings
+from .database import describe_error
 from .services import build_services
+from .store import StoreBusy
 from .web import admin, dashboard, health, hooks, metrics
 from .web.auth import EXTENSION
+from .web.hooks import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +36,21 @@ def create_app(config: Settings | None = None) -> Flask:
     for blueprint in (health.bp, admin.bp, metrics.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     app.after_request(dashboard.security_headers)
+    for error in (SQLAlchemyError, sqlite3.OperationalError, StoreBusy):
+        app.register_error_handler(error, _database_unavailable)
     # the webhook, Jira's one hot path, is answered before Flask (see app/web/hooks.py)
     app.wsgi_app = hooks.WebhookDoor(app.wsgi_app, services)
     if settings.trusted_proxies:  # outermost: every door and the access log see the real client
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
     return app
+
+
+def _database_unavailable(exc):
+    """A locked, full or unreachable database: 503 with the reason in the log, never a 500."""
+    log.warning("request not served, the database cannot be used now: %s", describe_error(exc))
+    return (jsonify({"error": "the service's database cannot be used now; try again"}), 503,
+            {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def require_webhook_auth(settings: Settings) -> None:

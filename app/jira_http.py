@@ -6,7 +6,7 @@ per new avatar (README, Performance). What requests added that matters here is s
 cookie jar (the standard library's, as requests uses), proxies from the environment (read
 once), and encoding a query string or a JSON body.
 
-Why a jar per thread: Jira keeps the temporary avatar in the HTTP session (jira-rest.md §1.3),
+Why a jar per thread: Jira keeps the temporary avatar in the HTTP session (docs/jira-api.md §1.3),
 so one thread's upload and crop-confirm must carry the same session cookie, and two threads
 must not share a session (one's upload would replace the other's temporary image).
 """
@@ -17,6 +17,7 @@ import http.cookiejar
 import json as jsonlib
 import os
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
@@ -53,6 +54,7 @@ class JiraHttp:
         self._local = threading.local()
         self._pool: urllib3.PoolManager | None = None
         self._timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.timeout)
+        self._deadline = settings.connect_timeout + settings.timeout  # a whole call, body included
         headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate",  # as requests sent
                    "User-Agent": "jira-avatar-sync",
                    "X-Atlassian-Token": "no-check"}  # XSRF: mutating calls need it (§1.2)
@@ -79,10 +81,27 @@ class JiraHttp:
         cookie = cookie_request.get_header("Cookie")
         if cookie:
             all_headers["Cookie"] = cookie
+        deadline = time.monotonic() + self._deadline
         resp = pool.request(method, url, body=data, headers=all_headers, timeout=self._timeout,
-                            retries=False, redirect=False)
-        jar.extract_cookies(resp, cookie_request)  # reads Set-Cookie via resp.info()
-        return Response(resp.status, resp.reason or "", resp.headers, resp.data)
+                            retries=False, redirect=False, preload_content=False)
+        try:
+            jar.extract_cookies(resp, cookie_request)  # reads Set-Cookie via resp.info()
+            return Response(resp.status, resp.reason or "", resp.headers, self._body(resp, url, deadline))
+        finally:
+            resp.release_conn()
+
+    def _body(self, resp: urllib3.HTTPResponse, url: str, deadline: float) -> bytes:
+        """The whole body by ``deadline``: the read timeout alone is per read, and a server
+        sending a byte a second would never trip it. A late answer closes the connection."""
+        chunks = []
+        while True:
+            if time.monotonic() > deadline:
+                resp.close()
+                raise urllib3.exceptions.ReadTimeoutError(None, url, f"no whole answer within {self._deadline:g}s")
+            chunk = resp.read1(64 * 1024)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
 
     def _cookie_request(self, url: str) -> urllib.request.Request:
         """What the cookie jar needs of a call: its host and path, without the query. Kept per

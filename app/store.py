@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -89,6 +90,13 @@ class UserState:
         return d
 
 
+WRITE_WAIT_SECONDS = 5.0  # how long a writer waits for another one before giving up (StoreBusy)
+
+
+class StoreBusy(Exception):
+    """Another writer held the database longer than WRITE_WAIT_SECONDS."""
+
+
 class Store:
     def __init__(self, database_url: str):
         self.url = database_url
@@ -102,7 +110,7 @@ class Store:
         database = make_url(database_url).database if database_url.startswith("sqlite") else None
         self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
         # the hot statements on SQLite (app/thread_conns.py says why); None: the pool's
-        self._hot = ThreadConnections(database, sqlite_setup) if self._lock_path else None
+        self._hot = ThreadConnections(database, _hot_setup) if self._lock_path else None
 
     @property
     def engine(self) -> Engine:
@@ -147,7 +155,7 @@ class Store:
             with engine.connect() as conn, conn.begin():
                 yield conn
             return
-        with self._thread_write_lock, self._file_lock():
+        with self._write_lock():
             with engine.connect() as conn:
                 conn.execution_options(sqlite_immediate=True)
                 with conn.begin():
@@ -164,7 +172,7 @@ class Store:
                 yield conn
             return
         conn = self._hot.get()
-        with self._thread_write_lock, self._file_lock():
+        with self._write_lock():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield HotConnection(conn, dialect)
@@ -185,9 +193,35 @@ class Store:
         yield HotConnection(self._hot.get(), dialect)  # autocommit: the SELECT is its own transaction
 
     @contextmanager
+    def _write_lock(self):
+        """The one SQLite writer: this process's thread lock, then the flock across processes,
+        each waited for at most WRITE_WAIT_SECONDS (a webhook must answer, 503 if need be)."""
+        if not self._thread_write_lock.acquire(timeout=WRITE_WAIT_SECONDS):
+            raise StoreBusy(f"another writer of this process held the database for {WRITE_WAIT_SECONDS:g}s")
+        try:
+            with self._file_lock():
+                yield
+        finally:
+            self._thread_write_lock.release()
+
+    @contextmanager
     def _file_lock(self):
-        """flock() on the lock file beside the SQLite database: one writer across processes."""
-        fcntl.flock(self._lock_fd(), fcntl.LOCK_EX)
+        """flock() on the lock file beside the SQLite database: one writer across processes.
+        Blocking when free; when held, tried again every half millisecond until the deadline
+        (a blocking flock() cannot be given one)."""
+        fd = self._lock_fd()
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + WRITE_WAIT_SECONDS
+                elif now > deadline:
+                    raise StoreBusy(f"another process held the database for {WRITE_WAIT_SECONDS:g}s") from None
+                time.sleep(0.0005)
         try:
             yield
         finally:
@@ -350,6 +384,13 @@ class Store:
                 (("ensure", ensure), ("get", get), ("lock_row", lock_row), ("save", save),
                  ("last_success", last_success))}
         return built
+
+
+def _hot_setup(dbapi_conn) -> None:
+    """The hot connections (the webhook's, a job's claim) wait for SQLite's own lock no longer
+    than for the flock: a database locked from outside answers 503, not a hung webhook."""
+    sqlite_setup(dbapi_conn)
+    dbapi_conn.execute(f"PRAGMA busy_timeout={int(WRITE_WAIT_SECONDS * 1000)}")
 
 
 def _state(row) -> UserState:

@@ -1,4 +1,4 @@
-"""The sync rules of ../shared/DESIGN.md "Behaviour", and nothing else.
+"""The sync rules (the README's table "The rules"), and nothing else.
 
 Syncer.sync_user(username) decides and carries out what one user's Jira picture needs. The
 webhook, the admin API, the CLI and the sweep all call it; none of them holds a rule.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,11 +28,13 @@ from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
 from .outcomes import (DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, NO_PHOTO, NOT_IN_DIRECTORY,
                        NOT_IN_JIRA, RESTORED, SETTLED, UNCHANGED, UPDATED)
-from .store import Store, UserState, user_key
+from .store import Store, StoreBusy, UserState, user_key
+from .usernames import loggable
 
 log = logging.getLogger(__name__)
 
 Then = Callable[[Connection, "SyncResult"], None]
+DECODE_SLOTS = 2  # photos decoded at once per process, whatever the number of threads
 
 
 @dataclass(frozen=True)
@@ -54,15 +57,6 @@ class SyncResult:
         return f"{loggable(self.username)}: {self.outcome}" + (f" ({self.reason})" if self.reason else "")
 
 
-def loggable(text: str) -> str:
-    """A name as it may appear in a log line or a terminal: control characters (CR, LF, ESC,
-    NUL...) and lone surrogates escaped, so a hostile username cannot forge a line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for c in text)
-
-
 def _ms_since(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
 
@@ -79,12 +73,13 @@ class Verdict:
 class Syncer:
     def __init__(self, settings: Settings, directories: list[Directory], jira: JiraClient, store: Store):
         self.settings, self.directories, self.jira, self.store = settings, directories, jira, store
-        # Rule 9: when each user last synced successfully, per process, in front of the store.
+        # Login storms: when each user last synced successfully, per process, in front of the store.
         self._recent = TTLCache(maxsize=100_000, ttl=max(1, settings.login_debounce_seconds))
         self._recent_lock = threading.Lock()  # cachetools caches are not thread-safe
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
     def login_decision(self, username: str) -> str | None:
-        """Rule 9: what a login event needs: DISABLED, IGNORED, DEBOUNCED, or None (sync it).
+        """Login storms: what a login event needs: DISABLED, IGNORED, DEBOUNCED, or None (sync it).
 
         Debounced: the user's last sync within the window ended in a settled outcome (any
         but failed): a user without a photo is not looked up again on every request either.
@@ -121,7 +116,7 @@ class Syncer:
         ``then`` cannot be written for a dry run or a disabled sync.
 
         ``jira_user``: the user as a sweep just read it in bulk, saving one GET per user.
-        ``entry``: the user's directory entry as prefetch() just read it (rule 3 holds there).
+        ``entry``: the user's directory entry as prefetch() just read it (directory order holds there).
         ``then(conn, result)``: the caller's own write (the queue closing the job), committed
         in the same transaction as the user's outcome, exactly once.
         ``source``: what asked for it (login, created, updated, sweep, admin), for the log
@@ -139,14 +134,14 @@ class Syncer:
                 self._record(verdict, then)
                 recorded = True
         except DirectoryUnavailable as exc:
-            # Rule 3: an unreachable directory ahead of the user's own must not be skipped.
+            # Directory order: an unreachable directory ahead of the user's own must not be skipped.
             result = SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True)
         except JiraError as exc:
             result = SyncResult(username, FAILED, f"Jira: {exc}", dry_run=dry_run, retryable=exc.retryable)
-        except SQLAlchemyError as exc:  # the state database: nothing was recorded, the job stays
+        except (SQLAlchemyError, sqlite3.Error, StoreBusy) as exc:  # the state database: nothing recorded
             result = SyncResult(username, FAILED, f"database: {describe_error(exc)}", dry_run=dry_run,
                                 retryable=True)
-        except Exception as exc:  # noqa: BLE001 - rule 11: one user's problem never stops the rest
+        except Exception as exc:  # noqa: BLE001 - bad input: one user's problem never stops the rest
             log.exception("unexpected error syncing %s", loggable(username))
             result = SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
                                 dry_run=dry_run, retryable=True)
@@ -190,14 +185,14 @@ class Syncer:
             return Verdict(SyncResult(username, outcome, reason, avatar_id, entry.directory if entry else None,
                                       dry_run), entry.marker if entry else None, photo_hash, stale)
 
-        if self.settings.sync_disabled:  # rule 2
+        if self.settings.sync_disabled:  # disabled: nothing is touched
             return result(DISABLED, "photo_attributes is empty")
-        entry = prefetched or self._find(username)  # rule 3
+        entry = prefetched or self._find(username)  # directory order
         if entry is None:
             return result(NOT_IN_DIRECTORY)
-        if entry.photo is None:  # rule 7: hands off the user's own picture
+        if entry.photo is None:  # no photo: hands off the user's own picture
             return result(NO_PHOTO, f"no {'/'.join(self._attributes(entry))} in {entry.directory}")
-        photo_hash = hashlib.sha256(entry.photo).hexdigest()  # rule 8: hash raw bytes, pre-decode
+        photo_hash = hashlib.sha256(entry.photo).hexdigest()  # unchanged -> no upload: hash the raw bytes, before decoding
 
         hinted = jira_user is not None
         jira_user = jira_user or self.jira.get_user(username)
@@ -217,9 +212,9 @@ class Syncer:
             if jira_user is None:
                 return result(NOT_IN_JIRA)
         if same_photo and not force:
-            if jira_user.avatar_id == ours:  # rule 8: no write, no decode
+            if jira_user.avatar_id == ours:  # unchanged: no write, no decode
                 return result(UNCHANGED, avatar_id=ours)
-            # Rule 6: the user picked another picture; show ours again, re-using it if it exists.
+            # User uploads are overridden: the user picked another picture; show ours again, re-using it if it exists.
             if ours in self.jira.custom_avatars(username):
                 if not dry_run:
                     self.jira.select_avatar(username, ours)
@@ -245,8 +240,9 @@ class Syncer:
 
         # Rules 4 and 5: decode, upload, select; what we created before is deleted once recorded.
         try:
-            png = normalize(entry.photo, self.settings.size, max_bytes=self.settings.max_photo_bytes,
-                            max_pixels=self.settings.max_photo_pixels)
+            with self._decode_slots:  # memory: config.DEFAULT_MAX_PHOTO_PIXELS says why
+                png = normalize(entry.photo, self.settings.size, max_bytes=self.settings.max_photo_bytes,
+                                max_pixels=self.settings.max_photo_pixels)
         except InvalidPhoto as exc:
             return result(INVALID_PHOTO, f"{entry.photo_attribute} in {entry.directory}: {exc}")
         if dry_run:
@@ -268,7 +264,7 @@ class Syncer:
         return entries
 
     def _find(self, username: str) -> DirectoryEntry | None:
-        """First directory holding the user wins; an outage before it raises (rule 3)."""
+        """First directory holding the user wins; an outage before it raises (directory order)."""
         for directory in self.directories:
             entry = directory.lookup(username)
             if entry is not None:
@@ -311,7 +307,7 @@ class Syncer:
         r = verdict.result
         also = (lambda conn: then(conn, r)) if then else None
         if r.outcome in (UPDATED, RESTORED):
-            # Only now, after Jira confirmed, is the hash stored (rule 8).
+            # Only now, after Jira confirmed, is the hash stored (unchanged -> no upload).
             self.store.record_success(r.username, outcome=r.outcome, photo_sha256=verdict.photo_hash,
                                       avatar_id=r.avatar_id, directory=r.directory, marker=verdict.marker,
                                       also=also, source=r.source, duration_ms=r.duration_ms)
@@ -322,7 +318,7 @@ class Syncer:
                                       duration_ms=r.duration_ms)
 
     def _delete_previous(self, username: str, stale: list[str]) -> None:
-        """Delete avatars this service created before; never one the user uploaded (rule 5)."""
+        """Delete avatars this service created before; never one the user uploaded (overwrite on change)."""
         deleted = []
         for avatar_id in stale:
             try:
@@ -340,7 +336,7 @@ class Syncer:
                                       directory=result.directory, success=False, marker=marker,
                                       also=(lambda conn: then(conn, result)) if then else None,
                                       source=result.source, duration_ms=result.duration_ms)
-        except SQLAlchemyError as exc:  # the database is down: the outcome is still answered
+        except (SQLAlchemyError, sqlite3.Error, StoreBusy) as exc:  # the database is down: still answered
             log.error("could not record the outcome of %s: %s", loggable(result.username), describe_error(exc))
         except Exception:  # noqa: BLE001 - nothing here may hide the outcome
             log.exception("could not record the outcome of %s", loggable(result.username))

@@ -13,6 +13,7 @@ import time
 from . import schedule
 from .directory import DirectoryEntry
 from .queue import SWEEP, Job
+from .store import StoreBusy
 from .sweep import run_in_background
 from .outcomes import FAILED
 
@@ -116,6 +117,10 @@ class WorkerPool:
                 self.maintain()
                 if self.run_once():
                     continue
+            except StoreBusy as exc:  # another writer held the database: try again shortly
+                log.warning("worker waits: %s", exc)
+                self._stop.wait(self.poll_seconds)
+                continue
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
                 log.exception("worker loop error")
                 self._stop.wait(self.poll_seconds)

@@ -113,3 +113,12 @@ def test_numbers_from_env_and_file(tmp_path):
     path.write_text("[jira]\nmax_requests_per_second = \"x\"\n")
     with pytest.raises(ConfigError, match="must be a number, got 'x'"):
         load_settings(path, env=BASE_ENV)
+
+
+def test_usernames_are_refused_or_escaped_before_a_log_line():
+    from app import usernames
+    assert usernames.problem("jdoe") is None and usernames.problem("Jürgen Müller") is None
+    assert "255" in usernames.problem("x" * 256) and "U+000A" in usernames.problem("a\nb")
+    assert "U+200B" in usernames.problem("jd\u200boe")  # a zero-width space hides in plain sight
+    assert usernames.loggable("evil\r\n2026-11-30 ERROR forged") == "evil\\r\\n2026-11-30 ERROR forged"
+    assert usernames.loggable("\x1b[31mred\ud800") == "\\x1b[31mred\\ud800"

@@ -140,3 +140,14 @@ def test_decompression_bomb_is_rejected_before_decoding(side):
 def test_byte_cap():
     with pytest.raises(InvalidPhoto, match="over the limit"):
         normalize(photos.photo(600, 600), 256, max_bytes=1000)
+
+
+def test_the_default_pixel_limit_refuses_a_small_file_that_would_take_300_mb_to_decode():
+    """6320 x 6320 in a PNG of about 150 KB: 40 MP, some 310 MB to decode. The default refuses
+    it from the header, before any pixel is decoded."""
+    from app.config import DEFAULT_MAX_PHOTO_PIXELS
+    raw = photos.encode(Image.new("RGB", (6320, 6320)), "PNG")
+    assert len(raw) < 200_000
+    with pytest.raises(InvalidPhoto, match="over the limit"):
+        normalize(raw, max_pixels=DEFAULT_MAX_PHOTO_PIXELS)
+    assert DEFAULT_MAX_PHOTO_PIXELS * 8 <= 50_000_000  # ~8 bytes a pixel: at most 50 MB a decode

@@ -315,3 +315,41 @@ def test_a_password_with_accents_is_sent_as_jira_decodes_it(jira):
     assert client(jira, username="dépôt", password="pässwörd").get_user("jdoe").name == "jdoe"
     with pytest.raises(JiraAuthError):
         client(jira, username="dépôt", password="p€ss").myself()
+
+
+def test_a_jira_that_drips_its_answer_is_cut_off_at_the_calls_deadline():
+    """One byte every 0.3 s never trips a per-read timeout of 1 s; the call's deadline does."""
+    import http.server
+    import threading
+    import time
+
+    class Dripping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"name": "jdoe", "key": "K", "avatarUrls": {}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for byte in body:
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = JiraSettings(url=f"http://127.0.0.1:{server.server_port}", username="u", password="p",
+                                connect_timeout=0.5, timeout=1, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(JiraError, match="did not answer"):
+            JiraClient(settings).get_user("jdoe")
+        assert time.monotonic() - started < 3  # 1.5 s deadline, not the 14 s the drip takes
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -362,6 +362,11 @@ def test_admin_answers_name_what_is_wrong(web):
     assert r.status_code == 400 and "dry_run" in r.get_json()["error"]
     r = web.http.post("/admin/sweeps", json=[1], headers=ADMIN_HEADERS)
     assert r.status_code == 400
+    r = web.http.post("/admin/users/evil%1b%5b31m/sync", json={}, headers=ADMIN_HEADERS)
+    assert r.status_code == 400 and "U+001B" in r.get_json()["error"]
+    # CR/LF: the router matches no route (its path converter stops at a line break)
+    assert web.http.post("/admin/users/evil%0d%0aERROR/sync", json={}, headers=ADMIN_HEADERS).status_code == 404
+    assert web.http.get("/admin/users/" + "x" * 300, headers=ADMIN_HEADERS).status_code == 400
     huge = "9" * 23
     assert web.http.get(f"/admin/sweeps/{huge}", headers=ADMIN_HEADERS).status_code == 404
     assert web.http.get(f"/admin/sweeps/{huge}/problems.csv", headers=ADMIN_HEADERS).status_code == 404
@@ -369,3 +374,38 @@ def test_admin_answers_name_what_is_wrong(web):
     assert web.http.get("/admin/sweeps/\u00b2", headers=ADMIN_HEADERS).status_code == 404
     assert web.http.get(f"/admin/sweeps?limit={huge}", headers=ADMIN_HEADERS).status_code == 200
     assert web.http.get("/admin/sweeps?limit=-1", headers=ADMIN_HEADERS).status_code == 400
+
+
+def test_a_locked_database_is_503_for_the_admin_api_too(web, tmp_path, jira):
+    import sqlite3
+    holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        r = web.http.post("/admin/sweeps", json={}, headers=ADMIN_HEADERS)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        synced = web.http.post("/admin/users/jdoe/sync", json={}, headers=ADMIN_HEADERS).get_json()
+        assert synced["outcome"] == "failed" and synced["reason"].startswith("database: ")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "metrics.metrics", "static", "dashboard.static"}
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_every_admin_route_refuses_without_the_admin_token(web, jira, token):
+    """Walks Flask's URL map, so that a route added later cannot forget admin_required."""
+    values = {"username": "jdoe", "sweep_id": "1", "fmt": "csv", "filename": "dashboard.js"}
+    checked = 0
+    for rule in web.url_map.iter_rules():
+        if rule.endpoint in PUBLIC_ENDPOINTS:
+            continue
+        url = rule.build({arg: values[arg] for arg in rule.arguments})[1]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            r = web.http.open(url, method=method, json={}, headers=headers)
+            assert r.status_code == 401, (method, url, r.status_code)
+            checked += 1
+    assert checked >= 11 and jira.state.writes() == 0
+    assert web.http.get("/metrics").status_code == 200  # public unless metrics.require_admin

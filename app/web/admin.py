@@ -6,6 +6,7 @@ import threading
 from cachetools import TTLCache
 from flask import Blueprint, Response, jsonify, request
 
+from .. import usernames
 from ..jira import JiraError
 from ..sweep import SweepConflict, run_in_background
 from .auth import BadRequest, admin_required, json_body, services
@@ -26,6 +27,13 @@ def _sweep_id(text: str) -> int:
     return int(text)
 
 
+def _username(name: str) -> str:
+    refused = usernames.problem(name)
+    if refused:
+        raise BadRequest(400, f"username {refused}")
+    return name
+
+
 def _limit(default: int) -> int:
     text = request.args.get("limit", "")
     if not text:
@@ -39,7 +47,7 @@ def _limit(default: int) -> int:
 @admin_required
 def sync_user(username: str):
     body = json_body({"force": bool, "dry_run": bool})
-    result = services().syncer.sync_user(username, force=body.get("force", False),
+    result = services().syncer.sync_user(_username(username), force=body.get("force", False),
                                          dry_run=body.get("dry_run", False), source="admin")
     return jsonify(result.as_dict())
 
@@ -48,7 +56,7 @@ def sync_user(username: str):
 @admin_required
 def get_user(username: str):
     svc = services()
-    state, job = svc.store.get(username), svc.queue.job_for(username)
+    state, job = svc.store.get(_username(username)), svc.queue.job_for(username)
     if state is None and job is None:
         return jsonify({"username": username, "error": "nothing known about this user"}), 404
     return jsonify({"username": username, "state": state.as_dict() if state else None, "queue": job})
@@ -69,7 +77,7 @@ def search_users():
 def current_avatar(username: str):
     """The picture Jira shows now, through the service: the admin's browser needs no Jira session."""
     svc = services()
-    key = (username.lower(), request.args.get("v", ""))
+    key = (_username(username).lower(), request.args.get("v", ""))
     with _thumbnails_lock:
         image = _thumbnails.get(key)
     if image is None:

@@ -2,7 +2,8 @@
 the answer comes after one durable insert, so a login is never slowed by a sync.
 
 Order matters: the size limit, then the signature over the raw bytes, and only then is the
-body parsed (reference/engineering-notes.md §4).
+body parsed: nothing an unauthenticated sender wrote is ever decoded, and the signature is over
+the bytes Jira sent (re-serialised JSON would not match).
 
 A plain WSGI handler wrapped around the Flask app (``app.wsgi_app``), not a Flask view: Flask's
 request context, routing and JSON response cost ~100 us of CPU per request on the 2-core
@@ -15,13 +16,16 @@ import hashlib
 import hmac
 import json
 import logging
+import sqlite3
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
-from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.wsgi import get_input_stream
+from sqlalchemy.exc import SQLAlchemyError
 
+from .. import usernames
+from ..database import describe_error
 from ..queue import LOGIN, USER_EVENT
+from ..store import StoreBusy
 from ..metrics import WEBHOOKS
 from ..outcomes import DEBOUNCED, IGNORED
 
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 PATH = "/webhooks/jira"
 SYNC_EVENTS = {"user_login": LOGIN, "user_created": USER_EVENT, "user_updated": USER_EVENT}
 DELETE_EVENTS = {"user_deleted"}
+RETRY_AFTER_SECONDS = 5
 # The metric's status for each refusal (a 2xx answer is counted by its own status word).
 REFUSALS = {400: "bad_request", 401: "bad_signature", 413: "too_large", 415: "not_json", 503: "unavailable"}
 
@@ -46,21 +51,26 @@ class WebhookDoor:
         if environ.get("REQUEST_METHOD") != "POST":
             WEBHOOKS.labels("method_not_allowed").inc()
             return _respond(start_response, 405, {"status": "error", "error": "use POST"}, [("Allow", "POST")])
+        headers = []
         try:
             status, answer = self.handle(environ)
+        except (sqlite3.OperationalError, SQLAlchemyError, StoreBusy) as exc:
+            # locked, full or unreachable: not accepted, and the sender may say so again soon
+            log.warning("webhook not accepted, the database cannot take it now: %s", describe_error(exc))
+            status, answer = 503, {"status": "error", "error": "the service cannot store events now; try again"}
+            headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
         except Exception:  # noqa: BLE001 - the sender retries; the details go to the log only
             log.exception("webhook failed")
             status, answer = 500, {"status": "error", "error": "internal error: the event was not accepted"}
         WEBHOOKS.labels(answer["status"] if status < 300 else REFUSALS.get(status, "error")).inc()
-        return _respond(start_response, status, answer)
+        return _respond(start_response, status, answer, headers)
 
     def handle(self, environ) -> tuple[int, dict]:
         services = self.services
         settings = services.settings
         limit = settings.webhook.max_body_bytes
-        try:  # refused by Content-Length before reading, or once a chunked body passes the limit
-            body = get_input_stream(environ, max_content_length=limit).read()
-        except RequestEntityTooLarge:
+        body = _read_body(environ, limit)
+        if body is None:
             return 413, {"status": "error", "error": f"body over {limit} bytes"}
 
         if settings.webhook.secret and not authenticated(settings.webhook.secret, body, environ):
@@ -71,6 +81,8 @@ class WebhookDoor:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             return 415, {"status": "error", "error": "body is not JSON"}
+        except RecursionError:  # thousands of nested arrays: valid JSON no webhook sends
+            return 400, {"status": "error", "error": "body is nested too deeply"}
         if not isinstance(payload, dict):
             return 400, {"status": "error", "error": "body must be a JSON object"}
         user = payload.get("user")
@@ -78,6 +90,9 @@ class WebhookDoor:
         if not isinstance(username, str) or not username.strip():
             return 400, {"status": "error", "error": "missing field user.name"}
         username = username.strip()
+        refused = usernames.problem(username)
+        if refused:
+            return 400, {"status": "error", "error": f"user.name {refused}"}
         event = payload.get("webhookEvent") or "user_login"
         if not isinstance(event, str):
             return 400, {"status": "error", "error": "webhookEvent must be a string"}
@@ -99,6 +114,29 @@ class WebhookDoor:
                                       delivery_id=delivery):
             return 200, {"status": IGNORED, "user": username, "reason": "delivery already accepted"}
         return 202, {"status": "queued", "user": username}
+
+
+def _read_body(environ, limit: int) -> bytes | None:
+    """The body, or None when it is over ``limit`` bytes, whatever the framing: a declared
+    Content-Length is checked before reading; a chunked body is read to one byte past the
+    limit (never cut at the limit: the signature would then cover a prefix)."""
+    stream = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH") or ""
+    if declared.strip():
+        try:
+            length = int(declared)
+        except ValueError:
+            return None
+        if length > limit:
+            return None
+        return stream.read(length) if length > 0 else b""
+    body = b""
+    while len(body) <= limit:
+        chunk = stream.read(limit + 1 - len(body))
+        if not chunk:
+            return body
+        body += chunk
+    return None
 
 
 def authenticated(secret: str, body: bytes, environ) -> bool:

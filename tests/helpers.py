@@ -1,0 +1,127 @@
+"""Helpers shared by test modules (fixtures alone live in conftest.py)."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests import photos
+from tests.conftest import JIRA_PASSWORD, JIRA_USER
+from tests.rig import slapd as slapd_rig
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET, ADMIN = "gunicorn-hook-secret", "gunicorn-admin-token"
+
+
+class Service:
+    """The real service under gunicorn (deploy/gunicorn.conf.py, 2 workers) on a loopback port,
+    pointed at a real slapd and the Jira emulator."""
+
+    def __init__(self, tmp_path: Path, slapd, base_dn: str, jira_url: str):
+        self.port = slapd_rig.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "gunicorn.log"
+        self.config = tmp_path / "service.toml"
+        self.config.write_text(f"""
+database_url = "sqlite:///{tmp_path}/state.db"
+photo_attributes = ["jpegPhoto"]
+[jira]
+url = "{jira_url}"
+username = "{JIRA_USER}"
+password = "{JIRA_PASSWORD}"
+max_retries = 1
+timeout = 5
+[webhook]
+secret = "{SECRET}"
+[admin]
+token = "{ADMIN}"
+[worker]
+threads = 4
+poll_seconds = 0.2
+lease_seconds = 5
+max_attempts = 100
+retry_base_seconds = 0.5
+retry_max_seconds = 3
+[[directories]]
+name = "openldap"
+urls = ["{slapd.url}"]
+bind_dn = "{slapd_rig.SVC_DN}"
+bind_password = "{slapd_rig.SVC_PW}"
+base_dn = "{base_dn}"
+""")
+        self.proc: subprocess.Popen | None = None
+        self.http = requests.Session()
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+        env["AVATAR_SYNC_CONFIG"] = str(self.config)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind",
+             f"127.0.0.1:{self.port}", "--workers", "2", "app:create_app()"],
+            cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except (requests.ConnectionError, requests.Timeout):  # still booting
+                time.sleep(0.1)
+        raise AssertionError("gunicorn did not come up:\n" + self.log.read_text()[-3000:])
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)  # master and every worker, no goodbye
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def login(self, name: str, signature: str | None = None, session=None) -> requests.Response:
+        body = json.dumps({"webhookEvent": "user_login", "timestamp": int(time.time() * 1000),
+                           "user": {"name": name}}).encode()
+        digest = signature or "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        return (session or requests).post(self.url + "/webhooks/jira", data=body, timeout=10,
+                                          headers={"Content-Type": "application/json", "X-Hub-Signature": digest})
+
+    def user(self, name: str) -> requests.Response:
+        return self.http.get(f"{self.url}/admin/users/{name}", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+
+
+def add_users(slapd, ou, jira, names):
+    for name in names:
+        slapd.add_user(ou, name, jpeg_photo=photos.photo(120, 100))
+        jira.state.add_user(name)
+
+
+def wait_until(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def synced(jira, name) -> bool:
+    return jira.state.selected_avatar(name).owner is not None
+
+
+
+
+def signed(body: bytes, secret: str = SECRET) -> dict:
+    """Headers of a webhook signed as Jira DC 10+ signs it."""
+    return {"Content-Type": "application/json",
+            "X-Hub-Signature": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
