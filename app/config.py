@@ -65,8 +65,13 @@ class JiraSettings:
 @dataclass(frozen=True)
 class WebhookSettings:
     secret: str = field(default="", repr=False)
+    previous_secret: str = field(default="", repr=False)  # still accepted while Jira's senders switch
     allow_unauthenticated: bool = False
     max_body_bytes: int = 64 * 1024
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.secret, self.previous_secret) if s)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,11 @@ class WorkerSettings:
 @dataclass(frozen=True)
 class AdminSettings:
     token: str = field(default="", repr=False)
+    previous_token: str = field(default="", repr=False)  # still accepted during a rotation
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(t for t in (self.token, self.previous_token) if t)
 
 
 @dataclass(frozen=True)
@@ -149,8 +159,8 @@ KEYS: dict[str, tuple[str, ...]] = {
          "max_photo_pixels", "log_level", "log_format", "trusted_proxies"),
     "jira": ("url", "username", "password", "token", "max_concurrency", "max_requests_per_second",
              "connect_timeout", "timeout", "max_retries", "ca_file", "verify_tls", "user_groups"),
-    "webhook": ("secret", "allow_unauthenticated", "max_body_bytes"),
-    "admin": ("token",),
+    "webhook": ("secret", "previous_secret", "allow_unauthenticated", "max_body_bytes"),
+    "admin": ("token", "previous_token"),
     "worker": ("threads", "poll_seconds", "lease_seconds", "max_attempts", "retry_base_seconds",
                "retry_max_seconds", "start_in_web"),
     "sweep": ("schedule",),
@@ -159,7 +169,8 @@ KEYS: dict[str, tuple[str, ...]] = {
                     "username_attribute", "photo_attributes", "ca_file", "start_tls", "verify_tls",
                     "connect_timeout", "timeout", "pool_size"),
 }
-SECRETS = {"jira.password", "jira.token", "webhook.secret", "admin.token", "directories.bind_password"}
+SECRETS = {"jira.password", "jira.token", "webhook.secret", "webhook.previous_secret", "admin.token",
+           "admin.previous_token", "directories.bind_password"}
 ALIASES = {"directories": ("url",)}  # one URL instead of the list
 
 
@@ -279,14 +290,14 @@ def _jira(r: "Reader") -> JiraSettings:
 
 def _webhook(r: "Reader") -> WebhookSettings:
     r.reject_unknown(accepted("webhook"))
-    return WebhookSettings(secret=r.secret("secret"),
+    return WebhookSettings(secret=r.secret("secret"), previous_secret=r.secret("previous_secret"),
                            allow_unauthenticated=r.boolean("allow_unauthenticated", False),
                            max_body_bytes=r.integer("max_body_bytes", 64 * 1024, 256, 16 * 1024 * 1024))
 
 
 def _admin(r: "Reader") -> AdminSettings:
     r.reject_unknown(accepted("admin"))
-    return AdminSettings(token=r.secret("token"))
+    return AdminSettings(token=r.secret("token"), previous_token=r.secret("previous_token"))
 
 
 def _worker(r: "Reader") -> WorkerSettings:

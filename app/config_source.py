@@ -42,9 +42,11 @@ _ENV_KEYS = {
     "JIRA_CA_FILE": (("jira",), "ca_file"),
     "JIRA_VERIFY_TLS": (("jira",), "verify_tls"),
     "WEBHOOK_SECRET": (("webhook",), "secret"),
+    "WEBHOOK_PREVIOUS_SECRET": (("webhook",), "previous_secret"),
     "WEBHOOK_ALLOW_UNAUTHENTICATED": (("webhook",), "allow_unauthenticated"),
     "WEBHOOK_MAX_BODY_BYTES": (("webhook",), "max_body_bytes"),
     "ADMIN_TOKEN": (("admin",), "token"),
+    "ADMIN_PREVIOUS_TOKEN": (("admin",), "previous_token"),
     "SWEEP_SCHEDULE": (("sweep",), "schedule"),
     "METRICS_REQUIRE_ADMIN": (("metrics",), "require_admin"),
     "WORKER_THREADS": (("worker",), "threads"),
@@ -69,7 +71,8 @@ _ENV_KEYS = {
     "LDAP_TIMEOUT": (("directories",), "timeout"),
     "LDAP_POOL_SIZE": (("directories",), "pool_size"),
 }
-_SECRETS = {"JIRA_PASSWORD", "JIRA_TOKEN", "WEBHOOK_SECRET", "ADMIN_TOKEN", "LDAP_BIND_PASSWORD"}
+_SECRETS = {"JIRA_PASSWORD", "JIRA_TOKEN", "WEBHOOK_SECRET", "WEBHOOK_PREVIOUS_SECRET", "ADMIN_TOKEN",
+            "ADMIN_PREVIOUS_TOKEN", "LDAP_BIND_PASSWORD"}
 
 
 def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

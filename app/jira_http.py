@@ -28,6 +28,14 @@ from cachetools import LRUCache
 from .config import JiraSettings
 
 
+# No answer the service asks for is anywhere near this: a page of 1000 users is about 1 MB.
+MAX_ANSWER_BYTES = 16 * 2**20
+
+
+class AnswerTooLarge(urllib3.exceptions.HTTPError):
+    """Jira (or what answers in its place) sent more than MAX_ANSWER_BYTES, once decompressed."""
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -93,14 +101,18 @@ class JiraHttp:
     def _body(self, resp: urllib3.HTTPResponse, url: str, deadline: float) -> bytes:
         """The whole body by ``deadline``: the read timeout alone is per read, and a server
         sending a byte a second would never trip it. A late answer closes the connection."""
-        chunks = []
+        chunks, size = [], 0
         while True:
             if time.monotonic() > deadline:
                 resp.close()
                 raise urllib3.exceptions.ReadTimeoutError(None, url, f"no whole answer within {self._deadline:g}s")
-            chunk = resp.read1(64 * 1024)
+            chunk = resp.read1(64 * 1024)  # decompressed: a gzip bomb counts by what it inflates to
             if not chunk:
                 return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                resp.close()
+                raise AnswerTooLarge(f"Jira's answer is over {MAX_ANSWER_BYTES // 2**20} MB")
             chunks.append(chunk)
 
     def _cookie_request(self, url: str) -> urllib.request.Request:

@@ -122,3 +122,36 @@ def test_usernames_are_refused_or_escaped_before_a_log_line():
     assert "U+200B" in usernames.problem("jd\u200boe")  # a zero-width space hides in plain sight
     assert usernames.loggable("evil\r\n2026-11-30 ERROR forged") == "evil\\r\\n2026-11-30 ERROR forged"
     assert usernames.loggable("\x1b[31mred\ud800") == "\\x1b[31mred\\ud800"
+
+
+def test_a_secret_from_the_environment_beats_a_secret_file_in_toml(tmp_path):
+    """Rotating a secret through the environment must not leave the file's old one in force."""
+    old = tmp_path / "old-secret"
+    old.write_text("old-secret-from-file")
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"""
+[jira]
+url = "https://jira.example.com"
+token = "t"
+[webhook]
+secret_file = "{old}"
+[[directories]]
+urls = ["ldaps://dc.example"]
+base_dn = "dc=example"
+""")
+    assert load_settings(toml, env={}).webhook.secret == "old-secret-from-file"
+    fresh = load_settings(toml, env={"AVATAR_SYNC_WEBHOOK_SECRET": "new-secret-from-env"})
+    assert fresh.webhook.secret == "new-secret-from-env"
+    new_file = tmp_path / "new-secret"
+    new_file.write_text("new-secret-from-env-file\n")
+    from_env_file = load_settings(toml, env={"AVATAR_SYNC_WEBHOOK_SECRET_FILE": str(new_file)})
+    assert from_env_file.webhook.secret == "new-secret-from-env-file"
+
+
+def test_the_sqlite_state_is_created_owner_only(tmp_path):
+    from app.store import Store
+    store = Store(f"sqlite:///{tmp_path}/new/dir/state.db")
+    store.ping()
+    assert (tmp_path / "new" / "dir").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "new" / "dir" / "state.db").stat().st_mode & 0o777 == 0o600
+    store.dispose()

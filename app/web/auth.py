@@ -52,9 +52,11 @@ def _given_token() -> tuple[str, str]:
     return "", ""
 
 
-def admin_token_ok(token: str) -> bool:
-    given = _given_token()[1]
-    return bool(token) and bool(given) and hmac.compare_digest(given.encode(), token.encode())
+def admin_token_ok(tokens: tuple[str, ...]) -> bool:
+    """The request carries one of ``tokens`` (the admin token, and during a rotation the
+    previous one), compared in constant time."""
+    given = _given_token()[1].encode()
+    return bool(given) and any(hmac.compare_digest(given, t.encode()) for t in tokens if t)
 
 
 def _refuse(status: int, message: str, challenge: bool = False):
@@ -65,13 +67,13 @@ def _refuse(status: int, message: str, challenge: bool = False):
 def admin_required(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        token = services().settings.admin.token
-        if not token:
+        tokens = services().settings.admin.tokens
+        if not services().settings.admin.token:
             return _refuse(403, "the admin API is off: set admin.token")
         scheme, given = _given_token()
         if not given:
             return _refuse(401, "admin token required (Authorization: Bearer <token>)", challenge=True)
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not admin_token_ok(tokens):
             return _refuse(401, "wrong admin token", challenge=True)
         if scheme == "basic" and request.method not in SAFE_METHODS:
             refusal = _cross_site_refusal()

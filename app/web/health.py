@@ -23,5 +23,5 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     svc = services()
-    body = svc.readiness.report(details=admin_token_ok(svc.settings.admin.token))
+    body = svc.readiness.report(details=admin_token_ok(svc.settings.admin.tokens))
     return jsonify(body), 503 if body["status"] == UNAVAILABLE else 200

@@ -73,7 +73,7 @@ class WebhookDoor:
         if body is None:
             return 413, {"status": "error", "error": f"body over {limit} bytes"}
 
-        if settings.webhook.secret and not authenticated(settings.webhook.secret, body, environ):
+        if settings.webhook.secret and not authenticated(settings.webhook.secrets, body, environ):
             log.warning("webhook refused from %s: bad or missing signature/token", environ.get("REMOTE_ADDR"))
             return 401, {"status": "error", "error": "bad or missing signature or token"}
 
@@ -139,22 +139,23 @@ def _read_body(environ, limit: int) -> bytes | None:
     return None
 
 
-def authenticated(secret: str, body: bytes, environ) -> bool:
-    """X-Hub-Signature: sha256=<hex HMAC of the raw body>, or the secret as ?token= / Bearer."""
-    key = secret.encode()
+def authenticated(secrets: tuple[str, ...], body: bytes, environ) -> bool:
+    """X-Hub-Signature: sha256=<hex HMAC of the raw body>, or a secret as ?token= / Bearer.
+    ``secrets``: the current one and, during a rotation, the previous one."""
     signature = environ.get("HTTP_X_HUB_SIGNATURE", "")
     if signature:
         method, _, digest = signature.partition("=")
         if method.strip().lower() != "sha256":
             return False
-        expected = hmac.new(key, body, hashlib.sha256).hexdigest()
         # bytes: compare_digest refuses str with non-ASCII characters (WSGI headers are latin-1)
-        return hmac.compare_digest(expected.encode(), digest.strip().lower().encode("latin-1"))
+        given = digest.strip().lower().encode("latin-1")
+        return any(hmac.compare_digest(hmac.new(s.encode(), body, hashlib.sha256).hexdigest().encode(), given)
+                   for s in secrets)
     token = parse_qs(environ.get("QUERY_STRING", "")).get("token", [""])[0].encode()
     auth = environ.get("HTTP_AUTHORIZATION", "")
     if not token and auth[:7].lower() == "bearer ":
         token = auth[7:].strip().encode("latin-1")  # the header's own bytes
-    return bool(token) and hmac.compare_digest(token, key)
+    return bool(token) and any(hmac.compare_digest(token, s.encode()) for s in secrets)
 
 
 def _respond(start_response, status: int, answer: dict, headers=()) -> list[bytes]:

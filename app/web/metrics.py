@@ -14,6 +14,6 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def metrics():
     svc = services()
-    if svc.settings.metrics_require_admin and not admin_token_ok(svc.settings.admin.token):
+    if svc.settings.metrics_require_admin and not admin_token_ok(svc.settings.admin.tokens):
         return jsonify({"error": "admin token required"}), 401
     return Response(exposition(svc), mimetype=CONTENT_TYPE_LATEST)
