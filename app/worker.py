@@ -7,11 +7,15 @@ is found by polling every ``poll_seconds``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from . import schedule
 from .directory import DirectoryEntry
+from .database import describe_error
 from .queue import SWEEP, Job
 from .store import StoreBusy
 from .sweep import run_in_background
@@ -117,8 +121,8 @@ class WorkerPool:
                 self.maintain()
                 if self.run_once():
                     continue
-            except StoreBusy as exc:  # another writer held the database: try again shortly
-                log.warning("worker waits: %s", exc)
+            except (StoreBusy, sqlite3.OperationalError, SQLAlchemyError) as exc:  # locked, full, down
+                log.warning("worker waits, the database cannot be used now: %s", describe_error(exc))
                 self._stop.wait(self.poll_seconds)
                 continue
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker

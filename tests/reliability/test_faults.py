@@ -79,3 +79,57 @@ def test_slapd_restarted_mid_sweep(tmp_path, slapd, ldap_ou, jira, services_for)
     summary = sweeps.summary(sweep_id)
     assert summary["status"] == "finished" and summary["total"] == summary["done"], summary
     assert all(jira.state.created_for(name) == 1 for name, _ in users)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs of its own (root may mount one here; CI runs as root)."""
+    import os
+    import subprocess
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {mounted.stderr.decode()}")
+        pytest.skip("cannot mount a tmpfs here")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_a_full_disk_refuses_logins_with_503_and_loses_nothing_it_accepted(tmp_path, slapd, ldap_ou, jira, small_disk):
+    add_users(slapd, ldap_ou, jira, ["first"])
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url)
+    svc.config.write_text(svc.config.read_text().replace(f"sqlite:///{tmp_path}/state.db",
+                                                         f"sqlite:///{small_disk}/state.db"))
+    svc.start()
+    try:
+        assert svc.login("first").status_code == 202
+        wait_until(lambda: synced(jira, "first"), 20, "the first login to land")
+        with open(small_disk / "filler", "wb") as filler:  # the disk fills up
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+        answers = {}
+        for i in range(400):  # long names make the database grow until it cannot
+            name = f"full-{i:03d}-" + "x" * 200
+            answers[name] = svc.login(name).status_code
+            if answers[name] == 503:
+                break
+        assert set(answers.values()) <= {202, 503} and 503 in answers.values(), set(answers.values())
+        (small_disk / "filler").unlink()  # space returns
+        after = "after-" + "y" * 10
+        wait_until(lambda: svc.login(after).status_code == 202, 20, "logins to be accepted again")
+        accepted = [n for n, status in answers.items() if status == 202] + [after]
+
+        def settled(name) -> bool:
+            body = svc.user(name).json()
+            return body.get("queue") is None and (body.get("state") or {}).get("last_outcome") == "not_in_directory"
+        wait_until(lambda: all(settled(n) for n in accepted), 60, "every accepted login to be processed")
+        assert svc.user(next(n for n, s in answers.items() if s == 503)).status_code == 404  # refused: not kept
+        assert "Traceback" not in svc.log.read_text()  # every failure was an expected one, said in a line
+    finally:
+        svc.stop()
