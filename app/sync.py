@@ -180,8 +180,10 @@ class Syncer:
         entry = state = photo_hash = None
 
         def result(outcome, reason=None, avatar_id=None):
+            # Ours besides the one shown are deleted once the outcome is recorded; on an unchanged
+            # sync too, where there are any (a delete that failed before): none in the steady state.
             stale = [a for a in state.created_avatar_ids if a != avatar_id] \
-                if state and avatar_id and outcome in (UPDATED, RESTORED) else []
+                if state and avatar_id and outcome in (UPDATED, RESTORED, UNCHANGED) else []
             return Verdict(SyncResult(username, outcome, reason, avatar_id, entry.directory if entry else None,
                                       dry_run), entry.marker if entry else None, photo_hash, stale)
 
