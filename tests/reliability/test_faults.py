@@ -167,3 +167,37 @@ def test_one_of_a_directorys_two_servers_dead(tmp_path, slapd, ldap_ou, jira):
         assert ready(svc)  # the directory answers: one dead server of two is not 'down'
     finally:
         svc.stop()
+
+
+def test_the_separate_worker_killed_mid_batch(tmp_path, slapd, ldap_ou, jira):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    names = [f"b{i:03d}" for i in range(120)]
+    add_users(slapd, ldap_ou, jira, names)
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url)
+    svc.config.write_text(svc.config.read_text().replace("threads = 4", "threads = 4\nstart_in_web = false"))
+    svc.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+    env["AVATAR_SYNC_CONFIG"] = str(svc.config)
+    script = [str(Path(sys.executable).parent / "jira-avatar-sync"), "worker"]
+    worker = None
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(lambda n: svc.login(n).status_code, names)) == {202}
+        jira.state.latency = 0.02
+        worker = subprocess.Popen(script, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: sum(synced(jira, n) for n in names) >= 15, 60, "the worker to be under way")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        assert sum(synced(jira, n) for n in names) < len(names), "the kill came too late to test anything"
+        worker = subprocess.Popen(script, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: all(synced(jira, n) for n in names), 90, "every login to land")
+        assert all(jira.state.created_for(n) == 1 for n in names)
+    finally:
+        if worker and worker.poll() is None:
+            worker.kill()
+        svc.stop()
