@@ -92,6 +92,16 @@ def make_settings(tmp_path, jira_url, directories, **extra):
 
 
 @pytest.fixture
+def gunicorn_service(tmp_path, slapd, ldap_ou, jira):
+    """The real service under gunicorn (tests.helpers.Service), started, stopped after the test."""
+    from tests.helpers import Service  # helpers import this module's constants
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
 def services_for(tmp_path):
     """Build services from settings; closed after the test."""
     built = []

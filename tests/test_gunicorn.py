@@ -17,12 +17,10 @@ import requests
 
 from tests.helpers import SECRET, Service, add_users, synced, wait_until
 
+
 @pytest.fixture
-def service(tmp_path, slapd, ldap_ou, jira):
-    svc = Service(tmp_path, slapd, ldap_ou, jira.url)
-    svc.start()
-    yield svc
-    svc.stop()
+def service(gunicorn_service):
+    return gunicorn_service
 
 
 def test_signed_login_selects_the_avatar(service, slapd, ldap_ou, jira):

@@ -18,11 +18,8 @@ from tests.rig.slapd import free_port
 
 
 @pytest.fixture
-def service(tmp_path, slapd, ldap_ou, jira):
-    svc = Service(tmp_path, slapd, ldap_ou, jira.url)
-    svc.start()
-    yield svc
-    svc.stop()
+def service(gunicorn_service):
+    return gunicorn_service
 
 
 def ready(svc) -> bool:
