@@ -6,17 +6,15 @@ top.
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import logs
 from .config import ConfigError, Settings, load_settings, weak_settings
 from .database import describe_error
 from .services import build_services
-from .store import StoreBusy
+from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .web import admin, dashboard, health, hooks, metrics
 from .web.auth import EXTENSION
 from .web.hooks import RETRY_AFTER_SECONDS
@@ -36,7 +34,7 @@ def create_app(config: Settings | None = None) -> Flask:
     for blueprint in (health.bp, admin.bp, metrics.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     app.after_request(dashboard.security_headers)
-    for error in (SQLAlchemyError, sqlite3.OperationalError, StoreBusy):
+    for error in DATABASE_UNAVAILABLE:
         app.register_error_handler(error, _database_unavailable)
     # the webhook, Jira's one hot path, is answered before Flask (see app/web/hooks.py)
     app.wsgi_app = hooks.WebhookDoor(app.wsgi_app, services)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -20,6 +21,7 @@ from sqlalchemy import (Column, DateTime, Index, Integer, MetaData, String, Tabl
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from .database import SQLITE_BUSY_MS, make_engine, sqlite_setup
 from .prepared import Prepared
@@ -95,6 +97,11 @@ WRITE_WAIT_SECONDS = 5.0  # how long a writer waits for another one before givin
 
 class StoreBusy(Exception):
     """Another writer held the database longer than WRITE_WAIT_SECONDS."""
+
+
+# What "the database cannot be used now" looks like (locked, full, unreachable, busy): the
+# doors answer 503, a sync reports 'database: ...', a worker waits; never a traceback.
+UNAVAILABLE = (SQLAlchemyError, sqlite3.Error, StoreBusy)
 
 
 class Store:

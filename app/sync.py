@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -18,7 +17,6 @@ from typing import Callable
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .config import Settings
@@ -28,7 +26,8 @@ from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
 from .outcomes import (DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, NO_PHOTO, NOT_IN_DIRECTORY,
                        NOT_IN_JIRA, RESTORED, SETTLED, UNCHANGED, UPDATED)
-from .store import Store, StoreBusy, UserState, user_key
+from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
+from .store import Store, UserState, user_key
 from .usernames import loggable
 
 log = logging.getLogger(__name__)
@@ -138,7 +137,7 @@ class Syncer:
             result = SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True)
         except JiraError as exc:
             result = SyncResult(username, FAILED, f"Jira: {exc}", dry_run=dry_run, retryable=exc.retryable)
-        except (SQLAlchemyError, sqlite3.Error, StoreBusy) as exc:  # the state database: nothing recorded
+        except DATABASE_UNAVAILABLE as exc:  # the state database: nothing recorded
             result = SyncResult(username, FAILED, f"database: {describe_error(exc)}", dry_run=dry_run,
                                 retryable=True)
         except Exception as exc:  # noqa: BLE001 - bad input: one user's problem never stops the rest
@@ -338,7 +337,7 @@ class Syncer:
                                       directory=result.directory, success=False, marker=marker,
                                       also=(lambda conn: then(conn, result)) if then else None,
                                       source=result.source, duration_ms=result.duration_ms)
-        except (SQLAlchemyError, sqlite3.Error, StoreBusy) as exc:  # the database is down: still answered
+        except DATABASE_UNAVAILABLE as exc:  # the database is down: still answered
             log.error("could not record the outcome of %s: %s", loggable(result.username), describe_error(exc))
         except Exception:  # noqa: BLE001 - nothing here may hide the outcome
             log.exception("could not record the outcome of %s", loggable(result.username))

@@ -7,17 +7,15 @@ is found by polling every ``poll_seconds``.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import schedule
 from .directory import DirectoryEntry
 from .database import describe_error
 from .queue import SWEEP, Job
-from .store import StoreBusy
+from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .sweep import run_in_background
 from .outcomes import FAILED
 
@@ -121,7 +119,7 @@ class WorkerPool:
                 self.maintain()
                 if self.run_once():
                     continue
-            except (StoreBusy, sqlite3.OperationalError, SQLAlchemyError) as exc:  # locked, full, down
+            except DATABASE_UNAVAILABLE as exc:  # locked, full, down
                 log.warning("worker waits, the database cannot be used now: %s", describe_error(exc))
                 self._stop.wait(self.poll_seconds)
                 continue

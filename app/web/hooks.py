@@ -16,16 +16,14 @@ import hashlib
 import hmac
 import json
 import logging
-import sqlite3
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
-from sqlalchemy.exc import SQLAlchemyError
 
 from .. import usernames
 from ..database import describe_error
 from ..queue import LOGIN, USER_EVENT
-from ..store import StoreBusy
+from ..store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from ..metrics import WEBHOOKS
 from ..outcomes import DEBOUNCED, IGNORED
 
@@ -54,7 +52,7 @@ class WebhookDoor:
         headers = []
         try:
             status, answer = self.handle(environ)
-        except (sqlite3.OperationalError, SQLAlchemyError, StoreBusy) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             # locked, full or unreachable: not accepted, and the sender may say so again soon
             log.warning("webhook not accepted, the database cannot take it now: %s", describe_error(exc))
             status, answer = 503, {"status": "error", "error": "the service cannot store events now; try again"}
