@@ -21,6 +21,7 @@ import ldap3
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
+from . import deadlines
 from .config import DirectorySettings
 from .metrics import LDAP_ERRORS
 
@@ -154,26 +155,21 @@ class Directory:
 
         A connection of its own: OpenLDAP keeps one paged-search state per connection, and
         a lookup interleaved on the same connection would reset it. Errors raise (ldap3's
-        paged generator otherwise silently stops on e.g. adminLimitExceeded).
+        paged generator would silently stop on e.g. adminLimitExceeded).
         """
         s = self.settings
         username_attr = s.username_attribute.lower()
         attributes = [s.username_attribute, *MARKER_ATTRIBUTES]
         conn = self._connect()
-        conn.raise_exceptions = True
         try:
-            for entry in conn.extend.standard.paged_search(
-                    s.base_dn, s.user_filter, attributes=attributes, paged_size=SWEEP_PAGE_SIZE,
-                    generator=True, time_limit=s.timeout * 6):
-                if entry.get("type") != "searchResEntry":
-                    continue
+            for entry in self._pages(conn, s.user_filter, attributes, SWEEP_PAGE_SIZE):
                 raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
                 names = raw.get(username_attr)
                 if not names:
                     continue
                 yield DirectoryUser(names[0].decode("utf-8", "replace"), entry["dn"], _marker(raw))
-        except LDAPException as exc:
-            raise DirectoryUnavailable(self.name, f"paging through users failed: {exc}") from None
+        except DirectoryUnavailable as exc:
+            raise DirectoryUnavailable(self.name, f"paging through users failed: {exc.reason}") from None
         finally:
             self._discard(conn)
 
@@ -200,8 +196,9 @@ class Directory:
         for attempt in (1, 2):
             with self._connection(fresh=attempt == 2) as conn:
                 try:
-                    conn.search(s.base_dn, search_filter, search_scope=ldap3.SUBTREE,
-                                attributes=attributes, size_limit=size_limit, time_limit=s.timeout)
+                    with self._deadline(conn):
+                        conn.search(s.base_dn, search_filter, search_scope=ldap3.SUBTREE,
+                                    attributes=attributes, size_limit=size_limit, time_limit=s.timeout)
                     response, result = conn.response or [], conn.result or {}
                     conn.response = None  # an idle connection need not keep the last photo
                     return response, result
@@ -219,24 +216,46 @@ class Directory:
 
     def _paged(self, search_filter: str, attributes: list[str], page_size: int) -> Iterator[dict]:
         """The entries of a paged search on a pooled connection; any error raises."""
-        s = self.settings
         with self._connection() as conn:
-            cookie = None
-            while True:
-                try:
+            try:
+                yield from self._pages(conn, search_filter, attributes, page_size)
+            except DirectoryUnavailable:
+                conn.broken = True
+                raise
+
+    def _pages(self, conn: ldap3.Connection, search_filter: str, attributes: list[str],
+               page_size: int) -> Iterator[dict]:
+        """The entries of a paged search on ``conn``, each page within the call deadline."""
+        s = self.settings
+        cookie = None
+        while True:
+            try:
+                with self._deadline(conn):
                     conn.search(s.base_dn, search_filter, search_scope=ldap3.SUBTREE, attributes=attributes,
                                 time_limit=s.timeout, paged_size=page_size, paged_cookie=cookie)
-                except LDAPException as exc:
-                    conn.broken = True
-                    raise DirectoryUnavailable(self.name, f"search failed: {exc}") from None
-                result, response = conn.result or {}, conn.response or []
-                conn.response = None
-                if result.get("result") not in (0, 32):
-                    raise DirectoryUnavailable(self.name, f"search failed: {result.get('description')}")
-                yield from (r for r in response if r.get("type") == "searchResEntry")
-                cookie = (result.get("controls") or {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
-                if not cookie:
-                    return
+            except LDAPException as exc:
+                raise DirectoryUnavailable(self.name, f"search failed: {exc}") from None
+            result, response = conn.result or {}, conn.response or []
+            conn.response = None
+            if result.get("result") not in (0, 32):
+                raise DirectoryUnavailable(self.name, f"search failed: {result.get('description')}")
+            yield from (r for r in response if r.get("type") == "searchResEntry")
+            cookie = (result.get("controls") or {}).get("1.2.840.113556.1.4.319", {}).get("value", {}).get("cookie")
+            if not cookie:
+                return
+
+    @contextmanager
+    def _deadline(self, conn: ldap3.Connection):
+        """One LDAP operation within connect_timeout + timeout, however slowly the server
+        drips its answer (app/deadlines.py); past it the connection is shut and dropped."""
+        seconds = self.settings.connect_timeout + self.settings.timeout
+        with deadlines.guard(conn.socket, seconds) as guard:
+            try:
+                yield
+            except LDAPException:
+                if guard.fired:
+                    raise _TooSlow(f"no answer within {seconds:g}s") from None
+                raise
 
     @contextmanager
     def _connection(self, fresh: bool = False) -> Iterator[ldap3.Connection]:
@@ -303,9 +322,11 @@ class Directory:
                                 client_strategy=ldap3.SYNC, receive_timeout=int(s.timeout),
                                 read_only=True, raise_exceptions=False, auto_referrals=False)
         conn.open()
-        if s.start_tls and not use_ssl:
-            conn.start_tls()
-        if not conn.bind():
+        with self._deadline(conn):
+            if s.start_tls and not use_ssl:
+                conn.start_tls()
+            bound = conn.bind()
+        if not bound:
             description = (conn.result or {}).get("description", "bind failed")
             try:
                 conn.unbind()
@@ -327,6 +348,10 @@ class Directory:
 
 class _BindRefused(Exception):
     pass
+
+
+class _TooSlow(LDAPException):
+    """The server took longer than the whole operation may (not worth a second try)."""
 
 
 def build_directories(settings) -> list[Directory]:

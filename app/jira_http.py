@@ -24,7 +24,10 @@ from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import urllib3
 from cachetools import LRUCache
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from . import deadlines
 from .config import JiraSettings
 
 
@@ -89,23 +92,40 @@ class JiraHttp:
         cookie = cookie_request.get_header("Cookie")
         if cookie:
             all_headers["Cookie"] = cookie
-        deadline = time.monotonic() + self._deadline
-        resp = pool.request(method, url, body=data, headers=all_headers, timeout=self._timeout,
-                            retries=False, redirect=False, preload_content=False)
+        call = _calls.call = _Call(time.monotonic() + self._deadline)
+        try:
+            resp = pool.request(method, url, body=data, headers=all_headers, timeout=self._timeout,
+                                retries=False, redirect=False, preload_content=False)
+        except urllib3.exceptions.HTTPError:
+            if call.fired:  # the watchdog cut a status line or headers sent too slowly
+                raise self._too_slow(url) from None
+            raise
+        finally:
+            _calls.call = None
         try:
             jar.extract_cookies(resp, cookie_request)  # reads Set-Cookie via resp.info()
-            return Response(resp.status, resp.reason or "", resp.headers, self._body(resp, url, deadline))
+            with deadlines.guard(call.sock, call.deadline - time.monotonic()) as guard:
+                try:
+                    body = self._body(resp, url, call.deadline)
+                except (urllib3.exceptions.HTTPError, OSError):
+                    if guard.fired:
+                        raise self._too_slow(url) from None
+                    raise
+            return Response(resp.status, resp.reason or "", resp.headers, body)
         finally:
             resp.release_conn()
 
+    def _too_slow(self, url: str) -> urllib3.exceptions.ReadTimeoutError:
+        return urllib3.exceptions.ReadTimeoutError(None, url, f"no whole answer within {self._deadline:g}s")
+
     def _body(self, resp: urllib3.HTTPResponse, url: str, deadline: float) -> bytes:
-        """The whole body by ``deadline``: the read timeout alone is per read, and a server
-        sending a byte a second would never trip it. A late answer closes the connection."""
+        """The whole body by ``deadline`` (the watchdog also cuts a read that would pass it).
+        A late answer closes the connection."""
         chunks, size = [], 0
         while True:
             if time.monotonic() > deadline:
                 resp.close()
-                raise urllib3.exceptions.ReadTimeoutError(None, url, f"no whole answer within {self._deadline:g}s")
+                raise self._too_slow(url)
             chunk = resp.read1(64 * 1024)  # decompressed: a gzip bomb counts by what it inflates to
             if not chunk:
                 return b"".join(chunks)
@@ -155,8 +175,53 @@ class JiraHttp:
         proxy = _environ_proxy(s.url)  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once
         if proxy:
             url, headers = _proxy_and_credentials(proxy)
-            return urllib3.ProxyManager(url, proxy_headers=headers, **size, **tls)
-        return urllib3.PoolManager(**size, **tls)
+            manager = urllib3.ProxyManager(url, proxy_headers=headers, **size, **tls)
+        else:
+            manager = urllib3.PoolManager(**size, **tls)
+        manager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+        return manager
+
+
+@dataclass
+class _Call:
+    """The call under way on this thread: its overall deadline, and the socket it uses."""
+    deadline: float
+    sock: object = None
+    fired: bool = False
+
+
+_calls = threading.local()
+
+
+class _GuardedResponse:
+    """getresponse() (the status line and headers) within the call's overall deadline."""
+
+    def getresponse(self):
+        call = getattr(_calls, "call", None)
+        if call is None:
+            return super().getresponse()
+        call.sock = self.sock
+        with deadlines.guard(self.sock, call.deadline - time.monotonic()) as guard:
+            try:
+                return super().getresponse()
+            finally:
+                call.fired = guard.fired
+
+
+class _GuardedHTTPConnection(_GuardedResponse, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedResponse, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
 
 
 def _basic(username: str, password: str) -> str:

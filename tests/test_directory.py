@@ -54,6 +54,69 @@ def test_unreachable_directory_raises_instead_of_answering_not_found(ldap_ou, sl
         d.lookup("jdoe")
 
 
+class DrippingProxy:
+    """A loopback TCP proxy in front of slapd that passes the server's first ``fast`` answers
+    whole, then drips the rest one byte every 0.3 s: never slow enough for a per-read
+    timeout to trip."""
+
+    def __init__(self, target_port: int, fast: int):
+        import socket
+        self.fast, self.target = fast, ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"ldap://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self.fast), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst, fast):
+        import time
+        answers = 0
+        try:
+            while data := src.recv(65536):
+                if fast is None or answers < fast:
+                    dst.sendall(data)
+                    answers += 1
+                    continue
+                for i in range(len(data)):
+                    dst.sendall(data[i:i + 1])
+                    time.sleep(0.3)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                sock.close()
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.mark.parametrize("fast", [0, 1], ids=["bind", "search"])
+def test_a_directory_that_drips_its_answer_is_cut_off_at_the_operations_deadline(slapd, ldap_ou, fast):
+    """A per-read timeout of 1 s never trips on a byte every 0.3 s; the operation's deadline
+    (connect_timeout + timeout) does, for the bind and for a search."""
+    import time
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    proxy = DrippingProxy(int(slapd.url.rsplit(":", 1)[1]), fast)
+    try:
+        d = directory(slapd_directory(slapd, ldap_ou, urls=[proxy.url], timeout=1, connect_timeout=1))
+        started = time.monotonic()
+        with pytest.raises(DirectoryUnavailable, match="no answer within 2s"):
+            d.lookup("jdoe")
+        assert time.monotonic() - started < 3.5  # not the minutes the drip takes
+    finally:
+        proxy.close()
+
+
 def test_wrong_bind_password_is_reported_clearly(slapd, ldap_ou):
     d = directory(slapd_directory(slapd, ldap_ou, bind_password="wrong"))
     with pytest.raises(DirectoryUnavailable, match="invalidCredentials"):

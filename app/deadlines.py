@@ -1,0 +1,86 @@
+"""Overall deadlines for network calls.
+
+A socket's timeout bounds each read, not a call: a server that sends one byte a second never
+trips it, and holds a worker thread as long as it likes (an LDAP bind, Jira's status line and
+headers). Every Jira and LDAP call is therefore guarded: when its deadline passes, one watchdog
+thread per process shuts the socket down, the blocked read returns at once, and the caller
+reports "no answer within N s".
+
+The watchdog thread starts on the first guarded call in a process (after gunicorn's fork),
+never in create_app().
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass(order=True)
+class Guard:
+    deadline: float
+    seq: int
+    sock: socket.socket | None = field(compare=False, default=None)
+    done: bool = field(compare=False, default=False)
+    fired: bool = field(compare=False, default=False)  # the deadline passed: the socket was shut
+
+
+class Watchdog:
+    def __init__(self) -> None:
+        self._heap: list[Guard] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._pid: int | None = None
+
+    @contextmanager
+    def guard(self, sock: socket.socket | None, seconds: float) -> Iterator[Guard]:
+        """Shut ``sock`` down if the block is still running after ``seconds``."""
+        entry = Guard(time.monotonic() + seconds, next(self._seq), sock)
+        if sock is not None:
+            with self._cond:
+                self._start_in_this_process()
+                heapq.heappush(self._heap, entry)
+                if self._heap[0] is entry:
+                    self._cond.notify()
+        try:
+            yield entry
+        finally:
+            if sock is not None:
+                with self._cond:  # never shut down after the block ended (the socket is reused)
+                    entry.done = True  # dropped from the heap lazily, when it comes first
+
+    def _start_in_this_process(self) -> None:
+        if self._pid != os.getpid():  # a forked child has no watchdog thread yet
+            self._heap = []
+            self._pid = os.getpid()
+            threading.Thread(target=self._run, name="deadline-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                first = self._heap[0]
+                wait = first.deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                first.fired = True
+                try:  # socket's own shutdown, not SSLSocket's (which drops its TLS state first)
+                    socket.socket.shutdown(first.sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed meanwhile
+
+
+WATCHDOG = Watchdog()
+guard = WATCHDOG.guard
