@@ -682,6 +682,20 @@ class EmulatorServer:
     def __exit__(self, *exc):
         self.server.stop()
 
+    def go_down(self) -> None:
+        """Jira is down: the port refuses connections until come_back()."""
+        self.server.stop()
+
+    def come_back(self) -> None:
+        """Serve again on the same port, with the same state."""
+        host, port = self.server.bind_addr[:2]
+        self.server = wsgi.Server((host, port), self.app, numthreads=self.server.requests.min,
+                                  server_name="jira-emulator", shutdown_timeout=1)
+        self.server.expiration_interval = 0.05
+        self.server.prepare()
+        self.thread = threading.Thread(target=self.server.serve, name="jira-emulator", daemon=True)
+        self.thread.start()
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -27,13 +27,20 @@ def ready(svc) -> bool:
     return body["status"] == "ready"
 
 
-def test_a_429_storm_with_retry_after_during_a_login_burst(service, slapd, ldap_ou, jira):
+def test_jira_down_for_60_s_then_a_429_storm_during_a_login_burst(service, slapd, ldap_ou, jira):
     names = [f"r{i:02d}" for i in range(30)]
     add_users(slapd, ldap_ou, jira, names)
-    jira.state.inject(429, path="/rest/api/2/user", count=60, retry_after=1)
-    with ThreadPoolExecutor(8) as pool:
+    jira.go_down()
+    down_since = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:  # logins keep coming while Jira is down
         assert set(pool.map(lambda n: service.login(n).status_code, names)) == {202}
+    wait_until(lambda: not ready(service), 30, "/readyz to notice that Jira is down")
+    time.sleep(max(0.0, 60 - (time.monotonic() - down_since)))
+    assert not any(jira.state.created_for(n) for n in names)
+    jira.state.inject(429, path="/rest/api/2/user", count=60, retry_after=1)
+    jira.come_back()
     wait_until(lambda: all(synced(jira, n) for n in names), 90, "every login to land through the storm")
+    assert not jira.state.faults  # the whole storm was met before any picture landed
     assert all(jira.state.created_for(n) == 1 for n in names)  # no avatar created twice
     wait_until(lambda: ready(service), 15, "/readyz to be ready again")
 
