@@ -21,7 +21,8 @@ from .config import ConfigError, load_settings, weak_settings
 from .directory import DirectoryUnavailable
 from .factory import require_webhook_auth
 from .jira import JiraError
-from .outcomes import FAILED
+from .outcomes import FAILED, SweepStatus
+from .schema import SchemaMismatch
 from .services import Services, build_services
 from .database import describe_error, describe_location
 from .sweep import SweepConflict
@@ -59,6 +60,9 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except SchemaMismatch as exc:
+            click.echo(f"cannot go on: {exc}", err=True)
+            ctx.exit(2)
         except SQLAlchemyError as exc:
             where = describe_location(ctx.obj["services"].settings.database_url) if "services" in ctx.obj else "the state"
             click.echo(f"cannot use {where}: {describe_error(exc)}", err=True)
@@ -221,7 +225,7 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool) -> None:
         _print_json({**summary, "problems": sweeps.problems(sweep_id)})
     else:
         _print_summary(summary, sweeps.problems(sweep_id, limit=20))
-    ctx.exit(0 if summary["status"] == "finished" else 1)
+    ctx.exit(0 if summary["status"] == SweepStatus.FINISHED else 1)
 
 
 def _follow(sweeps, sweep_id: int, runner: threading.Thread | None) -> dict:
@@ -232,7 +236,7 @@ def _follow(sweeps, sweep_id: int, runner: threading.Thread | None) -> dict:
         line = (f"sweep {sweep_id} [{summary['phase']}] {summary['done']}/{summary['total']} users"
                 f", {summary['rate_per_second']}/s"
                 + (f", about {summary['eta_seconds']}s left" if summary["eta_seconds"] is not None else ""))
-        if summary["status"] != "running":
+        if summary["status"] != SweepStatus.RUNNING:
             click.echo(("\r" if tty else "") + line.ljust(78), err=True)
             return summary
         if tty:
@@ -268,6 +272,7 @@ def _print_summary(summary: dict, problems: list[dict]) -> None:
 def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
     """Drain the login queue in this process (instead of, or beside, the web workers)."""
     services = _services(ctx)
+    _require_schema(ctx)
     w = services.settings.worker
     pool = WorkerPool(services, threads if threads is not None else max(1, w.threads), w.poll_seconds)
     if once:
@@ -283,6 +288,39 @@ def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
     pool.stop()
 
 
+@main.group()
+def db() -> None:
+    """The state database's schema (Alembic revisions)."""
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Print the database's schema revision, and the one this version needs."""
+    store = _services(ctx).store
+    click.echo(f"{describe_location(store.url)}: {store.describe_schema()}")
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Bring the database's schema to this version's (safe to run again; replicas of the
+    previous version keep running through an additive revision: README, High availability)."""
+    store = _services(ctx).store
+    before, after = store.upgrade_schema()
+    where = describe_location(store.url)
+    click.echo(f"{where}: {before or 'unversioned'} -> {after}" if before != after else f"{where}: already at {after}")
+
+
+def _require_schema(ctx: click.Context) -> None:
+    """serve and worker: one line and exit 2 when the schema is not this version's."""
+    try:
+        _services(ctx).store.engine
+    except SchemaMismatch as exc:
+        click.echo(f"cannot start: {exc}", err=True)
+        ctx.exit(2)
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--bind", default=None, help="Address to listen on (default 127.0.0.1:8080 or $AVATAR_SYNC_BIND).")
 @click.pass_context
@@ -293,6 +331,8 @@ def serve(ctx: click.Context, bind: str | None) -> None:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         ctx.exit(2)
+    _require_schema(ctx)  # an empty database is created here, before the workers fork
+    _services(ctx).store.dispose()
     args = [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf"]
     if bind:
         args += ["--bind", bind]

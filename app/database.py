@@ -14,13 +14,23 @@ SQLITE_BUSY_MS = 30000
 
 
 def sqlite_setup(dbapi_conn) -> None:
-    """Every SQLite connection, pooled or a thread's own (app/thread_conns.py)."""
-    dbapi_conn.isolation_level = None  # autocommit: BEGIN is emitted by us (write(), hot_write())
+    """Every new SQLite connection."""
+    dbapi_conn.isolation_level = None  # autocommit: BEGIN is emitted by us (the "begin" event)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
     cur.close()
+
+
+def set_busy_timeout(conn, seconds: float) -> None:
+    """How long this SQLite connection's next statements wait for another process's write
+    lock (set only when it changes: the webhook waits less than the workers)."""
+    ms = int(seconds * 1000)
+    info = conn.connection.info
+    if info.get("busy_ms", SQLITE_BUSY_MS) != ms:
+        conn.connection.dbapi_connection.execute(f"PRAGMA busy_timeout={ms}")
+        info["busy_ms"] = ms
 
 
 def _create_private(path: Path) -> None:

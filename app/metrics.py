@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import __version__
-from .outcomes import OUTCOMES
+from .outcomes import OUTCOMES, JobState, SweepStatus
 
 PREFIX = "jira_avatar_sync_"
 
@@ -82,7 +82,7 @@ class _Gauges:
 def _database_gauges(svc):
     queue = svc.queue.counts()
     g = GaugeMetricFamily(PREFIX + "queue_jobs", "Jobs in the durable queue, by state", labels=["state"])
-    for state in ("pending", "running", "failed"):
+    for state in JobState:
         g.add_metric([state], queue.get(state, 0))
     yield g
     users = svc.store.counts_by_outcome()
@@ -105,6 +105,6 @@ def _database_gauges(svc):
                             value=last["finished_epoch"] if last else 0)
     g = GaugeMetricFamily(PREFIX + "last_sweep_status", "1 for the status the last sweep ended with",
                           labels=["status"])
-    for status in ("finished", "failed", "cancelled"):
+    for status in (SweepStatus.FINISHED, SweepStatus.FAILED, SweepStatus.CANCELLED):
         g.add_metric([status], 1 if last and last["status"] == status else 0)
     yield g

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -25,11 +26,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .jira import JiraUser
-from .prepared import Prepared, prepared_once
-from .store import Store, aware, metadata, user_key, utcnow
+from .outcomes import JobState
+from .store import DOOR_WAIT_SECONDS, Store, aware, metadata, user_key, utcnow
 
 LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
-PENDING, RUNNING, FAILED = "pending", "running", "failed"
+PENDING, RUNNING, FAILED = JobState.PENDING, JobState.RUNNING, JobState.FAILED
 
 jobs = Table(
     "jobs", metadata,
@@ -97,39 +98,37 @@ class LoginQueue:
         self.store, self.policy = store, policy
         self.wakeup = threading.Event()  # set by enqueue: this process's workers start at once
         self.owner_prefix = f"{socket.gethostname()}:"
-        self._statements: dict = {}
         self._busy = threading.local()  # this thread's last claim found work
         self._next_expiry_check = 0.0  # time.monotonic(); see claim
 
     # -- producers ---------------------------------------------------------------------
 
     def enqueue(self, username: str, priority: int = LOGIN, source: str = "login", force: bool = False,
-                sweep_id: int | None = None, delivery_id: str | None = None) -> bool:
+                sweep_id: int | None = None, delivery_id: str | None = None,
+                wait: float = DOOR_WAIT_SECONDS) -> bool:
         """Queue (or merge into) the user's job. False when ``delivery_id`` was seen before.
+        ``wait``: how long to wait for another writer (a webhook answers 503 after it).
 
         A login merged into a running job needs nothing more: that run is the sync it asks
         for. Any other event (user_updated...) may carry news the running attempt missed, so
         the job runs once more afterwards.
         """
         now = utcnow()
-        with self.store.hot_write() as conn:  # every login's one write: see app/thread_conns.py
+        with self.store.transaction(wait=wait) as tx:  # every first login's one write
+            statements = _statements(tx.dialect.name)
             if delivery_id:
-                inserted = self._statement(conn, "delivery").rows(conn, {"id": delivery_id[:255], "received_at": now})
-                if not inserted:
+                if tx.execute(statements.delivery, {"id": delivery_id[:255], "received_at": now}).first() is None:
                     return False
-            self._statement(conn, "enqueue").run(conn, _params(username, priority, source, force, sweep_id, now, None))
+            tx.execute(statements.enqueue, _params(username, priority, source, force, sweep_id, now, None))
         self.wakeup.set()
         return True
 
-    def enqueue_sweep(self, conn, sweep_id: int, users: list[tuple[str, JiraUser | None]]) -> None:
+    def enqueue_sweep(self, tx, sweep_id: int, users: list[tuple[str, JiraUser | None]]) -> None:
         """Queue a page of a sweep's users at low priority, inside the caller's transaction."""
         if users:
             now = utcnow()
-            self._statement(conn, "enqueue").run_many(
-                conn, [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users])
-
-    def _statement(self, conn, name: str) -> Prepared:
-        return prepared_once(self._statements, conn, name, lambda: _build(conn.dialect.name, name))
+            tx.execute(_statements(tx.dialect.name).enqueue,
+                       [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users])
 
     # -- consumers ---------------------------------------------------------------------
 
@@ -147,29 +146,30 @@ class LoginQueue:
         and looks for expired leases, which only a dead worker leaves, at most once a second.
         """
         now = utcnow()
+        pending, expired = _due(limit, min_priority)
         if not getattr(self._busy, "value", False):
-            with self.store.hot_read() as conn:
-                probe_pending, probe_expired = self._claim_statements(conn, limit, min_priority)[:2]
-                if probe_pending.first(conn, {"now": now}) is None and probe_expired.first(conn, {"now": now}) is None:
+            with self.store.read() as conn:
+                if conn.execute(pending.with_only_columns(jobs.c.id), {"now": now}).first() is None and \
+                        conn.execute(expired.with_only_columns(jobs.c.id), {"now": now}).first() is None:
                     return []
             look_for_expired = True
         else:
             look_for_expired = time.monotonic() >= self._next_expiry_check
         if look_for_expired:
             self._next_expiry_check = time.monotonic() + 1.0
-        with self.store.hot_write() as conn:
-            pending, expired, lease = self._claim_statements(conn, limit, min_priority)[2:]
+        with self.store.transaction() as tx:
+            if tx.dialect.name == "postgresql":  # replicas claim side by side
+                pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
             # a dead worker's job first: it waited longest
-            rows = expired.all(conn, {"now": now}) if look_for_expired else []
+            rows = tx.execute(expired, {"now": now}).mappings().all() if look_for_expired else []
             if len(rows) < limit:
-                rows += pending.all(conn, {"now": now})
+                rows += tx.execute(pending, {"now": now}).mappings().all()
             rows = rows[:limit]
             self._busy.value = bool(rows)
             if not rows:
                 return []
             until = now + timedelta(seconds=self.policy.lease_seconds)
-            for r in rows:  # one row in the workers' case
-                lease.run(conn, {"job": r["id"], "lease_of": self.owner(), "now": now, "until": until})
+            tx.execute(_LEASE, [{"job": r["id"], "lease_of": self.owner(), "now": now, "until": until} for r in rows])
         return [Job(r["id"], r["username"], r["priority"], bool(r["force"]), r["source"],
                     r["attempts"] + 1, r["sweep_id"],
                     JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
@@ -178,79 +178,31 @@ class LoginQueue:
     def urgent_waiting(self) -> bool:
         """A job above sweep priority (a login...) is due: a worker holding a batch of sweep
         jobs takes it before its next one. A plain read, as an idle poll's."""
-        with self.store.hot_read() as conn:
-            probe = prepared_once(self._statements, conn, "urgent", lambda: select(jobs.c.id).where(
-                jobs.c.state == PENDING, jobs.c.priority < SWEEP, jobs.c.next_try_at <= bindparam("now")).limit(1))
-            return probe.first(conn, {"now": utcnow()}) is not None
+        with self.store.read() as conn:
+            return conn.execute(_URGENT, {"now": utcnow()}).first() is not None
 
-    def _claim_statements(self, conn, limit: int, min_priority: int) -> tuple[Prepared, ...]:
-        """Built once per dialect: composing these selects cost more than running them, per claim."""
-        key = ("claim", conn.dialect.name, limit, min_priority)
-        built = self._statements.get(key)
-        if built is None:
-            now = bindparam("now")
-            pending = (select(jobs).where(jobs.c.state == PENDING, jobs.c.next_try_at <= now)
-                       .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id).limit(limit))
-            expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < now).limit(limit)
-            if min_priority > LOGIN:
-                pending, expired = (q.where(jobs.c.priority >= min_priority) for q in (pending, expired))
-            probes = (pending.with_only_columns(jobs.c.id), expired.with_only_columns(jobs.c.id))
-            if conn.dialect.name == "postgresql":
-                pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
-            lease = jobs.update().where(jobs.c.id == bindparam("job")).values(
-                state=RUNNING, lease_owner=bindparam("lease_of"), again=False, lease_until=bindparam("until"),
-                attempts=jobs.c.attempts + 1, updated_at=now)
-            built = self._statements[key] = tuple(Prepared(q, conn.dialect)
-                                                  for q in (*probes, pending, expired, lease))
-        return built
-
-    def complete(self, job: Job, conn=None) -> None:
-        """Done: drop the row, unless another event came in meanwhile (then run it again).
-        ``conn``: the caller's transaction, else one of its own."""
-        if conn is None:
-            with self.store.write() as conn:
-                return self.complete(job, conn)
-        rerun, drop = self._finish_statements(conn)[:2]
+    def complete(self, job: Job, tx) -> None:
+        """Done, in the caller's transaction: drop the row, unless another event came in
+        meanwhile (then run it again)."""
         mine = {"job": job.id, "lease_of": self.owner(), "now": utcnow()}
-        rerun.run(conn, mine)
-        drop.run(conn, mine)
+        tx.execute(_RERUN, mine)
+        tx.execute(_DROP, mine)
 
-    def fail(self, job: Job, error: str, conn=None) -> bool:
-        """A failed attempt: retry later with back-off, or keep as failed. True if retried."""
-        if conn is None:
-            with self.store.write() as conn:
-                return self.fail(job, error, conn)
+    def fail(self, job: Job, error: str, tx) -> bool:
+        """A failed attempt, in the caller's transaction: retry later with back-off, or keep
+        as failed. True if it will be retried."""
         now = utcnow()
         retry = job.attempts < self.policy.max_attempts
-        _, _, failed, fresh = self._finish_statements(conn)
-        failed.run(conn, {"job": job.id, "lease_of": self.owner(), "now": now, "reason": error[:2000],
-                          "new_state": PENDING if retry else FAILED,
-                          "next": now + timedelta(seconds=self.policy.delay(job.attempts)) if retry else now})
+        tx.execute(_FAILED, {"job": job.id, "lease_of": self.owner(), "now": now, "reason": error[:2000],
+                             "new_state": PENDING if retry else FAILED,
+                             "next": now + timedelta(seconds=self.policy.delay(job.attempts)) if retry else now})
         # an event that arrived while this attempt ran deserves a fresh start
-        fresh.run(conn, {"job": job.id, "now": now})
+        tx.execute(_FRESH, {"job": job.id, "now": now})
         return retry
-
-    def _finish_statements(self, conn) -> tuple[Prepared, ...]:
-        key = ("finish", conn.dialect.name)
-        built = self._statements.get(key)
-        if built is None:
-            now = bindparam("now")
-            mine = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
-            rerun = jobs.update().where(mine, jobs.c.again.is_(True)).values(
-                state=PENDING, again=False, attempts=0, lease_owner=None, lease_until=None,
-                next_try_at=now, last_error=None, updated_at=now)
-            drop = jobs.delete().where(mine, jobs.c.again.is_(False), jobs.c.state == RUNNING)
-            failed = jobs.update().where(mine).values(
-                lease_owner=None, lease_until=None, last_error=bindparam("reason"), updated_at=now,
-                state=bindparam("new_state"), next_try_at=bindparam("next"))
-            fresh = jobs.update().where(jobs.c.id == bindparam("job"), jobs.c.again.is_(True)).values(
-                state=PENDING, again=False, attempts=0, next_try_at=now)
-            built = self._statements[key] = tuple(Prepared(q, conn.dialect) for q in (rerun, drop, failed, fresh))
-        return built
 
     def release_dead_leases(self) -> int:
         """Free leases held by processes of this host that no longer exist (after a kill -9)."""
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             rows = conn.execute(select(jobs.c.id, jobs.c.lease_owner).where(
                 jobs.c.state == RUNNING, jobs.c.lease_owner.like(self.owner_prefix + "%"))).all()
             dead = [r.id for r in rows if not _pid_alive(int(r.lease_owner.split(":")[1]))]
@@ -262,7 +214,7 @@ class LoginQueue:
     # -- reading -----------------------------------------------------------------------
 
     def job_for(self, username: str) -> dict | None:
-        with self.store.engine.connect() as conn:
+        with self.store.read() as conn:
             row = conn.execute(select(jobs).where(jobs.c.username == user_key(username))).mappings().first()
         if row is None:
             return None
@@ -272,32 +224,68 @@ class LoginQueue:
         return out
 
     def counts(self) -> dict[str, int]:
-        with self.store.engine.connect() as conn:
+        with self.store.read() as conn:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
         return {state: n for state, n in rows}
 
     def cancel_sweep(self, sweep_id: int) -> None:
         """Drop a cancelled sweep's queued work (a login merged into it stays)."""
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             conn.execute(jobs.delete().where(jobs.c.sweep_id == sweep_id, jobs.c.state != RUNNING,
                                              jobs.c.priority == SWEEP))
 
     def forget(self, username: str) -> None:
         """user_deleted: drop any queued work for the user (a running attempt finishes)."""
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             conn.execute(jobs.delete().where(jobs.c.username == user_key(username), jobs.c.state != RUNNING))
 
     def prune_deliveries(self, older_than: timedelta = timedelta(days=2)) -> None:
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             conn.execute(deliveries.delete().where(deliveries.c.received_at < utcnow() - older_than))
 
 
-def _build(dialect: str, name: str):
+# The statements, built once (SQLAlchemy caches their compiled form).
+_NOW = bindparam("now")
+_MINE = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
+_LEASE = jobs.update().where(jobs.c.id == bindparam("job")).values(
+    state=RUNNING, lease_owner=bindparam("lease_of"), again=False, lease_until=bindparam("until"),
+    attempts=jobs.c.attempts + 1, updated_at=_NOW)
+_URGENT = select(jobs.c.id).where(jobs.c.state == PENDING, jobs.c.priority < SWEEP, jobs.c.next_try_at <= _NOW).limit(1)
+_RERUN = jobs.update().where(_MINE, jobs.c.again.is_(True)).values(
+    state=PENDING, again=False, attempts=0, lease_owner=None, lease_until=None,
+    next_try_at=_NOW, last_error=None, updated_at=_NOW)
+_DROP = jobs.delete().where(_MINE, jobs.c.again.is_(False), jobs.c.state == RUNNING)
+_FAILED = jobs.update().where(_MINE).values(
+    lease_owner=None, lease_until=None, last_error=bindparam("reason"), updated_at=_NOW,
+    state=bindparam("new_state"), next_try_at=bindparam("next"))
+_FRESH = jobs.update().where(jobs.c.id == bindparam("job"), jobs.c.again.is_(True)).values(
+    state=PENDING, again=False, attempts=0, next_try_at=_NOW)
+
+
+@functools.cache
+def _due(limit: int, min_priority: int):
+    """The due jobs a claim takes: pending ones by priority, and those of dead workers."""
+    pending = (select(jobs).where(jobs.c.state == PENDING, jobs.c.next_try_at <= _NOW)
+               .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id).limit(limit))
+    expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < _NOW).limit(limit)
+    if min_priority > LOGIN:
+        pending, expired = (q.where(jobs.c.priority >= min_priority) for q in (pending, expired))
+    return pending, expired
+
+
+@dataclass(frozen=True)
+class _Upserts:
+    delivery: object
+    enqueue: object
+
+
+@functools.cache
+def _statements(dialect: str) -> _Upserts:
+    """The two upserts, in the dialect's own ON CONFLICT."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    if name == "delivery":
-        return (insert(deliveries).values(id=bindparam("id"), received_at=bindparam("received_at"))
+    delivery = (insert(deliveries).values(id=bindparam("id"), received_at=bindparam("received_at"))
                 .on_conflict_do_nothing(index_elements=["id"]).returning(deliveries.c.id))
-    now, rerun = bindparam("now"), bindparam("rerun")
+    now, rerun = _NOW, bindparam("rerun")
     stmt = insert(jobs).values(
         username=bindparam("username"), priority=bindparam("priority"), state=PENDING,
         force=bindparam("force"), again=False, source=bindparam("source"), sweep_id=bindparam("sweep_id"),
@@ -307,7 +295,7 @@ def _build(dialect: str, name: str):
     new = stmt.excluded
     running = jobs.c.state == RUNNING
     smaller = func.least if dialect == "postgresql" else func.min
-    return stmt.on_conflict_do_update(index_elements=["username"], set_={
+    enqueue = stmt.on_conflict_do_update(index_elements=["username"], set_={
         "priority": smaller(jobs.c.priority, new.priority),
         "force": jobs.c.force | new.force,
         # merged into a running job: maybe run once more after it (see enqueue)
@@ -321,6 +309,7 @@ def _build(dialect: str, name: str):
         "jira_avatar_custom": new.jira_avatar_custom,
         "updated_at": now,
     })
+    return _Upserts(delivery, enqueue)
 
 
 def _params(username, priority, source, force, sweep_id, now, hint: JiraUser | None) -> dict:

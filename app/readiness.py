@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from .directory import DirectoryUnavailable
 from .jira import JiraError
 from .database import describe_location
+from .outcomes import JobState
 
 CACHE_SECONDS = 5.0
 OK, DOWN = "ok", "down"
@@ -103,5 +104,5 @@ def _database(svc) -> tuple[str, dict]:
         counts = svc.queue.counts()
     except Exception as exc:  # noqa: BLE001 - any driver error means work cannot be accepted
         return DOWN, {"reason": f"{type(exc).__name__}: {exc}"[:300], "where": where}
-    return OK, {"where": where, "queued": counts.get("pending", 0) + counts.get("running", 0),
-                "failed": counts.get("failed", 0)}
+    return OK, {"where": where, "queued": counts.get(JobState.PENDING, 0) + counts.get(JobState.RUNNING, 0),
+                "failed": counts.get(JobState.FAILED, 0)}

@@ -40,7 +40,7 @@ def start_if_due(services, now: datetime | None = None) -> int | None:
         return None
     now = now or utcnow()
     store = services.store
-    with store.write() as conn:
+    with store.transaction() as conn:
         insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         conn.execute(insert(schedules).values(name="sweep", next_run_at=next_run(at, now))
                      .on_conflict_do_nothing(index_elements=["name"]))
@@ -66,6 +66,6 @@ def next_scheduled(services) -> datetime | None:
     at = services.settings.sweep_schedule
     if at is None:
         return None
-    with services.store.engine.connect() as conn:
+    with services.store.read() as conn:
         stored = conn.execute(select(schedules.c.next_run_at).where(schedules.c.name == "sweep")).scalar()
     return aware(stored) if stored is not None else next_run(at, utcnow())

@@ -2,30 +2,30 @@
 
 SQLite by default (WAL, so readers never wait for the one writer), PostgreSQL when several
 replicas share the state. The engine is created lazily and again after a fork: a pooled
-connection must never be shared between gunicorn workers.
+connection must never be shared between gunicorn workers. The tables are defined beside the
+code that uses them (here, queue, sweep, schedule); their schema's history is Alembic's
+(app/schema.py, app/migrations).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
 import threading
-import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import (Column, DateTime, Index, Integer, MetaData, String, Table, Text, bindparam, func,
-                        inspect, literal, select, text)
+from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table, Text, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .database import SQLITE_BUSY_MS, make_engine, sqlite_setup
-from .prepared import Prepared
-from .thread_conns import HotConnection, ThreadConnections
+from . import schema
+from .database import make_engine, set_busy_timeout
+from .schema import SchemaMismatch
 
 metadata = MetaData()
 SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is created ('avat')
@@ -92,193 +92,158 @@ class UserState:
         return d
 
 
-WRITE_WAIT_SECONDS = 5.0  # how long a writer waits for another one before giving up (StoreBusy)
+DOOR_WAIT_SECONDS = 5.0  # a door (webhook, admin) waits this long for another writer, then 503
+WAIT_SECONDS = 30.0  # background work (workers, sweeps) waits this long
 
 
 class StoreBusy(Exception):
-    """Another writer held the database longer than WRITE_WAIT_SECONDS."""
+    """Another writer held the database longer than the caller would wait."""
 
 
-# What "the database cannot be used now" looks like (locked, full, unreachable, busy): the
-# doors answer 503, a sync reports 'database: ...', a worker waits; never a traceback.
-UNAVAILABLE = (SQLAlchemyError, sqlite3.Error, StoreBusy)
+# What "the database cannot be used now" looks like (locked, full, unreachable, busy, a schema
+# of another version): the doors answer 503, a sync reports 'database: ...', a worker waits;
+# never a traceback.
+UNAVAILABLE = (SQLAlchemyError, sqlite3.Error, StoreBusy, SchemaMismatch)
 
 
 class Store:
+    """The one way into the database: ``transaction()`` to write, ``read()`` to read, both on
+    SQLAlchemy's own pool and statement cache."""
+
     def __init__(self, database_url: str):
         self.url = database_url
+        self.sqlite = make_url(database_url).get_backend_name() == "sqlite"
         self._engine: Engine | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
-        self._thread_write_lock = threading.Lock()
-        self._built: dict = {}
-        self._lock_file: int | None = None
-        self._lock_file_pid: int | None = None
-        database = make_url(database_url).database if database_url.startswith("sqlite") else None
-        self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
-        # the hot statements on SQLite (app/thread_conns.py says why); None: the pool's
-        self._hot = ThreadConnections(database, _hot_setup) if self._lock_path else None
+        self._writer = threading.Lock()  # SQLite: this process's writers, one at a time
 
     @property
     def engine(self) -> Engine:
+        """Made on first use in each process (never shared across a fork), after the schema is
+        checked: an empty database is created at the current revision (app/schema.py)."""
         if self._engine is None or self._pid != os.getpid():
             with self._lock:
                 if self._engine is None or self._pid != os.getpid():
                     if self._engine is not None:
                         self._engine.dispose(close=False)  # the parent's connections stay the parent's
-                    self._engine = make_engine(self.url)
-                    self._create_schema(self._engine)
-                    self._pid = os.getpid()
+                        self._engine = None
+                    engine = make_engine(self.url)
+                    try:
+                        with self._schema_lock(engine) as conn:
+                            schema.ensure(conn)
+                    except BaseException:
+                        engine.dispose()
+                        raise
+                    self._engine, self._pid = engine, os.getpid()
         return self._engine
 
-    def _create_schema(self, engine: Engine) -> None:
-        """Tables, and columns a newer version added. Serialised across processes: gunicorn's
-        workers start together, and on SQLite two racing CREATE TABLEs fail one of them with
-        'database is locked' at once (a read upgrading to a write gets no busy wait)."""
-        sqlite_file = engine.dialect.name == "sqlite" and self._lock_path is not None
-        with self._file_lock() if sqlite_file else nullcontext(), engine.begin() as conn:
-            if engine.dialect.name == "postgresql":  # the same race, between replicas too
+    @classmethod
+    @contextmanager
+    def _schema_lock(cls, engine: Engine) -> Iterator[Connection]:
+        """A write transaction in which one process at a time (replicas included) looks at the
+        schema and changes it: processes starting together must not both create it."""
+        with cls._begin(engine, WAIT_SECONDS) as conn:
+            if conn.dialect.name == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
-            metadata.create_all(conn)
-            _add_missing_columns(conn)
+            yield conn
+
+    def upgrade_schema(self) -> tuple[str | None, str]:
+        """`db upgrade`: the revision before and after, on a connection of its own (the
+        service's own use refuses a schema of another version)."""
+        engine = make_engine(self.url)
+        try:
+            with self._schema_lock(engine) as conn:
+                return schema.upgrade(conn)
+        finally:
+            engine.dispose()
+
+    def describe_schema(self) -> str:
+        """`db current`: the database's revision, and whether it is this version's."""
+        engine = make_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return schema.describe(conn)
+        finally:
+            engine.dispose()
 
     def dispose(self) -> None:
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
         self._engine = None
-        if self._hot is not None:
-            self._hot.close_all()
 
     @contextmanager
-    def write(self):
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)
-        so a read-modify-write never fails half-way with 'database is locked'.
+    def transaction(self, wait: float = WAIT_SECONDS) -> Iterator[Connection]:
+        """A write transaction, committed when the block ends (rolled back if it raises).
 
-        SQLite writers also queue on a thread lock plus flock() on a lock file first: when two
-        processes want the database, SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms
-        between tries, while a blocked flock() wakes the moment the holder lets go."""
+        On SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a read-modify-write
+        never fails half-way with 'database is locked', and this process's writers queue on a
+        thread lock first: a waiting thread then wakes the moment the one before it is done,
+        where SQLite's own busy handler would sleep 1, 2, 5 ... 100 ms between tries. Either
+        wait lasts at most ``wait`` seconds (StoreBusy / OperationalError: a door answers 503).
+        """
         engine = self.engine
-        if engine.dialect.name != "sqlite" or self._lock_path is None:
+        if not self.sqlite:
             with engine.connect() as conn, conn.begin():
                 yield conn
             return
-        with self._write_lock():
-            with engine.connect() as conn:
-                conn.execution_options(sqlite_immediate=True)
-                with conn.begin():
-                    yield conn
-
-    @contextmanager
-    def hot_write(self):
-        """write() for statements that are all Prepared (the webhook's insert, a job's claim and
-        the user's update): on SQLite, on this thread's own connection, outside the pool; the
-        same locks, the same BEGIN."""
-        dialect = self.engine.dialect
-        if self._hot is None:
-            with self.write() as conn:
-                yield conn
-            return
-        conn = self._hot.get()
-        with self._write_lock():
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield HotConnection(conn, dialect)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT can leave it open
-                    conn.execute("ROLLBACK")
-                raise
-
-    @contextmanager
-    def hot_read(self):
-        """A connection for Prepared reads (the login debounce, a user's state), as hot_write's."""
-        dialect = self.engine.dialect
-        if self._hot is None:
-            with self.engine.connect() as conn:
-                yield conn
-            return
-        yield HotConnection(self._hot.get(), dialect)  # autocommit: the SELECT is its own transaction
-
-    @contextmanager
-    def _write_lock(self):
-        """The one SQLite writer: this process's thread lock, then the flock across processes,
-        each waited for at most WRITE_WAIT_SECONDS (a webhook must answer, 503 if need be)."""
-        if not self._thread_write_lock.acquire(timeout=WRITE_WAIT_SECONDS):
-            raise StoreBusy(f"another writer of this process held the database for {WRITE_WAIT_SECONDS:g}s")
+        if not self._writer.acquire(timeout=wait):
+            raise StoreBusy(f"another writer of this process held the database for {wait:g}s")
         try:
-            with self._file_lock():
-                yield
+            with self._begin(engine, wait) as conn:
+                yield conn
         finally:
-            self._thread_write_lock.release()
+            self._writer.release()
+
+    @staticmethod
+    @contextmanager
+    def _begin(engine: Engine, wait: float) -> Iterator[Connection]:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                set_busy_timeout(conn, wait)
+                conn = conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
 
     @contextmanager
-    def _file_lock(self):
-        """flock() on the lock file beside the SQLite database: one writer across processes.
-        Blocking when free; when held, tried again every half millisecond until the deadline
-        (a blocking flock() cannot be given one)."""
-        fd = self._lock_fd()
-        deadline = None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + WRITE_WAIT_SECONDS
-                elif now > deadline:
-                    raise StoreBusy(f"another process held the database for {WRITE_WAIT_SECONDS:g}s") from None
-                time.sleep(0.0005)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd(), fcntl.LOCK_UN)
-
-    def _lock_fd(self) -> int:
-        if self._lock_file is None or self._lock_file_pid != os.getpid():
-            # flock belongs to the open file: each process needs its own open, after fork
-            self._lock_file = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._lock_file_pid = os.getpid()
-        return self._lock_file
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads; what it sees is consistent within one statement."""
+        with self.engine.connect() as conn:
+            yield conn
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             conn.execute(select(1))
 
     def check_writable(self, timeout: float = 2.0) -> None:
         """Raise unless a write could start now: SQLite's write lock can be had within
         ``timeout``; PostgreSQL is not a read-only standby. Writes nothing."""
-        with self.engine.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                raw = conn.connection.dbapi_connection  # autocommit: BEGIN is ours (see sqlite_setup)
-                raw.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-                try:
-                    raw.execute("BEGIN IMMEDIATE")
-                    raw.execute("ROLLBACK")
-                finally:
-                    raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
-            elif conn.execute(text("SHOW transaction_read_only")).scalar() == "on":
+        if self.sqlite:
+            with self.transaction(wait=timeout):
+                return
+        with self.read() as conn:
+            if conn.execute(text("SHOW transaction_read_only")).scalar() == "on":
                 raise RuntimeError("PostgreSQL is read-only here (a standby?)")
 
-    # -- user state --------------------------------------------------------------------
+    # -- user state ----------------------------------------------------------------------
 
     def get(self, username: str) -> UserState | None:
-        with self.hot_read() as conn:
-            row = self._statements(conn)["get"].first(conn, {"p_username": user_key(username)})
+        with self.read() as conn:
+            row = conn.execute(_GET, {"p_username": user_key(username)}).mappings().first()
         return None if row is None else _state(row)
 
     def last_success(self, username: str) -> datetime | None:
         """Only the time of the user's last settled sync: the login debounce's one read."""
-        with self.hot_read() as conn:
-            row = self._statements(conn)["last_success"].first(conn, {"p_username": user_key(username)})
-        return aware(row["last_success_at"]) if row else None
+        with self.read() as conn:
+            value = conn.execute(_LAST_SUCCESS, {"p_username": user_key(username)}).scalar()
+        return aware(value)
 
     def get_many(self, usernames) -> dict[str, UserState]:
         """States of many users in one query (a sweep reads a page at a time), by user_key."""
         names = [user_key(n) for n in usernames]
         if not names:
             return {}
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(user_state).where(user_state.c.username.in_(names))).mappings().all()
         return {row["username"]: _state(row) for row in rows}
 
@@ -286,7 +251,7 @@ class Store:
         """The users whose sync ended last, newest first (the dashboard's list)."""
         query = select(user_state).where(user_state.c.last_outcome.is_not(None)) \
             .order_by(user_state.c.last_attempt_at.desc()).limit(limit)
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             return [_state(row) for row in conn.execute(query).mappings()]
 
     def search(self, prefix: str, limit: int = 20) -> list[UserState]:
@@ -294,15 +259,15 @@ class Store:
         escaped = user_key(prefix).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = select(user_state).where(user_state.c.username.like(escaped + "%", escape="\\")) \
             .order_by(user_state.c.username).limit(limit)
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             return [_state(row) for row in conn.execute(query).mappings()]
 
     def last_success_at(self) -> datetime | None:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             return aware(conn.execute(select(func.max(user_state.c.last_success_at))).scalar())
 
     def counts_by_outcome(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             return dict(conn.execute(select(user_state.c.last_outcome, func.count())
                                      .group_by(user_state.c.last_outcome)).all())
 
@@ -313,91 +278,47 @@ class Store:
             if avatar_id is not None and avatar_id not in state.created_avatar_ids:
                 state.created_avatar_ids.append(avatar_id)
             state.pending_avatar_id, state.pending_sha256 = avatar_id, photo_sha256
-        self._update(username, change)
-
-    def record_success(self, username: str, *, outcome: str, photo_sha256: str, avatar_id: str,
-                       directory: str, marker: str | None = None, also=None, source: str | None = None,
-                       duration_ms: int | None = None) -> None:
-        """Jira confirmed ``avatar_id`` as the user's picture for the photo hashing to ``photo_sha256``.
-        ``also(conn)``: more to write in the same transaction."""
-        def change(state: UserState):
-            state.photo_sha256, state.avatar_id, state.directory = photo_sha256, avatar_id, directory
-            state.marker = marker
-            state.last_outcome, state.last_error = outcome, None
-            state.last_success_at = state.last_attempt_at
-            state.pending_avatar_id = state.pending_sha256 = None
-            if avatar_id not in state.created_avatar_ids:
-                state.created_avatar_ids.append(avatar_id)
-            state.last_source, state.last_duration_ms = source, duration_ms
-        self._update(username, change, also)
+        with self.transaction() as tx:
+            self.update(tx, username, change)
 
     def forget_created(self, username: str, avatar_ids) -> None:
         gone = set(avatar_ids)
-        self._update(username, lambda s: setattr(
-            s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]))
-
-    def record_outcome(self, username: str, outcome: str, error: str | None = None,
-                       directory: str | None = None, success: bool = False, marker: str | None = None,
-                       also=None, source: str | None = None, duration_ms: int | None = None) -> None:
-        """``success``: a settled outcome; only then is ``marker`` kept (a failure proves nothing)."""
-        def change(state: UserState):
-            state.last_outcome, state.last_error = outcome, error
-            if directory:
-                state.directory = directory
-            if success:
-                state.last_success_at = state.last_attempt_at
-                state.marker = marker
-            state.last_source, state.last_duration_ms = source, duration_ms
-        self._update(username, change, also)
+        with self.transaction() as tx:
+            self.update(tx, username, lambda s: setattr(
+                s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]))
 
     def delete(self, username: str) -> None:
-        with self.write() as conn:
-            conn.execute(user_state.delete().where(user_state.c.username == user_key(username)))
+        with self.transaction() as tx:
+            tx.execute(user_state.delete().where(user_state.c.username == user_key(username)))
 
-    def _update(self, username: str, change, also=None) -> None:
-        """Read-modify-write one user's row in a transaction, the row locked against others."""
-        now = utcnow()
-        with self.hot_write() as conn:
-            statements = self._statements(conn)
-            # Make sure the row exists first: FOR UPDATE cannot lock a row that is not there yet.
-            key = user_key(username)
-            statements["ensure"].run(conn, {"p_username": key})
-            state = _state(statements["lock_row"].first(conn, {"p_username": key}))
-            state.last_attempt_at = now
-            change(state)
-            values = {f"p_{k}": v for k, v in state.__dict__.items()}
-            values["p_created_avatar_ids"] = json.dumps(state.created_avatar_ids)
-            statements["save"].run(conn, values)
-            if also:
-                also(conn)
-
-    def _statements(self, conn) -> dict[str, Prepared]:
-        """Built once per dialect: composing the statements costs more than running them."""
-        dialect = conn.dialect
-        built = self._built.get(dialect.name)
-        if built is None:
-            name = bindparam("p_username")
-            insert = (pg_insert if dialect.name == "postgresql" else sqlite_insert)(user_state)
-            ensure = insert.values(username=name, created_avatar_ids="[]", attempts=0) \
-                .on_conflict_do_nothing(index_elements=["username"])
-            get = select(user_state).where(user_state.c.username == name)
-            lock_row = get.with_for_update() if dialect.name == "postgresql" else get
-            fields = [c.name for c in user_state.columns if c.name not in ("username", "attempts")]
-            save = user_state.update().where(user_state.c.username == name).values(
-                {**{f: bindparam(f"p_{f}") for f in fields}, "attempts": user_state.c.attempts + 1})
-            last_success = select(user_state.c.last_success_at).where(user_state.c.username == name)
-            built = self._built[dialect.name] = {
-                key: Prepared(stmt, dialect) for key, stmt in
-                (("ensure", ensure), ("get", get), ("lock_row", lock_row), ("save", save),
-                 ("last_success", last_success))}
-        return built
+    def update(self, tx: Connection, username: str, change: Callable[[UserState], None]) -> None:
+        """Read-modify-write one user's row in the caller's transaction, the row locked
+        against others (FOR UPDATE on PostgreSQL; SQLite's writer holds the whole database)."""
+        key = user_key(username)
+        # Make sure the row exists first: FOR UPDATE cannot lock a row that is not there yet.
+        tx.execute(_ensure(tx.dialect.name), {"p_username": key})
+        locked = _GET.with_for_update() if tx.dialect.name == "postgresql" else _GET
+        state = _state(tx.execute(locked, {"p_username": key}).mappings().one())
+        state.last_attempt_at = utcnow()
+        change(state)
+        values = {f"p_{k}": v for k, v in state.__dict__.items()}
+        values["p_created_avatar_ids"] = json.dumps(state.created_avatar_ids)
+        tx.execute(_SAVE, values)
 
 
-def _hot_setup(dbapi_conn) -> None:
-    """The hot connections (the webhook's, a job's claim) wait for SQLite's own lock no longer
-    than for the flock: a database locked from outside answers 503, not a hung webhook."""
-    sqlite_setup(dbapi_conn)
-    dbapi_conn.execute(f"PRAGMA busy_timeout={int(WRITE_WAIT_SECONDS * 1000)}")
+_NAME = bindparam("p_username")
+_GET = select(user_state).where(user_state.c.username == _NAME)
+_LAST_SUCCESS = select(user_state.c.last_success_at).where(user_state.c.username == _NAME)
+_SAVE = user_state.update().where(user_state.c.username == _NAME).values(
+    {**{c.name: bindparam(f"p_{c.name}") for c in user_state.columns if c.name not in ("username", "attempts")},
+     "attempts": user_state.c.attempts + 1})
+_ENSURE = {dialect: insert(user_state).values(username=_NAME, created_avatar_ids="[]", attempts=0)
+           .on_conflict_do_nothing(index_elements=["username"])
+           for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
+
+
+def _ensure(dialect: str):
+    return _ENSURE[dialect]
 
 
 def _state(row) -> UserState:
@@ -407,28 +328,3 @@ def _state(row) -> UserState:
     for k in ("last_attempt_at", "last_success_at"):
         data[k] = aware(data[k])
     return UserState(**data)
-
-
-def _add_missing_columns(conn) -> None:
-    """Additive schema upgrade: columns added in a newer version appear in an older database.
-
-    Every column added after the first release is nullable or has a default, so this is all
-    the migration the schema has needed so far; anything else will need a real migration.
-    """
-    inspector = inspect(conn)
-    for table in metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
-            default = getattr(column.default, "arg", None)
-            if default is not None and not callable(default):
-                value = literal(default, column.type).compile(
-                    dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-                ddl += f" DEFAULT {value} NOT NULL"
-            conn.exec_driver_sql(ddl)
-        for index in table.indexes:  # create_all makes indexes only with new tables
-            index.create(conn, checkfirst=True)

@@ -28,13 +28,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from .directory import DirectoryUnavailable
 from . import jira_users
 from .jira import JiraError, JiraUser
-from .prepared import prepared_once
 from .store import aware, metadata, user_key, utcnow
-from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
+from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SweepStatus
 from .sync import SyncResult
 
 log = logging.getLogger(__name__)
-RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = "running", "finished", "failed", "cancelled"
+RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = (SweepStatus.RUNNING, SweepStatus.FINISHED, SweepStatus.FAILED,
+                                              SweepStatus.CANCELLED)
 MAX_LEASE_SECONDS = 30  # a dead runner's sweep is resumed elsewhere within this
 PAGE = 500
 
@@ -80,7 +80,6 @@ class Sweeps:
         self.services = services
         self.store, self.queue = services.store, services.queue
         self.lease = timedelta(seconds=min(MAX_LEASE_SECONDS, services.settings.worker.lease_seconds))
-        self._prepared: dict = {}  # the outcome's update runs once per user of a sweep
 
     # -- starting, cancelling, reading -------------------------------------------------
 
@@ -88,7 +87,7 @@ class Sweeps:
         if self.services.settings.sync_disabled:
             raise SweepConflict("synchronisation is disabled (photo_attributes is empty)")
         now = utcnow()
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             if conn.dialect.name == "postgresql":  # one starter at a time across replicas
                 conn.exec_driver_sql("LOCK TABLE sweeps IN SHARE ROW EXCLUSIVE MODE")
             running = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING)).first()
@@ -100,7 +99,7 @@ class Sweeps:
                 started_at=now, lease_until=now).returning(sweeps.c.id)).scalar_one()
 
     def cancel(self, sweep_id: int) -> bool:
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             changed = conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
                                    .values(status=CANCELLED, finished_at=utcnow())).rowcount
         if changed:
@@ -108,7 +107,7 @@ class Sweeps:
         return bool(changed)
 
     def summary(self, sweep_id: int) -> dict | None:
-        with self.store.engine.connect() as conn:
+        with self.store.read() as conn:
             row = conn.execute(select(sweeps).where(sweeps.c.id == sweep_id)).mappings().first()
             if row is None:
                 return None
@@ -119,13 +118,13 @@ class Sweeps:
 
     def running(self) -> dict | None:
         """The running sweep's summary, if one runs."""
-        with self.store.engine.connect() as conn:
+        with self.store.read() as conn:
             sweep_id = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING)).scalar()
         return self.summary(sweep_id) if sweep_id is not None else None
 
     def last_ended(self) -> dict | None:
         """The status and end of the sweep that ended last (finished, failed or cancelled)."""
-        with self.store.engine.connect() as conn:
+        with self.store.read() as conn:
             row = conn.execute(select(sweeps.c.id, sweeps.c.status, sweeps.c.finished_at)
                                .where(sweeps.c.status != RUNNING, sweeps.c.finished_at.is_not(None))
                                .order_by(sweeps.c.finished_at.desc()).limit(1)).first()
@@ -134,7 +133,7 @@ class Sweeps:
         return {"id": row.id, "status": row.status, "finished_epoch": aware(row.finished_at).timestamp()}
 
     def list(self, limit: int = 50) -> list[dict]:
-        with self.store.engine.connect() as conn:
+        with self.store.read() as conn:
             ids = conn.execute(select(sweeps.c.id).order_by(sweeps.c.id.desc()).limit(limit)).scalars().all()
         return [self.summary(i) for i in ids]
 
@@ -147,7 +146,7 @@ class Sweeps:
                  .order_by(sweep_items.c.outcome, sweep_items.c.username))
         if limit:
             query = query.limit(limit)
-        with self.store.engine.connect() as conn:
+        with self.store.read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def problems_csv(self, sweep_id: int) -> str:
@@ -157,12 +156,13 @@ class Sweeps:
         writer.writerows({k: _spreadsheet_safe(v) for k, v in row.items()} for row in self.problems(sweep_id))
         return out.getvalue()
 
-    def record(self, sweep_id: int, result: SyncResult, conn=None) -> None:
-        """A queued user of the sweep is done (a failed attempt counts: the job retries apart)."""
-        if conn is None:
-            with self.store.write() as conn:
-                return self.record(sweep_id, result, conn)
-        prepared_once(self._prepared, conn, "record", lambda: _RECORD).run(conn, {
+    def record(self, sweep_id: int, result: SyncResult, tx=None) -> None:
+        """A queued user of the sweep is done (a failed attempt counts: the job retries apart),
+        in the caller's transaction (a worker's, that also ends the job) or one of its own."""
+        if tx is None:
+            with self.store.transaction() as tx:
+                return self.record(sweep_id, result, tx)
+        tx.execute(_RECORD, {
             "p_sweep": sweep_id, "p_user": user_key(result.username), "p_outcome": result.outcome,
             "p_reason": result.reason, "p_directory": result.directory})
 
@@ -170,7 +170,7 @@ class Sweeps:
         """Forget the reports of finished sweeps older than ``keep_days`` (the last few stay):
         a nightly sweep of 100,000 users would otherwise add 36 million rows a year."""
         cutoff = utcnow() - timedelta(days=keep_days)
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             recent = select(sweeps.c.id).order_by(sweeps.c.id.desc()).limit(keep_last).scalar_subquery()
             old = conn.execute(select(sweeps.c.id).where(sweeps.c.status != RUNNING, sweeps.c.started_at < cutoff,
                                                          sweeps.c.id.not_in(recent))).scalars().all()
@@ -184,7 +184,7 @@ class Sweeps:
     def take_over(self) -> int | None:
         """Claim the running sweep whose lease expired (new, or its runner died)."""
         now, owner = utcnow(), self.queue.owner()
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             row = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING,
                                                          sweeps.c.lease_until < now)).first()
             if row is None:
@@ -196,7 +196,7 @@ class Sweeps:
     def run(self, sweep_id: int, on_progress=None) -> None:
         """Scan (or resume the scan), then watch the queued users until all are done."""
         try:
-            with self.store.engine.connect() as conn:
+            with self.store.read() as conn:
                 row = conn.execute(select(sweeps).where(sweeps.c.id == sweep_id)).mappings().one()
             if row["phase"] == "scanning":
                 self._scan(sweep_id, row["dry_run"], row["full"], on_progress)
@@ -210,7 +210,7 @@ class Sweeps:
             else:
                 error = f"{type(exc).__name__}: {exc}"
                 log.exception("sweep %d failed", sweep_id)
-            with self.store.write() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
                              .values(status=FAILED_SWEEP, error=error[:2000],
                                      finished_at=utcnow(), lease_until=None))
@@ -243,7 +243,7 @@ class Sweeps:
         finally:
             if dry:
                 dry.shutdown(wait=True)
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
                          .values(phase="syncing"))
 
@@ -254,7 +254,7 @@ class Sweeps:
             return
         # Report rows, jobs and states are all keyed by user_key: 'JDoe' in AD is Jira's 'jdoe'.
         keyed = [(user_key(u.username), u) for u in users]
-        with self.store.engine.connect() as conn:
+        with self.store.read() as conn:
             done = set(conn.execute(select(sweep_items.c.username).where(
                 sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_([k for k, _ in keyed]))).scalars())
         keyed = [(k, u) for k, u in keyed if k not in done]
@@ -285,7 +285,7 @@ class Sweeps:
                 if i % 50 == 0:
                     self._renew(sweep_id)  # a page of dry-run syncs can outlast a short lease
             return
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             _insert_items(conn, sweep_id, directory, queued, False)
             self.queue.enqueue_sweep(conn, sweep_id, [(key, jira_user) for key, _, jira_user in work])
         if work:
@@ -302,13 +302,13 @@ class Sweeps:
 
     def _items(self, sweep_id, directory, rows, skipped=False) -> None:
         if rows:
-            with self.store.write() as conn:
+            with self.store.transaction() as conn:
                 _insert_items(conn, sweep_id, directory, rows, skipped)
 
     def _await_done(self, sweep_id: int, on_progress) -> None:
         while True:
             self._renew(sweep_id)
-            with self.store.engine.connect() as conn:
+            with self.store.read() as conn:
                 waiting = conn.execute(select(func.count()).select_from(sweep_items).where(
                     sweep_items.c.sweep_id == sweep_id, sweep_items.c.outcome.is_(None))).scalar_one()
             if on_progress:
@@ -316,12 +316,12 @@ class Sweeps:
             if not waiting:
                 break
             time.sleep(0.25)
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
                          .values(status=FINISHED, phase="done", finished_at=utcnow(), lease_until=None))
 
     def _renew(self, sweep_id: int) -> None:
-        with self.store.write() as conn:
+        with self.store.transaction() as conn:
             row = conn.execute(select(sweeps.c.status).where(sweeps.c.id == sweep_id)).first()
             if row is None or row.status != RUNNING:
                 raise _Cancelled()

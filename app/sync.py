@@ -12,8 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from dataclasses import asdict, dataclass, field, replace
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Connection
@@ -32,7 +31,6 @@ from .usernames import loggable
 
 log = logging.getLogger(__name__)
 
-Then = Callable[[Connection, "SyncResult"], None]
 DECODE_SLOTS = 2  # photos decoded at once per process, whatever the number of threads
 
 
@@ -62,11 +60,11 @@ def _ms_since(started: float) -> int:
 
 @dataclass
 class Verdict:
-    """What _sync decided: the result, and what recording it needs."""
+    """What a sync attempt came to: the result, and what recording it needs."""
     result: SyncResult
-    marker: str | None  # the directory entry's change marker
-    photo_hash: str | None
-    stale: list[str]  # avatars of ours to delete once the new one is recorded
+    marker: str | None = None  # the directory entry's change marker
+    photo_hash: str | None = None
+    stale: list[str] = field(default_factory=list)  # avatars of ours to delete once the new one is recorded
 
 
 class Syncer:
@@ -108,16 +106,31 @@ class Syncer:
         return None
 
     def sync_user(self, username: str, force: bool = False, dry_run: bool = False,
-                  jira_user: JiraUser | None = None, then: Then | None = None,
-                  attempt: int | None = None, entry: DirectoryEntry | None = None,
+                  jira_user: JiraUser | None = None, entry: DirectoryEntry | None = None,
                   source: str = "admin") -> SyncResult:
-        """Bring one user's Jira picture in step with the directory. Never raises, except when
-        ``then`` cannot be written for a dry run or a disabled sync.
+        """Bring one user's Jira picture in step with the directory, and record the outcome in
+        a transaction of its own. Never raises. (A queued job's worker does the same three
+        steps itself, recording in the transaction that also ends the job.)"""
+        verdict = self.attempt(username, force=force, dry_run=dry_run, jira_user=jira_user, entry=entry,
+                               source=source)
+        recorded = False
+        if self.needs_record(verdict):
+            try:
+                with self.store.transaction() as tx:
+                    self.record(verdict, tx)
+                recorded = True
+            except Exception as exc:  # noqa: BLE001 - never raises: an unwritten outcome is a failure
+                verdict = self.unrecorded(verdict, exc)
+        return self.finish(verdict, recorded)
+
+    def attempt(self, username: str, force: bool = False, dry_run: bool = False,
+                jira_user: JiraUser | None = None, attempt: int | None = None,
+                entry: DirectoryEntry | None = None, source: str = "admin") -> Verdict:
+        """Decide and carry out what the user's Jira picture needs; what to record is left to
+        record(). Never raises: a failure is the verdict's outcome.
 
         ``jira_user``: the user as a sweep just read it in bulk, saving one GET per user.
         ``entry``: the user's directory entry as prefetch() just read it (directory order holds there).
-        ``then(conn, result)``: the caller's own write (the queue closing the job), committed
-        in the same transaction as the user's outcome, exactly once.
         ``source``: what asked for it (login, created, updated, sweep, admin), for the log
         line and the dashboard.
         ``attempt``: a queued job's attempt number. A job's next attempt (like any sync after a
@@ -125,50 +138,85 @@ class Syncer:
         first attempt skips the write that marks an upload as begun (one transaction fewer per
         new avatar in a sweep).
         """
-        verdict, recorded, started = None, False, time.perf_counter()
+        started = time.perf_counter()
         try:
             verdict = self._sync(username, force, dry_run, jira_user, attempt, entry)
-            result = verdict.result = replace(verdict.result, source=source, duration_ms=_ms_since(started))
-            if not dry_run and result.outcome != DISABLED:
-                self._record(verdict, then)
-                recorded = True
         except DirectoryUnavailable as exc:
             # Directory order: an unreachable directory ahead of the user's own must not be skipped.
-            result = SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True)
+            verdict = Verdict(SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True))
         except JiraError as exc:
-            result = SyncResult(username, FAILED, f"Jira: {exc}", dry_run=dry_run, retryable=exc.retryable)
+            verdict = Verdict(SyncResult(username, FAILED, f"Jira: {exc}", dry_run=dry_run,
+                                         retryable=exc.retryable))
         except DATABASE_UNAVAILABLE as exc:  # the state database: nothing recorded
-            result = SyncResult(username, FAILED, f"database: {describe_error(exc)}", dry_run=dry_run,
-                                retryable=True)
+            verdict = Verdict(SyncResult(username, FAILED, f"database: {describe_error(exc)}", dry_run=dry_run,
+                                         retryable=True))
         except Exception as exc:  # noqa: BLE001 - bad input: one user's problem never stops the rest
             log.exception("unexpected error syncing %s", loggable(username))
-            result = SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
-                                dry_run=dry_run, retryable=True)
-        if result.duration_ms is None:
-            result = replace(result, source=source, duration_ms=_ms_since(started))
+            verdict = Verdict(SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
+                                         dry_run=dry_run, retryable=True))
+        verdict.result = replace(verdict.result, source=source, duration_ms=_ms_since(started))
+        return verdict
+
+    @staticmethod
+    def needs_record(verdict: Verdict) -> bool:
+        """A dry run writes nothing; a disabled sync has nothing of the user's to write."""
+        return not verdict.result.dry_run and verdict.result.outcome != DISABLED
+
+    def record(self, verdict: Verdict, tx: Connection) -> None:
+        """The user's outcome, in the caller's transaction (the worker's also ends the job)."""
+        r = verdict.result
+
+        def change(state: UserState) -> None:
+            state.last_outcome = r.outcome
+            state.last_error = None if r.outcome in (UPDATED, RESTORED, UNCHANGED) else r.reason
+            if r.directory:
+                state.directory = r.directory
+            if r.outcome in SETTLED:  # a failure proves nothing about the entry: its marker waits
+                state.last_success_at = state.last_attempt_at
+                state.marker = verdict.marker
+            if r.outcome in (UPDATED, RESTORED):
+                # Only now, after Jira confirmed, is the hash stored (unchanged -> no upload).
+                state.photo_sha256, state.avatar_id = verdict.photo_hash, r.avatar_id
+                state.pending_avatar_id = state.pending_sha256 = None
+                if r.avatar_id not in state.created_avatar_ids:
+                    state.created_avatar_ids.append(r.avatar_id)
+            state.last_source, state.last_duration_ms = r.source, r.duration_ms
+        self.store.update(tx, r.username, change)
+
+    @staticmethod
+    def unrecorded(verdict: Verdict, exc: Exception) -> Verdict:
+        """The outcome could not be written: whatever Jira now shows, the sync counts as failed
+        (the next one finds an upload it made through the pending mark, or its file name)."""
+        if isinstance(exc, DATABASE_UNAVAILABLE):
+            log.error("could not record the outcome of %s: %s", loggable(verdict.result.username),
+                      describe_error(exc))
+        else:
+            log.error("could not record the outcome of %s", loggable(verdict.result.username), exc_info=exc)
+        if verdict.result.outcome == FAILED:
+            return verdict
+        return Verdict(replace(verdict.result, outcome=FAILED, retryable=True,
+                               reason=f"database: {describe_error(exc)}"))
+
+    def finish(self, verdict: Verdict, recorded: bool) -> SyncResult:
+        """After the outcome is recorded (or not): delete our stale avatars, remember the
+        settled sync for the login debounce, count it, and log its one line."""
+        result = verdict.result
         if recorded and verdict.stale:
             try:
-                self._delete_previous(username, verdict.stale)
+                self._delete_previous(result.username, verdict.stale)
             except Exception:  # noqa: BLE001 - recorded already; the next sync tries again
-                log.exception("could not delete old avatars of %r", username)
-        if not recorded and not dry_run and result.outcome == FAILED:
-            # if even this cannot be written, the caller's part is left undone too: a queued
-            # job then keeps its lease until it expires, and is tried again
-            self._record_problem(result, verdict.marker if verdict else None, then)
-        elif then is not None and not recorded:
-            with self.store.write() as conn:  # dry run or disabled: nothing of the user's to write
-                then(conn, result)
-        if not dry_run and result.outcome in SETTLED:
+                log.exception("could not delete old avatars of %s", loggable(result.username))
+        if not result.dry_run and result.outcome in SETTLED:
             with self._recent_lock:
-                self._recent[user_key(username)] = time.time()
-        if not dry_run:
-            metrics.SYNCS.labels(result.outcome, source).inc()
+                self._recent[user_key(result.username)] = time.time()
+        if not result.dry_run:
+            metrics.SYNCS.labels(result.outcome, result.source).inc()
             metrics.SYNC_SECONDS.observe((result.duration_ms or 0) / 1000)
         log.log(logging.WARNING if result.outcome == FAILED else logging.INFO,
-                "sync %s%s source=%s duration=%dms", result.line(), " [dry run]" if dry_run else "",
-                source, result.duration_ms,
+                "sync %s%s source=%s duration=%dms", result.line(), " [dry run]" if result.dry_run else "",
+                result.source, result.duration_ms,
                 extra={"user": result.username, "outcome": result.outcome, "reason": result.reason,
-                       "source": source, "duration_ms": result.duration_ms, "dry_run": dry_run})
+                       "source": result.source, "duration_ms": result.duration_ms, "dry_run": result.dry_run})
         return result
 
     # -- the rules ---------------------------------------------------------------------
@@ -303,21 +351,6 @@ class Syncer:
         self.jira.select_avatar(username, new_id)
         return new_id
 
-    def _record(self, verdict: Verdict, then: Then | None) -> None:
-        """The outcome, with the caller's own write in the same transaction."""
-        r = verdict.result
-        also = (lambda conn: then(conn, r)) if then else None
-        if r.outcome in (UPDATED, RESTORED):
-            # Only now, after Jira confirmed, is the hash stored (unchanged -> no upload).
-            self.store.record_success(r.username, outcome=r.outcome, photo_sha256=verdict.photo_hash,
-                                      avatar_id=r.avatar_id, directory=r.directory, marker=verdict.marker,
-                                      also=also, source=r.source, duration_ms=r.duration_ms)
-        else:
-            self.store.record_outcome(r.username, r.outcome, None if r.outcome == UNCHANGED else r.reason,
-                                      directory=r.directory, success=r.outcome in SETTLED,
-                                      marker=verdict.marker, also=also, source=r.source,
-                                      duration_ms=r.duration_ms)
-
     def _delete_previous(self, username: str, stale: list[str]) -> None:
         """Delete avatars this service created before; never one the user uploaded (overwrite on change)."""
         deleted = []
@@ -330,17 +363,6 @@ class Syncer:
                 log.warning("could not delete old avatar %s of %s: %s", avatar_id, username, exc)
         if deleted:
             self.store.forget_created(username, deleted)
-
-    def _record_problem(self, result: SyncResult, marker: str | None, then: Then | None) -> None:
-        try:
-            self.store.record_outcome(result.username, result.outcome, result.reason,
-                                      directory=result.directory, success=False, marker=marker,
-                                      also=(lambda conn: then(conn, result)) if then else None,
-                                      source=result.source, duration_ms=result.duration_ms)
-        except DATABASE_UNAVAILABLE as exc:  # the database is down: still answered
-            log.error("could not record the outcome of %s: %s", loggable(result.username), describe_error(exc))
-        except Exception:  # noqa: BLE001 - nothing here may hide the outcome
-            log.exception("could not record the outcome of %s", loggable(result.username))
 
 
 def upload_filename(photo_hash: str) -> str:

@@ -18,6 +18,7 @@ from .queue import SWEEP, Job
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .sweep import run_in_background
 from .outcomes import FAILED
+from .usernames import loggable
 
 log = logging.getLogger(__name__)
 MAINTENANCE_SECONDS = 3600
@@ -81,17 +82,29 @@ class WorkerPool:
         return bool(jobs)
 
     def process(self, job: Job, entry: DirectoryEntry | None = None) -> None:
-        def close_job(conn, result) -> None:
-            # in the transaction that records the user's outcome: one commit per job, and a
-            # crash can never leave an outcome recorded with its job still open, or the reverse
-            if job.sweep_id is not None:  # a failed attempt counts: the job retries apart
-                self.sweeps.record(job.sweep_id, result, conn)
-            if result.outcome != FAILED:
-                self.queue.complete(job, conn=conn)
-            elif not self.queue.fail(job, result.reason or "failed", conn=conn):
-                log.error("giving up on %s after %d attempts: %s", job.username, job.attempts, result.reason)
-        self.services.syncer.sync_user(job.username, force=job.force, jira_user=job.jira_user, then=close_job,
-                                       attempt=job.attempts, entry=entry, source=job.source)
+        """One job: the sync, then one transaction that records the user's outcome, counts it
+        in the job's sweep and ends the job (or schedules its retry). A crash can therefore
+        never leave an outcome recorded with its job still open, or the reverse; if that
+        transaction cannot be written, the job keeps its lease until it expires and runs again."""
+        syncer = self.services.syncer
+        verdict = syncer.attempt(job.username, force=job.force, jira_user=job.jira_user, attempt=job.attempts,
+                                 entry=entry, source=job.source)
+        result = verdict.result
+        try:
+            with self.services.store.transaction() as tx:
+                if syncer.needs_record(verdict):
+                    syncer.record(verdict, tx)
+                if job.sweep_id is not None:  # a failed attempt counts: the job retries apart
+                    self.sweeps.record(job.sweep_id, result, tx)
+                if result.outcome != FAILED:
+                    self.queue.complete(job, tx)
+                elif not self.queue.fail(job, result.reason or "failed", tx):
+                    log.error("giving up on %s after %d attempts: %s", loggable(job.username), job.attempts,
+                              result.reason)
+        except Exception as exc:  # noqa: BLE001 - the job keeps its lease and runs again
+            syncer.finish(syncer.unrecorded(verdict, exc), recorded=False)
+            return
+        syncer.finish(verdict, recorded=True)
 
     def maintain(self) -> None:
         """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Sets up a development / CI machine (Debian 12, as root): the directory servers the tests and
 # the demo run (OpenLDAP slapd, Samba AD DC), Groovy for the Jira listener's test, Chromium for
-# the dashboard's browser test, promtool for the alert rules, a running PostgreSQL, and a venv
-# with the package.
+# the dashboard's browser test, promtool for the alert rules, HAProxy for the replica tests, wrk
+# for the benchmarks, a running PostgreSQL, and a venv with the package.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(slapd ldap-utils samba samba-ad-dc winbind krb5-user groovy chromium prometheus podman debootstrap)
+apt_packages=(slapd ldap-utils samba samba-ad-dc winbind krb5-user groovy chromium prometheus podman debootstrap haproxy wrk)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,13 +25,16 @@ class Service:
     """The real service under gunicorn (deploy/gunicorn.conf.py, 2 workers) on a loopback port,
     pointed at a real slapd and the Jira emulator."""
 
-    def __init__(self, tmp_path: Path, slapd, base_dn: str, jira_url: str):
+    def __init__(self, tmp_path: Path, slapd, base_dn: str, jira_url: str, database_url: str | None = None,
+                 name: str = "", extra: str = ""):
+        """``database_url``: default a SQLite file in ``tmp_path``; ``name``: a replica's, for
+        its own log and config beside the others'; ``extra``: more TOML, at the top level."""
         self.port = slapd_rig.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / "gunicorn.log"
-        self.config = tmp_path / "service.toml"
-        self.config.write_text(f"""
-database_url = "sqlite:///{tmp_path}/state.db"
+        self.log = tmp_path / f"{name}gunicorn.log"
+        self.config = tmp_path / f"{name}service.toml"
+        self.config.write_text(f"""{extra}
+database_url = "{database_url or f'sqlite:///{tmp_path}/state.db'}"
 photo_attributes = ["jpegPhoto"]
 [jira]
 url = "{jira_url}"
@@ -89,11 +92,12 @@ base_dn = "{base_dn}"
             except subprocess.TimeoutExpired:
                 self.kill9()
 
-    def login(self, name: str, signature: str | None = None, session=None) -> requests.Response:
+    def login(self, name: str, signature: str | None = None, session=None, base: str | None = None) -> requests.Response:
+        """A signed user_login webhook for ``name``, to this service (or to ``base``: a load balancer)."""
         body = json.dumps({"webhookEvent": "user_login", "timestamp": int(time.time() * 1000),
                            "user": {"name": name}}).encode()
         digest = signature or "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        return (session or requests).post(self.url + "/webhooks/jira", data=body, timeout=10,
+        return (session or requests).post((base or self.url) + "/webhooks/jira", data=body, timeout=10,
                                           headers={"Content-Type": "application/json", "X-Hub-Signature": digest})
 
     def user(self, name: str) -> requests.Response:

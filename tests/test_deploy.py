@@ -175,12 +175,32 @@ def test_env_example_works_as_shipped():
     assert (env["AVATAR_SYNC_WEB_WORKERS"], env["AVATAR_SYNC_WEB_THREADS"]) == ("2", "2")  # as benchmarked
 
 
-def test_compose_file_names_only_known_variables():
-    compose = (DEPLOY / "docker" / "compose.yaml").read_text()
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.ha.yaml"])
+def test_compose_file_names_only_known_variables(name):
+    compose = (DEPLOY / "docker" / name).read_text()
     names = set(re.findall(r"\b(AVATAR_SYNC_[A-Z_]+?)(?:_FILE)?:", compose))
     known = {ENV_PREFIX + s for s in _ENV_KEYS} | GUNICORN_ENV
     assert names and names <= known, names - known
     assert "dockerfile: deploy/docker/Dockerfile" in compose
+
+
+def test_haproxy_examples_pass_haproxy_check(tmp_path):
+    """deploy/haproxy/haproxy.cfg.example (with a certificate made here) and the one inside
+    compose.ha.yaml are valid for the HAProxy the replica tests run."""
+    haproxy = _required("haproxy")
+    slapd_rig.make_certificates(tmp_path / "tls")
+    pem = tmp_path / "avatar-sync.pem"
+    pem.write_text((tmp_path / "tls" / "server.pem").read_text() + (tmp_path / "tls" / "server.key").read_text())
+    example = (DEPLOY / "haproxy" / "haproxy.cfg.example").read_text().replace("/etc/haproxy/avatar-sync.pem", str(pem))
+    compose = (DEPLOY / "docker" / "compose.ha.yaml").read_text()
+    embedded = "\n".join(line[6:] for line in compose.split("content: |\n", 1)[1].splitlines()
+                         if line.startswith("      ") or not line.strip()).split("\n\n")[0]
+    embedded = re.sub(r"server (replica-\d) replica-\d:", r"server \1 127.0.0.1:", embedded)
+    for name, text in (("example", example), ("compose", embedded)):
+        config = tmp_path / f"{name}.cfg"
+        config.write_text(text + "\n")
+        checked = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, (name, checked.stdout + checked.stderr)
 
 
 # -- the container image --------------------------------------------------------------------

@@ -13,10 +13,20 @@ from app.store import Store, utcnow
 @pytest.fixture
 def queue(database_url):
     store = Store(database_url)
-    with store.write() as conn:
+    with store.transaction() as conn:
         conn.execute(jobs.delete())
     yield LoginQueue(store, RetryPolicy(max_attempts=3, base_seconds=10, max_seconds=60, lease_seconds=30))
     store.dispose()
+
+
+def complete(queue, job):
+    with queue.store.transaction() as tx:
+        queue.complete(job, tx)
+
+
+def fail(queue, job, reason) -> bool:
+    with queue.store.transaction() as tx:
+        return queue.fail(job, reason, tx)
 
 
 def test_one_row_per_user_and_login_beats_sweep(queue):
@@ -48,7 +58,7 @@ def test_enqueue_wakes_this_process(queue):
 
 def test_complete_removes_the_job(queue):
     queue.enqueue("bob")
-    queue.complete(queue.claim(1)[0])
+    complete(queue, queue.claim(1)[0])
     assert queue.job_for("bob") is None
 
 
@@ -56,13 +66,13 @@ def test_login_during_a_running_job_merges_but_a_user_event_runs_again(queue):
     queue.enqueue("bob")
     job = queue.claim(1)[0]
     queue.enqueue("bob", LOGIN, source="login")  # that run is the sync it asks for
-    queue.complete(job)
+    complete(queue, job)
     assert queue.job_for("bob") is None
     queue.enqueue("bob")
     job = queue.claim(1)[0]
     queue.enqueue("bob", USER_EVENT, source="updated")
     assert queue.claim(1) == []  # never two runs of one user at once
-    queue.complete(job)
+    complete(queue, job)
     again = queue.claim(1)
     assert [j.username for j in again] == ["bob"] and again[0].attempts == 1
 
@@ -72,13 +82,13 @@ def test_failure_backs_off_then_is_kept_as_failed(queue):
     for attempt in (1, 2):
         job = queue.claim(1)[0]
         assert job.attempts == attempt
-        assert queue.fail(job, f"Jira down {attempt}") is True
+        assert fail(queue, job, f"Jira down {attempt}") is True
         info = queue.job_for("bob")
         assert info["state"] == "pending" and info["last_error"] == f"Jira down {attempt}"
         assert queue.claim(1) == []  # not due yet
         _make_due(queue)
     job = queue.claim(1)[0]
-    assert queue.fail(job, "Jira down 3") is False
+    assert fail(queue, job, "Jira down 3") is False
     info = queue.job_for("bob")
     assert info["state"] == "failed" and info["attempts"] == 3 and info["last_error"] == "Jira down 3"
     assert queue.claim(1) == []
@@ -98,7 +108,7 @@ def test_expired_lease_is_taken_again(queue):
     queue.enqueue("bob")
     job = queue.claim(1)[0]
     assert queue.claim(1) == []
-    with queue.store.write() as conn:
+    with queue.store.transaction() as conn:
         conn.execute(update(jobs).values(lease_until=utcnow() - _seconds(1)))
     retaken = queue.claim(1)[0]
     assert retaken.id == job.id and retaken.attempts == 2
@@ -111,7 +121,7 @@ def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue,
     monkeypatch.setattr("app.queue.time.monotonic", lambda: clock[0])
     queue.enqueue("dead-workers-job")
     stuck = queue.claim(1)[0]
-    with queue.store.write() as conn:
+    with queue.store.transaction() as conn:
         conn.execute(update(jobs).where(jobs.c.id == stuck.id).values(lease_until=utcnow() - _seconds(1)))
     for i in range(5):
         queue.enqueue(f"sweep{i}", SWEEP, source="sweep")
@@ -124,7 +134,7 @@ def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue,
 def test_dead_process_leases_are_released(queue):
     queue.enqueue("bob")
     queue.claim(1)
-    with queue.store.write() as conn:  # pretend a process that no longer exists took it
+    with queue.store.transaction() as conn:  # pretend a process that no longer exists took it
         conn.execute(update(jobs).values(lease_owner=queue.owner_prefix + "999999:1"))
     assert queue.release_dead_leases() == 1
     assert queue.claim(1)[0].username == "bob"
@@ -139,7 +149,7 @@ def test_a_zombie_workers_lease_is_released(queue):
         time.sleep(0.3)
         queue.enqueue("bob")
         queue.claim(1)
-        with queue.store.write() as conn:
+        with queue.store.transaction() as conn:
             conn.execute(update(jobs).values(lease_owner=f"{queue.owner_prefix}{child.pid}:1"))
         assert queue.release_dead_leases() == 1
     finally:
@@ -183,14 +193,14 @@ def _seconds(n):
 
 
 def _make_due(queue):
-    with queue.store.write() as conn:
+    with queue.store.transaction() as conn:
         conn.execute(update(jobs).values(next_try_at=utcnow() - _seconds(1)))
 
 
 def test_old_delivery_ids_are_pruned(queue):
     from app.queue import deliveries
     queue.enqueue("bob", delivery_id="old")
-    with queue.store.write() as conn:
+    with queue.store.transaction() as conn:
         conn.execute(update(deliveries).values(received_at=utcnow() - _seconds(3 * 86400)))
     queue.enqueue("bob", delivery_id="new")
     queue.prune_deliveries()
@@ -206,13 +216,16 @@ def test_a_job_ends_in_the_transaction_that_records_the_outcome(queue):
         queue.enqueue(name)
     alice, bob = sorted(queue.claim(2), key=lambda j: j.username)
 
-    store.record_outcome("alice", "no_photo", success=True, also=lambda conn: queue.complete(alice, conn=conn))
+    def settled(state):
+        state.last_outcome = "no_photo"
+    with store.transaction() as tx:
+        store.update(tx, "alice", settled)
+        queue.complete(alice, tx)
     assert queue.job_for("alice") is None and store.get("alice").last_outcome == "no_photo"
 
-    def fails_midway(conn):
-        queue.complete(bob, conn=conn)
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        store.update(tx, "bob", settled)
+        queue.complete(bob, tx)
         raise RuntimeError("killed")
-    with pytest.raises(RuntimeError):
-        store.record_outcome("bob", "no_photo", success=True, also=fails_midway)
     assert queue.job_for("bob")["state"] == "running" and store.get("bob") is None  # neither happened
-    assert queue.fail(bob, "Jira down") is True and queue.job_for("bob")["state"] == "pending"
+    assert fail(queue, bob, "Jira down") is True and queue.job_for("bob")["state"] == "pending"

@@ -193,7 +193,7 @@ def test_resumes_after_the_runner_died_without_redoing_finished_users(big, monke
     time.sleep(1)  # the first page's users are synced by the pool meanwhile
     first_page = [u.username for u in pages[0][2]]
     assert big.sweeps.take_over() is None  # the dead runner's lease still holds
-    with big.services.store.write() as conn:  # ... until it expires
+    with big.services.store.transaction() as conn:  # ... until it expires
         conn.execute(update(sweeps_table).values(lease_until=sweeps_table.c.started_at))
     assert big.sweeps.take_over() == sweep_id
     big.sweeps.run(sweep_id)
@@ -238,14 +238,14 @@ def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tm
     queue, syncer = rig.services.queue, rig.services.syncer
     for n in names:
         queue.enqueue(n, SWEEP, source="sweep")
-    order, real = [], syncer.sync_user
+    order, real = [], syncer.attempt
 
-    def sync_user(username, **kw):
+    def attempt(username, **kw):
         order.append((username, kw.get("entry") is not None))
         if username == "b0":
             queue.enqueue("vip", LOGIN, source="login")  # arrives while the batch is being worked
         return real(username, **kw)
-    monkeypatch.setattr(syncer, "sync_user", sync_user)
+    monkeypatch.setattr(syncer, "attempt", attempt)
     assert WorkerPool(rig.services).run_once()
     # the batch's entries were read together; the login's alone, when its sync ran
     assert order == [("b0", True), ("vip", False), ("b1", True), ("b2", True), ("b3", True)]
@@ -420,7 +420,7 @@ def test_old_sweep_reports_are_pruned(tmp_path, slapd, ldap_ou, jira, services_f
     slapd.add_users(ldap_ou, [("p1", None)])
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
     ids = [rig.sweep()["id"] for _ in range(3)]
-    with rig.services.store.write() as conn:
+    with rig.services.store.transaction() as conn:
         conn.execute(update(sweeps_table).values(started_at=utcnow() - timedelta(days=40)))
     assert rig.sweeps.prune(keep_days=30, keep_last=1) == 2
     assert [s["id"] for s in rig.sweeps.list()] == ids[-1:]

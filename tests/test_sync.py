@@ -23,8 +23,15 @@ def rig(tmp_path, slapd, ldap_ou, jira, services_for):
                 self.state.add_user(name)
             return dn
 
-        def sync(self, name, **kw):
-            return self.services.syncer.sync_user(name, **kw)
+        def sync(self, name, attempt=None, **kw):
+            """As a door syncs (attempt None), or as a worker runs a queued job's attempt."""
+            syncer = self.services.syncer
+            if attempt is None:
+                return syncer.sync_user(name, **kw)
+            verdict = syncer.attempt(name, attempt=attempt, **kw)
+            with self.services.store.transaction() as tx:
+                syncer.record(verdict, tx)
+            return syncer.finish(verdict, recorded=True)
 
         def shown(self, name):
             return self.state.selected_avatar(name)
@@ -212,11 +219,11 @@ def test_crash_between_upload_and_select_leaves_no_orphan(rig, monkeypatch):
 
 def _killed_after_select(rig, monkeypatch):
     """Syncs jdoe but dies after Jira selected the avatar and before the store noted it."""
-    store = rig.services.store
-    real_record = store.record_success
-    monkeypatch.setattr(store, "record_success", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    syncer = rig.services.syncer
+    real_record = syncer.record
+    monkeypatch.setattr(syncer, "record", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
     assert rig.sync("jdoe").outcome == "failed"
-    monkeypatch.setattr(store, "record_success", real_record)
+    monkeypatch.setattr(syncer, "record", real_record)
 
 
 def test_crash_after_select_before_recording_does_not_upload_again(rig, monkeypatch):
@@ -299,31 +306,42 @@ def test_stale_view_after_a_crash_past_select_makes_no_second_select(rig, monkey
     assert rig.state.writes() == writes
 
 
-def test_callers_write_commits_with_the_outcome_or_neither_does(rig):
-    """The queue closes a job in the transaction that records the user's outcome."""
-    rig.user("jdoe", photos.solid(RED))
-    seen = []
+def test_the_outcome_and_the_jobs_end_commit_together_or_neither_does(rig, monkeypatch):
+    """The worker records the outcome and ends the job in one transaction: when that cannot be
+    written, neither happened, the job keeps its lease, and its next run uploads nothing new."""
+    from sqlalchemy import update
 
-    def closing_fails(conn, result):
-        seen.append(result.outcome)
-        if result.outcome != "failed":
-            raise RuntimeError("database went away")
-    assert rig.sync("jdoe", then=closing_fails).outcome == "failed"
-    assert seen == ["updated", "failed"]  # tried with the outcome, then recorded with the failure
-    state = rig.services.store.get("jdoe")
-    assert state.photo_sha256 is None and state.last_outcome == "failed"  # the success rolled back
+    from app.queue import LoginQueue, jobs
+    from app.worker import WorkerPool
+    rig.user("jdoe", photos.solid(RED))
+    services = rig.services
+    pool, queue = WorkerPool(services, threads=1), services.queue
+    queue.enqueue("jdoe")
+    real_complete = queue.complete
+
+    def dies(job, tx):
+        real_complete(job, tx)
+        raise RuntimeError("killed while ending the job")
+    monkeypatch.setattr(queue, "complete", dies)
+    pool.process(queue.claim(1)[0])
+    assert rig.shown("jdoe").owner  # Jira shows the new picture...
+    state = services.store.get("jdoe")
+    assert state is None or state.photo_sha256 is None  # ...but nothing of it was recorded
+    assert queue.job_for("jdoe")["state"] == "running"  # and the job was not ended
+    monkeypatch.setattr(queue, "complete", real_complete)
+    with services.store.transaction() as tx:  # its lease runs out
+        tx.execute(update(jobs).values(lease_until=jobs.c.created_at))
     uploads = rig.state.count("POST /user/avatar")
-    closed = []
-    result = rig.sync("jdoe", then=lambda conn, r: closed.append(r.outcome))
-    assert result.outcome == "updated" and closed == ["updated"]
+    restarted = LoginQueue(services.store)  # as a worker started afresh looks for expired leases
+    pool.process(restarted.claim(1)[0])
+    assert services.store.get("jdoe").last_outcome == "updated" and queue.job_for("jdoe") is None
     assert rig.state.count("POST /user/avatar") == uploads  # the avatar made before is used
 
 
-def test_callers_write_happens_once_for_a_dry_run(rig):
+def test_a_dry_run_writes_nothing(rig):
     rig.user("jdoe", photos.solid(RED))
-    closed = []
-    assert rig.sync("jdoe", dry_run=True, then=lambda conn, r: closed.append(r.outcome)).outcome == "updated"
-    assert closed == ["updated"] and rig.services.store.get("jdoe") is None
+    assert rig.sync("jdoe", dry_run=True).outcome == "updated"
+    assert rig.services.store.get("jdoe") is None and rig.state.writes() == 0
 
 
 def test_an_old_avatar_whose_deletion_failed_goes_at_the_next_restore(rig):

@@ -117,9 +117,11 @@ def connections_per_worker(port: int) -> list[int] | None:
     return sorted((pids.count(p) for p in set(pids)), reverse=True)
 
 
-def wrk(port: int, lua: Path, duration: int, connections: int, threads: int = 1) -> dict:
-    proc = subprocess.Popen(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua),
-                             f"http://127.0.0.1:{port}/webhooks/jira"], stdout=subprocess.PIPE, text=True)
+def wrk(port: int, lua: Path | None, duration: int, connections: int, threads: int = 1,
+        path: str = "/webhooks/jira") -> dict:
+    script = ["-s", str(lua)] if lua else []
+    proc = subprocess.Popen(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", *script,
+                             f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE, text=True)
     time.sleep(duration / 2)  # wrk's threads each load the bodies file before they connect
     split = connections_per_worker(port)
     out, _ = proc.communicate()

@@ -1,0 +1,149 @@
+"""Replicas behave as one service: three (or four) copies of the real service under gunicorn,
+on loopback behind a real HAProxy that health-checks /readyz, sharing the machine's
+PostgreSQL, with a real slapd and the Jira emulator. Nothing accepted is lost, nothing is
+uploaded twice, a sweep finishes exactly once per user with one report, whatever replicas
+come and go and even when PostgreSQL restarts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import sqlalchemy
+
+from tests import photos
+from tests.conftest import PG_URL
+from tests.helpers import ADMIN, Service, add_users, synced, wait_until
+from tests.rig.haproxy import HAProxy
+
+pytestmark = pytest.mark.postgres
+
+@pytest.fixture
+def cluster_db(pg_url):
+    """A PostgreSQL schema of the test's own (pg_url makes sure the server is there)."""
+    schema = f"avsync_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
+class Cluster:
+    def __init__(self, tmp_path, slapd, ldap_ou, jira, database_url, replicas: int, spare: int = 0):
+        self.replicas = [Service(tmp_path, slapd, ldap_ou, jira.url, database_url=database_url, name=f"r{i}-")
+                         for i in range(replicas + spare)]
+        for replica in self.replicas[:replicas]:
+            replica.start()
+        self.lb = HAProxy(tmp_path, {f"r{i}": r.port for i, r in enumerate(self.replicas)})
+        self.lb.wait_until_serving()
+        self.url = self.lb.url
+
+    def login(self, name: str) -> int:
+        """As Jira's listener posts it through the load balancer; a refused post is sent again
+        (the sender's part): the status that finally came back."""
+        status = 0
+        for _ in range(20):
+            try:
+                status = self.replicas[0].login(name, base=self.url).status_code
+            except requests.RequestException:
+                status = 0
+            if status == 202 or status == 200:
+                return status
+            time.sleep(0.2)
+        return status
+
+    def admin(self, method: str, path: str, **kw) -> requests.Response:
+        return requests.request(method, self.url + path, headers={"Authorization": f"Bearer {ADMIN}"},
+                                timeout=10, **kw)
+
+    def stop(self) -> None:
+        self.lb.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path, slapd, ldap_ou, jira, cluster_db):
+    made = []
+
+    def make(replicas: int = 3, spare: int = 0) -> Cluster:
+        made.append(Cluster(tmp_path, slapd, ldap_ou, jira, cluster_db, replicas, spare))
+        return made[-1]
+    yield make
+    for c in made:
+        c.stop()
+
+
+def webhooks_answered(replica) -> float:
+    text = requests.get(replica.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("jira_avatar_sync_webhook_requests_total{"))
+
+
+def test_logins_over_three_replicas_one_killed_mid_burst(cluster, slapd, ldap_ou, jira):
+    names = [f"h{i:03d}" for i in range(150)]
+    add_users(slapd, ldap_ou, jira, names)
+    jira.state.latency = 0.02  # so the kill lands while syncs are in flight
+    c = cluster(3)
+    victim = c.replicas[1]
+    with ThreadPoolExecutor(12) as pool:
+        first = list(pool.map(c.login, names[:50]))
+        victim.kill9()  # master and workers, mid-burst
+        rest = list(pool.map(c.login, names[50:]))
+    assert set(first + rest) == {202}  # every login accepted, by a replica that was alive
+    wait_until(lambda: all(synced(jira, n) for n in names), 120, "every accepted login to be synced")
+    created = {n: jira.state.created_for(n) for n in names}
+    assert {n: k for n, k in created.items() if k != 1} == {}  # no avatar uploaded twice
+    assert all(len(jira.state.custom_avatars(n)) == 1 for n in names)
+    # the load balancer routes around the dead replica: every login now lands at once
+    time.sleep(1)
+    late = [f"late{i}" for i in range(20)]
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(lambda n: c.replicas[0].login(n, base=c.url).status_code, late)) <= {200, 202}
+    survivors = [r for r in c.replicas if r is not victim]
+    assert all(webhooks_answered(r) > 0 for r in survivors)  # the logins were spread
+
+
+@pytest.mark.parametrize("fault", ["a replica leaves and another joins", "PostgreSQL restarts"])
+def test_a_sweep_of_2000_users_finishes_exactly_once_through_the_fault(cluster, slapd, ldap_ou, jira, fault):
+    names = [f"w{i:04d}" for i in range(2000)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
+    for n in names:
+        jira.state.add_user(n)
+    c = cluster(3, spare=1)
+    started = c.admin("POST", "/admin/sweeps", json={})
+    assert started.status_code == 202, started.text
+    sweep_id = started.json()["id"]
+
+    def summary() -> dict:
+        for _ in range(50):  # through the fault, the load balancer may answer 503 for a moment
+            try:
+                answer = c.admin("GET", f"/admin/sweeps/{sweep_id}")
+                if answer.status_code == 200:
+                    return answer.json()
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("no replica answered for the sweep")
+    wait_until(lambda: summary()["done"] >= 400, 180, "the sweep to be under way")
+    if fault.startswith("a replica"):
+        c.replicas[0].stop()  # leaves (SIGTERM: its workers finish what they hold)
+        c.replicas[3].start()  # joins
+    else:
+        cluster_name = os.listdir("/etc/postgresql")[0]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster_name, "main", "restart"],
+                       check=True, timeout=60)
+    wait_until(lambda: summary()["status"] != "running", 300, "the sweep to finish")
+    report = summary()
+    assert report["status"] == "finished" and report["total"] == 2000, report
+    assert report["counts"] == {"updated": 2000}, report
+    created = {n: jira.state.created_for(n) for n in names}
+    assert {n: k for n, k in created.items() if k != 1} == {}  # exactly once per user
+    assert [s["id"] for s in c.admin("GET", "/admin/sweeps").json()["sweeps"]] == [sweep_id]  # one report
