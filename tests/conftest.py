@@ -140,7 +140,7 @@ def pg_url():
             pytest.fail(f"PostgreSQL at {PG_URL} is required in CI")
         pytest.skip("PostgreSQL not reachable")
     schema = f"avsync_{uuid.uuid4().hex[:10]}"
-    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
     yield f"{PG_URL}?options=-csearch_path%3D{schema}"
