@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import schema
 from .database import make_engine, set_busy_timeout
 from .schema import SchemaMismatch
+from .sqlite_writer import WriterBusy, WriterLock
 
 metadata = MetaData()
 SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is created ('avat')
@@ -96,8 +97,7 @@ DOOR_WAIT_SECONDS = 5.0  # a door (webhook, admin) waits this long for another w
 WAIT_SECONDS = 30.0  # background work (workers, sweeps) waits this long
 
 
-class StoreBusy(Exception):
-    """Another writer held the database longer than the caller would wait."""
+StoreBusy = WriterBusy  # another writer held the database longer than the caller would wait
 
 
 # What "the database cannot be used now" looks like (locked, full, unreachable, busy, a schema
@@ -116,7 +116,10 @@ class Store:
         self._engine: Engine | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
-        self._writer = threading.Lock()  # SQLite: this process's writers, one at a time
+        database = make_url(database_url).database if self.sqlite else None
+        # SQLite writers queue here first (app/sqlite_writer.py says why); in memory: one process
+        self._writer = WriterLock(database if database and database != ":memory:" else None) \
+            if self.sqlite else None
 
     @property
     def engine(self) -> Engine:
@@ -177,23 +180,17 @@ class Store:
         """A write transaction, committed when the block ends (rolled back if it raises).
 
         On SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a read-modify-write
-        never fails half-way with 'database is locked', and this process's writers queue on a
-        thread lock first: a waiting thread then wakes the moment the one before it is done,
-        where SQLite's own busy handler would sleep 1, 2, 5 ... 100 ms between tries. Either
-        wait lasts at most ``wait`` seconds (StoreBusy / OperationalError: a door answers 503).
+        never fails half-way with 'database is locked', after queueing as the one writer
+        (app/sqlite_writer.py). Any wait lasts at most ``wait`` seconds (StoreBusy, or
+        SQLite's 'database is locked' for a writer from outside: a door answers 503).
         """
         engine = self.engine
-        if not self.sqlite:
+        if self._writer is None:
             with engine.connect() as conn, conn.begin():
                 yield conn
             return
-        if not self._writer.acquire(timeout=wait):
-            raise StoreBusy(f"another writer of this process held the database for {wait:g}s")
-        try:
-            with self._begin(engine, wait) as conn:
-                yield conn
-        finally:
-            self._writer.release()
+        with self._writer.hold(wait), self._begin(engine, wait) as conn:
+            yield conn
 
     @staticmethod
     @contextmanager

@@ -26,6 +26,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import requests
 import sqlalchemy
 
 from tests.bench.bench_webhook import SECRET, WRK_LUA, signed_bodies, start_gunicorn, wrk
@@ -105,6 +106,8 @@ def main() -> None:
                 lb = HAProxy(work, {f"r{i}": p for i, p in enumerate(ports)})
                 lb.wait_until_serving()
                 port = lb.port
+            for p in ports:  # each replica's first use of the database creates the schema
+                requests.get(f"http://127.0.0.1:{p}/readyz", timeout=30)
             storm = [f"storm{i}" for i in range(200)]
             seed_synced(database_url, storm)
             for name, count, prefix in (("storm", 200, "storm"), ("first", 200_000, "first")):
