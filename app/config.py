@@ -54,6 +54,7 @@ class JiraSettings:
     token: str = field(default="", repr=False)
     max_concurrency: int = 4
     max_requests_per_second: float = 0
+    limits_scope: str = "process"  # or "cluster": the two limits above for all replicas (PostgreSQL)
     connect_timeout: float = 5
     timeout: float = 30
     max_retries: int = 4
@@ -158,7 +159,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "": ("database_url", "photo_attributes", "size", "login_debounce_seconds", "max_photo_bytes",
          "max_photo_pixels", "log_level", "log_format", "trusted_proxies"),
     "jira": ("url", "username", "password", "token", "max_concurrency", "max_requests_per_second",
-             "connect_timeout", "timeout", "max_retries", "ca_file", "verify_tls", "user_groups"),
+             "limits_scope", "connect_timeout", "timeout", "max_retries", "ca_file", "verify_tls", "user_groups"),
     "webhook": ("secret", "previous_secret", "allow_unauthenticated", "max_body_bytes"),
     "admin": ("token", "previous_token"),
     "worker": ("threads", "poll_seconds", "lease_seconds", "max_attempts", "retry_base_seconds",
@@ -223,8 +224,12 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     if log_format not in ("text", "json"):
         raise ConfigError("log_format", f"must be text or json, got {log_format!r}")
     db = _database_url(r.string("database_url", DEFAULT_DATABASE_URL))
+    jira = _jira(Reader(r.table("jira"), "jira.", env))
+    if jira.limits_scope == "cluster" and not db.startswith("postgresql"):
+        raise ConfigError("jira.limits_scope", "cluster needs a PostgreSQL database_url: the replicas "
+                          "share the budget through it (with SQLite, keep process)")
     return Settings(
-        jira=_jira(Reader(r.table("jira"), "jira.", env)),
+        jira=jira,
         directories=directories,
         database_url=db,
         photo_attributes=photo_attributes,
@@ -281,11 +286,19 @@ def _jira(r: "Reader") -> JiraSettings:
         url=url, username=username, password=password, token=token,
         max_concurrency=r.integer("max_concurrency", 4, 1, 256),
         max_requests_per_second=r.number("max_requests_per_second", 0, 0, 10_000),
+        limits_scope=_limits_scope(r),
         connect_timeout=r.number("connect_timeout", 5, 0.1, 120),
         timeout=r.number("timeout", 30, 0.1, 600),
         max_retries=r.integer("max_retries", 4, 0, 20),
         ca_file=ca_file, verify_tls=r.boolean("verify_tls", True),
         user_groups=tuple(r.str_list("user_groups", []) or ()))
+
+
+def _limits_scope(r: "Reader") -> str:
+    scope = r.string("limits_scope", "process").lower()
+    if scope not in ("process", "cluster"):
+        raise ConfigError("jira.limits_scope", f"must be process or cluster, got {scope!r}")
+    return scope
 
 
 def _webhook(r: "Reader") -> WebhookSettings:

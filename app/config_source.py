@@ -35,6 +35,7 @@ _ENV_KEYS = {
     "JIRA_TOKEN": (("jira",), "token"),
     "JIRA_MAX_CONCURRENCY": (("jira",), "max_concurrency"),
     "JIRA_MAX_REQUESTS_PER_SECOND": (("jira",), "max_requests_per_second"),
+    "JIRA_LIMITS_SCOPE": (("jira",), "limits_scope"),
     "JIRA_TIMEOUT": (("jira",), "timeout"),
     "JIRA_CONNECT_TIMEOUT": (("jira",), "connect_timeout"),
     "JIRA_MAX_RETRIES": (("jira",), "max_retries"),

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from urllib3 import exceptions as http_errors
 
 from .config import JiraSettings
+from .jira_budget import BudgetUnavailable, ProcessBudget
 from .jira_http import JiraHttp, Response
 from .metrics import JIRA_REQUESTS, JIRA_SECONDS
 
@@ -76,8 +77,12 @@ def avatar_from_urls(avatar_urls: dict | None) -> tuple[str | None, bool]:
 
 
 class JiraClient:
-    def __init__(self, settings: JiraSettings, sleep=time.sleep):
+    def __init__(self, settings: JiraSettings, sleep=time.sleep, budget=None):
+        """``budget()``: makes the limiter of calls for a process (default: per process,
+        app/jira_budget.py), after each fork."""
         self.settings = settings
+        self._make_budget = budget or (lambda: ProcessBudget(settings.max_concurrency,
+                                                              settings.max_requests_per_second))
         self.api = settings.url.rstrip("/") + "/rest/api/2"
         self._sleep = sleep
         self._http = JiraHttp(settings)
@@ -197,8 +202,7 @@ class JiraClient:
         if self._pid != os.getpid():
             with self._state_lock:
                 if self._pid != os.getpid():
-                    self._gate = threading.BoundedSemaphore(self.settings.max_concurrency)
-                    self._rate = _RateLimiter(self.settings.max_requests_per_second)
+                    self._budget = self._make_budget()
                     self._pid = os.getpid()
 
     def _request(self, method: str, path: str, *, ok=(200,), idempotent: bool = True,
@@ -212,14 +216,15 @@ class JiraClient:
         for attempt in range(s.max_retries + 1):
             wait = None
             try:
-                self._rate.wait()
-                with self._gate:
+                with self._budget.call():
                     started = time.perf_counter()
                     try:
                         resp = self._http.request(method, url, **kwargs)
                     finally:
                         JIRA_SECONDS.labels(method).observe(time.perf_counter() - started)
                 JIRA_REQUESTS.labels(method, str(resp.status)).inc()
+            except BudgetUnavailable as exc:
+                raise JiraError(str(exc)) from None  # retryable: the queue tries again later
             except http_errors.HTTPError as exc:
                 JIRA_REQUESTS.labels(method, "error").inc()
                 error = self._transport_error(exc, method, path, idempotent)
@@ -293,25 +298,6 @@ class JiraClient:
 
     def _who(self) -> str:
         return "the personal access token" if self.settings.token else f"user {self.settings.username!r}"
-
-
-class _RateLimiter:
-    """At most ``rate`` calls per second for the whole process (0 = unlimited)."""
-
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            at = max(now, self._next)
-            self._next = at + self.interval
-        if at > now:
-            time.sleep(at - now)
 
 
 def _retry_after(resp: Response) -> float | None:

@@ -8,6 +8,7 @@ from functools import cached_property
 from .config import Settings
 from .directory import Directory, build_directories
 from .jira import JiraClient
+from .jira_budget import ClusterBudget
 from .queue import LoginQueue, RetryPolicy
 from .readiness import Readiness
 from .store import Store
@@ -42,7 +43,9 @@ class Services:
 def build_services(settings: Settings) -> Services:
     store = Store(settings.database_url)
     directories = build_directories(settings)
-    jira = JiraClient(settings.jira)
+    j = settings.jira
+    jira = JiraClient(j, budget=(lambda: ClusterBudget(store, j.max_concurrency, j.max_requests_per_second))
+                      if j.limits_scope == "cluster" else None)
     w = settings.worker
     queue = LoginQueue(store, RetryPolicy(w.max_attempts, w.retry_base_seconds, w.retry_max_seconds,
                                           w.lease_seconds))

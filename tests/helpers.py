@@ -26,14 +26,15 @@ class Service:
     pointed at a real slapd and the Jira emulator."""
 
     def __init__(self, tmp_path: Path, slapd, base_dn: str, jira_url: str, database_url: str | None = None,
-                 name: str = "", extra: str = ""):
+                 name: str = "", env: dict | None = None):
         """``database_url``: default a SQLite file in ``tmp_path``; ``name``: a replica's, for
-        its own log and config beside the others'; ``extra``: more TOML, at the top level."""
+        its own log and config beside the others'; ``env``: AVATAR_SYNC_* settings on top."""
+        self.env = env or {}
         self.port = slapd_rig.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"{name}gunicorn.log"
         self.config = tmp_path / f"{name}service.toml"
-        self.config.write_text(f"""{extra}
+        self.config.write_text(f"""
 database_url = "{database_url or f'sqlite:///{tmp_path}/state.db'}"
 photo_attributes = ["jpegPhoto"]
 [jira]
@@ -66,6 +67,7 @@ base_dn = "{base_dn}"
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
         env["AVATAR_SYNC_CONFIG"] = str(self.config)
+        env.update(self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind",
              f"127.0.0.1:{self.port}", "--workers", "2", "app:create_app()"],

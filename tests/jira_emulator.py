@@ -163,7 +163,7 @@ class JiraState:
             return self.member_lists[(group, inactive)]
 
     def peak(self, endpoint: str) -> int:
-        """The most calls to ``endpoint`` ("GET /user") that were being answered at once."""
+        """The most calls to ``endpoint`` ("GET /user"; "*": to any) that were being answered at once."""
         with self.lock:
             return self.peak_in_flight.get(endpoint, 0)
 
@@ -270,6 +270,7 @@ def create_emulator(state: JiraState | None = None) -> Flask:
             state.counts[key] = state.counts.get(key, 0) + 1
             state.in_flight[key] = state.in_flight.get(key, 0) + 1
             state.peak_in_flight[key] = max(state.peak_in_flight.get(key, 0), state.in_flight[key])
+            state.peak_in_flight["*"] = max(state.peak_in_flight.get("*", 0), sum(state.in_flight.values()))
             per_user = (key, request.args.get("username"))
             state.user_counts[per_user] = state.user_counts.get(per_user, 0) + 1
         if state.latency:

@@ -66,6 +66,8 @@ def test_empty_attribute_list_disables():
     ({"AVATAR_SYNC_LDAP_VERIFY_TLS": "maybe"}, "directories[0].verify_tls"),
     ({"AVATAR_SYNC_JIRA_TOKEN_FILE": "/nonexistent/file"}, "AVATAR_SYNC_JIRA_TOKEN_FILE"),
     ({"AVATAR_SYNC_DATABASE_URL": "state.db"}, "database_url"),
+    ({"AVATAR_SYNC_JIRA_LIMITS_SCOPE": "galaxy"}, "jira.limits_scope"),
+    ({"AVATAR_SYNC_JIRA_LIMITS_SCOPE": "cluster"}, "jira.limits_scope"),  # SQLite: one machine, no cluster
 ])
 def test_invalid_values_name_the_key(env, key):
     with pytest.raises(ConfigError) as info:

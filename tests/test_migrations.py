@@ -19,7 +19,7 @@ from app.store import Store
 from app.sweep import sweep_items
 
 DATA = Path(__file__).parent / "data"
-TABLES = ["jobs", "schedules", "sweep_items", "sweeps", "user_state", "webhook_deliveries"]
+TABLES = ["jobs", "schedules", "sweep_items", "sweeps", "user_state", "webhook_deliveries"]  # 0.2.0's
 
 
 def raw_engine(url: str) -> sqlalchemy.Engine:
@@ -60,7 +60,7 @@ def url(database_url, request):
     if database_url.startswith("postgresql"):
         engine = raw_engine(database_url)
         with engine.begin() as conn:
-            for table in [*TABLES, "alembic_version"]:
+            for table in [*TABLES, "jira_budget", "photo_sources", "alembic_version"]:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
         engine.dispose()
     return database_url
@@ -119,6 +119,23 @@ def test_a_database_older_than_0_2_0_gains_what_0_2_0_had(url):
     store.dispose()
 
 
+def test_an_older_revision_is_refused_until_db_upgrade(url):
+    """A database at 0001 (0.2.0's schema, stamped) and a version that needs 0002."""
+    load_released(url)
+    assert cli(url, "db", "upgrade").exit_code == 0
+    engine = raw_engine(url)
+    with engine.begin() as conn:  # back to 0001, as the previous release left it
+        conn.exec_driver_sql("DROP TABLE jira_budget")
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
+    engine.dispose()
+    with pytest.raises(SchemaMismatch, match=f"at revision 0001, this version needs {schema.head()}: "
+                                             "run `jira-avatar-sync db upgrade`"):
+        Store(url).get("jdoe")
+    assert "0001 (this version needs" in cli(url, "db", "current").output
+    assert f"0001 -> {schema.head()}" in cli(url, "db", "upgrade").output
+    assert Store(url).get("jdoe").avatar_id == "10401"
+
+
 def test_a_newer_schema_is_refused_with_one_line(url):
     Store(url).dispose()
     Store(url).get("x")
@@ -148,7 +165,7 @@ down_revision = "{schema.head()}"
 branch_labels = depends_on = None
 def upgrade():
     op.add_column("user_state", sa.Column("photo_source", sa.String(64)))
-    op.create_table("jira_budget", sa.Column("name", sa.String(32), primary_key=True))
+    op.create_table("photo_sources", sa.Column("name", sa.String(32), primary_key=True))
 ''')
     monkeypatch.setattr(schema, "MIGRATIONS", nxt)
     assert "-> 9002" in cli(url, "db", "upgrade").output

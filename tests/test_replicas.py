@@ -36,9 +36,10 @@ def cluster_db(pg_url):
 
 
 class Cluster:
-    def __init__(self, tmp_path, slapd, ldap_ou, jira, database_url, replicas: int, spare: int = 0):
-        self.replicas = [Service(tmp_path, slapd, ldap_ou, jira.url, database_url=database_url, name=f"r{i}-")
-                         for i in range(replicas + spare)]
+    def __init__(self, tmp_path, slapd, ldap_ou, jira, database_url, replicas: int, spare: int = 0,
+                 env: dict | None = None):
+        self.replicas = [Service(tmp_path, slapd, ldap_ou, jira.url, database_url=database_url, name=f"r{i}-",
+                                 env=env) for i in range(replicas + spare)]
         for replica in self.replicas[:replicas]:
             replica.start()
         self.lb = HAProxy(tmp_path, {f"r{i}": r.port for i, r in enumerate(self.replicas)})
@@ -73,8 +74,8 @@ class Cluster:
 def cluster(tmp_path, slapd, ldap_ou, jira, cluster_db):
     made = []
 
-    def make(replicas: int = 3, spare: int = 0) -> Cluster:
-        made.append(Cluster(tmp_path, slapd, ldap_ou, jira, cluster_db, replicas, spare))
+    def make(replicas: int = 3, spare: int = 0, env: dict | None = None) -> Cluster:
+        made.append(Cluster(tmp_path, slapd, ldap_ou, jira, cluster_db, replicas, spare, env))
         return made[-1]
     yield make
     for c in made:
@@ -148,3 +149,24 @@ def test_a_sweep_of_2000_users_finishes_exactly_once_through_the_fault(cluster, 
     created = {n: jira.state.created_for(n) for n in names}
     assert {n: k for n, k in created.items() if k != 1} == {}  # exactly once per user
     assert [s["id"] for s in c.admin("GET", "/admin/sweeps").json()["sweeps"]] == [sweep_id]  # one report
+
+
+def test_the_cluster_wide_jira_budget_holds_across_replicas(cluster, slapd, ldap_ou, jira):
+    """Three replicas of two gunicorn workers each, every one with sync threads: per process
+    they would put up to 12 calls in flight; with limits_scope = cluster, Jira never sees more
+    than jira.max_concurrency at once, nor more than jira.max_requests_per_second."""
+    names = [f"b{i:03d}" for i in range(120)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
+    for n in names:
+        jira.state.add_user(n)
+    jira.state.latency = 0.05
+    c = cluster(3, env={"AVATAR_SYNC_JIRA_MAX_CONCURRENCY": "2", "AVATAR_SYNC_JIRA_LIMITS_SCOPE": "cluster",
+                        "AVATAR_SYNC_JIRA_MAX_REQUESTS_PER_SECOND": "30"})
+    calls_before, started = sum(jira.state.counts.values()), time.monotonic()
+    with ThreadPoolExecutor(12) as pool:
+        assert set(pool.map(c.login, names)) == {202}
+    wait_until(lambda: all(synced(jira, n) for n in names), 180, "every login to be synced")
+    elapsed, calls = time.monotonic() - started, sum(jira.state.counts.values()) - calls_before
+    assert jira.state.peak("*") == 2, jira.state.peak_in_flight  # reached, never passed
+    assert calls / elapsed <= 30 * 1.05, (calls, elapsed)
+    assert all(jira.state.created_for(n) == 1 for n in names)
