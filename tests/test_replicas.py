@@ -170,3 +170,26 @@ def test_the_cluster_wide_jira_budget_holds_across_replicas(cluster, slapd, ldap
     assert jira.state.peak("*") == 2, jira.state.peak_in_flight  # reached, never passed
     assert calls / elapsed <= 30 * 1.05, (calls, elapsed)
     assert all(jira.state.created_for(n) == 1 for n in names)
+
+
+def test_a_sweep_started_on_one_replica_is_cancelled_from_another_everywhere(cluster, slapd, ldap_ou, jira):
+    names = [f"c{i:04d}" for i in range(600)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
+    for n in names:
+        jira.state.add_user(n)
+    jira.state.latency = 0.03  # slow enough that the sweep is still under way when cancelled
+    c = cluster(2)
+    one, other = c.replicas[:2]
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    sweep_id = requests.post(one.url + "/admin/sweeps", json={}, headers=auth, timeout=10).json()["id"]
+
+    def summary(replica) -> dict:
+        return requests.get(f"{replica.url}/admin/sweeps/{sweep_id}", headers=auth, timeout=10).json()
+    wait_until(lambda: summary(other)["done"] >= 20, 120, "the sweep to be under way on both")
+    assert requests.post(f"{other.url}/admin/sweeps/{sweep_id}/cancel", headers=auth, timeout=10).status_code == 200
+    assert summary(one)["status"] == "cancelled"
+    time.sleep(3)  # what either replica had in hand finishes; nothing more starts
+    uploads = jira.state.count("POST /user/avatar/temporary")
+    time.sleep(3)
+    assert jira.state.count("POST /user/avatar/temporary") == uploads
+    assert uploads < len(names)

@@ -6,8 +6,10 @@
 --jira-version picks the emulated Jira: 11.0.0 (and 10.3) list users with /user/list; 9.12.0
 and 10.0.0 have no /user/list, so the sweep reads the members of the application groups.
 
-BENCH_EXTRA_WORKERS=N also runs N `jira-avatar-sync worker` processes beside it, C split
-between all processes (jira.max_concurrency is per process). BENCH_THREADS=N sets
+BENCH_EXTRA_WORKERS=N also runs N `jira-avatar-sync worker` processes beside it (replicas'
+queue workers, as far as a sweep is concerned), C split between all processes (on SQLite
+jira.max_concurrency is per process); with --database postgres the processes share C through
+the cluster-wide budget (jira.limits_scope = "cluster") instead. BENCH_THREADS=N sets
 worker.threads (the sweep process itself runs at least twice its share of C; Jira calls in
 flight stay at C).
 
@@ -181,6 +183,8 @@ def main() -> None:
     parser.add_argument("--jira-version", default="11.0.0", help="the emulated Jira: 9.12.0, 10.0.0, 11.0.0")
     parser.add_argument("--dashboard-every", type=float, default=0.0,
                         help="poll the dashboard's data every S seconds during the first sweep (0: off)")
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
+                        help="postgres: a fresh schema in the machine's PostgreSQL, limits_scope = cluster")
     parser.add_argument("--jira-only", action="store_true",
                         help="only the three Jira calls per user through the service's client: the rig's own floor")
     args = parser.parse_args()
@@ -205,15 +209,18 @@ def main() -> None:
         with EmulatorServer(state) as jira:
             # C calls in flight in all: split between the sweep and any extra worker processes
             processes = 1 + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
-            per_process = max(1, args.concurrency // processes)
+            cluster = args.database == "postgres"
+            per_process = args.concurrency if cluster else max(1, args.concurrency // processes)
+            database_url = postgres_schema(work) if cluster else f"sqlite:///{work}/state.db"
             config = work / "config.toml"
             config.write_text(f"""
-    database_url = "sqlite:///{work}/state.db"
+    database_url = "{database_url}"
     [jira]
     url = "{jira.url}"
     username = "avatar-sync"
     password = "pw"
     max_concurrency = {per_process}
+    limits_scope = "{'cluster' if cluster else 'process'}"
     [webhook]
     secret = "bench-webhook-secret-0123"
     [admin]
@@ -241,6 +248,7 @@ def main() -> None:
             repeat_s, repeat_rss, repeat_out = run_sweep(config, slapd_pid=ldap.proc.pid)
             bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
             result = {
+                "database": args.database, "processes": processes,
                 "jira_version": args.jira_version, "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
                 "bound_3NL_over_C_s": round(bound, 1),
                 "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2) if bound else None,
@@ -252,8 +260,38 @@ def main() -> None:
             }
     finally:
         ldap.stop()
+        drop_postgres_schema(work)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
+
+
+def postgres_schema(work: Path) -> str:
+    """A fresh schema in the machine's PostgreSQL (its name kept in ``work`` for the drop)."""
+    import uuid
+
+    import sqlalchemy
+
+    from tests.conftest import PG_URL
+    name = f"avbench_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {name}")
+    engine.dispose()
+    (work / "pg-schema").write_text(name)
+    return f"{PG_URL}?options=-csearch_path%3D{name}"
+
+
+def drop_postgres_schema(work: Path) -> None:
+    marker = work / "pg-schema"
+    if not marker.exists():
+        return
+    import sqlalchemy
+
+    from tests.conftest import PG_URL
+    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {marker.read_text()} CASCADE")
+    engine.dispose()
 
 
 if __name__ == "__main__":
