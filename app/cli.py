@@ -18,13 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, logs, usernames
 from .config import ConfigError, load_settings, weak_settings
+from .database import describe_error, describe_location
 from .directory import DirectoryUnavailable
 from .factory import require_webhook_auth
 from .jira import JiraError
 from .outcomes import FAILED, SweepStatus
 from .schema import SchemaMismatch
 from .services import Services, build_services
-from .database import describe_error, describe_location
 from .sweep import SweepConflict
 from .worker import WorkerPool
 
@@ -64,7 +64,8 @@ class _Commands(click.Group):
             click.echo(f"cannot go on: {exc}", err=True)
             ctx.exit(2)
         except SQLAlchemyError as exc:
-            where = describe_location(ctx.obj["services"].settings.database_url) if "services" in ctx.obj else "the state"
+            services = ctx.obj.get("services")
+            where = describe_location(services.settings.database_url) if services else "the state"
             click.echo(f"cannot use {where}: {describe_error(exc)}", err=True)
             ctx.exit(1)
 
@@ -133,7 +134,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
     else:
         for item in report.items:
             click.echo(f"{ {'ok': 'ok  ', 'fail': 'FAIL', 'warn': 'warn', 'note': 'note'}[item['status']]} "
-                       f"{item['detail'] if item['check'] in ('security', 'note') else item['check'] + ': ' + item['detail']}")
+                       + (item["detail"] if item["check"] in ("security", "note")
+                          else f"{item['check']}: {item['detail']}"))
     ctx.exit(1 if report.failed else 0)
 
 
@@ -260,7 +262,7 @@ def _print_summary(summary: dict, problems: list[dict]) -> None:
         click.echo(f"{outcome:<18}{n:>8}")
     click.echo(f"{'total':<18}{summary['total']:>8}")
     if problems:
-        click.echo("\nproblems (first 20; all: GET /admin/sweeps/%d/problems.csv):" % summary["id"])
+        click.echo(f"\nproblems (first 20; all: GET /admin/sweeps/{summary['id']}/problems.csv):")
         for p in problems:
             click.echo(f"  {p['username']}: {p['outcome']}" + (f" ({p['reason']})" if p["reason"] else ""))
 
@@ -315,7 +317,7 @@ def db_upgrade(ctx: click.Context) -> None:
 def _require_schema(ctx: click.Context) -> None:
     """serve and worker: one line and exit 2 when the schema is not this version's."""
     try:
-        _services(ctx).store.engine
+        _services(ctx).store.ping()  # the first use checks the schema (and creates an empty one)
     except SchemaMismatch as exc:
         click.echo(f"cannot start: {exc}", err=True)
         ctx.exit(2)

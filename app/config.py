@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time as dt_time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -268,7 +269,7 @@ def _database_url(url: str) -> str:
     return url
 
 
-def _jira(r: "Reader") -> JiraSettings:
+def _jira(r: Reader) -> JiraSettings:
     r.reject_unknown(accepted("jira"))
     url = r.string("url", "").rstrip("/")
     if not url:
@@ -294,26 +295,26 @@ def _jira(r: "Reader") -> JiraSettings:
         user_groups=tuple(r.str_list("user_groups", []) or ()))
 
 
-def _limits_scope(r: "Reader") -> str:
+def _limits_scope(r: Reader) -> str:
     scope = r.string("limits_scope", "process").lower()
     if scope not in ("process", "cluster"):
         raise ConfigError("jira.limits_scope", f"must be process or cluster, got {scope!r}")
     return scope
 
 
-def _webhook(r: "Reader") -> WebhookSettings:
+def _webhook(r: Reader) -> WebhookSettings:
     r.reject_unknown(accepted("webhook"))
     return WebhookSettings(secret=r.secret("secret"), previous_secret=r.secret("previous_secret"),
                            allow_unauthenticated=r.boolean("allow_unauthenticated", False),
                            max_body_bytes=r.integer("max_body_bytes", 64 * 1024, 256, 16 * 1024 * 1024))
 
 
-def _admin(r: "Reader") -> AdminSettings:
+def _admin(r: Reader) -> AdminSettings:
     r.reject_unknown(accepted("admin"))
     return AdminSettings(token=r.secret("token"), previous_token=r.secret("previous_token"))
 
 
-def _worker(r: "Reader") -> WorkerSettings:
+def _worker(r: Reader) -> WorkerSettings:
     r.reject_unknown(accepted("worker"))
     return WorkerSettings(
         threads=r.integer("threads", 2, 0, 64), poll_seconds=r.number("poll_seconds", 1.0, 0.05, 60),
@@ -324,12 +325,12 @@ def _worker(r: "Reader") -> WorkerSettings:
         start_in_web=r.boolean("start_in_web", True))
 
 
-def _metrics(r: "Reader") -> bool:
+def _metrics(r: Reader) -> bool:
     r.reject_unknown(accepted("metrics"))
     return r.boolean("require_admin", False)
 
 
-def _schedule(r: "Reader") -> dt_time | None:
+def _schedule(r: Reader) -> dt_time | None:
     r.reject_unknown(accepted("sweep"))
     text = r.string("schedule", "")
     if not text:
@@ -355,7 +356,7 @@ def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySetting
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
             raise ConfigError(prefix + "urls", f"{url!r} is not an ldap:// or ldaps:// URL")
         try:
-            parts.port
+            _ = parts.port  # urlsplit checks the port only when asked
         except ValueError:
             raise ConfigError(prefix + "urls", f"{url!r} has an invalid port") from None
     base_dn = r.string("base_dn", "")

@@ -4,8 +4,9 @@ whose every error names the full key.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "AVATAR_SYNC_"
 

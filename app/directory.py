@@ -12,9 +12,9 @@ import os
 import queue
 import ssl
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import ldap3

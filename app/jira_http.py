@@ -30,7 +30,6 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from . import deadlines
 from .config import JiraSettings
 
-
 # No answer the service asks for is anywhere near this: a page of 1000 users is about 1 MB.
 MAX_ANSWER_BYTES = 16 * 2**20
 

@@ -20,8 +20,21 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import (Boolean, Column, DateTime, Index, Integer, String, Table, Text, and_, bindparam,
-                        case, func, select)
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    case,
+    func,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -116,9 +129,10 @@ class LoginQueue:
         now = utcnow()
         with self.store.transaction(wait=wait) as tx:  # every first login's one write
             statements = _statements(tx.dialect.name)
-            if delivery_id:
-                if tx.execute(statements.delivery, {"id": delivery_id[:255], "received_at": now}).first() is None:
-                    return False
+            seen = delivery_id and tx.execute(
+                statements.delivery, {"id": delivery_id[:255], "received_at": now}).first() is None
+            if seen:
+                return False
             tx.execute(statements.enqueue, _params(username, priority, source, force, sweep_id, now, None))
         self.wakeup.set()
         return True

@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from .database import describe_location
 from .directory import DirectoryUnavailable
 from .jira import JiraError
-from .database import describe_location
 from .outcomes import JobState
 
 CACHE_SECONDS = 5.0
@@ -48,14 +48,14 @@ class Readiness:
         return {"status": status, "checks": shown}
 
     def current(self) -> dict[str, dict]:
-        if time.monotonic() - self._probed_at >= CACHE_SECONDS:
-            # one probe at a time; callers meanwhile get the last answer, if there is one
-            if self._probe_lock.acquire(blocking=not self._checks):
-                try:
-                    if time.monotonic() - self._probed_at >= CACHE_SECONDS:
-                        self._probe()
-                finally:
-                    self._probe_lock.release()
+        # one probe at a time; callers meanwhile get the last answer, if there is one
+        stale = time.monotonic() - self._probed_at >= CACHE_SECONDS
+        if stale and self._probe_lock.acquire(blocking=not self._checks):
+            try:
+                if time.monotonic() - self._probed_at >= CACHE_SECONDS:
+                    self._probe()
+            finally:
+                self._probe_lock.release()
         with self._lock:
             return {name: dict(c) for name, c in self._checks.items()}
 
@@ -68,7 +68,7 @@ class Readiness:
             database = _database(svc)  # meanwhile, on this thread
             results = {name: f.result() for name, f in futures.items()}
         results["database"] = database
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         with self._lock:
             for name, (status, extra) in results.items():
                 before = self._checks.get(name)

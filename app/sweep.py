@@ -20,16 +20,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from sqlalchemy import (Boolean, Column, DateTime, Integer, String, Table, Text, bindparam, func,
-                        select, update)
+from sqlalchemy import Boolean, Column, DateTime, Integer, String, Table, Text, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .directory import DirectoryUnavailable
 from . import jira_users
+from .directory import DirectoryUnavailable
 from .jira import JiraError, JiraUser
-from .store import aware, metadata, user_key, utcnow
 from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SweepStatus
+from .store import aware, metadata, user_key, utcnow
 from .sync import SyncResult
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ class Sweeps:
             self._await_done(sweep_id, on_progress)
         except _Cancelled:
             log.info("sweep %d cancelled", sweep_id)
-        except Exception as exc:  # noqa: BLE001 - the sweep fails, the service goes on
+        except Exception as exc:
             if isinstance(exc, (DirectoryUnavailable, JiraError)):  # expected: the reason says it all
                 error = str(exc)
                 log.error("sweep %d failed: %s", sweep_id, error)
@@ -279,7 +278,8 @@ class Sweeps:
         queued = [(key, name, None, None) for key, name, _ in work]
         if dry is not None:
             self._items(sweep_id, directory, queued)
-            results = dry.map(lambda w: self.services.syncer.sync_user(w[0], dry_run=True, jira_user=w[2], source="sweep"), work)
+            syncer = self.services.syncer
+            results = dry.map(lambda w: syncer.sync_user(w[0], dry_run=True, jira_user=w[2], source="sweep"), work)
             for i, result in enumerate(results, 1):
                 self.record(sweep_id, result)
                 if i % 50 == 0:

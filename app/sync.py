@@ -23,8 +23,20 @@ from .database import describe_error
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
 from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
-from .outcomes import (DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, NO_PHOTO, NOT_IN_DIRECTORY,
-                       NOT_IN_JIRA, RESTORED, SETTLED, UNCHANGED, UPDATED)
+from .outcomes import (
+    DEBOUNCED,
+    DISABLED,
+    FAILED,
+    IGNORED,
+    INVALID_PHOTO,
+    NO_PHOTO,
+    NOT_IN_DIRECTORY,
+    NOT_IN_JIRA,
+    RESTORED,
+    SETTLED,
+    UNCHANGED,
+    UPDATED,
+)
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .store import Store, UserState, user_key
 from .usernames import loggable
@@ -150,7 +162,7 @@ class Syncer:
         except DATABASE_UNAVAILABLE as exc:  # the state database: nothing recorded
             verdict = Verdict(SyncResult(username, FAILED, f"database: {describe_error(exc)}", dry_run=dry_run,
                                          retryable=True))
-        except Exception as exc:  # noqa: BLE001 - bad input: one user's problem never stops the rest
+        except Exception as exc:
             log.exception("unexpected error syncing %s", loggable(username))
             verdict = Verdict(SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
                                          dry_run=dry_run, retryable=True))
@@ -204,7 +216,7 @@ class Syncer:
         if recorded and verdict.stale:
             try:
                 self._delete_previous(result.username, verdict.stale)
-            except Exception:  # noqa: BLE001 - recorded already; the next sync tries again
+            except Exception:
                 log.exception("could not delete old avatars of %s", loggable(result.username))
         if not result.dry_run and result.outcome in SETTLED:
             with self._recent_lock:
@@ -241,7 +253,8 @@ class Syncer:
             return result(NOT_IN_DIRECTORY)
         if entry.photo is None:  # no photo: hands off the user's own picture
             return result(NO_PHOTO, f"no {'/'.join(self._attributes(entry))} in {entry.directory}")
-        photo_hash = hashlib.sha256(entry.photo).hexdigest()  # unchanged -> no upload: hash the raw bytes, before decoding
+        # unchanged -> no upload: the raw bytes are hashed, before any decoding
+        photo_hash = hashlib.sha256(entry.photo).hexdigest()
 
         hinted = jira_user is not None
         jira_user = jira_user or self.jira.get_user(username)

@@ -10,14 +10,13 @@ import logging
 import threading
 import time
 
-
 from . import schedule
-from .directory import DirectoryEntry
 from .database import describe_error
+from .directory import DirectoryEntry
+from .outcomes import FAILED
 from .queue import SWEEP, Job
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .sweep import run_in_background
-from .outcomes import FAILED
 from .usernames import loggable
 
 log = logging.getLogger(__name__)
@@ -38,12 +37,12 @@ class WorkerPool:
         self._next_sweep_check = 0.0
         self.sweeps = services.sweeps
 
-    def start(self) -> "WorkerPool":
+    def start(self) -> WorkerPool:
         try:
             released = self.queue.release_dead_leases()
             if released:
                 log.info("took back %d jobs from workers that died", released)
-        except Exception:  # noqa: BLE001 - the database may be down; the leases expire anyway
+        except Exception:
             log.exception("could not check for dead workers' jobs")
         for i in range(self.threads):
             t = threading.Thread(target=self._run, name=f"avatar-sync-worker-{i}", daemon=True)
@@ -136,7 +135,7 @@ class WorkerPool:
                 log.warning("worker waits, the database cannot be used now: %s", describe_error(exc))
                 self._stop.wait(self.poll_seconds)
                 continue
-            except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
+            except Exception:
                 log.exception("worker loop error")
                 self._stop.wait(self.poll_seconds)
                 continue

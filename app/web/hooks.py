@@ -19,13 +19,12 @@ import logging
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
-
 from .. import usernames
 from ..database import describe_error
-from ..queue import LOGIN, USER_EVENT
-from ..store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from ..metrics import WEBHOOKS
 from ..outcomes import DEBOUNCED, IGNORED
+from ..queue import LOGIN, USER_EVENT
+from ..store import UNAVAILABLE as DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class WebhookDoor:
             log.warning("webhook not accepted, the database cannot take it now: %s", describe_error(exc))
             status, answer = 503, {"status": "error", "error": "the service cannot store events now; try again"}
             headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
-        except Exception:  # noqa: BLE001 - the sender retries; the details go to the log only
+        except Exception:
             log.exception("webhook failed")
             status, answer = 500, {"status": "error", "error": "internal error: the event was not accepted"}
         WEBHOOKS.labels(answer["status"] if status < 300 else REFUSALS.get(status, "error")).inc()
