@@ -149,6 +149,20 @@ def pg_url():
     engine.dispose()
 
 
+@pytest.fixture
+def fresh_pg_url(pg_url):
+    """A PostgreSQL schema of the test's own, dropped after it: for tests that change the
+    schema itself (migrations) or share it between processes (replicas)."""
+    schema = f"avsync_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request, tmp_path):
     if request.param == "sqlite":

@@ -54,16 +54,12 @@ def cli(url: str, *args: str):
                                                      "AVATAR_SYNC_LDAP_BASE_DN": "dc=example"})
 
 
-@pytest.fixture
-def url(database_url, request):
-    """The database_url fixture, emptied: PostgreSQL's schema is shared by a session's tests."""
-    if database_url.startswith("postgresql"):
-        engine = raw_engine(database_url)
-        with engine.begin() as conn:
-            for table in [*TABLES, "jira_budget", "photo_sources", "alembic_version"]:
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
-        engine.dispose()
-    return database_url
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request, tmp_path):
+    """An empty database of the test's own: these tests change the schema itself."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    return request.getfixturevalue("fresh_pg_url")
 
 
 def test_an_empty_database_is_created_at_the_current_revision(url):

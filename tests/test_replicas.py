@@ -8,32 +8,16 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-import sqlalchemy
 
 from tests import photos
-from tests.conftest import PG_URL
 from tests.helpers import ADMIN, Service, add_users, synced, wait_until
 from tests.rig.haproxy import HAProxy
 
 pytestmark = pytest.mark.postgres
-
-@pytest.fixture
-def cluster_db(pg_url):
-    """A PostgreSQL schema of the test's own (pg_url makes sure the server is there)."""
-    schema = f"avsync_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
-
 
 class Cluster:
     def __init__(self, tmp_path, slapd, ldap_ou, jira, database_url, replicas: int, spare: int = 0,
@@ -71,11 +55,11 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path, slapd, ldap_ou, jira, cluster_db):
+def cluster(tmp_path, slapd, ldap_ou, jira, fresh_pg_url):
     made = []
 
     def make(replicas: int = 3, spare: int = 0, env: dict | None = None) -> Cluster:
-        made.append(Cluster(tmp_path, slapd, ldap_ou, jira, cluster_db, replicas, spare, env))
+        made.append(Cluster(tmp_path, slapd, ldap_ou, jira, fresh_pg_url, replicas, spare, env))
         return made[-1]
     yield make
     for c in made:
