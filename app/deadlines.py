@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from .per_process import PerProcess
 
 
 @dataclass(order=True)
@@ -36,15 +37,15 @@ class Watchdog:
         self._heap: list[Guard] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
-        self._pid: int | None = None
+        self._thread = PerProcess(self._start)  # a forked child starts its own
 
     @contextmanager
     def guard(self, sock: socket.socket | None, seconds: float) -> Iterator[Guard]:
         """Shut ``sock`` down if the block is still running after ``seconds``."""
         entry = Guard(time.monotonic() + seconds, next(self._seq), sock)
         if sock is not None:
+            self._thread.get()
             with self._cond:
-                self._start_in_this_process()
                 heapq.heappush(self._heap, entry)
                 if self._heap[0] is entry:
                     self._cond.notify()
@@ -55,11 +56,12 @@ class Watchdog:
                 with self._cond:  # never shut down after the block ended (the socket is reused)
                     entry.done = True  # dropped from the heap lazily, when it comes first
 
-    def _start_in_this_process(self) -> None:
-        if self._pid != os.getpid():  # a forked child has no watchdog thread yet
-            self._heap = []
-            self._pid = os.getpid()
-            threading.Thread(target=self._run, name="deadline-watchdog", daemon=True).start()
+    def _start(self) -> threading.Thread:
+        self._cond = threading.Condition()  # the parent's may have been held at the fork
+        self._heap = []  # the parent's calls are not this process's
+        thread = threading.Thread(target=self._run, name="deadline-watchdog", daemon=True)
+        thread.start()
+        return thread
 
     def _run(self) -> None:
         with self._cond:

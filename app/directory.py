@@ -8,13 +8,13 @@ escaped (RFC 4515) before it enters a filter. Photos are read as raw bytes.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import ldap3
@@ -24,6 +24,7 @@ from ldap3.utils.conv import escape_filter_chars
 from . import deadlines
 from .config import DirectorySettings
 from .metrics import LDAP_ERRORS
+from .per_process import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,32 @@ class DirectoryUser:
     marker: str | None
 
 
+class UserDirectory(Protocol):
+    """What the service needs of a directory. Directory (LDAP and AD, below) is the one the
+    service runs with; tests/memory_directory.py keeps users in memory behind the same methods."""
+    name: str
+    photo_attributes: tuple[str, ...]
+
+    @property
+    def servers(self) -> list[str]:
+        """Where it is, for admins (readiness)."""
+
+    def lookup(self, username: str) -> DirectoryEntry | None:
+        """The user's entry; None when not held here; DirectoryUnavailable when it cannot say."""
+
+    def lookup_many(self, usernames: list[str]) -> tuple[dict[str, DirectoryEntry], list[str]]:
+        """(entries found, names surely not held here), both keyed as asked; doubts in neither."""
+
+    def iter_users(self) -> Iterator[DirectoryUser]:
+        """Every user, without photos; DirectoryUnavailable when paging fails."""
+
+    def check(self) -> None:
+        """Raise DirectoryUnavailable with the reason unless the directory answers."""
+
+    def close(self) -> None:
+        """Let go of this process's connections."""
+
+
 def _marker(raw: dict) -> str | None:
     parts = [f"{a}={raw[a.lower()][0].decode('utf-8', 'replace')}" for a in MARKER_ATTRIBUTES
              if raw.get(a.lower())]
@@ -77,12 +104,14 @@ class Directory:
         self.settings = settings
         self.name = settings.name
         self.photo_attributes = photo_attributes
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._idle: queue.LifoQueue[ldap3.Connection] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(settings.pool_size)
+        # this process's idle connections, and how many may be open at once
+        self._pool = PerProcess(lambda: (queue.LifoQueue(), threading.BoundedSemaphore(settings.pool_size)))
 
     # -- public ------------------------------------------------------------------------
+
+    @property
+    def servers(self) -> list[str]:
+        return list(self.settings.urls)
 
     def lookup(self, username: str) -> DirectoryEntry | None:
         """The entry for ``username``, or None when this directory does not hold it.
@@ -182,9 +211,10 @@ class Directory:
             pass
 
     def close(self) -> None:
-        while True:
+        pool = self._pool.peek()
+        while pool is not None:
             try:
-                conn = self._idle.get_nowait()
+                conn = pool[0].get_nowait()
             except queue.Empty:
                 return
             self._discard(conn)
@@ -259,14 +289,14 @@ class Directory:
 
     @contextmanager
     def _connection(self, fresh: bool = False) -> Iterator[ldap3.Connection]:
-        self._forget_parent_connections()
-        if not self._slots.acquire(timeout=self.settings.timeout * 2):
+        idle, slots = self._pool.get()  # a forked child's own: the parent's sockets are never used
+        if not slots.acquire(timeout=self.settings.timeout * 2):
             raise DirectoryUnavailable(self.name, "all connections busy")
         conn = None
         try:
             if not fresh:
                 try:
-                    conn = self._idle.get_nowait()
+                    conn = idle.get_nowait()
                 except queue.Empty:
                     conn = None
             if conn is None or conn.closed:
@@ -278,17 +308,8 @@ class Directory:
                 if conn.broken or conn.closed:
                     self._discard(conn)
                 else:
-                    self._idle.put(conn)
-            self._slots.release()
-
-    def _forget_parent_connections(self) -> None:
-        """After a fork the inherited sockets belong to the parent: drop them, don't use them."""
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._idle = queue.LifoQueue()
-                    self._slots = threading.BoundedSemaphore(self.settings.pool_size)
-                    self._pid = os.getpid()
+                    idle.put(conn)
+            slots.release()
 
     def _connect(self) -> ldap3.Connection:
         """Open and bind a connection, trying each URL in order (fail-over)."""
@@ -354,5 +375,5 @@ class _TooSlow(LDAPException):
     """The server took longer than the whole operation may (not worth a second try)."""
 
 
-def build_directories(settings) -> list[Directory]:
+def build_directories(settings) -> list[UserDirectory]:
     return [Directory(d, settings.attributes_for(d)) for d in settings.directories]

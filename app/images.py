@@ -2,7 +2,8 @@
 
 Why each step:
 - only JPEG/PNG/GIF/WEBP decoders run: most Pillow CVEs live in decoders an avatar never needs;
-- bytes and pixels are capped from the header, before any pixel is decoded (decompression bombs);
+- bytes and pixels are capped from the header, before any pixel is decoded (decompression bombs;
+  Pillow's own warning between ~89 and ~179 MP is left alone: max_photo_pixels is far below);
   a JPEG counts by the size it is decoded at (1/2..1/8 a side, below), other formats in full;
 - JPEG ``draft`` decodes big photos at 1/2..1/8 scale in the DCT domain (fast, little memory);
 - EXIF orientation is applied, the first frame of an animation is used;
@@ -12,15 +13,11 @@ Why each step:
 from __future__ import annotations
 
 import io
-import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 
-# Pillow only warns between ~89 and ~179 MP; make that an error we map to InvalidPhoto.
-# (catch_warnings() per call would not be thread-safe.)
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 class InvalidPhoto(ValueError):
@@ -56,7 +53,7 @@ def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024,
         raise InvalidPhoto("not a JPEG, PNG, GIF or WebP image") from None
     except Image.DecompressionBombError as exc:
         raise InvalidPhoto(f"image too large: {exc}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombWarning) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise InvalidPhoto(f"image data is corrupt: {exc}") from None
 
     width, height = im.size

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import random
-import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +25,7 @@ from .config import JiraSettings
 from .jira_budget import BudgetUnavailable, ProcessBudget
 from .jira_http import JiraHttp, Response
 from .metrics import JIRA_REQUESTS, JIRA_SECONDS
+from .per_process import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +80,11 @@ class JiraClient:
         """``budget()``: makes the limiter of calls for a process (default: per process,
         app/jira_budget.py), after each fork."""
         self.settings = settings
-        self._make_budget = budget or (lambda: ProcessBudget(settings.max_concurrency,
-                                                              settings.max_requests_per_second))
+        self._budget = PerProcess(budget or (lambda: ProcessBudget(settings.max_concurrency,
+                                                                    settings.max_requests_per_second)))
         self.api = settings.url.rstrip("/") + "/rest/api/2"
         self._sleep = sleep
         self._http = JiraHttp(settings)
-        self._pid = None
-        self._state_lock = threading.Lock()
         self._auth_blocked_until = 0.0
         self._auth_block_reason = ""
         self._version: tuple[int, ...] | None = None
@@ -198,25 +195,17 @@ class JiraClient:
 
     # -- transport ---------------------------------------------------------------------
 
-    def _after_fork(self) -> None:
-        if self._pid != os.getpid():
-            with self._state_lock:
-                if self._pid != os.getpid():
-                    self._budget = self._make_budget()
-                    self._pid = os.getpid()
-
     def _request(self, method: str, path: str, *, ok=(200,), idempotent: bool = True,
                  **kwargs) -> Response:
         s = self.settings
         if time.monotonic() < self._auth_blocked_until:
             raise JiraAuthError(self._auth_block_reason + " (not retried until "
                                 "the service restarts or the block expires)")
-        self._after_fork()
         url = path if path.startswith(("http://", "https://")) else self.api + path
         for attempt in range(s.max_retries + 1):
             wait = None
             try:
-                with self._budget.call():
+                with self._budget.get().call():
                     started = time.perf_counter()
                     try:
                         resp = self._http.request(method, url, **kwargs)
@@ -231,27 +220,34 @@ class JiraClient:
             else:
                 if resp.status in ok:
                     return resp
-                self._raise_for_auth(resp, method, path)
-                if 300 <= resp.status < 400:
-                    raise JiraRequestError(
-                        f"{method} {path} answered {resp.status}, a redirect to {resp.headers.get('Location')!r}: "
-                        "set jira.url to Jira's base URL as Jira itself gives it", resp.status)
-                if resp.status not in RETRY_STATUSES:
-                    message = f"{method} {path} answered {resp.status}: {_error_text(resp)}"
-                    if 400 <= resp.status < 500:
-                        raise JiraRequestError(message, resp.status)
-                    raise JiraError(message, resp.status)
-                wait = _retry_after(resp)
-                error = JiraError(f"{method} {path} answered {resp.status}", resp.status, wait)
-                _log_rate_limit(resp)
-                if wait is not None and wait > MAX_RETRY_AFTER:
-                    raise error  # the caller's queue reschedules; don't hold a worker for it
+                error = self._retryable_answer(resp, method, path)  # or raises
+                wait = error.retry_after
             if attempt == s.max_retries:
                 raise error
             if wait is None:
                 wait = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
             self._sleep(wait)
         raise AssertionError("unreachable")
+
+    def _retryable_answer(self, resp: Response, method: str, path: str) -> JiraError:
+        """The JiraError for an answer worth trying again (429, 502-504), with Jira's
+        Retry-After; any other answer raises at once."""
+        self._raise_for_auth(resp, method, path)
+        if 300 <= resp.status < 400:
+            raise JiraRequestError(
+                f"{method} {path} answered {resp.status}, a redirect to {resp.headers.get('Location')!r}: "
+                "set jira.url to Jira's base URL as Jira itself gives it", resp.status)
+        if resp.status not in RETRY_STATUSES:
+            message = f"{method} {path} answered {resp.status}: {_error_text(resp)}"
+            if 400 <= resp.status < 500:
+                raise JiraRequestError(message, resp.status)
+            raise JiraError(message, resp.status)
+        wait = _retry_after(resp)
+        _log_rate_limit(resp)
+        error = JiraError(f"{method} {path} answered {resp.status}", resp.status, wait)
+        if wait is not None and wait > MAX_RETRY_AFTER:
+            raise error  # the caller's queue reschedules; don't hold a worker for it
+        return error
 
     def _transport_error(self, exc: Exception, method: str, path: str, idempotent: bool) -> JiraError:
         """The JiraError for a call that got no answer; raised at once where retrying could

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import http.cookiejar
 import json as jsonlib
-import os
 import threading
 import time
 import urllib.request
@@ -29,6 +28,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import deadlines
 from .config import JiraSettings
+from .per_process import PerProcess
 
 # No answer the service asks for is anywhere near this: a page of 1000 users is about 1 MB.
 MAX_ANSWER_BYTES = 16 * 2**20
@@ -59,10 +59,8 @@ class JiraHttp:
 
     def __init__(self, settings: JiraSettings):
         self.settings = settings
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._pool: urllib3.PoolManager | None = None
+        # this process's connection pool and its threads' cookie jars: never a parent's sockets
+        self._per_process = PerProcess(lambda: (self._make_pool(), threading.local()))
         self._timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.timeout)
         self._deadline = settings.connect_timeout + settings.timeout  # a whole call, body included
         headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate",  # as requests sent
@@ -137,9 +135,10 @@ class JiraHttp:
     def _cookie_request(self, url: str) -> urllib.request.Request:
         """What the cookie jar needs of a call: its host and path, without the query. Kept per
         thread and URL, because building a Request (URL parsing) cost as much as the jar itself."""
-        cache = getattr(self._local, "cookie_requests", None)
+        local = self._per_process.get()[1]
+        cache = getattr(local, "cookie_requests", None)
         if cache is None:
-            cache = self._local.cookie_requests = LRUCache(maxsize=32)  # DELETE paths carry ids
+            cache = local.cookie_requests = LRUCache(maxsize=32)  # DELETE paths carry ids
         request = cache.get(url)
         if request is None:
             request = cache[url] = urllib.request.Request(url)
@@ -151,16 +150,11 @@ class JiraHttp:
         self._pool_and_jar()[1].clear()
 
     def _pool_and_jar(self) -> tuple[urllib3.PoolManager, http.cookiejar.CookieJar]:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():  # a forked child must not share its parent's sockets
-                    self._local = threading.local()
-                    self._pool = self._make_pool()
-                    self._pid = os.getpid()
-        jar = getattr(self._local, "jar", None)
+        pool, local = self._per_process.get()
+        jar = getattr(local, "jar", None)
         if jar is None:
-            jar = self._local.jar = http.cookiejar.CookieJar()
-        return self._pool, jar
+            jar = local.jar = http.cookiejar.CookieJar()
+        return pool, jar
 
     def _make_pool(self) -> urllib3.PoolManager:
         s = self.settings

@@ -40,7 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .jira import JiraUser
 from .outcomes import JobState
-from .store import DOOR_WAIT_SECONDS, Store, aware, metadata, user_key, utcnow
+from .store import USER_WAIT_SECONDS, Store, aware, metadata, user_key, utcnow
 
 LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
 PENDING, RUNNING, FAILED = JobState.PENDING, JobState.RUNNING, JobState.FAILED
@@ -118,7 +118,7 @@ class LoginQueue:
 
     def enqueue(self, username: str, priority: int = LOGIN, source: str = "login", force: bool = False,
                 sweep_id: int | None = None, delivery_id: str | None = None,
-                wait: float = DOOR_WAIT_SECONDS) -> bool:
+                wait: float = USER_WAIT_SECONDS) -> bool:
         """Queue (or merge into) the user's job. False when ``delivery_id`` was seen before.
         ``wait``: how long to wait for another writer (a webhook answers 503 after it).
 

@@ -80,11 +80,11 @@ class Readiness:
 def _directory(directory) -> tuple[str, dict]:
     try:
         directory.check()
-        return OK, {"servers": list(directory.settings.urls)}
+        return OK, {"servers": directory.servers}
     except DirectoryUnavailable as exc:
-        return DOWN, {"reason": exc.reason, "servers": list(directory.settings.urls)}
+        return DOWN, {"reason": exc.reason, "servers": directory.servers}
     except Exception as exc:  # noqa: BLE001 - a probe answers, whatever went wrong
-        return DOWN, {"reason": f"{type(exc).__name__}: {exc}"[:300], "servers": list(directory.settings.urls)}
+        return DOWN, {"reason": f"{type(exc).__name__}: {exc}"[:300], "servers": directory.servers}
 
 
 def _jira(jira) -> tuple[str, dict]:

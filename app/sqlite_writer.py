@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .per_process import PerProcess
+
 
 class WriterBusy(Exception):
     """Another writer held the database longer than the caller would wait."""
@@ -26,8 +28,8 @@ class WriterLock:
         """``database_path`` None: a database in memory, this process's alone."""
         self.path = f"{database_path}.lock" if database_path else None
         self._thread_lock = threading.Lock()
-        self._fd: int | None = None
-        self._fd_pid: int | None = None
+        # flock belongs to the open file: each process needs its own open, after a fork
+        self._fd = PerProcess(lambda: os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
 
     @contextmanager
     def hold(self, wait: float) -> Iterator[None]:
@@ -38,7 +40,7 @@ class WriterLock:
             if self.path is None:
                 yield
                 return
-            fd = self._file()
+            fd = self._fd.get()
             deadline = None
             while True:  # a blocking flock() cannot be given a deadline: poll every 0.5 ms
                 try:
@@ -56,10 +58,3 @@ class WriterLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
-
-    def _file(self) -> int:
-        if self._fd is None or self._fd_pid != os.getpid():
-            # flock belongs to the open file: each process needs its own open, after a fork
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._fd_pid = os.getpid()
-        return self._fd

@@ -9,9 +9,7 @@ code that uses them (here, queue, sweep, schedule); their schema's history is Al
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import schema
 from .database import make_engine, set_busy_timeout
+from .per_process import PerProcess
 from .schema import SchemaMismatch
 from .sqlite_writer import WriterBusy, WriterLock
 
@@ -93,8 +92,11 @@ class UserState:
         return d
 
 
-DOOR_WAIT_SECONDS = 5.0  # a door (webhook, admin) waits this long for another writer, then 503
-WAIT_SECONDS = 30.0  # background work (workers, sweeps) waits this long
+# How long a write waits for another writer. One user's write (a webhook's queue insert, a
+# sync's notes) gives up after USER_WAIT_SECONDS: a door answers 503, a sync fails and is
+# retried. Bulk work (a sweep's pages, its lease, the schedule) waits WAIT_SECONDS.
+USER_WAIT_SECONDS = 5.0
+WAIT_SECONDS = 30.0
 
 
 StoreBusy = WriterBusy  # another writer held the database longer than the caller would wait
@@ -113,9 +115,8 @@ class Store:
     def __init__(self, database_url: str):
         self.url = database_url
         self.sqlite = make_url(database_url).get_backend_name() == "sqlite"
-        self._engine: Engine | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
+        # the parent's pooled connections stay the parent's: a child lets go of them unclosed
+        self._engine = PerProcess(self._make_engine, inherited=lambda engine: engine.dispose(close=False))
         database = make_url(database_url).database if self.sqlite else None
         # SQLite writers queue here first (app/sqlite_writer.py says why); in memory: one process
         self._writer = WriterLock(database if database and database != ":memory:" else None) \
@@ -125,21 +126,17 @@ class Store:
     def engine(self) -> Engine:
         """Made on first use in each process (never shared across a fork), after the schema is
         checked: an empty database is created at the current revision (app/schema.py)."""
-        if self._engine is None or self._pid != os.getpid():
-            with self._lock:
-                if self._engine is None or self._pid != os.getpid():
-                    if self._engine is not None:
-                        self._engine.dispose(close=False)  # the parent's connections stay the parent's
-                        self._engine = None
-                    engine = make_engine(self.url)
-                    try:
-                        with self._schema_lock(engine) as conn:
-                            schema.ensure(conn)
-                    except BaseException:
-                        engine.dispose()
-                        raise
-                    self._engine, self._pid = engine, os.getpid()
-        return self._engine
+        return self._engine.get()
+
+    def _make_engine(self) -> Engine:
+        engine = make_engine(self.url)
+        try:
+            with self._schema_lock(engine) as conn:
+                schema.ensure(conn)
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
 
     @classmethod
     @contextmanager
@@ -171,9 +168,10 @@ class Store:
             engine.dispose()
 
     def dispose(self) -> None:
-        if self._engine is not None and self._pid == os.getpid():
-            self._engine.dispose()
-        self._engine = None
+        engine = self._engine.peek()
+        if engine is not None:
+            engine.dispose()
+        self._engine.reset()
 
     @contextmanager
     def transaction(self, wait: float = WAIT_SECONDS) -> Iterator[Connection]:
@@ -275,17 +273,17 @@ class Store:
             if avatar_id is not None and avatar_id not in state.created_avatar_ids:
                 state.created_avatar_ids.append(avatar_id)
             state.pending_avatar_id, state.pending_sha256 = avatar_id, photo_sha256
-        with self.transaction() as tx:
+        with self.transaction(wait=USER_WAIT_SECONDS) as tx:
             self.update(tx, username, change)
 
     def forget_created(self, username: str, avatar_ids) -> None:
         gone = set(avatar_ids)
-        with self.transaction() as tx:
+        with self.transaction(wait=USER_WAIT_SECONDS) as tx:
             self.update(tx, username, lambda s: setattr(
                 s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]))
 
     def delete(self, username: str) -> None:
-        with self.transaction() as tx:
+        with self.transaction(wait=USER_WAIT_SECONDS) as tx:
             tx.execute(user_state.delete().where(user_state.c.username == user_key(username)))
 
     def update(self, tx: Connection, username: str, change: Callable[[UserState], None]) -> None:

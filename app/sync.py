@@ -1,14 +1,15 @@
-"""The sync rules (the README's table "The rules"), and nothing else.
+"""Syncing one user: app/rules.py decides, this module reads what the decision needs, carries
+it out against Jira and records the outcome.
 
-Syncer.sync_user(username) decides and carries out what one user's Jira picture needs. The
-webhook, the admin API, the CLI and the sweep all call it; none of them holds a rule.
+Syncer.sync_user(username) does all of it for the admin API, the CLI and a dry-run sweep; a
+queue worker runs the same three steps (attempt, record, finish) itself, recording in the
+transaction that ends its job. None of the doors holds a rule.
 
 Outcomes: updated, restored, unchanged, no_photo, not_in_directory, not_in_jira,
 invalid_photo, disabled, failed (with a reason).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -23,22 +24,10 @@ from .database import describe_error
 from .directory import Directory, DirectoryEntry, DirectoryUnavailable
 from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
-from .outcomes import (
-    DEBOUNCED,
-    DISABLED,
-    FAILED,
-    IGNORED,
-    INVALID_PHOTO,
-    NO_PHOTO,
-    NOT_IN_DIRECTORY,
-    NOT_IN_JIRA,
-    RESTORED,
-    SETTLED,
-    UNCHANGED,
-    UPDATED,
-)
+from .outcomes import DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, RESTORED, SETTLED, UNCHANGED, UPDATED
+from .rules import UNKNOWN, Facts, Need, Plan, decide, stale_after
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .store import Store, UserState, user_key
+from .store import USER_WAIT_SECONDS, Store, UserState, user_key
 from .usernames import loggable
 
 log = logging.getLogger(__name__)
@@ -128,7 +117,7 @@ class Syncer:
         recorded = False
         if self.needs_record(verdict):
             try:
-                with self.store.transaction() as tx:
+                with self.store.transaction(wait=USER_WAIT_SECONDS) as tx:
                     self.record(verdict, tx)
                 recorded = True
             except Exception as exc:  # noqa: BLE001 - never raises: an unwritten outcome is a failure
@@ -231,85 +220,62 @@ class Syncer:
                        "source": result.source, "duration_ms": result.duration_ms, "dry_run": result.dry_run})
         return result
 
-    # -- the rules ---------------------------------------------------------------------
+    # -- carrying out the rules (app/rules.py decides) ---------------------------------
 
     def _sync(self, username: str, force: bool, dry_run: bool, jira_user: JiraUser | None,
               attempt: int | None, prefetched: DirectoryEntry | None) -> Verdict:
-        """Decides, and makes Jira's changes; what to store is left to the caller."""
-        entry = state = photo_hash = None
+        """Reads what the rules ask for, then makes Jira's changes; what to store is left to
+        the caller (record)."""
+        disabled = self.settings.sync_disabled
+        entry = None if disabled else prefetched or self._find(username)  # directory order
+        facts = Facts.of(entry, jira_user=jira_user if jira_user is not None else UNKNOWN,
+                         hinted=jira_user is not None, force=force, disabled=disabled,
+                         attributes=self._attributes(entry) if entry else ())
+        plan = decide(facts)
+        while plan.need is not None:
+            if plan.need is Need.STATE:
+                state = self.store.get(username)
+                retried = (attempt is not None and attempt > 1) or (state is not None and state.last_outcome == FAILED)
+                facts = replace(facts, state=state, retried=retried)
+            else:  # Jira's view, first or fresh
+                facts = replace(facts, jira_user=self.jira.get_user(username), hinted=False)
+            plan = decide(facts)
+        if plan.upload:
+            plan = self._carry_out(username, facts, plan, dry_run, mark=attempt is None)
+        return Verdict(SyncResult(username, plan.outcome, plan.reason, plan.avatar_id,
+                                  entry.directory if entry else None, dry_run),
+                       entry.marker if entry else None, plan.photo_hash, list(plan.stale))
 
-        def result(outcome, reason=None, avatar_id=None):
-            # Ours besides the one shown are deleted once the outcome is recorded; on an unchanged
-            # sync too, where there are any (a delete that failed before): none in the steady state.
-            stale = [a for a in state.created_avatar_ids if a != avatar_id] \
-                if state and avatar_id and outcome in (UPDATED, RESTORED, UNCHANGED) else []
-            return Verdict(SyncResult(username, outcome, reason, avatar_id, entry.directory if entry else None,
-                                      dry_run), entry.marker if entry else None, photo_hash, stale)
-
-        if self.settings.sync_disabled:  # disabled: nothing is touched
-            return result(DISABLED, "photo_attributes is empty")
-        entry = prefetched or self._find(username)  # directory order
-        if entry is None:
-            return result(NOT_IN_DIRECTORY)
-        if entry.photo is None:  # no photo: hands off the user's own picture
-            return result(NO_PHOTO, f"no {'/'.join(self._attributes(entry))} in {entry.directory}")
-        # unchanged -> no upload: the raw bytes are hashed, before any decoding
-        photo_hash = hashlib.sha256(entry.photo).hexdigest()
-
-        hinted = jira_user is not None
-        jira_user = jira_user or self.jira.get_user(username)
-        if jira_user is None:
-            return result(NOT_IN_JIRA)
-        state = self.store.get(username)
-        ours = state.avatar_id if state else None
-        same_photo = state is not None and state.photo_sha256 == photo_hash and ours is not None
-
-        def fresh_jira_user() -> JiraUser | None:
-            # A sweep's bulk read can predate a sync that ran since (a login, or a killed run
-            # that finished this user): trust it to say "unchanged", never to justify a write.
-            return self.jira.get_user(username) if hinted else jira_user
-
-        if same_photo and not force and jira_user.avatar_id != ours:
-            jira_user = fresh_jira_user()
-            if jira_user is None:
-                return result(NOT_IN_JIRA)
-        if same_photo and not force:
-            if jira_user.avatar_id == ours:  # unchanged: no write, no decode
-                return result(UNCHANGED, avatar_id=ours)
-            # User uploads are overridden: the user picked another picture; show ours again, re-using it if it exists.
-            if ours in self.jira.custom_avatars(username):
+    def _carry_out(self, username: str, facts: Facts, plan: Plan, dry_run: bool, mark: bool) -> Plan:
+        """A plan that writes: select ours again if Jira still has it, else finish an upload
+        a killed run left, else decode, upload and select. Returns what was done."""
+        state = facts.state if isinstance(facts.state, UserState) else None
+        custom = self.jira.custom_avatars(username) if plan.reuse or plan.finish_interrupted else {}
+        done = replace(plan, upload=False)
+        if plan.reuse:
+            if plan.reuse in custom:
                 if not dry_run:
-                    self.jira.select_avatar(username, ours)
-                return result(RESTORED, f"user had selected avatar {jira_user.avatar_id}", ours)
-            outcome, why = RESTORED, f"avatar {ours} was deleted in Jira"
-        elif same_photo:
-            outcome, why = UPDATED, "forced"
-        elif state is None or ours is None:
-            outcome, why = UPDATED, None
-        else:
-            outcome, why = UPDATED, "directory photo changed"
-
-        # A previous run uploaded this very photo and died before recording it: finish that job.
-        # (A queued job's later attempt, or any sync after a failed one, may follow such a run.)
-        retried = (attempt is not None and attempt > 1) or (state is not None and state.last_outcome == FAILED)
-        leftover = self._interrupted_upload(username, state, photo_hash, retried) if not force else None
+                    self.jira.select_avatar(username, plan.reuse)
+                return replace(done, avatar_id=plan.reuse, stale=stale_after(state, plan.reuse))
+            done = replace(done, reason=plan.reason_if_gone)
+        leftover = self._interrupted_upload(state, plan.photo_hash, custom) if plan.finish_interrupted else None
         if leftover:
             if not dry_run:
-                jira_user = fresh_jira_user() or jira_user
+                # a bulk read's view cannot justify a write: read it afresh before selecting
+                jira_user = (self.jira.get_user(username) if facts.hinted else None) or facts.jira_user
                 if jira_user.avatar_id != leftover:
                     self.jira.select_avatar(username, leftover)
-            return result(outcome, why, leftover)
-
-        # Rules 4 and 5: decode, upload, select; what we created before is deleted once recorded.
+            return replace(done, avatar_id=leftover, stale=stale_after(state, leftover))
         try:
             with self._decode_slots:  # memory: config.DEFAULT_MAX_PHOTO_PIXELS says why
-                png = normalize(entry.photo, self.settings.size, max_bytes=self.settings.max_photo_bytes,
+                png = normalize(facts.entry.photo, self.settings.size, max_bytes=self.settings.max_photo_bytes,
                                 max_pixels=self.settings.max_photo_pixels)
         except InvalidPhoto as exc:
-            return result(INVALID_PHOTO, f"{entry.photo_attribute} in {entry.directory}: {exc}")
+            return Plan(INVALID_PHOTO, reason=f"{facts.entry.photo_attribute} in {facts.entry.directory}: {exc}")
         if dry_run:
-            return result(outcome, why)
-        return result(outcome, why, self._upload_and_select(username, png, photo_hash, mark=attempt is None))
+            return done
+        new_id = self._upload_and_select(username, png, plan.photo_hash, mark=mark)
+        return replace(done, avatar_id=new_id, stale=stale_after(state, new_id))
 
     # -- steps -------------------------------------------------------------------------
 
@@ -339,15 +305,11 @@ class Syncer:
                 return d.photo_attributes
         return self.settings.photo_attributes
 
-    def _interrupted_upload(self, username: str, state: UserState | None, photo_hash: str,
-                            retried: bool) -> str | None:
-        """The avatar a killed earlier run created for this very photo, if Jira still has it.
-        Looked for when the store says an upload of this photo began, or on a job's retry."""
-        marked = state is not None and state.pending_sha256 == photo_hash
-        if not marked and not retried:
-            return None
-        custom = self.jira.custom_avatars(username)
-        if marked and state.pending_avatar_id in custom:
+    @staticmethod
+    def _interrupted_upload(state: UserState | None, photo_hash: str, custom: dict[str, str]) -> str | None:
+        """The avatar a killed earlier run created for this very photo, if Jira still has it
+        (``custom``: the user's avatars in Jira, id -> file name)."""
+        if state is not None and state.pending_sha256 == photo_hash and state.pending_avatar_id in custom:
             return state.pending_avatar_id
         # Killed between Jira's crop-confirm answer and our note of the id: find it by the
         # file name we gave it (DC 10+ lists fileName; elsewhere we simply upload again).

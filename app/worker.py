@@ -16,6 +16,7 @@ from .directory import DirectoryEntry
 from .outcomes import FAILED
 from .queue import SWEEP, Job
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
+from .store import USER_WAIT_SECONDS
 from .sweep import run_in_background
 from .usernames import loggable
 
@@ -90,7 +91,7 @@ class WorkerPool:
                                  entry=entry, source=job.source)
         result = verdict.result
         try:
-            with self.services.store.transaction() as tx:
+            with self.services.store.transaction(wait=USER_WAIT_SECONDS) as tx:
                 if syncer.needs_record(verdict):
                     syncer.record(verdict, tx)
                 if job.sweep_id is not None:  # a failed attempt counts: the job retries apart

@@ -168,3 +168,20 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/state.db"
     return request.getfixturevalue("pg_url")
+
+
+# -- markers by what a test needs, so that `pytest -m "not slapd and not samba and not postgres"`
+# runs the tests that need no server at all (CONTRIBUTING.md) ---------------------------------
+
+_NEEDS = {"slapd": "slapd", "samba": "samba", "pg_url": "postgres"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _NEEDS.items():
+            if fixture in fixtures:
+                item.add_marker(getattr(pytest.mark, marker))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "postgres" in callspec.params.values():
+            item.add_marker(pytest.mark.postgres)

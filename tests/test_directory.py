@@ -178,7 +178,7 @@ def test_concurrent_lookups_share_the_pool_correctly(slapd, ldap_ou):
     for t in threads:
         t.join()
     assert errors == []
-    assert d._idle.qsize() <= 3
+    assert d._pool.get()[0].qsize() <= 3  # no more idle connections than pool_size
 
 
 def test_samba_ad_thumbnail_photo_by_sam_account_name(samba, ad_ou):

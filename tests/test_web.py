@@ -1,5 +1,6 @@
-"""The HTTP doors (webhook, admin, health) through Flask's test client, over real slapd and the
-Jira emulator; the queue is drained inline with WorkerPool.run_once()."""
+"""The HTTP doors (webhook, admin, health) through Flask's test client and the Jira emulator,
+over a directory in memory (tests/memory_directory.py: no slapd needed) unless a test asks for
+real slapd; the queue is drained inline with WorkerPool.run_once()."""
 from __future__ import annotations
 
 import base64
@@ -14,6 +15,7 @@ from app import create_app
 from app.config import ConfigError
 from app.worker import WorkerPool
 from tests import photos
+from tests.memory_directory import MemoryDirectory
 from tests.conftest import JIRA_USER, make_settings, slapd_directory
 from tests.rig.slapd import free_port
 
@@ -32,13 +34,25 @@ def login(name: str, event: str = "user_login") -> dict:
     return {"webhookEvent": event, "timestamp": 1700000000000, "user": {"name": name, "key": "JIRAUSER1"}}
 
 
+# a directory the settings accept; the service then gets the memory directory in its place
+MEMORY = {"name": "memory", "urls": ["ldap://memory.invalid"], "base_dn": "dc=memory"}
+
+
 @pytest.fixture
-def service(tmp_path, slapd, ldap_ou, jira):
+def memory():
+    return MemoryDirectory()
+
+
+@pytest.fixture
+def service(tmp_path, jira, memory):
+    """Builds the app; ``directories`` (settings of real ones) instead of the memory directory."""
     def build(directories=None, **extra):
         extra = {"webhook": {"secret": SECRET}, "admin": {"token": ADMIN}, **extra}
-        settings = make_settings(tmp_path, jira.url, directories or [slapd_directory(slapd, ldap_ou)], **extra)
+        settings = make_settings(tmp_path, jira.url, directories or [MEMORY], **extra)
         app = create_app(settings)
         app.services = app.extensions["avatar_sync"]
+        if directories is None:  # the services' one list: the syncer, sweeps and readiness see it
+            app.services.directories[:] = [memory]
         app.pool = WorkerPool(app.services)
         app.http = app.test_client()
         return app
@@ -46,9 +60,9 @@ def service(tmp_path, slapd, ldap_ou, jira):
 
 
 @pytest.fixture
-def web(service, slapd, ldap_ou, jira):
+def web(service, memory, jira):
     app = service()
-    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    memory.add("jdoe", photos.photo())
     jira.state.add_user("jdoe")
     yield app
     app.services.close()
@@ -181,12 +195,11 @@ def test_user_deleted_forgets_the_user(web):
     assert web.services.store.get("jdoe") is None
 
 
-def test_refuses_to_start_without_a_webhook_secret(tmp_path, jira, slapd, ldap_ou):
-    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)])
+def test_refuses_to_start_without_a_webhook_secret(tmp_path, jira):
+    settings = make_settings(tmp_path, jira.url, [MEMORY])
     with pytest.raises(ConfigError, match="webhook.secret"):
         create_app(settings)
-    open_settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)],
-                                  webhook={"allow_unauthenticated": True})
+    open_settings = make_settings(tmp_path, jira.url, [MEMORY], webhook={"allow_unauthenticated": True})
     app = create_app(open_settings)
     r = app.test_client().post("/webhooks/jira", json=login("jdoe"))
     assert r.status_code == 202
@@ -218,7 +231,8 @@ def test_failed_job_is_visible_through_the_admin_api(web, jira):
     assert "503" in body["queue"]["last_error"] and body["state"]["last_outcome"] == "failed"
 
 
-def test_health_and_readiness(web, service, slapd, ldap_ou):
+def test_health_and_readiness(service, slapd, ldap_ou):
+    web = service([slapd_directory(slapd, ldap_ou)])
     assert web.http.get("/healthz").get_json() == {"status": "ok"}
     r = web.http.get("/readyz")
     assert r.status_code == 200 and r.get_json()["status"] == "ready"
@@ -259,8 +273,8 @@ def test_readiness_is_503_only_when_the_database_cannot_take_a_write(web, tmp_pa
     assert web.http.get("/readyz").status_code == 200
 
 
-def test_user_without_photo_is_debounced_too(web, slapd, ldap_ou, jira):
-    slapd.add_user(ldap_ou, "nophoto")
+def test_user_without_photo_is_debounced_too(web, memory, jira):
+    memory.add("nophoto")
     jira.state.add_user("nophoto")
     assert post(web, login("nophoto")).status_code == 202
     web.pool.run_once()

@@ -1,5 +1,5 @@
-"""POST /webhooks/jira: authenticate, parse, decide, queue, answer. No LDAP or Jira work here:
-the answer comes after one durable insert, so a login is never slowed by a sync.
+"""POST /webhooks/jira: authenticate, parse, then app/events.py decides and queues. No LDAP or
+Jira work here: the answer comes after one durable insert, so a login is never slowed by a sync.
 
 Order matters: the size limit, then the signature over the raw bytes, and only then is the
 body parsed: nothing an unauthenticated sender wrote is ever decoded, and the signature is over
@@ -21,16 +21,13 @@ from urllib.parse import parse_qs
 
 from .. import usernames
 from ..database import describe_error
+from ..events import accept
 from ..metrics import WEBHOOKS
-from ..outcomes import DEBOUNCED, IGNORED
-from ..queue import LOGIN, USER_EVENT
 from ..store import UNAVAILABLE as DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/jira"
-SYNC_EVENTS = {"user_login": LOGIN, "user_created": USER_EVENT, "user_updated": USER_EVENT}
-DELETE_EVENTS = {"user_deleted"}
 RETRY_AFTER_SECONDS = 5
 # The metric's status for each refusal (a 2xx answer is counted by its own status word).
 REFUSALS = {400: "bad_request", 401: "bad_signature", 413: "too_large", 415: "not_json", 503: "unavailable"}
@@ -94,23 +91,7 @@ class WebhookDoor:
         if not isinstance(event, str):
             return 400, {"status": "error", "error": "webhookEvent must be a string"}
 
-        if event in DELETE_EVENTS:
-            services.queue.forget(username)
-            services.store.delete(username)
-            return 200, {"status": "forgotten", "user": username}
-        if event not in SYNC_EVENTS:
-            return 200, {"status": IGNORED, "user": username, "reason": f"event {event} is not handled"}
-
-        decision = services.syncer.login_decision(username)
-        if decision == DEBOUNCED and event != "user_login":
-            decision = None  # a changed user is worth a sync even if it just logged in
-        if decision is not None:
-            return 200, {"status": decision, "user": username}
-        delivery = environ.get("HTTP_X_ATLASSIAN_WEBHOOK_IDENTIFIER") or None
-        if not services.queue.enqueue(username, SYNC_EVENTS[event], source=event.removeprefix("user_"),
-                                      delivery_id=delivery):
-            return 200, {"status": IGNORED, "user": username, "reason": "delivery already accepted"}
-        return 202, {"status": "queued", "user": username}
+        return accept(services, event, username, environ.get("HTTP_X_ATLASSIAN_WEBHOOK_IDENTIFIER") or None)
 
 
 def _read_body(environ, limit: int) -> bytes | None:

@@ -1,6 +1,7 @@
 """Hostile input at every door, each with a clear outcome: no 500, no traceback, nothing queued
 that should not be, no secret in an answer. The Flask app in-process over real slapd and the
-emulator (the same doors gunicorn serves: tests/reliability/test_hostile_webhooks.py)."""
+emulator (the same doors gunicorn serves: tests/reliability/test_hostile_webhooks.py), over
+a directory in memory, and over real slapd where LDAP's own escaping is what is tested."""
 from __future__ import annotations
 
 import hashlib
@@ -12,24 +13,44 @@ import pytest
 from app import create_app
 from app.worker import WorkerPool
 from tests import photos
+from tests.memory_directory import MemoryDirectory
 from tests.conftest import JIRA_USER, make_settings, slapd_directory
 
 SECRET, ADMIN = "hostile-input-secret-0123", "hostile-input-admin-0123"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
 
-@pytest.fixture
-def app(tmp_path, slapd, ldap_ou, jira, caplog):
-    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+def _app(tmp_path, jira, directory: dict | None):
+    """The app over ``directory`` (settings of a real one), or over one in memory holding jdoe."""
     jira.state.add_user("jdoe")
-    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)],
+    memory = {"name": "memory", "urls": ["ldap://memory.invalid"], "base_dn": "dc=memory"}
+    settings = make_settings(tmp_path, jira.url, [directory or memory],
                              webhook={"secret": SECRET}, admin={"token": ADMIN})
     app = create_app(settings)
     app.services = app.extensions["avatar_sync"]
+    if directory is None:
+        in_memory = MemoryDirectory()
+        in_memory.add("jdoe", photos.photo())
+        app.services.directories[:] = [in_memory]
     app.http = app.test_client()
+    return app
+
+
+@pytest.fixture
+def app(tmp_path, jira, caplog):
+    app = _app(tmp_path, jira, None)
     yield app
     assert "Traceback" not in caplog.text
     assert SECRET not in caplog.text and ADMIN not in caplog.text
+    app.services.close()
+
+
+@pytest.fixture
+def ldap_app(tmp_path, slapd, ldap_ou, jira, caplog):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    app = _app(tmp_path, jira, slapd_directory(slapd, ldap_ou))
+    yield app
+    assert "Traceback" not in caplog.text
     app.services.close()
 
 
@@ -112,11 +133,11 @@ def test_oversized_bodies_are_413_in_every_framing(app):
 
 
 @pytest.mark.parametrize("name", ["*", "*)(uid=*", "jdoe)(|(uid=*", "\\2a", "uid=jdoe,ou=people", "(", "jdoe*"])
-def test_ldap_filter_and_dn_injection_finds_nobody(app, jira, name):
+def test_ldap_filter_and_dn_injection_finds_nobody(ldap_app, jira, name):
     body = json.dumps({"user": {"name": name}}).encode()
-    assert webhook(app, body).status_code == 202  # a name Jira could have: queued, then looked up safely
-    assert WorkerPool(app.services).run_once()
-    assert app.services.store.get(name).last_outcome == "not_in_directory"
+    assert webhook(ldap_app, body).status_code == 202  # a name Jira could have: queued, then looked up safely
+    assert WorkerPool(ldap_app.services).run_once()
+    assert ldap_app.services.store.get(name).last_outcome == "not_in_directory"
     assert jira.state.writes() == 0
 
 

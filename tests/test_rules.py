@@ -1,0 +1,99 @@
+"""Every rule of the README's table "The rules" as a row: situation -> plan. Pure: no server,
+no database, milliseconds. (tests/test_sync.py proves the same rules end to end against real
+slapd and the Jira emulator.)"""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from app.directory import DirectoryEntry
+from app.jira import JiraUser
+from app.rules import UNKNOWN, Facts, Need, Plan, decide
+from app.store import UserState
+
+PHOTO, OTHER_PHOTO = b"\xff\xd8 a photo", b"\xff\xd8 another photo"
+HASH = hashlib.sha256(PHOTO).hexdigest()
+ENTRY = DirectoryEntry("corp-ad", "CN=jdoe", PHOTO, "thumbnailPhoto", "uSNChanged=7")
+NO_PHOTO_ENTRY = DirectoryEntry("corp-ad", "CN=jdoe", None, None, "uSNChanged=7")
+
+
+def jira(avatar_id: str = "10122", custom: bool = False) -> JiraUser:
+    return JiraUser("jdoe", "JIRAUSER10100", avatar_id, custom)
+
+
+def ours(avatar_id: str = "500", photo: bytes = PHOTO, created=("500",), pending: bytes | None = None,
+         outcome: str = "updated") -> UserState:
+    return UserState("jdoe", photo_sha256=hashlib.sha256(photo).hexdigest(), avatar_id=avatar_id,
+                     created_avatar_ids=list(created), last_outcome=outcome,
+                     pending_sha256=hashlib.sha256(pending).hexdigest() if pending else None,
+                     pending_avatar_id="600" if pending else None)
+
+
+def facts(entry=ENTRY, **kw) -> Facts:
+    kw.setdefault("attributes", ("thumbnailPhoto", "jpegPhoto"))
+    return Facts.of(entry, **kw)
+
+
+WRITE = {"upload": True, "photo_hash": HASH}
+
+ROWS = [
+    # (the situation, the facts, what the plan must say)
+    ("photo_attributes is empty: nothing is touched",
+     facts(disabled=True), Plan("disabled", reason="photo_attributes is empty")),
+    ("in no directory", facts(entry=None), Plan("not_in_directory")),
+    ("no directory photo: the user's own picture stays",
+     facts(entry=NO_PHOTO_ENTRY), Plan("no_photo", reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
+    ("a photo: Jira's view is read first, and only then", facts(), Plan(need=Need.JIRA_VIEW)),
+    ("not in Jira", facts(jira_user=None), Plan("not_in_jira", photo_hash=HASH)),
+    ("in Jira: what this service stored is read next", facts(jira_user=jira()), Plan(need=Need.STATE)),
+    ("first sync: upload and select",
+     facts(jira_user=jira(), state=None), Plan("updated", **WRITE)),
+    ("first sync after a failed one: an upload of it may have been cut short",
+     facts(jira_user=jira(), state=None, retried=True), Plan("updated", finish_interrupted=True, **WRITE)),
+    ("the directory photo changed: upload, select, then ours before are deleted",
+     facts(jira_user=jira("500", custom=True), state=ours(photo=OTHER_PHOTO)),
+     Plan("updated", reason="directory photo changed", **WRITE)),
+    ("photo unchanged and ours still shown: nothing, not even a decode",
+     facts(jira_user=jira("500", custom=True), state=ours()), Plan("unchanged", avatar_id="500", photo_hash=HASH)),
+    ("unchanged, with an old avatar of ours whose delete failed: it goes now",
+     facts(jira_user=jira("500", custom=True), state=ours(created=("400", "500"))),
+     Plan("unchanged", avatar_id="500", photo_hash=HASH, stale=("400",))),
+    ("the user picked another picture: ours again (re-used if Jira has it), theirs kept",
+     facts(jira_user=jira("777", custom=True), state=ours()),
+     Plan("restored", reason="user had selected avatar 777", reuse="500",
+          reason_if_gone="avatar 500 was deleted in Jira", **WRITE)),
+    ("a sweep's bulk read says the user picked another: read afresh before any write",
+     facts(jira_user=jira("777", custom=True), state=ours(), hinted=True), Plan(need=Need.FRESH_JIRA_VIEW)),
+    ("a sweep's bulk read saying unchanged is trusted: no call at all",
+     facts(jira_user=jira("500", custom=True), state=ours(), hinted=True),
+     Plan("unchanged", avatar_id="500", photo_hash=HASH)),
+    ("forced: upload again though nothing changed",
+     facts(jira_user=jira("500", custom=True), state=ours(), force=True), Plan("updated", reason="forced", **WRITE)),
+    ("an upload of this photo began and was never recorded: finish it",
+     facts(jira_user=jira(), state=ours(photo=OTHER_PHOTO, pending=PHOTO)),
+     Plan("updated", reason="directory photo changed", finish_interrupted=True, **WRITE)),
+    ("forced never finishes an old upload: it uploads anew",
+     facts(jira_user=jira(), state=ours(photo=OTHER_PHOTO, pending=PHOTO), force=True),
+     Plan("updated", reason="directory photo changed", **WRITE)),
+    ("a state with no avatar of ours (no photo before): a first upload",
+     facts(jira_user=jira(), state=UserState("jdoe", last_outcome="no_photo")), Plan("updated", **WRITE)),
+]
+
+
+@pytest.mark.parametrize("situation, known, plan", ROWS, ids=[r[0] for r in ROWS])
+def test_the_rules(situation, known, plan):
+    assert decide(known) == plan
+
+
+def test_every_outcome_the_rules_decide_has_a_row():
+    """decide() ends in each of these; invalid_photo and failed come from carrying a plan out."""
+    decided = {row[2].outcome for row in ROWS if row[2].outcome}
+    assert decided == {"disabled", "not_in_directory", "no_photo", "not_in_jira", "updated", "unchanged",
+                       "restored"}
+
+
+def test_nothing_is_read_that_the_rules_do_not_need():
+    """A user with no photo costs no Jira call and no database read."""
+    assert decide(facts(entry=NO_PHOTO_ENTRY)).need is None
+    assert decide(facts(entry=None, jira_user=UNKNOWN, state=UNKNOWN)).need is None
