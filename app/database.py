@@ -59,7 +59,8 @@ def describe_location(url: str) -> str:
     return f"PostgreSQL {where}" + (f" as {parsed.username}" if parsed.username else "")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, **pool) -> Engine:
+    """``pool``: PostgreSQL only, overrides of the pool's settings (the Jira budget's own)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -78,4 +79,5 @@ def make_engine(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=30)
+    return create_engine(url, **{"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "pool_timeout": 30,
+                                 **pool})

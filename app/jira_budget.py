@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-from sqlalchemy import Column, Float, String, Table, func, select, text
+from sqlalchemy import Column, Float, String, Table, text
 
-from .database import describe_error
+from .database import describe_error, make_engine
 from .store import UNAVAILABLE, Store, metadata
 
 SLOT_CLASS = 0x6A697261  # pg advisory lock class of the concurrency slots ('jira')
@@ -70,29 +70,43 @@ class ClusterBudget:
     def __init__(self, store: Store, max_concurrency: int, per_second: float):
         self.store, self.slots = store, max_concurrency
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        # a process never uses more slots than there are: its extra callers wait here, not on PostgreSQL
+        self._local_gate = threading.BoundedSemaphore(max_concurrency)
+        # the slots' own connections, one per call in flight, in autocommit (a lock and an unlock
+        # are a statement each) and not pinged first (a dead one fails the call, which is retried)
+        self._slots_engine = make_engine(store.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False,
+                                         pool_size=max_concurrency, max_overflow=0)
 
     @contextmanager
     def call(self) -> Iterator[None]:
-        with ExitStack() as held:
-            try:
-                if self.interval:
-                    with self.store.transaction() as tx:
-                        wait = tx.execute(_TAKE_TURN, {"interval": self.interval}).scalar_one()
-                    if wait > 0:
-                        time.sleep(wait)
-                # held for the call: if this process dies, PostgreSQL drops the slot with it
-                conn = held.enter_context(self.store.read())
-                slot = self._take_slot(conn)
-            except UNAVAILABLE as exc:
-                raise BudgetUnavailable(f"the cluster's Jira budget cannot be read: {describe_error(exc)}") from None
-            held.callback(self._give_back, conn, slot)
-            yield
+        if not self._local_gate.acquire(timeout=WAIT_SECONDS):
+            raise BudgetUnavailable(f"no Jira call slot free within {WAIT_SECONDS:g}s")
+        try:
+            with ExitStack() as held:
+                self._hold_a_slot(held)
+                yield
+        finally:
+            self._local_gate.release()
+
+    def _hold_a_slot(self, held: ExitStack) -> None:
+        """Wait for this call's turn and a free slot; the slot goes back when ``held`` closes."""
+        try:
+            if self.interval:
+                with self.store.transaction() as tx:
+                    wait = tx.execute(_TAKE_TURN, {"interval": self.interval}).scalar_one()
+                if wait > 0:
+                    time.sleep(wait)
+            # held for the call: if this process dies, PostgreSQL drops the slot with it
+            conn = held.enter_context(self._slots_engine.connect())
+            slot = self._take_slot(conn)
+        except UNAVAILABLE as exc:
+            raise BudgetUnavailable(f"the cluster's Jira budget cannot be read: {describe_error(exc)}") from None
+        held.callback(self._give_back, conn, slot)
 
     @staticmethod
     def _give_back(conn, slot: int) -> None:
         try:
-            conn.execute(select(func.pg_advisory_unlock(SLOT_CLASS, slot)))
-            conn.commit()
+            conn.execute(_UNLOCK, {"cls": SLOT_CLASS, "slot": slot})
         except UNAVAILABLE:  # the connection is gone, and its lock with it
             pass
 
@@ -100,13 +114,19 @@ class ClusterBudget:
         deadline = time.monotonic() + WAIT_SECONDS
         pause = 0.002
         while True:
-            for slot in random.sample(range(self.slots), self.slots):
-                if conn.execute(select(func.pg_try_advisory_lock(SLOT_CLASS, slot))).scalar():
-                    conn.commit()  # the lock is the session's; end the statement's transaction
-                    return slot
-            conn.commit()
+            slot = conn.execute(_TRY_SLOTS, {"cls": SLOT_CLASS, "n": self.slots,
+                                             "start": random.randrange(self.slots)}).scalar()
+            if slot is not None:
+                return slot
             if time.monotonic() > deadline:
                 raise BudgetUnavailable(f"no Jira call slot free within {WAIT_SECONDS:g}s "
-                                   f"({self.slots} for the whole cluster)")
+                                        f"({self.slots} for the whole cluster)")
             time.sleep(pause)
             pause = min(0.05, pause * 2)
+
+
+# The first free slot, tried from a random one on, in one statement: PostgreSQL evaluates the
+# filter row by row under the LIMIT, so it stops at the first lock it gets and takes no other.
+_TRY_SLOTS = text("SELECT (s + :start) % :n FROM generate_series(0, :n - 1) AS s "
+                  "WHERE pg_try_advisory_lock(:cls, (s + :start) % :n) LIMIT 1")
+_UNLOCK = text("SELECT pg_advisory_unlock(:cls, :slot)")

@@ -209,9 +209,10 @@ def main() -> None:
         with EmulatorServer(state) as jira:
             # C calls in flight in all: split between the sweep and any extra worker processes
             processes = 1 + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
-            cluster = args.database == "postgres"
+            # on PostgreSQL the processes share C (limits_scope = cluster) unless BENCH_LIMITS_SCOPE=process
+            cluster = args.database == "postgres" and os.environ.get("BENCH_LIMITS_SCOPE", "cluster") == "cluster"
             per_process = args.concurrency if cluster else max(1, args.concurrency // processes)
-            database_url = postgres_schema(work) if cluster else f"sqlite:///{work}/state.db"
+            database_url = postgres_schema(work) if args.database == "postgres" else f"sqlite:///{work}/state.db"
             config = work / "config.toml"
             config.write_text(f"""
     database_url = "{database_url}"
@@ -271,7 +272,7 @@ def postgres_schema(work: Path) -> str:
 
     import sqlalchemy
 
-    from tests.conftest import PG_URL
+    from tests.helpers import PG_URL
     name = f"avbench_{uuid.uuid4().hex[:8]}"
     engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
@@ -287,7 +288,7 @@ def drop_postgres_schema(work: Path) -> None:
         return
     import sqlalchemy
 
-    from tests.conftest import PG_URL
+    from tests.helpers import PG_URL
     engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
         conn.exec_driver_sql(f"DROP SCHEMA {marker.read_text()} CASCADE")
