@@ -15,26 +15,21 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from app.config import settings_from_dict
 from app.services import build_services
+from tests.helpers import JIRA_PASSWORD, JIRA_USER, PG_URL, Service, unavailable
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import samba as samba_rig
 from tests.rig import slapd as slapd_rig
 
-JIRA_USER, JIRA_PASSWORD = "svc-jira", "jira-secret"
 _ou_counter = itertools.count(1)
 
 
-def _unavailable(what: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is required in CI (.ci/run installs it)")
-    pytest.skip(f"{what} not installed")
 
 
 @pytest.fixture(scope="session")
 def slapd(tmp_path_factory):
     if not Path("/usr/sbin/slapd").exists():
-        _unavailable("OpenLDAP slapd")
+        unavailable("OpenLDAP slapd")
     server = slapd_rig.Slapd.running(tmp_path_factory.mktemp("slapd"))
     yield server
     server.stop()
@@ -43,7 +38,7 @@ def slapd(tmp_path_factory):
 @pytest.fixture(scope="session")
 def samba(tmp_path_factory):
     if not shutil.which("samba-tool") or not Path("/usr/sbin/samba").exists():
-        _unavailable("Samba AD DC")
+        unavailable("Samba AD DC")
     dc = samba_rig.SambaDC(tmp_path_factory.mktemp("samba"))
     dc.provision()
     dc.start()
@@ -70,31 +65,9 @@ def jira():
         yield server
 
 
-def slapd_directory(slapd, base_dn, **extra) -> dict:
-    return {"name": "openldap", "urls": [slapd.url], "bind_dn": slapd_rig.SVC_DN,
-            "bind_password": slapd_rig.SVC_PW, "base_dn": base_dn,
-            "user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid",
-            "timeout": 5, "connect_timeout": 2, **extra}
-
-
-def samba_directory(base_dn, **extra) -> dict:
-    return {"name": "corp-ad", "urls": [samba_rig.URL], "bind_dn": samba_rig.SVC_DN,
-            "bind_password": samba_rig.SVC_PW, "base_dn": base_dn,
-            "user_filter": "(objectClass=user)", "username_attribute": "sAMAccountName",
-            "timeout": 5, "connect_timeout": 2, **extra}
-
-
-def make_settings(tmp_path, jira_url, directories, **extra):
-    return settings_from_dict({
-        "database_url": f"sqlite:///{tmp_path}/state.db",
-        "jira": {"url": jira_url, "username": JIRA_USER, "password": JIRA_PASSWORD, "max_retries": 2},
-        "directories": directories, **extra})
-
-
 @pytest.fixture
 def gunicorn_service(tmp_path, slapd, ldap_ou, jira):
     """The real service under gunicorn (tests.helpers.Service), started, stopped after the test."""
-    from tests.helpers import Service  # helpers import this module's constants
     svc = Service(tmp_path, slapd, ldap_ou, jira.url)
     svc.start()
     yield svc
@@ -117,7 +90,6 @@ def services_for(tmp_path):
 
 # -- databases: the store and queue tests run on SQLite and on the local PostgreSQL --------
 
-PG_URL = os.environ.get("AVATAR_SYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _postgres_available() -> bool:

@@ -13,13 +13,12 @@ import argparse
 import hashlib
 import hmac
 import json
+import logging
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import logging
 
 import requests
 from PIL import Image, ImageDraw

@@ -11,14 +11,47 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
+from app.config import settings_from_dict
 from tests import photos
-from tests.conftest import JIRA_PASSWORD, JIRA_USER
+from tests.rig import samba as samba_rig
 from tests.rig import slapd as slapd_rig
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET, ADMIN = "gunicorn-hook-secret", "gunicorn-admin-token"
+JIRA_USER, JIRA_PASSWORD = "svc-jira", "jira-secret"  # the emulator's service account
+PG_URL = os.environ.get("AVATAR_SYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def unavailable(what: str):
+    """A server or tool the test needs is missing: skipped locally, a failure under CI."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI (.ci/run installs it)")
+    pytest.skip(f"{what} not installed")
+
+
+def slapd_directory(slapd, base_dn, **extra) -> dict:
+    return {"name": "openldap", "urls": [slapd.url], "bind_dn": slapd_rig.SVC_DN,
+            "bind_password": slapd_rig.SVC_PW, "base_dn": base_dn,
+            "user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid",
+            "timeout": 5, "connect_timeout": 2, **extra}
+
+
+def samba_directory(base_dn, **extra) -> dict:
+    return {"name": "corp-ad", "urls": [samba_rig.URL], "bind_dn": samba_rig.SVC_DN,
+            "bind_password": samba_rig.SVC_PW, "base_dn": base_dn,
+            "user_filter": "(objectClass=user)", "username_attribute": "sAMAccountName",
+            "timeout": 5, "connect_timeout": 2, **extra}
+
+
+def make_settings(tmp_path, jira_url, directories, **extra):
+    return settings_from_dict({
+        "database_url": f"sqlite:///{tmp_path}/state.db",
+        "jira": {"url": jira_url, "username": JIRA_USER, "password": JIRA_PASSWORD, "max_retries": 2},
+        "directories": directories, **extra})
+
 
 
 class Service:

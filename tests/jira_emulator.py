@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from cheroot import wsgi
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from PIL import Image
-from cheroot import wsgi
 
 SYSTEM_AVATAR_IDS = [str(i) for i in range(10122, 10142)]
 DEFAULT_AVATAR_ID = "10122"          # APKeys.JIRA_DEFAULT_USER_AVATAR_ID (varies per instance)

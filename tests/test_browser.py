@@ -15,7 +15,7 @@ from cheroot import wsgi
 from app import create_app
 from app.worker import WorkerPool
 from tests import photos
-from tests.conftest import make_settings, slapd_directory
+from tests.helpers import make_settings, slapd_directory
 
 try:
     from playwright.sync_api import expect

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import photos
-from tests.conftest import JIRA_PASSWORD, JIRA_USER
+from tests.helpers import JIRA_PASSWORD, JIRA_USER
 from tests.rig import samba as samba_rig
 from tests.rig import slapd as slapd_rig
 

@@ -16,7 +16,7 @@ import pytest
 from app import create_app
 from app.config import KEYS, SECRETS
 from app.config_source import _ENV_KEYS, ENV_PREFIX
-from tests.conftest import JIRA_PASSWORD, JIRA_USER, make_settings, slapd_directory
+from tests.helpers import JIRA_PASSWORD, JIRA_USER, make_settings, slapd_directory
 from tests.rig import slapd as slapd_rig
 
 ROOT = Path(__file__).resolve().parent.parent

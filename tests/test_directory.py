@@ -8,7 +8,7 @@ import pytest
 from app.config import settings_from_dict
 from app.directory import Directory, DirectoryUnavailable
 from tests import photos
-from tests.conftest import samba_directory, slapd_directory
+from tests.helpers import samba_directory, slapd_directory
 from tests.rig.slapd import free_port
 
 

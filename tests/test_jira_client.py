@@ -9,7 +9,7 @@ from app.config import JiraSettings
 from app.images import normalize
 from app.jira import JiraAuthError, JiraClient, JiraError, avatar_from_urls
 from tests import photos
-from tests.conftest import JIRA_PASSWORD, JIRA_USER
+from tests.helpers import JIRA_PASSWORD, JIRA_USER
 
 
 def client(jira, sleeps=None, **kw) -> JiraClient:

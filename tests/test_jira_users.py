@@ -8,7 +8,7 @@ import pytest
 from app import jira_users
 from app.config import JiraSettings
 from app.jira import JiraClient
-from tests.conftest import JIRA_PASSWORD, JIRA_USER
+from tests.helpers import JIRA_PASSWORD, JIRA_USER
 
 
 def client(jira, **kw) -> JiraClient:

@@ -16,7 +16,8 @@ import pytest
 from werkzeug.serving import make_server
 
 from app import create_app
-from tests.conftest import _unavailable, make_settings, slapd_directory
+from tests.helpers import make_settings, slapd_directory
+from tests.helpers import unavailable as _unavailable
 from tests.rig.slapd import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

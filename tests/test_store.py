@@ -10,6 +10,7 @@ import sqlalchemy
 from app.queue import LoginQueue, deliveries, jobs
 from app.store import Store, utcnow
 
+
 @pytest.fixture
 def store(database_url):
     s = Store(database_url)
@@ -87,7 +88,7 @@ def test_processes_starting_together_create_the_schema_once(database_url):
     import multiprocessing
     schema = None
     if database_url.startswith("postgresql"):  # a schema of its own, still empty
-        from tests.conftest import PG_URL
+        from tests.helpers import PG_URL
         schema = f"avsync_{uuid.uuid4().hex[:10]}"
         admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
         with admin.begin() as conn:

@@ -10,10 +10,11 @@ from sqlalchemy import update
 
 from app.directory import Directory
 from app.queue import LOGIN, SWEEP
-from app.sweep import SweepConflict, Sweeps, sweeps as sweeps_table
+from app.sweep import SweepConflict, Sweeps
+from app.sweep import sweeps as sweeps_table
 from app.worker import WorkerPool
 from tests import photos
-from tests.conftest import JIRA_USER, make_settings, samba_directory, slapd_directory
+from tests.helpers import JIRA_USER, make_settings, samba_directory, slapd_directory
 
 N_USERS = 1100  # > 2 pages of 500; the service account may see only 5 entries unpaged
 
@@ -327,6 +328,7 @@ def test_sweep_refused_when_disabled(tmp_path, slapd, ldap_ou, jira, services_fo
 
 def test_schedule_starts_exactly_one_sweep(tmp_path, slapd, ldap_ou, jira, services_for):
     from datetime import timedelta
+
     from app import schedule
     from app.store import utcnow
     settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)], sweep={"schedule": "01:11"})
@@ -343,6 +345,7 @@ def test_schedule_starts_exactly_one_sweep(tmp_path, slapd, ldap_ou, jira, servi
 
 def _cli_env(tmp_path, slapd, ldap_ou, jira, extra=""):
     import os
+
     from tests.test_cli import slapd_toml, write_config
     config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra=extra)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
@@ -352,6 +355,7 @@ def _cli_env(tmp_path, slapd, ldap_ou, jira, extra=""):
 
 def test_cli_sweep_prints_a_summary_and_dry_run_writes_nothing(tmp_path, slapd, ldap_ou, jira):
     import subprocess
+
     from tests.test_cli import SCRIPT
     slapd.add_users(ldap_ou, [("cli1", photos.photo(40, 40)), ("cli2", None), ("cli3", b"broken")])
     for n in ("cli1", "cli2", "cli3"):
@@ -374,6 +378,7 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
     import os
     import signal
     import subprocess
+
     from app.config import load_settings
     from app.services import build_services
     from tests.test_cli import SCRIPT
@@ -416,6 +421,7 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
 
 def test_old_sweep_reports_are_pruned(tmp_path, slapd, ldap_ou, jira, services_for):
     from datetime import timedelta
+
     from app.store import utcnow
     slapd.add_users(ldap_ou, [("p1", None)])
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests import photos
-from tests.conftest import make_settings, slapd_directory
+from tests.helpers import make_settings, slapd_directory
 from tests.photos import BLUE, GREEN, RED, YELLOW
 from tests.rig.slapd import free_port
 

@@ -15,8 +15,8 @@ from app import create_app
 from app.config import ConfigError
 from app.worker import WorkerPool
 from tests import photos
+from tests.helpers import JIRA_USER, make_settings, slapd_directory
 from tests.memory_directory import MemoryDirectory
-from tests.conftest import JIRA_USER, make_settings, slapd_directory
 from tests.rig.slapd import free_port
 
 SECRET = "hook-secret"

@@ -30,7 +30,7 @@ import requests
 import sqlalchemy
 
 from tests.bench.bench_webhook import SECRET, WRK_LUA, signed_bodies, start_gunicorn, wrk
-from tests.conftest import PG_URL
+from tests.helpers import PG_URL
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
 from tests.rig.haproxy import HAProxy

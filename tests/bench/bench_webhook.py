@@ -20,10 +20,10 @@ Run on demand (not part of the test suite):
 from __future__ import annotations
 
 import argparse
-import logging
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import shutil

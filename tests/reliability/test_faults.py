@@ -12,8 +12,7 @@ import requests
 from app.sweep import Sweeps
 from app.worker import WorkerPool
 from tests import photos
-from tests.conftest import make_settings, slapd_directory
-from tests.helpers import ADMIN, Service, add_users, synced, wait_until
+from tests.helpers import ADMIN, Service, add_users, make_settings, slapd_directory, synced, wait_until
 from tests.rig.slapd import free_port
 
 

@@ -13,8 +13,8 @@ import pytest
 from app import create_app
 from app.worker import WorkerPool
 from tests import photos
+from tests.helpers import JIRA_USER, make_settings, slapd_directory
 from tests.memory_directory import MemoryDirectory
-from tests.conftest import JIRA_USER, make_settings, slapd_directory
 
 SECRET, ADMIN = "hostile-input-secret-0123", "hostile-input-admin-0123"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}

@@ -12,9 +12,8 @@ import pytest
 import requests
 
 from tests import photos
-from tests.helpers import Service, signed
+from tests.helpers import JIRA_PASSWORD, JIRA_USER, Service, signed
 from tests.jira_emulator import EmulatorServer, JiraState
-from tests.conftest import JIRA_PASSWORD, JIRA_USER
 
 LIMIT = 64 * 1024
 

@@ -15,7 +15,7 @@ from app.queue import LOGIN
 from app.services import build_services
 from app.worker import WorkerPool
 from tests import photos
-from tests.conftest import make_settings, slapd_directory
+from tests.helpers import make_settings, slapd_directory
 
 USERS = ("ann", "bob", "cyd")
 COLOURS = (photos.RED, photos.GREEN, photos.BLUE, photos.YELLOW)
