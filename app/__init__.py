@@ -6,6 +6,7 @@ and sockets or threads made before the fork would be shared by, or missing from,
 The queue workers are started by gunicorn's post_worker_init hook (app/gunicorn_conf.py) or by
 ``jira-avatar-sync worker``.
 """
+
 from __future__ import annotations
 
 __version__ = "0.2.0"
@@ -17,4 +18,5 @@ def create_app(config=None):
     before it has chosen prometheus_client's multi-process store, which prometheus_client
     fixes when it is first imported."""
     from .factory import create_app as build
+
     return build(config)

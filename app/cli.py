@@ -3,6 +3,7 @@
 Exit status: 0 when the work was done or there was nothing to do, 1 when a sync failed or a
 check did not pass, 2 for a configuration error.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,10 +77,18 @@ def _print_json(data) -> None:
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jira-avatar-sync")
-@click.option("--config", "config", envvar="AVATAR_SYNC_CONFIG", type=click.Path(dir_okay=False),
-              help="TOML configuration file (default: $AVATAR_SYNC_CONFIG).")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              help="Override log_level for this command.")
+@click.option(
+    "--config",
+    "config",
+    envvar="AVATAR_SYNC_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file (default: $AVATAR_SYNC_CONFIG).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Override log_level for this command.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every sync on stderr too (as the service does).")
 @click.pass_context
 def main(ctx: click.Context, config: str | None, log_level: str | None, verbose: bool) -> None:
@@ -111,8 +120,12 @@ def check(ctx: click.Context, as_json: bool) -> None:
     services = _services(ctx)
     settings = services.settings
     report = _Report()
-    report.add("ok", "configuration", f"{len(settings.directories)} directories, photo attributes "
-               f"{', '.join(settings.photo_attributes) or '(none: sync disabled)'}, size {settings.size}px")
+    report.add(
+        "ok",
+        "configuration",
+        f"{len(settings.directories)} directories, photo attributes "
+        f"{', '.join(settings.photo_attributes) or '(none: sync disabled)'}, size {settings.size}px",
+    )
     try:
         require_webhook_auth(settings)
     except ConfigError as exc:
@@ -133,9 +146,10 @@ def check(ctx: click.Context, as_json: bool) -> None:
         _print_json({"ok": not report.failed, "version": __version__, "checks": report.items})
     else:
         for item in report.items:
-            click.echo(f"{ {'ok': 'ok  ', 'fail': 'FAIL', 'warn': 'warn', 'note': 'note'}[item['status']]} "
-                       + (item["detail"] if item["check"] in ("security", "note")
-                          else f"{item['check']}: {item['detail']}"))
+            click.echo(
+                f"{ {'ok': 'ok  ', 'fail': 'FAIL', 'warn': 'warn', 'note': 'note'}[item['status']] } "
+                + (item["detail"] if item["check"] in ("security", "note") else f"{item['check']}: {item['detail']}")
+            )
     ctx.exit(1 if report.failed else 0)
 
 
@@ -158,15 +172,31 @@ def _check_jira(services: Services, report: _Report) -> None:
     own = me.get("name") or ""
     report.add("ok", f"Jira {settings.jira.url}", f"authenticated as {own}")
     if own and settings.jira.username.casefold() != own.casefold():  # logins of this account are ignored
-        report.add("note", "note", f"jira.username is {settings.jira.username or 'not set'!r}: set it to {own!r} "
-                   "(the account this token signs in as), so the webhook ignores that account's own logins")
+        report.add(
+            "note",
+            "note",
+            f"jira.username is {settings.jira.username or 'not set'!r}: set it to {own!r} "
+            "(the account this token signs in as), so the webhook ignores that account's own logins",
+        )
     try:
         admin = services.jira.is_admin()
-        report.add("ok" if admin else "fail", "Jira permission", f"{own} " + (
-            "is a Jira administrator" if admin else "is NOT a Jira administrator (needed to set other users' avatars)"))
+        report.add(
+            "ok" if admin else "fail",
+            "Jira permission",
+            f"{own} "
+            + (
+                "is a Jira administrator"
+                if admin
+                else "is NOT a Jira administrator (needed to set other users' avatars)"
+            ),
+        )
         if services.jira.serves_gravatar():
-            report.add("warn", "security", "Jira serves Gravatar pictures (Administration > General configuration "
-                       "> Use Gravatar for user avatars): uploaded avatars stay invisible until that is off")
+            report.add(
+                "warn",
+                "security",
+                "Jira serves Gravatar pictures (Administration > General configuration "
+                "> Use Gravatar for user avatars): uploaded avatars stay invisible until that is off",
+            )
     except JiraError as exc:
         report.add("fail", "Jira permission", str(exc))
 
@@ -235,9 +265,11 @@ def _follow(sweeps, sweep_id: int, runner: threading.Thread | None) -> dict:
     last_line = 0.0
     while True:
         summary = sweeps.summary(sweep_id)
-        line = (f"sweep {sweep_id} [{summary['phase']}] {summary['done']}/{summary['total']} users"
-                f", {summary['rate_per_second']}/s"
-                + (f", about {summary['eta_seconds']}s left" if summary["eta_seconds"] is not None else ""))
+        line = (
+            f"sweep {sweep_id} [{summary['phase']}] {summary['done']}/{summary['total']} users"
+            f", {summary['rate_per_second']}/s"
+            + (f", about {summary['eta_seconds']}s left" if summary["eta_seconds"] is not None else "")
+        )
         if summary["status"] != SweepStatus.RUNNING:
             click.echo(("\r" if tty else "") + line.ljust(78), err=True)
             return summary
@@ -255,8 +287,11 @@ def _follow(sweeps, sweep_id: int, runner: threading.Thread | None) -> dict:
 
 
 def _print_summary(summary: dict, problems: list[dict]) -> None:
-    click.echo(f"sweep {summary['id']}: {summary['status']}"
-               + (" (dry run)" if summary["dry_run"] else "") + (f": {summary['error']}" if summary["error"] else ""))
+    click.echo(
+        f"sweep {summary['id']}: {summary['status']}"
+        + (" (dry run)" if summary["dry_run"] else "")
+        + (f": {summary['error']}" if summary["error"] else "")
+    )
     click.echo(f"{'outcome':<18}{'users':>8}")
     for outcome, n in summary["counts"].items():
         click.echo(f"{outcome:<18}{n:>8}")

@@ -4,6 +4,7 @@ Every secret may also come from a file: ``password_file = "..."`` in TOML, or th
 variable with ``_FILE`` appended. Anything invalid raises ConfigError naming the key, so
 start-up stops with one clear line instead of failing at the first request.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,13 +79,13 @@ class WebhookSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    threads: int = 2               # per process (each gunicorn worker, or `jira-avatar-sync worker`)
-    poll_seconds: float = 1.0      # how soon another process's enqueue is noticed
-    lease_seconds: float = 120.0   # a dead worker's job is taken again after this
+    threads: int = 2  # per process (each gunicorn worker, or `jira-avatar-sync worker`)
+    poll_seconds: float = 1.0  # how soon another process's enqueue is noticed
+    lease_seconds: float = 120.0  # a dead worker's job is taken again after this
     max_attempts: int = 10
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 3600.0
-    start_in_web: bool = True      # run the workers inside each gunicorn worker
+    start_in_web: bool = True  # run the workers inside each gunicorn worker
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ class Settings:
     sweep_schedule: dt_time | None = None  # daily, local time: "01:11"
     metrics_require_admin: bool = False
     log_level: str = "INFO"
-    log_format: str = "text"       # or "json": one object per line, for log shippers
-    trusted_proxies: int = 0       # reverse proxies in front whose X-Forwarded-For is believed
+    log_format: str = "text"  # or "json": one object per line, for log shippers
+    trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For is believed
 
     @property
     def sync_disabled(self) -> bool:
@@ -157,22 +158,71 @@ def weak_settings(settings: Settings) -> list[str]:
 # [[directories]] table). The loader refuses any other; the README's reference table,
 # deploy/config.example.toml and the environment names are tested against this list.
 KEYS: dict[str, tuple[str, ...]] = {
-    "": ("database_url", "photo_attributes", "size", "login_debounce_seconds", "max_photo_bytes",
-         "max_photo_pixels", "log_level", "log_format", "trusted_proxies"),
-    "jira": ("url", "username", "password", "token", "max_concurrency", "max_requests_per_second",
-             "limits_scope", "connect_timeout", "timeout", "max_retries", "ca_file", "verify_tls", "user_groups"),
+    "": (
+        "database_url",
+        "photo_attributes",
+        "size",
+        "login_debounce_seconds",
+        "max_photo_bytes",
+        "max_photo_pixels",
+        "log_level",
+        "log_format",
+        "trusted_proxies",
+    ),
+    "jira": (
+        "url",
+        "username",
+        "password",
+        "token",
+        "max_concurrency",
+        "max_requests_per_second",
+        "limits_scope",
+        "connect_timeout",
+        "timeout",
+        "max_retries",
+        "ca_file",
+        "verify_tls",
+        "user_groups",
+    ),
     "webhook": ("secret", "previous_secret", "allow_unauthenticated", "max_body_bytes"),
     "admin": ("token", "previous_token"),
-    "worker": ("threads", "poll_seconds", "lease_seconds", "max_attempts", "retry_base_seconds",
-               "retry_max_seconds", "start_in_web"),
+    "worker": (
+        "threads",
+        "poll_seconds",
+        "lease_seconds",
+        "max_attempts",
+        "retry_base_seconds",
+        "retry_max_seconds",
+        "start_in_web",
+    ),
     "sweep": ("schedule",),
     "metrics": ("require_admin",),
-    "directories": ("name", "urls", "bind_dn", "bind_password", "base_dn", "user_filter",
-                    "username_attribute", "photo_attributes", "ca_file", "start_tls", "verify_tls",
-                    "connect_timeout", "timeout", "pool_size"),
+    "directories": (
+        "name",
+        "urls",
+        "bind_dn",
+        "bind_password",
+        "base_dn",
+        "user_filter",
+        "username_attribute",
+        "photo_attributes",
+        "ca_file",
+        "start_tls",
+        "verify_tls",
+        "connect_timeout",
+        "timeout",
+        "pool_size",
+    ),
 }
-SECRETS = {"jira.password", "jira.token", "webhook.secret", "webhook.previous_secret", "admin.token",
-           "admin.previous_token", "directories.bind_password"}
+SECRETS = {
+    "jira.password",
+    "jira.token",
+    "webhook.secret",
+    "webhook.previous_secret",
+    "admin.token",
+    "admin.previous_token",
+    "directories.bind_password",
+}
 ALIASES = {"directories": ("url",)}  # one URL instead of the list
 
 
@@ -186,8 +236,8 @@ def accepted(table: str) -> set[str]:
 
 # --- reading -------------------------------------------------------------------------------
 
-def load_settings(path: str | os.PathLike | None = None,
-                  env: Mapping[str, str] | None = None) -> Settings:
+
+def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file (``path`` or $AVATAR_SYNC_CONFIG), apply env overrides, validate."""
     env = os.environ if env is None else env
     path = path or env.get(ENV_PREFIX + "CONFIG")
@@ -213,8 +263,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         raise ConfigError("directories", "must be a list of tables ([[directories]])")
     directories = tuple(_directory(d, i, env) for i, d in enumerate(dirs_raw))
     if not directories:
-        raise ConfigError("directories", "at least one directory is required "
-                          "([[directories]] or AVATAR_SYNC_LDAP_URL)")
+        raise ConfigError("directories", "at least one directory is required ([[directories]] or AVATAR_SYNC_LDAP_URL)")
     names = [d.name for d in directories]
     if len(set(names)) != len(names):
         raise ConfigError("directories.name", f"names must be unique, got {names}")
@@ -227,8 +276,11 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     db = _database_url(r.string("database_url", DEFAULT_DATABASE_URL))
     jira = _jira(Reader(r.table("jira"), "jira.", env))
     if jira.limits_scope == "cluster" and not db.startswith("postgresql"):
-        raise ConfigError("jira.limits_scope", "cluster needs a PostgreSQL database_url: the replicas "
-                          "share the budget through it (with SQLite, keep process)")
+        raise ConfigError(
+            "jira.limits_scope",
+            "cluster needs a PostgreSQL database_url: the replicas "
+            "share the budget through it (with SQLite, keep process)",
+        )
     return Settings(
         jira=jira,
         directories=directories,
@@ -244,7 +296,8 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         worker=_worker(Reader(r.table("worker"), "worker.", env)),
         sweep_schedule=_schedule(Reader(r.table("sweep"), "sweep.", env)),
         metrics_require_admin=_metrics(Reader(r.table("metrics"), "metrics.", env)),
-        log_level=level, log_format=log_format,
+        log_level=level,
+        log_format=log_format,
         trusted_proxies=r.integer("trusted_proxies", 0, 0, 10),
     )
 
@@ -256,16 +309,25 @@ def _database_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError("database_url", "must be an SQLAlchemy URL such as "
-                          f"{DEFAULT_DATABASE_URL} or postgresql://user@host/db, got {url!r}") from None
+        raise ConfigError(
+            "database_url",
+            f"must be an SQLAlchemy URL such as {DEFAULT_DATABASE_URL} or postgresql://user@host/db, got {url!r}",
+        ) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError("database_url", f"must be sqlite:// or postgresql://, got {backend}://")
     database = parsed.database or ""
-    if backend == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:") \
-            and not os.path.isabs(database):
-        raise ConfigError("database_url", f"the SQLite path {database!r} is relative; give an absolute "
-                          f"path with four slashes, such as sqlite:////var/lib/jira-avatar-sync/state.db")
+    if (
+        backend == "sqlite"
+        and database not in ("", ":memory:")
+        and not database.startswith("file:")
+        and not os.path.isabs(database)
+    ):
+        raise ConfigError(
+            "database_url",
+            f"the SQLite path {database!r} is relative; give an absolute "
+            f"path with four slashes, such as sqlite:////var/lib/jira-avatar-sync/state.db",
+        )
     return url
 
 
@@ -284,15 +346,20 @@ def _jira(r: Reader) -> JiraSettings:
     if ca_file and not Path(ca_file).is_file():
         raise ConfigError("jira.ca_file", f"no such file: {ca_file}")
     return JiraSettings(
-        url=url, username=username, password=password, token=token,
+        url=url,
+        username=username,
+        password=password,
+        token=token,
         max_concurrency=r.integer("max_concurrency", 4, 1, 256),
         max_requests_per_second=r.number("max_requests_per_second", 0, 0, 10_000),
         limits_scope=_limits_scope(r),
         connect_timeout=r.number("connect_timeout", 5, 0.1, 120),
         timeout=r.number("timeout", 30, 0.1, 600),
         max_retries=r.integer("max_retries", 4, 0, 20),
-        ca_file=ca_file, verify_tls=r.boolean("verify_tls", True),
-        user_groups=tuple(r.str_list("user_groups", []) or ()))
+        ca_file=ca_file,
+        verify_tls=r.boolean("verify_tls", True),
+        user_groups=tuple(r.str_list("user_groups", []) or ()),
+    )
 
 
 def _limits_scope(r: Reader) -> str:
@@ -304,9 +371,12 @@ def _limits_scope(r: Reader) -> str:
 
 def _webhook(r: Reader) -> WebhookSettings:
     r.reject_unknown(accepted("webhook"))
-    return WebhookSettings(secret=r.secret("secret"), previous_secret=r.secret("previous_secret"),
-                           allow_unauthenticated=r.boolean("allow_unauthenticated", False),
-                           max_body_bytes=r.integer("max_body_bytes", 64 * 1024, 256, 16 * 1024 * 1024))
+    return WebhookSettings(
+        secret=r.secret("secret"),
+        previous_secret=r.secret("previous_secret"),
+        allow_unauthenticated=r.boolean("allow_unauthenticated", False),
+        max_body_bytes=r.integer("max_body_bytes", 64 * 1024, 256, 16 * 1024 * 1024),
+    )
 
 
 def _admin(r: Reader) -> AdminSettings:
@@ -317,12 +387,14 @@ def _admin(r: Reader) -> AdminSettings:
 def _worker(r: Reader) -> WorkerSettings:
     r.reject_unknown(accepted("worker"))
     return WorkerSettings(
-        threads=r.integer("threads", 2, 0, 64), poll_seconds=r.number("poll_seconds", 1.0, 0.05, 60),
+        threads=r.integer("threads", 2, 0, 64),
+        poll_seconds=r.number("poll_seconds", 1.0, 0.05, 60),
         lease_seconds=r.number("lease_seconds", 120.0, 1, 86400),
         max_attempts=r.integer("max_attempts", 10, 1, 1000),
         retry_base_seconds=r.number("retry_base_seconds", 5.0, 0.01, 86400),
         retry_max_seconds=r.number("retry_max_seconds", 3600.0, 0.01, 7 * 86400),
-        start_in_web=r.boolean("start_in_web", True))
+        start_in_web=r.boolean("start_in_web", True),
+    )
 
 
 def _metrics(r: Reader) -> bool:
@@ -363,8 +435,9 @@ def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySetting
     if not base_dn:
         raise ConfigError(prefix + "base_dn", "is required")
     user_filter = r.string("user_filter", "(objectClass=inetOrgPerson)")
-    if not (user_filter.startswith("(") and user_filter.endswith(")")
-            and user_filter.count("(") == user_filter.count(")")):
+    if not (
+        user_filter.startswith("(") and user_filter.endswith(")") and user_filter.count("(") == user_filter.count(")")
+    ):
         raise ConfigError(prefix + "user_filter", f"{user_filter!r} is not a parenthesised LDAP filter")
     username_attribute = r.string("username_attribute", "uid")
     if not username_attribute.replace("-", "").isalnum():
@@ -373,12 +446,18 @@ def _directory(raw: Any, index: int, env: Mapping[str, str]) -> DirectorySetting
     if ca_file and not Path(ca_file).is_file():
         raise ConfigError(prefix + "ca_file", f"no such file: {ca_file}")
     return DirectorySettings(
-        name=r.string("name", f"directory{index + 1}"), urls=tuple(urls), base_dn=base_dn,
-        bind_dn=r.string("bind_dn", ""), bind_password=r.secret("bind_password"),
-        user_filter=user_filter, username_attribute=username_attribute,
+        name=r.string("name", f"directory{index + 1}"),
+        urls=tuple(urls),
+        base_dn=base_dn,
+        bind_dn=r.string("bind_dn", ""),
+        bind_password=r.secret("bind_password"),
+        user_filter=user_filter,
+        username_attribute=username_attribute,
         photo_attributes=r.attr_list("photo_attributes", None) or None,
-        ca_file=ca_file, start_tls=r.boolean("start_tls", False),
+        ca_file=ca_file,
+        start_tls=r.boolean("start_tls", False),
         verify_tls=r.boolean("verify_tls", True),
         connect_timeout=r.integer("connect_timeout", 3, 1, 120),
         timeout=r.integer("timeout", 10, 1, 600),
-        pool_size=r.integer("pool_size", 4, 1, 64))
+        pool_size=r.integer("pool_size", 4, 1, 64),
+    )

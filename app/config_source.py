@@ -2,6 +2,7 @@
 mapped onto the TOML file's keys, secrets read from files, and typed reading of a TOML table
 whose every error names the full key.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -73,8 +74,15 @@ _ENV_KEYS = {
     "LDAP_TIMEOUT": (("directories",), "timeout"),
     "LDAP_POOL_SIZE": (("directories",), "pool_size"),
 }
-_SECRETS = {"JIRA_PASSWORD", "JIRA_TOKEN", "WEBHOOK_SECRET", "WEBHOOK_PREVIOUS_SECRET", "ADMIN_TOKEN",
-            "ADMIN_PREVIOUS_TOKEN", "LDAP_BIND_PASSWORD"}
+_SECRETS = {
+    "JIRA_PASSWORD",
+    "JIRA_TOKEN",
+    "WEBHOOK_SECRET",
+    "WEBHOOK_PREVIOUS_SECRET",
+    "ADMIN_TOKEN",
+    "ADMIN_PREVIOUS_TOKEN",
+    "LDAP_BIND_PASSWORD",
+}
 
 
 def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

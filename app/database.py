@@ -2,6 +2,7 @@
 and our own BEGIN, the state file owner-only; PostgreSQL through psycopg 3), and one-line
 descriptions of the location and of a database error for people and logs (never a password,
 never SQLAlchemy's statement dump)."""
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,11 @@ def describe_location(url: str) -> str:
     (never the password)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return f"SQLite file {parsed.database}" if parsed.database not in (None, "", ":memory:") \
+        return (
+            f"SQLite file {parsed.database}"
+            if parsed.database not in (None, "", ":memory:")
             else "SQLite in memory (nothing is kept)"
+        )
     where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
     return f"PostgreSQL {where}" + (f" as {parsed.username}" if parsed.username else "")
 
@@ -76,8 +80,8 @@ def make_engine(url: str, **pool) -> Engine:
             immediate = conn.get_execution_options().get("sqlite_immediate")
             # on the DB-API connection: an exec_driver_sql costs a whole execution context
             conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
-    return create_engine(url, **{"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "pool_timeout": 30,
-                                 **pool})
+    return create_engine(url, **{"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "pool_timeout": 30, **pool})

@@ -9,6 +9,7 @@ reports "no answer within N s".
 The watchdog thread starts on the first guarded call in a process (after gunicorn's fork),
 never in create_app().
 """
+
 from __future__ import annotations
 
 import heapq

@@ -5,6 +5,7 @@ kept in a small per-process pool, borrowed by one thread at a time, re-opened on
 server dropped them, and fail over across a directory's URLs in order. Every username is
 escaped (RFC 4515) before it enters a filter. Photos are read as raw bytes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,14 +55,15 @@ SWEEP_PAGE_SIZE = 500  # <= AD's MaxPageSize (1000) and OpenLDAP's usual size.pr
 class DirectoryEntry:
     directory: str
     dn: str
-    photo: bytes | None          # raw bytes of the first photo attribute with a value
+    photo: bytes | None  # raw bytes of the first photo attribute with a value
     photo_attribute: str | None  # which attribute it came from
-    marker: str | None = None    # changes whenever the entry changes (see MARKER_ATTRIBUTES)
+    marker: str | None = None  # changes whenever the entry changes (see MARKER_ATTRIBUTES)
 
 
 @dataclass(frozen=True)
 class DirectoryUser:
     """One user as a sweep pages through a directory: no photo, just what tells a change."""
+
     username: str
     dn: str
     marker: str | None
@@ -70,6 +72,7 @@ class DirectoryUser:
 class UserDirectory(Protocol):
     """What the service needs of a directory. Directory (LDAP and AD, below) is the one the
     service runs with; tests/memory_directory.py keeps users in memory behind the same methods."""
+
     name: str
     photo_attributes: tuple[str, ...]
 
@@ -94,8 +97,7 @@ class UserDirectory(Protocol):
 
 
 def _marker(raw: dict) -> str | None:
-    parts = [f"{a}={raw[a.lower()][0].decode('utf-8', 'replace')}" for a in MARKER_ATTRIBUTES
-             if raw.get(a.lower())]
+    parts = [f"{a}={raw[a.lower()][0].decode('utf-8', 'replace')}" for a in MARKER_ATTRIBUTES if raw.get(a.lower())]
     return ";".join(parts) or None
 
 
@@ -129,11 +131,15 @@ class Directory:
         entries = [r for r in response if r.get("type") == "searchResEntry"]
         code = result.get("result")
         if code == 4 or len(entries) > 1:  # sizeLimitExceeded
-            raise DirectoryUnavailable(self.name, f"more than one entry matches {s.username_attribute}="
-                                       f"{username!r}; fix user_filter or username_attribute")
+            raise DirectoryUnavailable(
+                self.name,
+                f"more than one entry matches {s.username_attribute}="
+                f"{username!r}; fix user_filter or username_attribute",
+            )
         if code not in (0, 32):  # success, noSuchObject (base DN missing: nobody here)
-            raise DirectoryUnavailable(self.name, f"search failed: {result.get('description')} "
-                                       f"{result.get('message') or ''}".strip())
+            raise DirectoryUnavailable(
+                self.name, f"search failed: {result.get('description')} {result.get('message') or ''}".strip()
+            )
         if not entries:
             return None
         entry = entries[0]
@@ -227,8 +233,14 @@ class Directory:
             with self._connection(fresh=attempt == 2) as conn:
                 try:
                     with self._deadline(conn):
-                        conn.search(s.base_dn, search_filter, search_scope=ldap3.SUBTREE,
-                                    attributes=attributes, size_limit=size_limit, time_limit=s.timeout)
+                        conn.search(
+                            s.base_dn,
+                            search_filter,
+                            search_scope=ldap3.SUBTREE,
+                            attributes=attributes,
+                            size_limit=size_limit,
+                            time_limit=s.timeout,
+                        )
                     response, result = conn.response or [], conn.result or {}
                     conn.response = None  # an idle connection need not keep the last photo
                     return response, result
@@ -253,16 +265,24 @@ class Directory:
                 conn.broken = True
                 raise
 
-    def _pages(self, conn: ldap3.Connection, search_filter: str, attributes: list[str],
-               page_size: int) -> Iterator[dict]:
+    def _pages(
+        self, conn: ldap3.Connection, search_filter: str, attributes: list[str], page_size: int
+    ) -> Iterator[dict]:
         """The entries of a paged search on ``conn``, each page within the call deadline."""
         s = self.settings
         cookie = None
         while True:
             try:
                 with self._deadline(conn):
-                    conn.search(s.base_dn, search_filter, search_scope=ldap3.SUBTREE, attributes=attributes,
-                                time_limit=s.timeout, paged_size=page_size, paged_cookie=cookie)
+                    conn.search(
+                        s.base_dn,
+                        search_filter,
+                        search_scope=ldap3.SUBTREE,
+                        attributes=attributes,
+                        time_limit=s.timeout,
+                        paged_size=page_size,
+                        paged_cookie=cookie,
+                    )
             except LDAPException as exc:
                 raise DirectoryUnavailable(self.name, f"search failed: {exc}") from None
             result, response = conn.result or {}, conn.response or []
@@ -331,17 +351,32 @@ class Directory:
         use_ssl = parts.scheme == "ldaps"
         tls = None
         if use_ssl or s.start_tls:
-            tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if s.verify_tls else ssl.CERT_NONE,
-                            ca_certs_file=s.ca_file or None, version=None)
+            tls = ldap3.Tls(
+                validate=ssl.CERT_REQUIRED if s.verify_tls else ssl.CERT_NONE,
+                ca_certs_file=s.ca_file or None,
+                version=None,
+            )
         # A new Server per attempt: a failed open marks a shared Server unusable for ~5 s.
-        server = ldap3.Server(parts.hostname, port=parts.port or (636 if use_ssl else 389),
-                              use_ssl=use_ssl, tls=tls, get_info=ldap3.NONE,
-                              connect_timeout=s.connect_timeout)
+        server = ldap3.Server(
+            parts.hostname,
+            port=parts.port or (636 if use_ssl else 389),
+            use_ssl=use_ssl,
+            tls=tls,
+            get_info=ldap3.NONE,
+            connect_timeout=s.connect_timeout,
+        )
         # SYNC, not SAFE_SYNC: a connection is lent to one thread at a time (above), and
         # SAFE_SYNC deep-copies every response, a tenth of a lookup's CPU.
-        conn = ldap3.Connection(server, user=s.bind_dn or None, password=s.bind_password or None,
-                                client_strategy=ldap3.SYNC, receive_timeout=int(s.timeout),
-                                read_only=True, raise_exceptions=False, auto_referrals=False)
+        conn = ldap3.Connection(
+            server,
+            user=s.bind_dn or None,
+            password=s.bind_password or None,
+            client_strategy=ldap3.SYNC,
+            receive_timeout=int(s.timeout),
+            read_only=True,
+            raise_exceptions=False,
+            auto_referrals=False,
+        )
         conn.open()
         with self._deadline(conn):
             if s.start_tls and not use_ssl:
@@ -353,9 +388,13 @@ class Directory:
                 conn.unbind()
             except LDAPException:
                 pass
-            if description in ("invalidCredentials", "inappropriateAuthentication",
-                               "insufficientAccessRights", "confidentialityRequired",
-                               "strongerAuthRequired"):
+            if description in (
+                "invalidCredentials",
+                "inappropriateAuthentication",
+                "insufficientAccessRights",
+                "confidentialityRequired",
+                "strongerAuthRequired",
+            ):
                 raise _BindRefused(f"bind as {s.bind_dn or 'anonymous'} refused: {description}")
             raise LDAPException(f"bind failed: {description}")
         return conn

@@ -8,6 +8,7 @@ receives events (app/web/hooks.py only parses and authenticates).
 - a delivery id seen before (Jira retrying a webhook) is accepted once;
 - anything else is acknowledged and ignored.
 """
+
 from __future__ import annotations
 
 from .outcomes import DEBOUNCED, IGNORED
@@ -31,7 +32,8 @@ def accept(services, event: str, username: str, delivery_id: str | None = None) 
         decision = None  # a changed user is worth a sync even if it just logged in
     if decision is not None:
         return 200, {"status": decision, "user": username}
-    if not services.queue.enqueue(username, SYNC_EVENTS[event], source=event.removeprefix("user_"),
-                                  delivery_id=delivery_id):
+    if not services.queue.enqueue(
+        username, SYNC_EVENTS[event], source=event.removeprefix("user_"), delivery_id=delivery_id
+    ):
         return 200, {"status": IGNORED, "user": username, "reason": "delivery already accepted"}
     return 202, {"status": "queued", "user": username}

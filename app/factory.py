@@ -3,6 +3,7 @@ the webhook door (and, behind proxies, ProxyFix) in front. It opens no connectio
 thread: gunicorn forks after it. app/__init__.py says why this lives apart from the package's
 top.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,12 +48,18 @@ def create_app(config: Settings | None = None) -> Flask:
 def _database_unavailable(exc):
     """A locked, full or unreachable database: 503 with the reason in the log, never a 500."""
     log.warning("request not served, the database cannot be used now: %s", describe_error(exc))
-    return (jsonify({"error": "the service's database cannot be used now; try again"}), 503,
-            {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return (
+        jsonify({"error": "the service's database cannot be used now; try again"}),
+        503,
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def require_webhook_auth(settings: Settings) -> None:
     """An open webhook would let anyone trigger LDAP and Jira work: refuse unless asked for."""
     if not settings.webhook.secret and not settings.webhook.allow_unauthenticated:
-        raise ConfigError("webhook.secret", "is required (AVATAR_SYNC_WEBHOOK_SECRET); set "
-                          "webhook.allow_unauthenticated = true to accept unsigned webhooks")
+        raise ConfigError(
+            "webhook.secret",
+            "is required (AVATAR_SYNC_WEBHOOK_SECRET); set "
+            "webhook.allow_unauthenticated = true to accept unsigned webhooks",
+        )

@@ -10,6 +10,7 @@ directory unless set), so a scrape of any worker adds up all of them (app/metric
 set here, in the master, before any worker imports prometheus_client, which reads it once.
 This module imports nothing of the package but app.logs (``import app`` itself is light).
 """
+
 import glob
 import os
 import tempfile
@@ -21,8 +22,8 @@ workers = int(os.environ.get("AVATAR_SYNC_WEB_WORKERS", "2"))
 # ~2,700 acks/s with p99 ~5 ms on 2 cores, 4 threads ~2,200/s with p99 6-7.5 ms).
 threads = int(os.environ.get("AVATAR_SYNC_WEB_THREADS", "2"))
 preload_app = False
-timeout = 30             # gthread: only the heartbeat; LDAP and Jira calls have their own timeouts
-graceful_timeout = 30    # running syncs get this long to finish on restart
+timeout = 30  # gthread: only the heartbeat; LDAP and Jira calls have their own timeouts
+graceful_timeout = 30  # running syncs get this long to finish on restart
 keepalive = 5
 # Recycle workers now and then (the queue survives it), but rarely: a recycle stalls the
 # requests queued behind it (a 15 s run at 2,500 acks/s that crossed 20,000 had p99 175 ms).
@@ -54,6 +55,7 @@ def on_starting(server):
 
 def child_exit(server, worker):
     from prometheus_client import multiprocess  # the master: only now, and only this
+
     multiprocess.mark_process_dead(worker.pid)
 
 
@@ -70,4 +72,3 @@ def worker_exit(server, worker):
     pool = getattr(worker, "avatar_sync_pool", None)
     if pool is not None:
         pool.stop(timeout=max(1, graceful_timeout - 5))
-

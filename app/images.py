@@ -10,6 +10,7 @@ Why each step:
 - every mode ends as RGB or RGBA, 16-bit greys are scaled (a plain convert would clip to white);
 - centred square crop, never scaled up, always re-encoded (never pass directory bytes through).
 """
+
 from __future__ import annotations
 
 import io
@@ -19,13 +20,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 
 
-
 class InvalidPhoto(ValueError):
     """The directory photo cannot become an avatar; the message says why (shown to admins)."""
 
 
-def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024,
-              max_pixels: int = 4_000_000) -> bytes:
+def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024, max_pixels: int = 4_000_000) -> bytes:
     """Return PNG bytes of a centred square of ``raw``, at most ``size`` px a side."""
     if not raw:
         raise InvalidPhoto("empty photo")
@@ -42,8 +41,10 @@ def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024,
         if im.format == "JPEG":
             im.draft("RGB", (size, size))  # keeps both sides >= size
             if im.size[0] * im.size[1] > max_pixels:
-                raise InvalidPhoto(f"image is {width}x{height}, over the limit of {max_pixels} pixels "
-                                   f"even decoded at {im.size[0]}x{im.size[1]}")
+                raise InvalidPhoto(
+                    f"image is {width}x{height}, over the limit of {max_pixels} pixels "
+                    f"even decoded at {im.size[0]}x{im.size[1]}"
+                )
         im.load()
         im = ImageOps.exif_transpose(im)
         im = _to_rgb(im)

@@ -10,6 +10,7 @@ Facts behind the choices are in docs/jira-api.md (its section numbers below):
   and a refused password blocks further calls for a while: each retry would count as a
   failed login towards Jira's CAPTCHA (§6).
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -30,8 +31,8 @@ from .per_process import PerProcess
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-MAX_RETRY_AFTER = 60.0       # longer waits are handed back to the caller's own retry schedule
-AUTH_BLOCK_SECONDS = 300.0   # after Jira refused the credentials
+MAX_RETRY_AFTER = 60.0  # longer waits are handed back to the caller's own retry schedule
+AUTH_BLOCK_SECONDS = 300.0  # after Jira refused the credentials
 
 
 class JiraError(Exception):
@@ -80,8 +81,9 @@ class JiraClient:
         """``budget()``: makes the limiter of calls for a process (default: per process,
         app/jira_budget.py), after each fork."""
         self.settings = settings
-        self._budget = PerProcess(budget or (lambda: ProcessBudget(settings.max_concurrency,
-                                                                    settings.max_requests_per_second)))
+        self._budget = PerProcess(
+            budget or (lambda: ProcessBudget(settings.max_concurrency, settings.max_requests_per_second))
+        )
         self.api = settings.url.rstrip("/") + "/rest/api/2"
         self._sleep = sleep
         self._http = JiraHttp(settings)
@@ -106,8 +108,10 @@ class JiraClient:
         try:
             return resp.json()
         except ValueError:
-            raise JiraError(f"Jira answered {resp.status} with no JSON "
-                            f"({resp.headers.get('Content-Type', 'no content type')})", resp.status) from None
+            raise JiraError(
+                f"Jira answered {resp.status} with no JSON ({resp.headers.get('Content-Type', 'no content type')})",
+                resp.status,
+            ) from None
 
     def version(self) -> tuple[int, ...]:
         """Jira's version numbers (serverInfo), read once."""
@@ -123,24 +127,31 @@ class JiraClient:
         DC 10+ lists each avatar's fileName (§1.1); older versions leave it out.
         """
         resp = self._request("GET", "/user/avatars", params={"username": username})
-        return {str(a["id"]): a.get("fileName") for a in _json(resp).get("custom", [])
-                if a.get("id") is not None}
+        return {str(a["id"]): a.get("fileName") for a in _json(resp).get("custom", []) if a.get("id") is not None}
 
     def upload_avatar(self, username: str, png: bytes, side: int, filename: str = "avatar.png") -> str:
         """Upload a square PNG of ``side`` px (<= 500) and return the new avatar's id."""
         for attempt in (1, 2):
             temp = self._request(
-                "POST", "/user/avatar/temporary", ok=(200, 201), data=png,
+                "POST",
+                "/user/avatar/temporary",
+                ok=(200, 201),
+                data=png,
                 params={"username": username, "filename": filename, "size": len(png)},
-                headers={"Content-Type": "image/png"})
+                headers={"Content-Type": "image/png"},
+            )
             temp_body = _json(temp)
             if temp_body.get("id") is not None:  # square <= 48 px: created without cropping
                 return str(temp_body["id"])
             # Confirm is not idempotent (it creates an avatar): no blind retry on a lost answer.
             confirm = self._request(
-                "POST", "/user/avatar", params={"username": username}, ok=(200, 201, 500),
-                json={"cropperOffsetX": 0, "cropperOffsetY": 0, "cropperWidth": side,
-                      "needsCropping": False}, idempotent=False)
+                "POST",
+                "/user/avatar",
+                params={"username": username},
+                ok=(200, 201, 500),
+                json={"cropperOffsetX": 0, "cropperOffsetY": 0, "cropperWidth": side, "needsCropping": False},
+                idempotent=False,
+            )
             if confirm.status != 500:
                 avatar_id = _json(confirm).get("id")
                 if avatar_id is None:
@@ -150,18 +161,19 @@ class JiraClient:
             # another cluster node): start over once with a fresh session.
             log.warning("Jira lost the temporary avatar of %s (attempt %d)", username, attempt)
             self._http.forget_session()
-        raise JiraError("Jira lost the temporary avatar between upload and crop-confirm; "
-                        "a Data Center cluster needs sticky sessions", 500)
+        raise JiraError(
+            "Jira lost the temporary avatar between upload and crop-confirm; "
+            "a Data Center cluster needs sticky sessions",
+            500,
+        )
 
     def select_avatar(self, username: str, avatar_id: str) -> None:
         # Jira stores whatever id it is given (§1.4): only pass ids it handed out.
-        self._request("PUT", "/user/avatar", params={"username": username},
-                      json={"id": str(avatar_id)}, ok=(200, 204))
+        self._request("PUT", "/user/avatar", params={"username": username}, json={"id": str(avatar_id)}, ok=(200, 204))
 
     def delete_avatar(self, username: str, avatar_id: str) -> bool:
         """Delete one custom avatar; False when it was already gone."""
-        resp = self._request("DELETE", f"/user/avatar/{avatar_id}", params={"username": username},
-                             ok=(204, 200, 404))
+        resp = self._request("DELETE", f"/user/avatar/{avatar_id}", params={"username": username}, ok=(204, 200, 404))
         return resp.status != 404
 
     def avatar_image(self, username: str, size: str = "48x48") -> bytes | None:
@@ -195,12 +207,12 @@ class JiraClient:
 
     # -- transport ---------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, ok=(200,), idempotent: bool = True,
-                 **kwargs) -> Response:
+    def _request(self, method: str, path: str, *, ok=(200,), idempotent: bool = True, **kwargs) -> Response:
         s = self.settings
         if time.monotonic() < self._auth_blocked_until:
-            raise JiraAuthError(self._auth_block_reason + " (not retried until "
-                                "the service restarts or the block expires)")
+            raise JiraAuthError(
+                self._auth_block_reason + " (not retried until the service restarts or the block expires)"
+            )
         url = path if path.startswith(("http://", "https://")) else self.api + path
         for attempt in range(s.max_retries + 1):
             wait = None
@@ -225,7 +237,7 @@ class JiraClient:
             if attempt == s.max_retries:
                 raise error
             if wait is None:
-                wait = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                wait = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
             self._sleep(wait)
         raise AssertionError("unreachable")
 
@@ -236,7 +248,9 @@ class JiraClient:
         if 300 <= resp.status < 400:
             raise JiraRequestError(
                 f"{method} {path} answered {resp.status}, a redirect to {resp.headers.get('Location')!r}: "
-                "set jira.url to Jira's base URL as Jira itself gives it", resp.status)
+                "set jira.url to Jira's base URL as Jira itself gives it",
+                resp.status,
+            )
         if resp.status not in RETRY_STATUSES:
             message = f"{method} {path} answered {resp.status}: {_error_text(resp)}"
             if 400 <= resp.status < 500:
@@ -275,16 +289,21 @@ class JiraClient:
         denied = resp.headers.get("X-Authentication-Denied-Reason", "")
         login_reason = resp.headers.get("X-Seraph-LoginReason", "")
         if "CAPTCHA" in denied.upper():
-            self._block(f"Jira requires a CAPTCHA for {self._who()}: log in once in a browser "
-                        "or have an admin reset the failed-login count")
-        if resp.status == 401 and ("FAILED" in login_reason or "DENIED" in login_reason
-                                        or path in ("/myself", "/mypermissions")):
+            self._block(
+                f"Jira requires a CAPTCHA for {self._who()}: log in once in a browser "
+                "or have an admin reset the failed-login count"
+            )
+        if resp.status == 401 and (
+            "FAILED" in login_reason or "DENIED" in login_reason or path in ("/myself", "/mypermissions")
+        ):
             self._block(f"Jira refused the credentials of {self._who()} (401)")
         if resp.status == 403 and path.startswith("/user/avatar") and "xsrf" in _error_text(resp).lower():
             raise JiraRequestError(f"{method} {path}: Jira's XSRF check refused the call", 403)
-        raise JiraAuthError(f"{method} {path} answered {resp.status}: {self._who()} is not allowed "
-                            "(the service account needs the Jira Administrators permission)",
-                            resp.status)
+        raise JiraAuthError(
+            f"{method} {path} answered {resp.status}: {self._who()} is not allowed "
+            "(the service account needs the Jira Administrators permission)",
+            resp.status,
+        )
 
     def _block(self, reason: str):
         self._auth_block_reason = reason
@@ -309,16 +328,19 @@ def _retry_after(resp: Response) -> float | None:
 
 def _log_rate_limit(resp: Response) -> None:
     if resp.status == 429:
-        log.warning("Jira rate limit hit (remaining %s, fill rate %s per %ss): ask for an exemption "
-                    "of the service account", resp.headers.get("X-RateLimit-Remaining"),
-                    resp.headers.get("X-RateLimit-FillRate"),
-                    resp.headers.get("X-RateLimit-Interval-Seconds"))
+        log.warning(
+            "Jira rate limit hit (remaining %s, fill rate %s per %ss): ask for an exemption of the service account",
+            resp.headers.get("X-RateLimit-Remaining"),
+            resp.headers.get("X-RateLimit-FillRate"),
+            resp.headers.get("X-RateLimit-Interval-Seconds"),
+        )
 
 
 def user_from_bean(bean: dict, username: str) -> JiraUser:
     avatar_id, custom = avatar_from_urls(bean.get("avatarUrls"))
-    return JiraUser(name=bean.get("name", username), key=bean.get("key", ""),
-                    avatar_id=avatar_id, avatar_is_custom=custom)
+    return JiraUser(
+        name=bean.get("name", username), key=bean.get("key", ""), avatar_id=avatar_id, avatar_is_custom=custom
+    )
 
 
 def _same_origin(url: str, base: str) -> bool:
@@ -336,8 +358,10 @@ def _json(resp: Response) -> dict:
     try:
         body = resp.json()
     except ValueError:
-        raise JiraError(f"Jira answered {resp.status} with no JSON "
-                        f"({resp.headers.get('Content-Type', 'no content type')})", resp.status) from None
+        raise JiraError(
+            f"Jira answered {resp.status} with no JSON ({resp.headers.get('Content-Type', 'no content type')})",
+            resp.status,
+        ) from None
     if not isinstance(body, dict):
         raise JiraError(f"Jira answered {resp.status} with unexpected JSON", resp.status)
     return body

@@ -9,6 +9,7 @@ replica, so adding replicas never exceeds what the Jira admin allowed:
 - rate: one row, jira_budget, holds when the next call may start, in PostgreSQL's clock (the
   replicas' clocks never disagree). A caller moves it one interval on and waits its turn.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,7 +27,8 @@ SLOT_CLASS = 0x6A697261  # pg advisory lock class of the concurrency slots ('jir
 WAIT_SECONDS = 120.0  # a call waits this long for a slot, then fails (and is retried later)
 
 jira_budget = Table(
-    "jira_budget", metadata,
+    "jira_budget",
+    metadata,
     Column("name", String(32), primary_key=True),
     Column("next_at", Float, nullable=False),  # epoch seconds, PostgreSQL's clock
 )
@@ -35,7 +37,8 @@ _TAKE_TURN = text(
     "INSERT INTO jira_budget (name, next_at) VALUES ('rate', extract(epoch from clock_timestamp()) + :interval) "
     "ON CONFLICT (name) DO UPDATE SET next_at = "
     "greatest(jira_budget.next_at, extract(epoch from clock_timestamp())) + :interval "
-    "RETURNING next_at - :interval - extract(epoch from clock_timestamp())")
+    "RETURNING next_at - :interval - extract(epoch from clock_timestamp())"
+)
 
 
 class BudgetUnavailable(Exception):
@@ -74,8 +77,9 @@ class ClusterBudget:
         self._local_gate = threading.BoundedSemaphore(max_concurrency)
         # the slots' own connections, one per call in flight, in autocommit (a lock and an unlock
         # are a statement each) and not pinged first (a dead one fails the call, which is retried)
-        self._slots_engine = make_engine(store.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False,
-                                         pool_size=max_concurrency, max_overflow=0)
+        self._slots_engine = make_engine(
+            store.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_size=max_concurrency, max_overflow=0
+        )
 
     @contextmanager
     def call(self) -> Iterator[None]:
@@ -114,19 +118,23 @@ class ClusterBudget:
         deadline = time.monotonic() + WAIT_SECONDS
         pause = 0.002
         while True:
-            slot = conn.execute(_TRY_SLOTS, {"cls": SLOT_CLASS, "n": self.slots,
-                                             "start": random.randrange(self.slots)}).scalar()
+            slot = conn.execute(
+                _TRY_SLOTS, {"cls": SLOT_CLASS, "n": self.slots, "start": random.randrange(self.slots)}
+            ).scalar()
             if slot is not None:
                 return slot
             if time.monotonic() > deadline:
-                raise BudgetUnavailable(f"no Jira call slot free within {WAIT_SECONDS:g}s "
-                                        f"({self.slots} for the whole cluster)")
+                raise BudgetUnavailable(
+                    f"no Jira call slot free within {WAIT_SECONDS:g}s ({self.slots} for the whole cluster)"
+                )
             time.sleep(pause)
             pause = min(0.05, pause * 2)
 
 
 # The first free slot, tried from a random one on, in one statement: PostgreSQL evaluates the
 # filter row by row under the LIMIT, so it stops at the first lock it gets and takes no other.
-_TRY_SLOTS = text("SELECT (s + :start) % :n FROM generate_series(0, :n - 1) AS s "
-                  "WHERE pg_try_advisory_lock(:cls, (s + :start) % :n) LIMIT 1")
+_TRY_SLOTS = text(
+    "SELECT (s + :start) % :n FROM generate_series(0, :n - 1) AS s "
+    "WHERE pg_try_advisory_lock(:cls, (s + :start) % :n) LIMIT 1"
+)
 _UNLOCK = text("SELECT pg_advisory_unlock(:cls, :slot)")

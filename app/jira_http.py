@@ -10,6 +10,7 @@ Why a jar per thread: Jira keeps the temporary avatar in the HTTP session (docs/
 so one thread's upload and crop-confirm must carry the same session cookie, and two threads
 must not share a session (one's upload would replace the other's temporary image).
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,17 +64,28 @@ class JiraHttp:
         self._per_process = PerProcess(lambda: (self._make_pool(), threading.local()))
         self._timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.timeout)
         self._deadline = settings.connect_timeout + settings.timeout  # a whole call, body included
-        headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate",  # as requests sent
-                   "User-Agent": "jira-avatar-sync",
-                   "X-Atlassian-Token": "no-check"}  # XSRF: mutating calls need it (§1.2)
+        headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",  # as requests sent
+            "User-Agent": "jira-avatar-sync",
+            "X-Atlassian-Token": "no-check",
+        }  # XSRF: mutating calls need it (§1.2)
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
         else:  # sent pre-emptively: Jira never challenges (§6)
             headers["Authorization"] = _basic(settings.username, settings.password)
         self._headers = headers
 
-    def request(self, method: str, url: str, *, params: dict | None = None, data: bytes | None = None,
-                json=None, headers: dict | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict | None = None,
+        data: bytes | None = None,
+        json=None,
+        headers: dict | None = None,
+    ) -> Response:
         """One call, no retries and no redirects followed; urllib3's exceptions pass through."""
         pool, jar = self._pool_and_jar()
         cookie_request = self._cookie_request(url)
@@ -91,8 +103,16 @@ class JiraHttp:
             all_headers["Cookie"] = cookie
         call = _calls.call = _Call(time.monotonic() + self._deadline)
         try:
-            resp = pool.request(method, url, body=data, headers=all_headers, timeout=self._timeout,
-                                retries=False, redirect=False, preload_content=False)
+            resp = pool.request(
+                method,
+                url,
+                body=data,
+                headers=all_headers,
+                timeout=self._timeout,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+            )
         except urllib3.exceptions.HTTPError:
             if call.fired:  # the watchdog cut a status line or headers sent too slowly
                 raise self._too_slow(url) from None
@@ -178,6 +198,7 @@ class JiraHttp:
 @dataclass
 class _Call:
     """The call under way on this thread: its overall deadline, and the socket it uses."""
+
     deadline: float
     sock: object = None
     fired: bool = False

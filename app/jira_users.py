@@ -16,6 +16,7 @@ ours. Read one by one that is a round trip per user; these calls read fifty to t
 
 Every strategy makes at most ``jira.max_concurrency`` calls at once (the client's gate).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,15 +27,16 @@ from .jira import JiraClient, JiraError, user_from_bean
 
 log = logging.getLogger(__name__)
 
-GROUP_PAGE = 50          # group/member answers at most 50 a page
+GROUP_PAGE = 50  # group/member answers at most 50 a page
 USER_LIST_PAGE = 1000
 PREFIX_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789._-@"
-MAX_PREFIX = 12          # deeper than this a prefix is not split again (its users are read alone)
+MAX_PREFIX = 12  # deeper than this a prefix is not split again (its users are read alone)
 
 
 @dataclass
 class JiraUsers:
     """Users by user_key (lower-case name), and whether a user missing here is surely not in Jira."""
+
     users: dict
     complete: bool
     how: str  # user/list, group/member, user/search: for the log and the report
@@ -77,16 +79,19 @@ def application_groups(jira: JiraClient) -> list[str] | None:
         roles = None
     if not isinstance(roles, list):
         return None
-    return sorted({g for role in roles if isinstance(role, dict) for g in role.get("groups") or []
-                   if isinstance(g, str)})
+    return sorted(
+        {g for role in roles if isinstance(role, dict) for g in role.get("groups") or [] if isinstance(g, str)}
+    )
 
 
 def group_members(jira: JiraClient, groups: list[str]) -> tuple[dict, list[str]]:
     """Every active member of ``groups``, once each, and the groups Jira does not have."""
 
     def page(group: str, start: int):
-        return jira.read("/group/member", {"groupname": group, "includeInactiveUsers": "false",
-                                           "startAt": start, "maxResults": GROUP_PAGE})
+        return jira.read(
+            "/group/member",
+            {"groupname": group, "includeInactiveUsers": "false", "startAt": start, "maxResults": GROUP_PAGE},
+        )
 
     users: dict = {}
     unknown: list[str] = []

@@ -7,6 +7,7 @@ parser. A sync's line carries its fields (user, outcome, reason, source, duratio
 Nothing secret is logged: the webhook's ``?token=`` is cut out of every request line, and
 usernames are escaped where they enter a text line (sync.loggable).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,21 @@ from gunicorn.glogging import Logger as _GunicornLogger
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 # Fields a record may carry (logging's ``extra``) that the JSON form keeps.
-FIELDS = ("user", "outcome", "reason", "source", "duration_ms", "dry_run", "sweep_id",
-          "remote", "method", "path", "status", "bytes", "user_agent")
+FIELDS = (
+    "user",
+    "outcome",
+    "reason",
+    "source",
+    "duration_ms",
+    "dry_run",
+    "sweep_id",
+    "remote",
+    "method",
+    "path",
+    "status",
+    "bytes",
+    "user_agent",
+)
 _TOKEN = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)
 
 
@@ -33,9 +47,13 @@ def redact(text: str) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-               "level": record.levelname, "logger": record.name, "process": record.process,
-               "message": record.getMessage()}
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.process,
+            "message": record.getMessage(),
+        }
         for key in FIELDS:
             value = getattr(record, key, None)
             if value is not None:
@@ -57,8 +75,11 @@ def setup(level: str, log_format: str, stream=None) -> None:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.avatar_sync = True
         for other in list(root.handlers):  # basicConfig's, or an earlier default
-            if isinstance(other, logging.StreamHandler) and not getattr(other, "avatar_sync", False) \
-                    and getattr(other, "stream", None) in (sys.stderr, sys.stdout):
+            if (
+                isinstance(other, logging.StreamHandler)
+                and not getattr(other, "avatar_sync", False)
+                and getattr(other, "stream", None) in (sys.stderr, sys.stdout)
+            ):
                 root.removeHandler(other)
         root.addHandler(handler)
     handler.setFormatter(formatter(log_format))
@@ -89,6 +110,17 @@ class GunicornLogger(_GunicornLogger):
         if not self.access_log_enabled:
             return
         a = self.atoms(resp, req, environ, request_time)
-        self.access_log.info("%s %s", a["m"], redact(a["U"] + ("?" + a["q"] if a["q"] else "")), extra={
-            "remote": a["h"], "method": a["m"], "path": a["U"], "status": a["s"], "bytes": a["B"],
-            "duration_ms": round(request_time.total_seconds() * 1000, 1), "user_agent": a["a"]})
+        self.access_log.info(
+            "%s %s",
+            a["m"],
+            redact(a["U"] + ("?" + a["q"] if a["q"] else "")),
+            extra={
+                "remote": a["h"],
+                "method": a["m"],
+                "path": a["U"],
+                "status": a["s"],
+                "bytes": a["B"],
+                "duration_ms": round(request_time.total_seconds() * 1000, 1),
+                "user_agent": a["a"],
+            },
+        )

@@ -10,6 +10,7 @@ replica and ``sum()`` adds them up, as for any service.
 Gauges are read when scraped, from the shared database (the queue, the sweeps) and from this
 process's readiness probe, so every worker and replica answers alike for the database's part.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,17 +27,25 @@ PREFIX = "jira_avatar_sync_"
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # its files are opened as the metrics are made, below
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], mode=0o700, exist_ok=True)
 
-SYNCS = Counter(PREFIX + "syncs_total", "Syncs that ended, by outcome (dry runs not counted)",
-                ["outcome", "source"])
-SYNC_SECONDS = Histogram(PREFIX + "sync_duration_seconds", "How long a sync took, directory and Jira included",
-                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+SYNCS = Counter(PREFIX + "syncs_total", "Syncs that ended, by outcome (dry runs not counted)", ["outcome", "source"])
+SYNC_SECONDS = Histogram(
+    PREFIX + "sync_duration_seconds",
+    "How long a sync took, directory and Jira included",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 WEBHOOKS = Counter(PREFIX + "webhook_requests_total", "Webhook requests by answer", ["status"])
-JIRA_REQUESTS = Counter(PREFIX + "jira_requests_total", "Calls to Jira by method and HTTP status "
-                        "(error: no answer)", ["method", "status"])
-JIRA_SECONDS = Histogram(PREFIX + "jira_request_duration_seconds", "Calls to Jira, by method", ["method"],
-                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-LDAP_ERRORS = Counter(PREFIX + "ldap_errors_total", "Directory calls that failed (down, refused, timed out)",
-                      ["directory"])
+JIRA_REQUESTS = Counter(
+    PREFIX + "jira_requests_total", "Calls to Jira by method and HTTP status (error: no answer)", ["method", "status"]
+)
+JIRA_SECONDS = Histogram(
+    PREFIX + "jira_request_duration_seconds",
+    "Calls to Jira, by method",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LDAP_ERRORS = Counter(
+    PREFIX + "ldap_errors_total", "Directory calls that failed (down, refused, timed out)", ["directory"]
+)
 
 
 def multiprocess() -> bool:
@@ -66,11 +75,13 @@ class _Gauges:
         g = GaugeMetricFamily(PREFIX + "build_info", "The running version", labels=["version"])
         g.add_metric([__version__], 1)
         yield g
-        yield GaugeMetricFamily(PREFIX + "disabled", "1 when photo_attributes is empty",
-                                value=1 if svc.settings.sync_disabled else 0)
+        yield GaugeMetricFamily(
+            PREFIX + "disabled", "1 when photo_attributes is empty", value=1 if svc.settings.sync_disabled else 0
+        )
         checks = svc.readiness.current()
-        g = GaugeMetricFamily(PREFIX + "dependency_up", "1 while a dependency answers (this process's probe)",
-                              labels=["dependency"])
+        g = GaugeMetricFamily(
+            PREFIX + "dependency_up", "1 while a dependency answers (this process's probe)", labels=["dependency"]
+        )
         for name, check in checks.items():
             g.add_metric([name], 1 if check["status"] == "ok" else 0)
         yield g
@@ -92,8 +103,11 @@ def _database_gauges(svc):
     yield g
     last_success = svc.store.last_success_at()
     if last_success is not None:
-        yield GaugeMetricFamily(PREFIX + "last_success_timestamp_seconds",
-                                "When a sync last ended in a settled outcome", value=last_success.timestamp())
+        yield GaugeMetricFamily(
+            PREFIX + "last_success_timestamp_seconds",
+            "When a sync last ended in a settled outcome",
+            value=last_success.timestamp(),
+        )
     running, last = svc.sweeps.running(), svc.sweeps.last_ended()
     yield GaugeMetricFamily(PREFIX + "sweep_running", "1 while a sweep runs", value=1 if running else 0)
     g = GaugeMetricFamily(PREFIX + "sweep_users", "Users of the running sweep", labels=["state"])
@@ -101,10 +115,12 @@ def _database_gauges(svc):
     g.add_metric(["done"], running["done"] if running else 0)
     yield g
     # 0 and no status while no sweep has ever ended (the "no sweep for 2 days" alert then fires)
-    yield GaugeMetricFamily(PREFIX + "last_sweep_end_timestamp_seconds", "When the last sweep ended (0: never)",
-                            value=last["finished_epoch"] if last else 0)
-    g = GaugeMetricFamily(PREFIX + "last_sweep_status", "1 for the status the last sweep ended with",
-                          labels=["status"])
+    yield GaugeMetricFamily(
+        PREFIX + "last_sweep_end_timestamp_seconds",
+        "When the last sweep ended (0: never)",
+        value=last["finished_epoch"] if last else 0,
+    )
+    g = GaugeMetricFamily(PREFIX + "last_sweep_status", "1 for the status the last sweep ended with", labels=["status"])
     for status in (SweepStatus.FINISHED, SweepStatus.FAILED, SweepStatus.CANCELLED):
         g.add_metric([status], 1 if last and last["status"] == status else 0)
     yield g

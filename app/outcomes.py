@@ -1,6 +1,7 @@
 """The names every module and every answer uses: how a sync ended (the contract's outcomes),
 the webhook's own answers, and the states of a queued job and of a sweep. StrEnums: each is
 its name as a string too, in JSON answers, database rows and log lines alike."""
+
 from enum import StrEnum
 
 
@@ -18,7 +19,8 @@ class Outcome(StrEnum):
 
 class WebhookAnswer(StrEnum):
     """What a login event came to when no sync was queued for it."""
-    IGNORED = "ignored"      # the service's own account
+
+    IGNORED = "ignored"  # the service's own account
     DEBOUNCED = "debounced"  # synced within login_debounce_seconds
 
 

@@ -6,6 +6,7 @@ such thing the service keeps (the database engine, LDAP connections, Jira's HTTP
 budget, the deadline watchdog, SQLite's lock file) is held in a PerProcess, so a child makes its
 own the first time it needs one and never touches what it inherited.
 """
+
 from __future__ import annotations
 
 import os

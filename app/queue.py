@@ -9,6 +9,7 @@
 - A failed attempt is retried with exponential back-off and jitter; after the last attempt the
   row stays, state ``failed``, with its reason, until the next event for that user.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,7 +47,8 @@ LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
 PENDING, RUNNING, FAILED = JobState.PENDING, JobState.RUNNING, JobState.FAILED
 
 jobs = Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("username", String(255), nullable=False, unique=True),
     Column("priority", Integer, nullable=False),
@@ -75,7 +77,8 @@ Index("jobs_lease", jobs.c.state, jobs.c.lease_until)
 Index("jobs_sweep", jobs.c.sweep_id)
 
 deliveries = Table(
-    "webhook_deliveries", metadata,
+    "webhook_deliveries",
+    metadata,
     Column("id", String(255), primary_key=True),  # X-Atlassian-Webhook-Identifier
     Column("received_at", DateTime(timezone=True), nullable=False, index=True),
 )
@@ -116,9 +119,16 @@ class LoginQueue:
 
     # -- producers ---------------------------------------------------------------------
 
-    def enqueue(self, username: str, priority: int = LOGIN, source: str = "login", force: bool = False,
-                sweep_id: int | None = None, delivery_id: str | None = None,
-                wait: float = USER_WAIT_SECONDS) -> bool:
+    def enqueue(
+        self,
+        username: str,
+        priority: int = LOGIN,
+        source: str = "login",
+        force: bool = False,
+        sweep_id: int | None = None,
+        delivery_id: str | None = None,
+        wait: float = USER_WAIT_SECONDS,
+    ) -> bool:
         """Queue (or merge into) the user's job. False when ``delivery_id`` was seen before.
         ``wait``: how long to wait for another writer (a webhook answers 503 after it).
 
@@ -129,8 +139,10 @@ class LoginQueue:
         now = utcnow()
         with self.store.transaction(wait=wait) as tx:  # every first login's one write
             statements = _statements(tx.dialect.name)
-            seen = delivery_id and tx.execute(
-                statements.delivery, {"id": delivery_id[:255], "received_at": now}).first() is None
+            seen = (
+                delivery_id
+                and tx.execute(statements.delivery, {"id": delivery_id[:255], "received_at": now}).first() is None
+            )
             if seen:
                 return False
             tx.execute(statements.enqueue, _params(username, priority, source, force, sweep_id, now, None))
@@ -141,8 +153,10 @@ class LoginQueue:
         """Queue a page of a sweep's users at low priority, inside the caller's transaction."""
         if users:
             now = utcnow()
-            tx.execute(_statements(tx.dialect.name).enqueue,
-                       [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users])
+            tx.execute(
+                _statements(tx.dialect.name).enqueue,
+                [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users],
+            )
 
     # -- consumers ---------------------------------------------------------------------
 
@@ -163,8 +177,10 @@ class LoginQueue:
         pending, expired = _due(limit, min_priority)
         if not getattr(self._busy, "value", False):
             with self.store.read() as conn:
-                if conn.execute(pending.with_only_columns(jobs.c.id), {"now": now}).first() is None and \
-                        conn.execute(expired.with_only_columns(jobs.c.id), {"now": now}).first() is None:
+                if (
+                    conn.execute(pending.with_only_columns(jobs.c.id), {"now": now}).first() is None
+                    and conn.execute(expired.with_only_columns(jobs.c.id), {"now": now}).first() is None
+                ):
                     return []
             look_for_expired = True
         else:
@@ -184,10 +200,21 @@ class LoginQueue:
                 return []
             until = now + timedelta(seconds=self.policy.lease_seconds)
             tx.execute(_LEASE, [{"job": r["id"], "lease_of": self.owner(), "now": now, "until": until} for r in rows])
-        return [Job(r["id"], r["username"], r["priority"], bool(r["force"]), r["source"],
-                    r["attempts"] + 1, r["sweep_id"],
-                    JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
-                    if r["jira_key"] else None) for r in rows]
+        return [
+            Job(
+                r["id"],
+                r["username"],
+                r["priority"],
+                bool(r["force"]),
+                r["source"],
+                r["attempts"] + 1,
+                r["sweep_id"],
+                JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
+                if r["jira_key"]
+                else None,
+            )
+            for r in rows
+        ]
 
     def urgent_waiting(self) -> bool:
         """A job above sweep priority (a login...) is due: a worker holding a batch of sweep
@@ -207,9 +234,17 @@ class LoginQueue:
         as failed. True if it will be retried."""
         now = utcnow()
         retry = job.attempts < self.policy.max_attempts
-        tx.execute(_FAILED, {"job": job.id, "lease_of": self.owner(), "now": now, "reason": error[:2000],
-                             "new_state": PENDING if retry else FAILED,
-                             "next": now + timedelta(seconds=self.policy.delay(job.attempts)) if retry else now})
+        tx.execute(
+            _FAILED,
+            {
+                "job": job.id,
+                "lease_of": self.owner(),
+                "now": now,
+                "reason": error[:2000],
+                "new_state": PENDING if retry else FAILED,
+                "next": now + timedelta(seconds=self.policy.delay(job.attempts)) if retry else now,
+            },
+        )
         # an event that arrived while this attempt ran deserves a fresh start
         tx.execute(_FRESH, {"job": job.id, "now": now})
         return retry
@@ -217,12 +252,18 @@ class LoginQueue:
     def release_dead_leases(self) -> int:
         """Free leases held by processes of this host that no longer exist (after a kill -9)."""
         with self.store.transaction() as conn:
-            rows = conn.execute(select(jobs.c.id, jobs.c.lease_owner).where(
-                jobs.c.state == RUNNING, jobs.c.lease_owner.like(self.owner_prefix + "%"))).all()
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.lease_owner).where(
+                    jobs.c.state == RUNNING, jobs.c.lease_owner.like(self.owner_prefix + "%")
+                )
+            ).all()
             dead = [r.id for r in rows if not _pid_alive(int(r.lease_owner.split(":")[1]))]
             if dead:
-                conn.execute(jobs.update().where(jobs.c.id.in_(dead)).values(
-                    state=PENDING, lease_owner=None, lease_until=None, next_try_at=utcnow()))
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id.in_(dead))
+                    .values(state=PENDING, lease_owner=None, lease_until=None, next_try_at=utcnow())
+                )
         return len(dead)
 
     # -- reading -----------------------------------------------------------------------
@@ -245,8 +286,9 @@ class LoginQueue:
     def cancel_sweep(self, sweep_id: int) -> None:
         """Drop a cancelled sweep's queued work (a login merged into it stays)."""
         with self.store.transaction() as conn:
-            conn.execute(jobs.delete().where(jobs.c.sweep_id == sweep_id, jobs.c.state != RUNNING,
-                                             jobs.c.priority == SWEEP))
+            conn.execute(
+                jobs.delete().where(jobs.c.sweep_id == sweep_id, jobs.c.state != RUNNING, jobs.c.priority == SWEEP)
+            )
 
     def forget(self, username: str) -> None:
         """user_deleted: drop any queued work for the user (a running attempt finishes)."""
@@ -261,26 +303,62 @@ class LoginQueue:
 # The statements, built once (SQLAlchemy caches their compiled form).
 _NOW = bindparam("now")
 _MINE = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
-_LEASE = jobs.update().where(jobs.c.id == bindparam("job")).values(
-    state=RUNNING, lease_owner=bindparam("lease_of"), again=False, lease_until=bindparam("until"),
-    attempts=jobs.c.attempts + 1, updated_at=_NOW)
+_LEASE = (
+    jobs.update()
+    .where(jobs.c.id == bindparam("job"))
+    .values(
+        state=RUNNING,
+        lease_owner=bindparam("lease_of"),
+        again=False,
+        lease_until=bindparam("until"),
+        attempts=jobs.c.attempts + 1,
+        updated_at=_NOW,
+    )
+)
 _URGENT = select(jobs.c.id).where(jobs.c.state == PENDING, jobs.c.priority < SWEEP, jobs.c.next_try_at <= _NOW).limit(1)
-_RERUN = jobs.update().where(_MINE, jobs.c.again.is_(True)).values(
-    state=PENDING, again=False, attempts=0, lease_owner=None, lease_until=None,
-    next_try_at=_NOW, last_error=None, updated_at=_NOW)
+_RERUN = (
+    jobs.update()
+    .where(_MINE, jobs.c.again.is_(True))
+    .values(
+        state=PENDING,
+        again=False,
+        attempts=0,
+        lease_owner=None,
+        lease_until=None,
+        next_try_at=_NOW,
+        last_error=None,
+        updated_at=_NOW,
+    )
+)
 _DROP = jobs.delete().where(_MINE, jobs.c.again.is_(False), jobs.c.state == RUNNING)
-_FAILED = jobs.update().where(_MINE).values(
-    lease_owner=None, lease_until=None, last_error=bindparam("reason"), updated_at=_NOW,
-    state=bindparam("new_state"), next_try_at=bindparam("next"))
-_FRESH = jobs.update().where(jobs.c.id == bindparam("job"), jobs.c.again.is_(True)).values(
-    state=PENDING, again=False, attempts=0, next_try_at=_NOW)
+_FAILED = (
+    jobs.update()
+    .where(_MINE)
+    .values(
+        lease_owner=None,
+        lease_until=None,
+        last_error=bindparam("reason"),
+        updated_at=_NOW,
+        state=bindparam("new_state"),
+        next_try_at=bindparam("next"),
+    )
+)
+_FRESH = (
+    jobs.update()
+    .where(jobs.c.id == bindparam("job"), jobs.c.again.is_(True))
+    .values(state=PENDING, again=False, attempts=0, next_try_at=_NOW)
+)
 
 
 @functools.cache
 def _due(limit: int, min_priority: int):
     """The due jobs a claim takes: pending ones by priority, and those of dead workers."""
-    pending = (select(jobs).where(jobs.c.state == PENDING, jobs.c.next_try_at <= _NOW)
-               .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id).limit(limit))
+    pending = (
+        select(jobs)
+        .where(jobs.c.state == PENDING, jobs.c.next_try_at <= _NOW)
+        .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id)
+        .limit(limit)
+    )
     expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < _NOW).limit(limit)
     if min_priority > LOGIN:
         pending, expired = (q.where(jobs.c.priority >= min_priority) for q in (pending, expired))
@@ -297,40 +375,66 @@ class _Upserts:
 def _statements(dialect: str) -> _Upserts:
     """The two upserts, in the dialect's own ON CONFLICT."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    delivery = (insert(deliveries).values(id=bindparam("id"), received_at=bindparam("received_at"))
-                .on_conflict_do_nothing(index_elements=["id"]).returning(deliveries.c.id))
+    delivery = (
+        insert(deliveries)
+        .values(id=bindparam("id"), received_at=bindparam("received_at"))
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(deliveries.c.id)
+    )
     now, rerun = _NOW, bindparam("rerun")
     stmt = insert(jobs).values(
-        username=bindparam("username"), priority=bindparam("priority"), state=PENDING,
-        force=bindparam("force"), again=False, source=bindparam("source"), sweep_id=bindparam("sweep_id"),
-        jira_key=bindparam("jira_key"), jira_avatar_id=bindparam("jira_avatar_id"),
+        username=bindparam("username"),
+        priority=bindparam("priority"),
+        state=PENDING,
+        force=bindparam("force"),
+        again=False,
+        source=bindparam("source"),
+        sweep_id=bindparam("sweep_id"),
+        jira_key=bindparam("jira_key"),
+        jira_avatar_id=bindparam("jira_avatar_id"),
         jira_avatar_custom=bindparam("jira_avatar_custom"),
-        attempts=0, next_try_at=now, created_at=now, updated_at=now)
+        attempts=0,
+        next_try_at=now,
+        created_at=now,
+        updated_at=now,
+    )
     new = stmt.excluded
     running = jobs.c.state == RUNNING
     smaller = func.least if dialect == "postgresql" else func.min
-    enqueue = stmt.on_conflict_do_update(index_elements=["username"], set_={
-        "priority": smaller(jobs.c.priority, new.priority),
-        "force": jobs.c.force | new.force,
-        # merged into a running job: maybe run once more after it (see enqueue)
-        "again": case((and_(running, rerun), True), else_=jobs.c.again),
-        "source": case((jobs.c.priority <= new.priority, jobs.c.source), else_=new.source),
-        "state": case((running, RUNNING), else_=PENDING),
-        "attempts": case((jobs.c.state == FAILED, 0), else_=jobs.c.attempts),
-        "next_try_at": case((running, jobs.c.next_try_at), else_=now),
-        "sweep_id": func.coalesce(new.sweep_id, jobs.c.sweep_id),  # a sweep must see its user done
-        "jira_key": new.jira_key, "jira_avatar_id": new.jira_avatar_id,
-        "jira_avatar_custom": new.jira_avatar_custom,
-        "updated_at": now,
-    })
+    enqueue = stmt.on_conflict_do_update(
+        index_elements=["username"],
+        set_={
+            "priority": smaller(jobs.c.priority, new.priority),
+            "force": jobs.c.force | new.force,
+            # merged into a running job: maybe run once more after it (see enqueue)
+            "again": case((and_(running, rerun), True), else_=jobs.c.again),
+            "source": case((jobs.c.priority <= new.priority, jobs.c.source), else_=new.source),
+            "state": case((running, RUNNING), else_=PENDING),
+            "attempts": case((jobs.c.state == FAILED, 0), else_=jobs.c.attempts),
+            "next_try_at": case((running, jobs.c.next_try_at), else_=now),
+            "sweep_id": func.coalesce(new.sweep_id, jobs.c.sweep_id),  # a sweep must see its user done
+            "jira_key": new.jira_key,
+            "jira_avatar_id": new.jira_avatar_id,
+            "jira_avatar_custom": new.jira_avatar_custom,
+            "updated_at": now,
+        },
+    )
     return _Upserts(delivery, enqueue)
 
 
 def _params(username, priority, source, force, sweep_id, now, hint: JiraUser | None) -> dict:
-    return {"username": user_key(username), "priority": priority, "force": force, "source": source,
-            "sweep_id": sweep_id, "now": now, "rerun": source != "login",
-            "jira_key": hint.key if hint else None, "jira_avatar_id": hint.avatar_id if hint else None,
-            "jira_avatar_custom": hint.avatar_is_custom if hint else None}
+    return {
+        "username": user_key(username),
+        "priority": priority,
+        "force": force,
+        "source": source,
+        "sweep_id": sweep_id,
+        "now": now,
+        "rerun": source != "login",
+        "jira_key": hint.key if hint else None,
+        "jira_avatar_id": hint.avatar_id if hint else None,
+        "jira_avatar_custom": hint.avatar_is_custom if hint else None,
+    }
 
 
 def _pid_alive(pid: int) -> bool:

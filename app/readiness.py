@@ -6,6 +6,7 @@ The database decides readiness: while it takes a write, work is accepted durably
 directory or Jira being down only makes the service ``degraded`` (the queue holds the work and
 the workers retry it). ``unavailable`` means the database cannot be used.
 """
+
 from __future__ import annotations
 
 import threading
@@ -104,5 +105,8 @@ def _database(svc) -> tuple[str, dict]:
         counts = svc.queue.counts()
     except Exception as exc:  # noqa: BLE001 - any driver error means work cannot be accepted
         return DOWN, {"reason": f"{type(exc).__name__}: {exc}"[:300], "where": where}
-    return OK, {"where": where, "queued": counts.get(JobState.PENDING, 0) + counts.get(JobState.RUNNING, 0),
-                "failed": counts.get(JobState.FAILED, 0)}
+    return OK, {
+        "where": where,
+        "queued": counts.get(JobState.PENDING, 0) + counts.get(JobState.RUNNING, 0),
+        "failed": counts.get(JobState.FAILED, 0),
+    }

@@ -6,6 +6,7 @@ user, what this service stored, what was asked) and returns a Plan: either "read
 or the outcome with what Jira needs to get there. app/sync.py reads what a plan asks for and
 carries the final plan out; tests/test_rules.py states every rule as a row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +21,7 @@ from .store import UserState
 
 class Unknown(Enum):
     """Not read yet (as opposed to None: read, and there is none)."""
+
     UNKNOWN = "unknown"
 
 
@@ -34,7 +36,7 @@ class Need(Enum):
 
 @dataclass(frozen=True)
 class Facts:
-    entry: DirectoryEntry | None       # the first directory holding the user (None: none does)
+    entry: DirectoryEntry | None  # the first directory holding the user (None: none does)
     jira_user: JiraUser | None | Unknown = UNKNOWN
     state: UserState | None | Unknown = UNKNOWN
     hinted: bool = False  # jira_user is a sweep's bulk read: trusted to say "unchanged", never to write
@@ -54,14 +56,14 @@ class Facts:
 
 @dataclass(frozen=True)
 class Plan:
-    outcome: Outcome | None = None    # None while something must be read first
+    outcome: Outcome | None = None  # None while something must be read first
     need: Need | None = None
     reason: str | None = None
-    avatar_id: str | None = None      # the avatar Jira shows once the plan is carried out, if known
-    reuse: str | None = None          # ours, to select again if Jira still has it...
+    avatar_id: str | None = None  # the avatar Jira shows once the plan is carried out, if known
+    reuse: str | None = None  # ours, to select again if Jira still has it...
     reason_if_gone: str | None = None  # ...else uploaded again, for this reason
     finish_interrupted: bool = False  # an upload of this photo may have been cut short: use it
-    upload: bool = False              # decode, upload, select (unless reused or finished)
+    upload: bool = False  # decode, upload, select (unless reused or finished)
     photo_hash: str | None = None
     stale: tuple[str, ...] = field(default=())  # avatars of ours to delete once recorded
 
@@ -101,9 +103,15 @@ def decide(facts: Facts) -> Plan:
     # A previous run uploaded this very photo and died before recording it: finish that job
     # (the store marks an upload as begun; a queued job's retry is itself the sign).
     marked = state is not None and state.pending_sha256 == photo_hash
-    return Plan(outcome, reason=reason, reuse=reuse, reason_if_gone=reason_if_gone,
-                finish_interrupted=not facts.force and (marked or facts.retried), upload=True,
-                photo_hash=photo_hash)
+    return Plan(
+        outcome,
+        reason=reason,
+        reuse=reuse,
+        reason_if_gone=reason_if_gone,
+        finish_interrupted=not facts.force and (marked or facts.retried),
+        upload=True,
+        photo_hash=photo_hash,
+    )
 
 
 def stale_after(state: UserState | None, shown: str | None) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ Every worker process checks now and then; the one whose conditional UPDATE moves
 next-run time forward starts the sweep, so exactly one sweep starts however many processes
 and replicas there are.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,8 @@ from .sweep import SweepConflict
 log = logging.getLogger(__name__)
 
 schedules = Table(
-    "schedules", metadata,
+    "schedules",
+    metadata,
     Column("name", String(64), primary_key=True),
     Column("next_run_at", DateTime(timezone=True), nullable=False),
 )
@@ -42,14 +44,20 @@ def start_if_due(services, now: datetime | None = None) -> int | None:
     store = services.store
     with store.transaction() as conn:
         insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(insert(schedules).values(name="sweep", next_run_at=next_run(at, now))
-                     .on_conflict_do_nothing(index_elements=["name"]))
+        conn.execute(
+            insert(schedules)
+            .values(name="sweep", next_run_at=next_run(at, now))
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
         stored = conn.execute(select(schedules.c.next_run_at).where(schedules.c.name == "sweep")).scalar_one()
         due = aware(stored)
         if due > now:
             return None
-        won = conn.execute(update(schedules).where(schedules.c.name == "sweep", schedules.c.next_run_at == stored)
-                           .values(next_run_at=next_run(at, now))).rowcount
+        won = conn.execute(
+            update(schedules)
+            .where(schedules.c.name == "sweep", schedules.c.next_run_at == stored)
+            .values(next_run_at=next_run(at, now))
+        ).rowcount
     if not won:
         return None
     try:

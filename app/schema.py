@@ -10,6 +10,7 @@
 Everything runs inside the caller's write transaction, so it is serialised across processes
 and replicas (BEGIN IMMEDIATE on SQLite; an advisory lock on PostgreSQL).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,6 +35,7 @@ class SchemaMismatch(RuntimeError):
 def target_metadata():
     """Every table the service uses (their modules add them to one MetaData)."""
     from . import jira_budget, queue, schedule, store, sweep  # noqa: F401 - each defines its tables
+
     return store.metadata
 
 
@@ -71,8 +73,10 @@ def ensure(conn: Connection) -> None:
     if rev is None:
         raise SchemaMismatch(f"the database was made by jira-avatar-sync 0.2.0 or before: {UPGRADE_HINT}")
     if not _known(conn, rev):
-        raise SchemaMismatch(f"the database's schema ({rev}) is newer than this jira-avatar-sync knows "
-                             f"({newest}): run the newer version, or restore the database")
+        raise SchemaMismatch(
+            f"the database's schema ({rev}) is newer than this jira-avatar-sync knows "
+            f"({newest}): run the newer version, or restore the database"
+        )
     raise SchemaMismatch(f"the database's schema is at revision {rev}, this version needs {newest}: {UPGRADE_HINT}")
 
 
@@ -87,8 +91,9 @@ def upgrade(conn: Connection) -> tuple[str | None, str]:
     """Bring the database to the newest revision (adopting a 0.2.0 one); (before, after)."""
     before = current(conn)
     if before is not None and not _known(conn, before):
-        raise SchemaMismatch(f"the database's schema ({before}) is newer than this jira-avatar-sync knows "
-                             f"({head()}): nothing to upgrade")
+        raise SchemaMismatch(
+            f"the database's schema ({before}) is newer than this jira-avatar-sync knows ({head()}): nothing to upgrade"
+        )
     if before is None and _has_our_tables(conn):
         _complete_0_2_0(conn)
         command.stamp(_config(conn), FIRST)
@@ -113,7 +118,8 @@ def _complete_0_2_0(conn: Connection) -> None:
         for column in table.columns:
             if column.name in present:
                 continue
-            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
-                                 f"{column.type.compile(conn.dialect)}")
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            )
         for index in table.indexes:
             index.create(conn, checkfirst=True)

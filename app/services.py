@@ -1,5 +1,6 @@
 """The objects one process works with, built from Settings. Building opens nothing:
 directories, database and Jira connect lazily, after gunicorn has forked."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,9 +45,12 @@ def build_services(settings: Settings) -> Services:
     store = Store(settings.database_url)
     directories = build_directories(settings)
     j = settings.jira
-    jira = JiraClient(j, budget=(lambda: ClusterBudget(store, j.max_concurrency, j.max_requests_per_second))
-                      if j.limits_scope == "cluster" else None)
+    jira = JiraClient(
+        j,
+        budget=(lambda: ClusterBudget(store, j.max_concurrency, j.max_requests_per_second))
+        if j.limits_scope == "cluster"
+        else None,
+    )
     w = settings.worker
-    queue = LoginQueue(store, RetryPolicy(w.max_attempts, w.retry_base_seconds, w.retry_max_seconds,
-                                          w.lease_seconds))
+    queue = LoginQueue(store, RetryPolicy(w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.lease_seconds))
     return Services(settings, store, directories, jira, Syncer(settings, directories, jira, store), queue)

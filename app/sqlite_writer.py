@@ -7,6 +7,7 @@ tens of milliseconds for a lock that had been free for most of that time (first 
 33 ms without this, 7 ms with it: docs/performance.md). A waiter here wakes within half a
 millisecond of the lock coming free. PostgreSQL needs none of it.
 """
+
 from __future__ import annotations
 
 import fcntl

@@ -6,6 +6,7 @@ connection must never be shared between gunicorn workers. The tables are defined
 code that uses them (here, queue, sweep, schedule); their schema's history is Alembic's
 (app/schema.py, app/migrations).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,23 +32,24 @@ metadata = MetaData()
 SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is created ('avat')
 
 user_state = Table(
-    "user_state", metadata,
+    "user_state",
+    metadata,
     Column("username", String(255), primary_key=True),
-    Column("photo_sha256", String(64)),        # of the raw directory bytes, set after Jira confirmed
-    Column("avatar_id", String(32)),           # the avatar this service selected
+    Column("photo_sha256", String(64)),  # of the raw directory bytes, set after Jira confirmed
+    Column("avatar_id", String(32)),  # the avatar this service selected
     Column("created_avatar_ids", Text, nullable=False, default="[]"),  # ours, not yet deleted
     # Uploaded for this photo but not yet confirmed selected: a re-run after a crash finishes
     # the job with it instead of uploading the same photo twice.
     Column("pending_avatar_id", String(32)),
     Column("pending_sha256", String(64)),
     Column("directory", String(255)),
-    Column("marker", String(255)),             # the entry's change marker when last settled
+    Column("marker", String(255)),  # the entry's change marker when last settled
     Column("last_outcome", String(32)),
     Column("last_error", Text),
     Column("last_attempt_at", DateTime(timezone=True)),
     Column("last_success_at", DateTime(timezone=True)),
     Column("attempts", Integer, nullable=False, default=0),
-    Column("last_source", String(16)),         # login, created, updated, sweep, admin
+    Column("last_source", String(16)),  # login, created, updated, sweep, admin
     Column("last_duration_ms", Integer),
     Index("user_state_last_attempt", "last_attempt_at"),  # the dashboard's recent syncs
 )
@@ -119,8 +121,7 @@ class Store:
         self._engine = PerProcess(self._make_engine, inherited=lambda engine: engine.dispose(close=False))
         database = make_url(database_url).database if self.sqlite else None
         # SQLite writers queue here first (app/sqlite_writer.py says why); in memory: one process
-        self._writer = WriterLock(database if database and database != ":memory:" else None) \
-            if self.sqlite else None
+        self._writer = WriterLock(database if database and database != ":memory:" else None) if self.sqlite else None
 
     @property
     def engine(self) -> Engine:
@@ -244,16 +245,24 @@ class Store:
 
     def recent(self, limit: int = 20) -> list[UserState]:
         """The users whose sync ended last, newest first (the dashboard's list)."""
-        query = select(user_state).where(user_state.c.last_outcome.is_not(None)) \
-            .order_by(user_state.c.last_attempt_at.desc()).limit(limit)
+        query = (
+            select(user_state)
+            .where(user_state.c.last_outcome.is_not(None))
+            .order_by(user_state.c.last_attempt_at.desc())
+            .limit(limit)
+        )
         with self.read() as conn:
             return [_state(row) for row in conn.execute(query).mappings()]
 
     def search(self, prefix: str, limit: int = 20) -> list[UserState]:
         """Users whose name starts with ``prefix`` (case-insensitive), by name."""
         escaped = user_key(prefix).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = select(user_state).where(user_state.c.username.like(escaped + "%", escape="\\")) \
-            .order_by(user_state.c.username).limit(limit)
+        query = (
+            select(user_state)
+            .where(user_state.c.username.like(escaped + "%", escape="\\"))
+            .order_by(user_state.c.username)
+            .limit(limit)
+        )
         with self.read() as conn:
             return [_state(row) for row in conn.execute(query).mappings()]
 
@@ -263,24 +272,30 @@ class Store:
 
     def counts_by_outcome(self) -> dict[str, int]:
         with self.read() as conn:
-            return dict(conn.execute(select(user_state.c.last_outcome, func.count())
-                                     .group_by(user_state.c.last_outcome)).all())
+            return dict(
+                conn.execute(select(user_state.c.last_outcome, func.count()).group_by(user_state.c.last_outcome)).all()
+            )
 
     def remember_created(self, username: str, avatar_id: str | None, photo_sha256: str | None = None) -> None:
         """Note an avatar this service created, before selecting it, so it is never orphaned
         (``avatar_id`` None: an upload of that photo is about to start)."""
+
         def change(state: UserState):
             if avatar_id is not None and avatar_id not in state.created_avatar_ids:
                 state.created_avatar_ids.append(avatar_id)
             state.pending_avatar_id, state.pending_sha256 = avatar_id, photo_sha256
+
         with self.transaction(wait=USER_WAIT_SECONDS) as tx:
             self.update(tx, username, change)
 
     def forget_created(self, username: str, avatar_ids) -> None:
         gone = set(avatar_ids)
         with self.transaction(wait=USER_WAIT_SECONDS) as tx:
-            self.update(tx, username, lambda s: setattr(
-                s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]))
+            self.update(
+                tx,
+                username,
+                lambda s: setattr(s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]),
+            )
 
     def delete(self, username: str) -> None:
         with self.transaction(wait=USER_WAIT_SECONDS) as tx:
@@ -304,12 +319,22 @@ class Store:
 _NAME = bindparam("p_username")
 _GET = select(user_state).where(user_state.c.username == _NAME)
 _LAST_SUCCESS = select(user_state.c.last_success_at).where(user_state.c.username == _NAME)
-_SAVE = user_state.update().where(user_state.c.username == _NAME).values(
-    {**{c.name: bindparam(f"p_{c.name}") for c in user_state.columns if c.name not in ("username", "attempts")},
-     "attempts": user_state.c.attempts + 1})
-_ENSURE = {dialect: insert(user_state).values(username=_NAME, created_avatar_ids="[]", attempts=0)
-           .on_conflict_do_nothing(index_elements=["username"])
-           for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
+_SAVE = (
+    user_state.update()
+    .where(user_state.c.username == _NAME)
+    .values(
+        {
+            **{c.name: bindparam(f"p_{c.name}") for c in user_state.columns if c.name not in ("username", "attempts")},
+            "attempts": user_state.c.attempts + 1,
+        }
+    )
+)
+_ENSURE = {
+    dialect: insert(user_state)
+    .values(username=_NAME, created_avatar_ids="[]", attempts=0)
+    .on_conflict_do_nothing(index_elements=["username"])
+    for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
 
 
 def _ensure(dialect: str):

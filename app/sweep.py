@@ -10,6 +10,7 @@ work queued at low priority (logins keep priority). Per-user outcomes form the r
 - Dry run: the same scan; the users needing work are synced with dry_run=True by the runner
   itself (reads only), so the report says exactly what a real run would do.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,16 +33,21 @@ from .store import aware, metadata, user_key, utcnow
 from .sync import SyncResult
 
 log = logging.getLogger(__name__)
-RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = (SweepStatus.RUNNING, SweepStatus.FINISHED, SweepStatus.FAILED,
-                                              SweepStatus.CANCELLED)
+RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = (
+    SweepStatus.RUNNING,
+    SweepStatus.FINISHED,
+    SweepStatus.FAILED,
+    SweepStatus.CANCELLED,
+)
 MAX_LEASE_SECONDS = 30  # a dead runner's sweep is resumed elsewhere within this
 PAGE = 500
 
 sweeps = Table(
-    "sweeps", metadata,
+    "sweeps",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("status", String(16), nullable=False, index=True),
-    Column("phase", String(16), nullable=False),   # scanning, syncing, done
+    Column("phase", String(16), nullable=False),  # scanning, syncing, done
     Column("dry_run", Boolean, nullable=False),
     Column("full", Boolean, nullable=False),
     Column("trigger", String(32), nullable=False),  # api, cli, schedule
@@ -53,21 +59,23 @@ sweeps = Table(
 )
 
 sweep_items = Table(
-    "sweep_items", metadata,
+    "sweep_items",
+    metadata,
     Column("sweep_id", Integer, primary_key=True),
     Column("username", String(255), primary_key=True),  # user_key: how jobs and states know the user
     Column("display_name", String(255)),  # as the directory (or Jira) spells it, for the report
     Column("directory", String(255)),
-    Column("outcome", String(32)),   # None while queued
+    Column("outcome", String(32)),  # None while queued
     Column("reason", Text),
     Column("skipped", Boolean, nullable=False, default=False),  # settled before: not read again
 )
 
 
-_RECORD = (update(sweep_items)
-           .where(sweep_items.c.sweep_id == bindparam("p_sweep"), sweep_items.c.username == bindparam("p_user"))
-           .values(outcome=bindparam("p_outcome"), reason=bindparam("p_reason"),
-                   directory=bindparam("p_directory")))
+_RECORD = (
+    update(sweep_items)
+    .where(sweep_items.c.sweep_id == bindparam("p_sweep"), sweep_items.c.username == bindparam("p_user"))
+    .values(outcome=bindparam("p_outcome"), reason=bindparam("p_reason"), directory=bindparam("p_directory"))
+)
 
 
 class SweepConflict(Exception):
@@ -93,14 +101,27 @@ class Sweeps:
             if running:
                 raise SweepConflict(f"sweep {running.id} is running")
             # lease_until = now: free for the first worker (or the CLI) to take and run
-            return conn.execute(sweeps.insert().values(
-                status=RUNNING, phase="scanning", dry_run=dry_run, full=full, trigger=trigger,
-                started_at=now, lease_until=now).returning(sweeps.c.id)).scalar_one()
+            return conn.execute(
+                sweeps.insert()
+                .values(
+                    status=RUNNING,
+                    phase="scanning",
+                    dry_run=dry_run,
+                    full=full,
+                    trigger=trigger,
+                    started_at=now,
+                    lease_until=now,
+                )
+                .returning(sweeps.c.id)
+            ).scalar_one()
 
     def cancel(self, sweep_id: int) -> bool:
         with self.store.transaction() as conn:
-            changed = conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
-                                   .values(status=CANCELLED, finished_at=utcnow())).rowcount
+            changed = conn.execute(
+                update(sweeps)
+                .where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
+                .values(status=CANCELLED, finished_at=utcnow())
+            ).rowcount
         if changed:
             self.queue.cancel_sweep(sweep_id)
         return bool(changed)
@@ -110,9 +131,13 @@ class Sweeps:
             row = conn.execute(select(sweeps).where(sweeps.c.id == sweep_id)).mappings().first()
             if row is None:
                 return None
-            counts = dict(conn.execute(select(sweep_items.c.outcome, func.count())
-                                       .where(sweep_items.c.sweep_id == sweep_id)
-                                       .group_by(sweep_items.c.outcome)).all())
+            counts = dict(
+                conn.execute(
+                    select(sweep_items.c.outcome, func.count())
+                    .where(sweep_items.c.sweep_id == sweep_id)
+                    .group_by(sweep_items.c.outcome)
+                ).all()
+            )
         return _summary(row, counts)
 
     def running(self) -> dict | None:
@@ -124,9 +149,12 @@ class Sweeps:
     def last_ended(self) -> dict | None:
         """The status and end of the sweep that ended last (finished, failed or cancelled)."""
         with self.store.read() as conn:
-            row = conn.execute(select(sweeps.c.id, sweeps.c.status, sweeps.c.finished_at)
-                               .where(sweeps.c.status != RUNNING, sweeps.c.finished_at.is_not(None))
-                               .order_by(sweeps.c.finished_at.desc()).limit(1)).first()
+            row = conn.execute(
+                select(sweeps.c.id, sweeps.c.status, sweeps.c.finished_at)
+                .where(sweeps.c.status != RUNNING, sweeps.c.finished_at.is_not(None))
+                .order_by(sweeps.c.finished_at.desc())
+                .limit(1)
+            ).first()
         if row is None:
             return None
         return {"id": row.id, "status": row.status, "finished_epoch": aware(row.finished_at).timestamp()}
@@ -138,11 +166,20 @@ class Sweeps:
 
     def problems(self, sweep_id: int, limit: int | None = None) -> list[dict]:
         """Every user whose outcome is none of updated, restored, unchanged."""
-        query = (select(func.coalesce(sweep_items.c.display_name, sweep_items.c.username).label("username"),
-                        sweep_items.c.outcome, sweep_items.c.reason, sweep_items.c.directory)
-                 .where(sweep_items.c.sweep_id == sweep_id, sweep_items.c.outcome.is_not(None),
-                        sweep_items.c.outcome.not_in(SUCCESSES))
-                 .order_by(sweep_items.c.outcome, sweep_items.c.username))
+        query = (
+            select(
+                func.coalesce(sweep_items.c.display_name, sweep_items.c.username).label("username"),
+                sweep_items.c.outcome,
+                sweep_items.c.reason,
+                sweep_items.c.directory,
+            )
+            .where(
+                sweep_items.c.sweep_id == sweep_id,
+                sweep_items.c.outcome.is_not(None),
+                sweep_items.c.outcome.not_in(SUCCESSES),
+            )
+            .order_by(sweep_items.c.outcome, sweep_items.c.username)
+        )
         if limit:
             query = query.limit(limit)
         with self.store.read() as conn:
@@ -161,9 +198,16 @@ class Sweeps:
         if tx is None:
             with self.store.transaction() as tx:
                 return self.record(sweep_id, result, tx)
-        tx.execute(_RECORD, {
-            "p_sweep": sweep_id, "p_user": user_key(result.username), "p_outcome": result.outcome,
-            "p_reason": result.reason, "p_directory": result.directory})
+        tx.execute(
+            _RECORD,
+            {
+                "p_sweep": sweep_id,
+                "p_user": user_key(result.username),
+                "p_outcome": result.outcome,
+                "p_reason": result.reason,
+                "p_directory": result.directory,
+            },
+        )
 
     def prune(self, keep_days: int = 30, keep_last: int = 10) -> int:
         """Forget the reports of finished sweeps older than ``keep_days`` (the last few stay):
@@ -171,8 +215,15 @@ class Sweeps:
         cutoff = utcnow() - timedelta(days=keep_days)
         with self.store.transaction() as conn:
             recent = select(sweeps.c.id).order_by(sweeps.c.id.desc()).limit(keep_last).scalar_subquery()
-            old = conn.execute(select(sweeps.c.id).where(sweeps.c.status != RUNNING, sweeps.c.started_at < cutoff,
-                                                         sweeps.c.id.not_in(recent))).scalars().all()
+            old = (
+                conn.execute(
+                    select(sweeps.c.id).where(
+                        sweeps.c.status != RUNNING, sweeps.c.started_at < cutoff, sweeps.c.id.not_in(recent)
+                    )
+                )
+                .scalars()
+                .all()
+            )
             if old:
                 conn.execute(sweep_items.delete().where(sweep_items.c.sweep_id.in_(old)))
                 conn.execute(sweeps.delete().where(sweeps.c.id.in_(old)))
@@ -184,12 +235,16 @@ class Sweeps:
         """Claim the running sweep whose lease expired (new, or its runner died)."""
         now, owner = utcnow(), self.queue.owner()
         with self.store.transaction() as conn:
-            row = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING,
-                                                         sweeps.c.lease_until < now)).first()
+            row = conn.execute(
+                select(sweeps.c.id).where(sweeps.c.status == RUNNING, sweeps.c.lease_until < now)
+            ).first()
             if row is None:
                 return None
-            taken = conn.execute(update(sweeps).where(sweeps.c.id == row.id, sweeps.c.lease_until < now)
-                                 .values(lease_owner=owner, lease_until=now + self.lease)).rowcount
+            taken = conn.execute(
+                update(sweeps)
+                .where(sweeps.c.id == row.id, sweeps.c.lease_until < now)
+                .values(lease_owner=owner, lease_until=now + self.lease)
+            ).rowcount
         return row.id if taken else None
 
     def run(self, sweep_id: int, on_progress=None) -> None:
@@ -210,9 +265,11 @@ class Sweeps:
                 error = f"{type(exc).__name__}: {exc}"
                 log.exception("sweep %d failed", sweep_id)
             with self.store.transaction() as conn:
-                conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
-                             .values(status=FAILED_SWEEP, error=error[:2000],
-                                     finished_at=utcnow(), lease_until=None))
+                conn.execute(
+                    update(sweeps)
+                    .where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
+                    .values(status=FAILED_SWEEP, error=error[:2000], finished_at=utcnow(), lease_until=None)
+                )
 
     def _scan(self, sweep_id: int, dry_run: bool, full: bool, on_progress) -> None:
         services = self.services
@@ -238,13 +295,16 @@ class Sweeps:
             if bulk.users:  # Jira users no directory holds
                 rest = [(key, user.name) for key, user in bulk.users.items() if key not in seen]
                 for i in range(0, len(rest), PAGE):
-                    self._items(sweep_id, None, [(key, name, NOT_IN_DIRECTORY, None) for key, name in rest[i:i + PAGE]])
+                    self._items(
+                        sweep_id, None, [(key, name, NOT_IN_DIRECTORY, None) for key, name in rest[i : i + PAGE]]
+                    )
         finally:
             if dry:
                 dry.shutdown(wait=True)
         with self.store.transaction() as conn:
-            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
-                         .values(phase="syncing"))
+            conn.execute(
+                update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING).values(phase="syncing")
+            )
 
     def _page(self, sweep_id, directory, users, bulk, full, dry) -> None:
         """Decide a page of users: settled (reported from the store) or queued for a sync."""
@@ -254,8 +314,13 @@ class Sweeps:
         # Report rows, jobs and states are all keyed by user_key: 'JDoe' in AD is Jira's 'jdoe'.
         keyed = [(user_key(u.username), u) for u in users]
         with self.store.read() as conn:
-            done = set(conn.execute(select(sweep_items.c.username).where(
-                sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_([k for k, _ in keyed]))).scalars())
+            done = set(
+                conn.execute(
+                    select(sweep_items.c.username).where(
+                        sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_([k for k, _ in keyed])
+                    )
+                ).scalars()
+            )
         keyed = [(k, u) for k, u in keyed if k not in done]
         states = self.store.get_many(k for k, _ in keyed)
         known, asked = bulk.users, set()
@@ -309,16 +374,22 @@ class Sweeps:
         while True:
             self._renew(sweep_id)
             with self.store.read() as conn:
-                waiting = conn.execute(select(func.count()).select_from(sweep_items).where(
-                    sweep_items.c.sweep_id == sweep_id, sweep_items.c.outcome.is_(None))).scalar_one()
+                waiting = conn.execute(
+                    select(func.count())
+                    .select_from(sweep_items)
+                    .where(sweep_items.c.sweep_id == sweep_id, sweep_items.c.outcome.is_(None))
+                ).scalar_one()
             if on_progress:
                 on_progress(self.summary(sweep_id))
             if not waiting:
                 break
             time.sleep(0.25)
         with self.store.transaction() as conn:
-            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
-                         .values(status=FINISHED, phase="done", finished_at=utcnow(), lease_until=None))
+            conn.execute(
+                update(sweeps)
+                .where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
+                .values(status=FINISHED, phase="done", finished_at=utcnow(), lease_until=None)
+            )
 
     def _renew(self, sweep_id: int) -> None:
         with self.store.transaction() as conn:
@@ -335,8 +406,12 @@ class _Cancelled(Exception):
 def _needs_jira_view(user, state) -> bool:
     """Only Jira can tell whether this user is settled: its picture is still ours, or it still
     does not have the user (the entry unchanged either way)."""
-    return (state is not None and state.last_outcome in SUCCESSES + (NOT_IN_JIRA,) and bool(user.marker)
-            and state.marker == user.marker)
+    return (
+        state is not None
+        and state.last_outcome in SUCCESSES + (NOT_IN_JIRA,)
+        and bool(user.marker)
+        and state.marker == user.marker
+    )
 
 
 def _still_settled(user, state, jira_user: JiraUser | None) -> bool:
@@ -356,10 +431,21 @@ def _insert_items(conn, sweep_id, directory, rows, skipped) -> None:
     if not rows:
         return
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(insert(sweep_items).on_conflict_do_nothing(index_elements=["sweep_id", "username"]),
-                 [{"sweep_id": sweep_id, "username": k, "display_name": n if n != k else None,
-                   "directory": directory, "outcome": o, "reason": r, "skipped": skipped}
-                  for k, n, o, r in rows])
+    conn.execute(
+        insert(sweep_items).on_conflict_do_nothing(index_elements=["sweep_id", "username"]),
+        [
+            {
+                "sweep_id": sweep_id,
+                "username": k,
+                "display_name": n if n != k else None,
+                "directory": directory,
+                "outcome": o,
+                "reason": r,
+                "skipped": skipped,
+            }
+            for k, n, o, r in rows
+        ],
+    )
 
 
 def _spreadsheet_safe(value):
@@ -378,13 +464,24 @@ def _summary(row, counts: dict) -> dict:
     end = finished or utcnow()
     elapsed = max((end - started).total_seconds(), 1e-6)
     rate = done / elapsed
-    return {"id": row["id"], "status": row["status"], "phase": row["phase"], "dry_run": row["dry_run"],
-            "full": row["full"], "trigger": row["trigger"], "started_at": started.isoformat(),
-            "finished_at": finished.isoformat() if finished else None,
-            "total": total, "done": done, "counts": {k: v for k, v in sorted(counts.items())},
-            "rate_per_second": round(rate, 1),
-            "eta_seconds": round(waiting / rate) if rate and row["status"] == RUNNING and row["phase"] != "scanning"
-            else None, "error": row["error"]}
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "phase": row["phase"],
+        "dry_run": row["dry_run"],
+        "full": row["full"],
+        "trigger": row["trigger"],
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat() if finished else None,
+        "total": total,
+        "done": done,
+        "counts": {k: v for k, v in sorted(counts.items())},
+        "rate_per_second": round(rate, 1),
+        "eta_seconds": round(waiting / rate)
+        if rate and row["status"] == RUNNING and row["phase"] != "scanning"
+        else None,
+        "error": row["error"],
+    }
 
 
 def run_in_background(services) -> threading.Thread | None:

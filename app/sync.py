@@ -8,6 +8,7 @@ transaction that ends its job. None of the doors holds a rule.
 Outcomes: updated, restored, unchanged, no_photo, not_in_directory, not_in_jira,
 invalid_photo, disabled, failed (with a reason).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,7 @@ class SyncResult:
     directory: str | None = None
     dry_run: bool = False
     retryable: bool = False  # for failed: trying again later may help
-    source: str | None = None       # login, created, updated, sweep, admin
+    source: str | None = None  # login, created, updated, sweep, admin
     duration_ms: int | None = None
 
     def as_dict(self) -> dict:
@@ -62,6 +63,7 @@ def _ms_since(started: float) -> int:
 @dataclass
 class Verdict:
     """What a sync attempt came to: the result, and what recording it needs."""
+
     result: SyncResult
     marker: str | None = None  # the directory entry's change marker
     photo_hash: str | None = None
@@ -106,14 +108,19 @@ class Syncer:
             return DEBOUNCED
         return None
 
-    def sync_user(self, username: str, force: bool = False, dry_run: bool = False,
-                  jira_user: JiraUser | None = None, entry: DirectoryEntry | None = None,
-                  source: str = "admin") -> SyncResult:
+    def sync_user(
+        self,
+        username: str,
+        force: bool = False,
+        dry_run: bool = False,
+        jira_user: JiraUser | None = None,
+        entry: DirectoryEntry | None = None,
+        source: str = "admin",
+    ) -> SyncResult:
         """Bring one user's Jira picture in step with the directory, and record the outcome in
         a transaction of its own. Never raises. (A queued job's worker does the same three
         steps itself, recording in the transaction that also ends the job.)"""
-        verdict = self.attempt(username, force=force, dry_run=dry_run, jira_user=jira_user, entry=entry,
-                               source=source)
+        verdict = self.attempt(username, force=force, dry_run=dry_run, jira_user=jira_user, entry=entry, source=source)
         recorded = False
         if self.needs_record(verdict):
             try:
@@ -124,9 +131,16 @@ class Syncer:
                 verdict = self.unrecorded(verdict, exc)
         return self.finish(verdict, recorded)
 
-    def attempt(self, username: str, force: bool = False, dry_run: bool = False,
-                jira_user: JiraUser | None = None, attempt: int | None = None,
-                entry: DirectoryEntry | None = None, source: str = "admin") -> Verdict:
+    def attempt(
+        self,
+        username: str,
+        force: bool = False,
+        dry_run: bool = False,
+        jira_user: JiraUser | None = None,
+        attempt: int | None = None,
+        entry: DirectoryEntry | None = None,
+        source: str = "admin",
+    ) -> Verdict:
         """Decide and carry out what the user's Jira picture needs; what to record is left to
         record(). Never raises: a failure is the verdict's outcome.
 
@@ -146,15 +160,18 @@ class Syncer:
             # Directory order: an unreachable directory ahead of the user's own must not be skipped.
             verdict = Verdict(SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True))
         except JiraError as exc:
-            verdict = Verdict(SyncResult(username, FAILED, f"Jira: {exc}", dry_run=dry_run,
-                                         retryable=exc.retryable))
+            verdict = Verdict(SyncResult(username, FAILED, f"Jira: {exc}", dry_run=dry_run, retryable=exc.retryable))
         except DATABASE_UNAVAILABLE as exc:  # the state database: nothing recorded
-            verdict = Verdict(SyncResult(username, FAILED, f"database: {describe_error(exc)}", dry_run=dry_run,
-                                         retryable=True))
+            verdict = Verdict(
+                SyncResult(username, FAILED, f"database: {describe_error(exc)}", dry_run=dry_run, retryable=True)
+            )
         except Exception as exc:
             log.exception("unexpected error syncing %s", loggable(username))
-            verdict = Verdict(SyncResult(username, FAILED, f"internal error: {type(exc).__name__}: {exc}",
-                                         dry_run=dry_run, retryable=True))
+            verdict = Verdict(
+                SyncResult(
+                    username, FAILED, f"internal error: {type(exc).__name__}: {exc}", dry_run=dry_run, retryable=True
+                )
+            )
         verdict.result = replace(verdict.result, source=source, duration_ms=_ms_since(started))
         return verdict
 
@@ -182,6 +199,7 @@ class Syncer:
                 if r.avatar_id not in state.created_avatar_ids:
                     state.created_avatar_ids.append(r.avatar_id)
             state.last_source, state.last_duration_ms = r.source, r.duration_ms
+
         self.store.update(tx, r.username, change)
 
     @staticmethod
@@ -189,14 +207,14 @@ class Syncer:
         """The outcome could not be written: whatever Jira now shows, the sync counts as failed
         (the next one finds an upload it made through the pending mark, or its file name)."""
         if isinstance(exc, DATABASE_UNAVAILABLE):
-            log.error("could not record the outcome of %s: %s", loggable(verdict.result.username),
-                      describe_error(exc))
+            log.error("could not record the outcome of %s: %s", loggable(verdict.result.username), describe_error(exc))
         else:
             log.error("could not record the outcome of %s", loggable(verdict.result.username), exc_info=exc)
         if verdict.result.outcome == FAILED:
             return verdict
-        return Verdict(replace(verdict.result, outcome=FAILED, retryable=True,
-                               reason=f"database: {describe_error(exc)}"))
+        return Verdict(
+            replace(verdict.result, outcome=FAILED, retryable=True, reason=f"database: {describe_error(exc)}")
+        )
 
     def finish(self, verdict: Verdict, recorded: bool) -> SyncResult:
         """After the outcome is recorded (or not): delete our stale avatars, remember the
@@ -213,24 +231,47 @@ class Syncer:
         if not result.dry_run:
             metrics.SYNCS.labels(result.outcome, result.source).inc()
             metrics.SYNC_SECONDS.observe((result.duration_ms or 0) / 1000)
-        log.log(logging.WARNING if result.outcome == FAILED else logging.INFO,
-                "sync %s%s source=%s duration=%dms", result.line(), " [dry run]" if result.dry_run else "",
-                result.source, result.duration_ms,
-                extra={"user": result.username, "outcome": result.outcome, "reason": result.reason,
-                       "source": result.source, "duration_ms": result.duration_ms, "dry_run": result.dry_run})
+        log.log(
+            logging.WARNING if result.outcome == FAILED else logging.INFO,
+            "sync %s%s source=%s duration=%dms",
+            result.line(),
+            " [dry run]" if result.dry_run else "",
+            result.source,
+            result.duration_ms,
+            extra={
+                "user": result.username,
+                "outcome": result.outcome,
+                "reason": result.reason,
+                "source": result.source,
+                "duration_ms": result.duration_ms,
+                "dry_run": result.dry_run,
+            },
+        )
         return result
 
     # -- carrying out the rules (app/rules.py decides) ---------------------------------
 
-    def _sync(self, username: str, force: bool, dry_run: bool, jira_user: JiraUser | None,
-              attempt: int | None, prefetched: DirectoryEntry | None) -> Verdict:
+    def _sync(
+        self,
+        username: str,
+        force: bool,
+        dry_run: bool,
+        jira_user: JiraUser | None,
+        attempt: int | None,
+        prefetched: DirectoryEntry | None,
+    ) -> Verdict:
         """Reads what the rules ask for, then makes Jira's changes; what to store is left to
         the caller (record)."""
         disabled = self.settings.sync_disabled
         entry = None if disabled else prefetched or self._find(username)  # directory order
-        facts = Facts.of(entry, jira_user=jira_user if jira_user is not None else UNKNOWN,
-                         hinted=jira_user is not None, force=force, disabled=disabled,
-                         attributes=self._attributes(entry) if entry else ())
+        facts = Facts.of(
+            entry,
+            jira_user=jira_user if jira_user is not None else UNKNOWN,
+            hinted=jira_user is not None,
+            force=force,
+            disabled=disabled,
+            attributes=self._attributes(entry) if entry else (),
+        )
         plan = decide(facts)
         while plan.need is not None:
             if plan.need is Need.STATE:
@@ -242,9 +283,14 @@ class Syncer:
             plan = decide(facts)
         if plan.upload:
             plan = self._carry_out(username, facts, plan, dry_run, mark=attempt is None)
-        return Verdict(SyncResult(username, plan.outcome, plan.reason, plan.avatar_id,
-                                  entry.directory if entry else None, dry_run),
-                       entry.marker if entry else None, plan.photo_hash, list(plan.stale))
+        return Verdict(
+            SyncResult(
+                username, plan.outcome, plan.reason, plan.avatar_id, entry.directory if entry else None, dry_run
+            ),
+            entry.marker if entry else None,
+            plan.photo_hash,
+            list(plan.stale),
+        )
 
     def _carry_out(self, username: str, facts: Facts, plan: Plan, dry_run: bool, mark: bool) -> Plan:
         """A plan that writes: select ours again if Jira still has it, else finish an upload
@@ -268,8 +314,12 @@ class Syncer:
             return replace(done, avatar_id=leftover, stale=stale_after(state, leftover))
         try:
             with self._decode_slots:  # memory: config.DEFAULT_MAX_PHOTO_PIXELS says why
-                png = normalize(facts.entry.photo, self.settings.size, max_bytes=self.settings.max_photo_bytes,
-                                max_pixels=self.settings.max_photo_pixels)
+                png = normalize(
+                    facts.entry.photo,
+                    self.settings.size,
+                    max_bytes=self.settings.max_photo_bytes,
+                    max_pixels=self.settings.max_photo_pixels,
+                )
         except InvalidPhoto as exc:
             return Plan(INVALID_PHOTO, reason=f"{facts.entry.photo_attribute} in {facts.entry.directory}: {exc}")
         if dry_run:

@@ -5,6 +5,7 @@ service: a name Jira could never have (longer than Jira's 255 characters, contro
 lone surrogates) is refused before it reaches the queue, the database or a log line; every name
 that is logged is escaped, so that a CR/LF or an ANSI escape cannot forge a line.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -30,5 +31,6 @@ def loggable(text: str) -> str:
     """``text`` with control characters and lone surrogates escaped (``\\r``, ``\\x1b``...)."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for c in text)
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text
+    )

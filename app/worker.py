@@ -4,6 +4,7 @@ Started after fork (gunicorn's post_worker_init hook, or ``jira-avatar-sync work
 create_app(). An enqueue in the same process wakes the threads at once; other processes' work
 is found by polling every ``poll_seconds``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,9 @@ class WorkerPool:
         never leave an outcome recorded with its job still open, or the reverse; if that
         transaction cannot be written, the job keeps its lease until it expires and runs again."""
         syncer = self.services.syncer
-        verdict = syncer.attempt(job.username, force=job.force, jira_user=job.jira_user, attempt=job.attempts,
-                                 entry=entry, source=job.source)
+        verdict = syncer.attempt(
+            job.username, force=job.force, jira_user=job.jira_user, attempt=job.attempts, entry=entry, source=job.source
+        )
         result = verdict.result
         try:
             with self.services.store.transaction(wait=USER_WAIT_SECONDS) as tx:
@@ -99,8 +101,9 @@ class WorkerPool:
                 if result.outcome != FAILED:
                     self.queue.complete(job, tx)
                 elif not self.queue.fail(job, result.reason or "failed", tx):
-                    log.error("giving up on %s after %d attempts: %s", loggable(job.username), job.attempts,
-                              result.reason)
+                    log.error(
+                        "giving up on %s after %d attempts: %s", loggable(job.username), job.attempts, result.reason
+                    )
         except Exception as exc:  # noqa: BLE001 - the job keeps its lease and runs again
             syncer.finish(syncer.unrecorded(verdict, exc), recorded=False)
             return

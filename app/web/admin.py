@@ -1,4 +1,5 @@
 """Admin API (app/web/auth.py: who may call it, and the rules for browser credentials)."""
+
 from __future__ import annotations
 
 import threading
@@ -47,8 +48,9 @@ def _limit(default: int) -> int:
 @admin_required
 def sync_user(username: str):
     body = json_body({"force": bool, "dry_run": bool})
-    result = services().syncer.sync_user(_username(username), force=body.get("force", False),
-                                         dry_run=body.get("dry_run", False), source="admin")
+    result = services().syncer.sync_user(
+        _username(username), force=body.get("force", False), dry_run=body.get("dry_run", False), source="admin"
+    )
     return jsonify(result.as_dict())
 
 
@@ -68,8 +70,14 @@ def search_users():
     """``?search=prefix``: what the service knows of the users whose name starts so."""
     prefix = request.args.get("search", "")
     svc = services()
-    return jsonify({"users": [{"username": s.username, "state": s.as_dict(), "queue": svc.queue.job_for(s.username)}
-                              for s in svc.store.search(prefix, limit=_limit(20))]})
+    return jsonify(
+        {
+            "users": [
+                {"username": s.username, "state": s.as_dict(), "queue": svc.queue.job_for(s.username)}
+                for s in svc.store.search(prefix, limit=_limit(20))
+            ]
+        }
+    )
 
 
 @bp.get("/admin/users/<path:username>/avatar.png")
@@ -130,8 +138,11 @@ def sweep_problems(sweep_id: str, fmt: str):
     if sweeps.summary(number) is None:
         return jsonify({"error": f"no sweep {number}"}), 404
     if fmt == "csv":
-        return Response(sweeps.problems_csv(number), mimetype="text/csv", headers={
-            "Content-Disposition": f"attachment; filename=sweep-{number}-problems.csv"})
+        return Response(
+            sweeps.problems_csv(number),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f"attachment; filename=sweep-{number}-problems.csv"},
+        )
     if fmt == "json":
         return jsonify({"id": number, "problems": sweeps.problems(number)})
     return jsonify({"error": "problems.csv or problems.json"}), 404

@@ -8,6 +8,7 @@ from the dashboard: a JSON body (a cross-site form can only send form-encoded or
 bodies without a CORS preflight, which this service never grants), the dashboard's custom
 header, and, where the browser says so, the same origin.
 """
+
 from __future__ import annotations
 
 import base64
@@ -83,6 +84,7 @@ def admin_required(view):
             return view(*args, **kwargs)
         except BadRequest as exc:
             return _refuse(exc.status, str(exc))
+
     return wrapper
 
 

@@ -6,6 +6,7 @@ the page runs under a Content-Security-Policy that allows only this service's ow
 The figures come from the store, queue and sweep methods, and readiness: the same ones the API
 and the metrics serve.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template
@@ -13,12 +14,15 @@ from flask import Blueprint, jsonify, render_template
 from ..schedule import next_scheduled
 from .auth import CSRF_HEADER, admin_required, services
 
-bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/dashboard-static")
+bp = Blueprint(
+    "dashboard", __name__, template_folder="templates", static_folder="static", static_url_path="/dashboard-static"
+)
 RECENT = 25
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def security_headers(response):
@@ -36,8 +40,9 @@ def security_headers(response):
 @admin_required
 def dashboard():
     svc = services()
-    return render_template("dashboard.html", settings=svc.settings, csrf_header=CSRF_HEADER,
-                           directories=[d.name for d in svc.directories])
+    return render_template(
+        "dashboard.html", settings=svc.settings, csrf_header=CSRF_HEADER, directories=[d.name for d in svc.directories]
+    )
 
 
 @bp.get("/admin/dashboard.json")
@@ -48,8 +53,12 @@ def dashboard_data():
     running = svc.sweeps.running()
     latest = running or next(iter(svc.sweeps.list(limit=1)), None)
     upcoming = next_scheduled(svc) if readiness["status"] != "unavailable" else None
-    data = {"status": readiness["status"], "checks": readiness["checks"],
-            "disabled": svc.settings.sync_disabled, "next_sweep": upcoming.isoformat() if upcoming else None}
+    data = {
+        "status": readiness["status"],
+        "checks": readiness["checks"],
+        "disabled": svc.settings.sync_disabled,
+        "next_sweep": upcoming.isoformat() if upcoming else None,
+    }
     if readiness["status"] == "unavailable":  # nothing more can be read
         return jsonify(data)
     data.update(queue=svc.queue.counts(), sweep=latest, recent=[_recent(s) for s in svc.store.recent(RECENT)])
@@ -57,6 +66,12 @@ def dashboard_data():
 
 
 def _recent(state) -> dict:
-    return {"username": state.username, "outcome": state.last_outcome, "reason": state.last_error,
-            "at": state.last_attempt_at.isoformat() if state.last_attempt_at else None,
-            "duration_ms": state.last_duration_ms, "source": state.last_source, "avatar_id": state.avatar_id}
+    return {
+        "username": state.username,
+        "outcome": state.last_outcome,
+        "reason": state.last_error,
+        "at": state.last_attempt_at.isoformat() if state.last_attempt_at else None,
+        "duration_ms": state.last_duration_ms,
+        "source": state.last_source,
+        "avatar_id": state.avatar_id,
+    }

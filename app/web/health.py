@@ -5,6 +5,7 @@ directory or Jira outage is 200 ``degraded`` and only an unusable database is 50
 would only lose the queue's chance to drain. Anonymous /readyz callers see each check's
 status; reasons and addresses need the admin token.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify

@@ -1,5 +1,6 @@
 """GET /metrics: Prometheus text format (app/metrics.py says what is counted where).
 Open by default; ``metrics.require_admin = true`` puts it behind the admin token."""
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify

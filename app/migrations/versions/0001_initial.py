@@ -3,6 +3,7 @@
 Revision ID: 0001
 Revises:
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,7 +19,8 @@ def tables() -> sa.MetaData:
     """0.2.0's tables, frozen here: app/schema.py also completes older databases from them."""
     metadata = sa.MetaData()
     sa.Table(
-        "jobs", metadata,
+        "jobs",
+        metadata,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("username", sa.String(255), nullable=False, unique=True),
         sa.Column("priority", sa.Integer, nullable=False),
@@ -42,12 +44,14 @@ def tables() -> sa.MetaData:
         sa.Index("jobs_sweep", "sweep_id"),
     )
     sa.Table(
-        "schedules", metadata,
+        "schedules",
+        metadata,
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("next_run_at", TZ, nullable=False),
     )
     sa.Table(
-        "sweep_items", metadata,
+        "sweep_items",
+        metadata,
         sa.Column("sweep_id", sa.Integer, primary_key=True),
         sa.Column("username", sa.String(255), primary_key=True),
         sa.Column("display_name", sa.String(255)),
@@ -57,7 +61,8 @@ def tables() -> sa.MetaData:
         sa.Column("skipped", sa.Boolean, nullable=False),
     )
     sa.Table(
-        "sweeps", metadata,
+        "sweeps",
+        metadata,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("phase", sa.String(16), nullable=False),
@@ -72,7 +77,8 @@ def tables() -> sa.MetaData:
         sa.Index("ix_sweeps_status", "status"),
     )
     sa.Table(
-        "user_state", metadata,
+        "user_state",
+        metadata,
         sa.Column("username", sa.String(255), primary_key=True),
         sa.Column("photo_sha256", sa.String(64)),
         sa.Column("avatar_id", sa.String(32)),
@@ -91,7 +97,8 @@ def tables() -> sa.MetaData:
         sa.Index("user_state_last_attempt", "last_attempt_at"),
     )
     sa.Table(
-        "webhook_deliveries", metadata,
+        "webhook_deliveries",
+        metadata,
         sa.Column("id", sa.String(255), primary_key=True),
         sa.Column("received_at", TZ, nullable=False),
         sa.Index("ix_webhook_deliveries_received_at", "received_at"),

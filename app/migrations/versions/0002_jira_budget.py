@@ -5,6 +5,7 @@ Revises: 0001
 
 Additive (expand): replicas of 0001 run on beside it.
 """
+
 import sqlalchemy as sa
 from alembic import op
 
