@@ -157,7 +157,8 @@ def _check_directories(services: Services, report: _Report) -> None:
     for directory in services.directories:
         try:
             directory.check()
-            report.add("ok", f"directory {directory.name}", f"bound as {directory.settings.bind_dn or 'anonymous'}")
+            bind_dn = getattr(getattr(directory, "settings", None), "bind_dn", "")
+            report.add("ok", f"directory {directory.name}", f"bound as {bind_dn or 'anonymous'}")
         except DirectoryUnavailable as exc:
             report.add("fail", f"directory {directory.name}", exc.reason)
 
@@ -248,7 +249,7 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool) -> None:
     except KeyboardInterrupt:
         sweeps.cancel(sweep_id)
         click.echo("\ncancelled", err=True)
-        summary = sweeps.summary(sweep_id)
+        summary = sweeps.summary(sweep_id) or {"id": sweep_id, "status": "cancelled"}
     finally:
         if runner:
             runner.join(10)

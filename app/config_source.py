@@ -107,9 +107,10 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             target = data.setdefault(table[0], {})
         else:
             target = data
-        if key in ("urls", "photo_attributes", "user_groups"):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        target[key] = value
+        if key in ("urls", "photo_attributes", "user_groups"):  # comma-separated lists
+            target[key] = [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            target[key] = value
         if suffix in _SECRETS:
             target.pop(key + "_file", None)  # the environment wins over the file's *_file too
     return data

@@ -83,5 +83,7 @@ def make_engine(url: str, **pool) -> Engine:
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        url = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
-    return create_engine(url, **{"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "pool_timeout": 30, **pool})
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
+    return create_engine(
+        parsed, **{"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "pool_timeout": 30, **pool}
+    )

@@ -80,7 +80,8 @@ class Watchdog:
                 heapq.heappop(self._heap)
                 first.fired = True
                 try:  # socket's own shutdown, not SSLSocket's (which drops its TLS state first)
-                    socket.socket.shutdown(first.sock, socket.SHUT_RDWR)
+                    if first.sock is not None:
+                        socket.socket.shutdown(first.sock, socket.SHUT_RDWR)
                 except OSError:
                     pass  # closed meanwhile
 

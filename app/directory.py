@@ -107,7 +107,9 @@ class Directory:
         self.name = settings.name
         self.photo_attributes = photo_attributes
         # this process's idle connections, and how many may be open at once
-        self._pool = PerProcess(lambda: (queue.LifoQueue(), threading.BoundedSemaphore(settings.pool_size)))
+        self._pool: PerProcess[tuple[queue.LifoQueue[ldap3.Connection], threading.BoundedSemaphore]] = PerProcess(
+            lambda: (queue.LifoQueue(), threading.BoundedSemaphore(settings.pool_size))
+        )
 
     # -- public ------------------------------------------------------------------------
 

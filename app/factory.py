@@ -38,10 +38,12 @@ def create_app(config: Settings | None = None) -> Flask:
     for error in DATABASE_UNAVAILABLE:
         app.register_error_handler(error, _database_unavailable)
     # the webhook, Jira's one hot path, is answered before Flask (see app/web/hooks.py)
-    app.wsgi_app = hooks.WebhookDoor(app.wsgi_app, services)
+    app.wsgi_app = hooks.WebhookDoor(app.wsgi_app, services)  # type: ignore[method-assign]  # Flask's way
     if settings.trusted_proxies:  # outermost: every door and the access log see the real client
         n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n
+        )
     return app
 
 

@@ -31,7 +31,7 @@ def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024, 
     if len(raw) > max_bytes:
         raise InvalidPhoto(f"photo is {len(raw)} bytes, over the limit of {max_bytes}")
     try:
-        im = Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS)
+        im: Image.Image = Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS)
         width, height = im.size
         if width < 1 or height < 1:
             raise InvalidPhoto(f"image has no pixels ({width}x{height})")

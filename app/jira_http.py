@@ -16,10 +16,12 @@ from __future__ import annotations
 import base64
 import http.cookiejar
 import json as jsonlib
+import socket
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import urllib3
@@ -120,7 +122,7 @@ class JiraHttp:
         finally:
             _calls.call = None
         try:
-            jar.extract_cookies(resp, cookie_request)  # reads Set-Cookie via resp.info()
+            jar.extract_cookies(resp, cookie_request)  # type: ignore[arg-type]  # reads Set-Cookie via resp.info()
             with deadlines.guard(call.sock, call.deadline - time.monotonic()) as guard:
                 try:
                     body = self._body(resp, url, call.deadline)
@@ -133,12 +135,14 @@ class JiraHttp:
             resp.release_conn()
 
     def _too_slow(self, url: str) -> urllib3.exceptions.ReadTimeoutError:
-        return urllib3.exceptions.ReadTimeoutError(None, url, f"no whole answer within {self._deadline:g}s")
+        message = f"no whole answer within {self._deadline:g}s"
+        return urllib3.exceptions.ReadTimeoutError(None, url, message)  # type: ignore[arg-type]  # no pool here
 
-    def _body(self, resp: urllib3.HTTPResponse, url: str, deadline: float) -> bytes:
+    def _body(self, resp: urllib3.BaseHTTPResponse, url: str, deadline: float) -> bytes:
         """The whole body by ``deadline`` (the watchdog also cuts a read that would pass it).
         A late answer closes the connection."""
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             if time.monotonic() > deadline:
                 resp.close()
@@ -178,14 +182,16 @@ class JiraHttp:
 
     def _make_pool(self) -> urllib3.PoolManager:
         s = self.settings
+        tls: dict[str, Any]
         if s.ca_file:
             tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": s.ca_file}
         elif s.verify_tls:
             tls = {"cert_reqs": "CERT_REQUIRED"}  # the system's trusted CAs
         else:
             tls = {"cert_reqs": "CERT_NONE"}
-        size = {"num_pools": 2, "maxsize": max(1, s.max_concurrency)}
+        size: dict[str, Any] = {"num_pools": 2, "maxsize": max(1, s.max_concurrency)}
         proxy = _environ_proxy(s.url)  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, read once
+        manager: urllib3.PoolManager
         if proxy:
             url, headers = _proxy_and_credentials(proxy)
             manager = urllib3.ProxyManager(url, proxy_headers=headers, **size, **tls)
@@ -200,7 +206,7 @@ class _Call:
     """The call under way on this thread: its overall deadline, and the socket it uses."""
 
     deadline: float
-    sock: object = None
+    sock: socket.socket | None = None
     fired: bool = False
 
 
@@ -257,9 +263,9 @@ def _proxy_and_credentials(proxy: str) -> tuple[str, dict | None]:
     if parts.username is None:
         return proxy, None
     credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    if ":" in parts.hostname:  # IPv6
-        host = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+    hostname = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    host = f"[{hostname}]{port}" if ":" in hostname else f"{hostname}{port}"  # IPv6 in brackets
     return urlunsplit((parts.scheme, host, parts.path, "", "")), urllib3.make_headers(proxy_basic_auth=credentials)
 
 

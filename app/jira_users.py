@@ -111,7 +111,7 @@ def group_members(jira: JiraClient, groups: list[str]) -> tuple[dict, list[str]]
                 else:  # no total: one page after the other
                     rest.append((group, values))
         while rest:
-            highest = {}  # each group's last page asked for
+            highest: dict[str, int] = {}  # each group's last page asked for
             for group, start in rest:
                 highest[group] = max(start, highest.get(group, start))
             more = []

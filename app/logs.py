@@ -73,7 +73,7 @@ def setup(level: str, log_format: str, stream=None) -> None:
     handler = next((h for h in root.handlers if getattr(h, "avatar_sync", False)), None)
     if handler is None:
         handler = logging.StreamHandler(stream or sys.stderr)
-        handler.avatar_sync = True
+        handler.avatar_sync = True  # type: ignore[attr-defined]  # ours: found again by setup()
         for other in list(root.handlers):  # basicConfig's, or an earlier default
             if (
                 isinstance(other, logging.StreamHandler)

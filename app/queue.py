@@ -19,7 +19,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -38,6 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import BindParameter
 
 from .jira import JiraUser
 from .outcomes import JobState
@@ -191,7 +193,7 @@ class LoginQueue:
             if tx.dialect.name == "postgresql":  # replicas claim side by side
                 pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
             # a dead worker's job first: it waited longest
-            rows = tx.execute(expired, {"now": now}).mappings().all() if look_for_expired else []
+            rows = list(tx.execute(expired, {"now": now}).mappings().all()) if look_for_expired else []
             if len(rows) < limit:
                 rows += tx.execute(pending, {"now": now}).mappings().all()
             rows = rows[:limit]
@@ -301,7 +303,7 @@ class LoginQueue:
 
 
 # The statements, built once (SQLAlchemy caches their compiled form).
-_NOW = bindparam("now")
+_NOW: BindParameter[datetime] = bindparam("now")
 _MINE = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
 _LEASE = (
     jobs.update()
@@ -367,8 +369,8 @@ def _due(limit: int, min_priority: int):
 
 @dataclass(frozen=True)
 class _Upserts:
-    delivery: object
-    enqueue: object
+    delivery: Any
+    enqueue: Any
 
 
 @functools.cache
@@ -381,7 +383,7 @@ def _statements(dialect: str) -> _Upserts:
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(deliveries.c.id)
     )
-    now, rerun = _NOW, bindparam("rerun")
+    now, rerun = _NOW, bindparam("rerun", type_=Boolean)
     stmt = insert(jobs).values(
         username=bindparam("username"),
         priority=bindparam("priority"),

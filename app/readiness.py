@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 
 from .database import describe_location
 from .directory import DirectoryUnavailable
@@ -62,7 +64,9 @@ class Readiness:
 
     def _probe(self) -> None:
         svc = self.services
-        probes = {f"directory:{d.name}": (lambda d=d: _directory(d)) for d in svc.directories}
+        probes: dict[str, Callable[[], tuple[str, dict]]] = {
+            f"directory:{d.name}": partial(_directory, d) for d in svc.directories
+        }
         probes["jira"] = lambda: _jira(svc.jira)
         with ThreadPoolExecutor(len(probes), thread_name_prefix="readyz") as pool:
             futures = {name: pool.submit(fn) for name, fn in probes.items()}

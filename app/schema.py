@@ -39,7 +39,7 @@ def target_metadata():
     return store.metadata
 
 
-def _config(conn: Connection) -> Config:
+def _config(conn: Connection | None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = conn
@@ -47,7 +47,9 @@ def _config(conn: Connection) -> Config:
 
 
 def head() -> str:
-    return ScriptDirectory.from_config(_config(None)).get_current_head()
+    newest = ScriptDirectory.from_config(_config(None)).get_current_head()
+    assert newest is not None, "app/migrations/versions has no revision"
+    return newest
 
 
 def current(conn: Connection) -> str | None:
@@ -98,7 +100,7 @@ def upgrade(conn: Connection) -> tuple[str | None, str]:
         _complete_0_2_0(conn)
         command.stamp(_config(conn), FIRST)
     command.upgrade(_config(conn), "head")
-    return before, current(conn)
+    return before, current(conn) or head()
 
 
 def _has_our_tables(conn: Connection) -> bool:

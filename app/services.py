@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from .config import Settings
-from .directory import Directory, build_directories
+from .directory import UserDirectory, build_directories
 from .jira import JiraClient
 from .jira_budget import ClusterBudget
 from .queue import LoginQueue, RetryPolicy
@@ -21,7 +21,7 @@ from .sync import Syncer
 class Services:
     settings: Settings
     store: Store
-    directories: list[Directory]
+    directories: list[UserDirectory]
     jira: JiraClient
     syncer: Syncer
     queue: LoginQueue

@@ -30,7 +30,7 @@ class WriterLock:
         self.path = f"{database_path}.lock" if database_path else None
         self._thread_lock = threading.Lock()
         # flock belongs to the open file: each process needs its own open, after a fork
-        self._fd = PerProcess(lambda: os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._fd = PerProcess(lambda: os.open(self.path or "", os.O_RDWR | os.O_CREAT, 0o600))
 
     @contextmanager
     def hold(self, wait: float) -> Iterator[None]:

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import overload
 
 from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table, Text, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import BindParameter
 
 from . import schema
 from .database import make_engine, set_busy_timeout
@@ -59,6 +61,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def aware(value: datetime) -> datetime: ...
+@overload
+def aware(value: None) -> None: ...
 def aware(value: datetime | None) -> datetime | None:
     """SQLite hands datetimes back without their zone; they were stored in UTC."""
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
@@ -316,7 +322,7 @@ class Store:
         tx.execute(_SAVE, values)
 
 
-_NAME = bindparam("p_username")
+_NAME: BindParameter[str] = bindparam("p_username")
 _GET = select(user_state).where(user_state.c.username == _NAME)
 _LAST_SUCCESS = select(user_state.c.last_success_at).where(user_state.c.username == _NAME)
 _SAVE = (

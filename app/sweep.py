@@ -159,10 +159,11 @@ class Sweeps:
             return None
         return {"id": row.id, "status": row.status, "finished_epoch": aware(row.finished_at).timestamp()}
 
-    def list(self, limit: int = 50) -> list[dict]:
+    def latest(self, limit: int = 50) -> list[dict]:
+        """The summaries of the last ``limit`` sweeps, newest first."""
         with self.store.read() as conn:
             ids = conn.execute(select(sweeps.c.id).order_by(sweeps.c.id.desc()).limit(limit)).scalars().all()
-        return [self.summary(i) for i in ids]
+        return [s for s in map(self.summary, ids) if s is not None]  # pruned meanwhile: left out
 
     def problems(self, sweep_id: int, limit: int | None = None) -> list[dict]:
         """Every user whose outcome is none of updated, restored, unchanged."""

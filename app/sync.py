@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from . import metrics
 from .config import Settings
 from .database import describe_error
-from .directory import Directory, DirectoryEntry, DirectoryUnavailable
+from .directory import DirectoryEntry, DirectoryUnavailable, UserDirectory
 from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
 from .outcomes import DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, RESTORED, SETTLED, UNCHANGED, UPDATED
@@ -71,10 +71,10 @@ class Verdict:
 
 
 class Syncer:
-    def __init__(self, settings: Settings, directories: list[Directory], jira: JiraClient, store: Store):
+    def __init__(self, settings: Settings, directories: list[UserDirectory], jira: JiraClient, store: Store):
         self.settings, self.directories, self.jira, self.store = settings, directories, jira, store
         # Login storms: when each user last synced successfully, per process, in front of the store.
-        self._recent = TTLCache(maxsize=100_000, ttl=max(1, settings.login_debounce_seconds))
+        self._recent: TTLCache[str, float] = TTLCache(maxsize=100_000, ttl=max(1, settings.login_debounce_seconds))
         self._recent_lock = threading.Lock()  # cachetools caches are not thread-safe
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
@@ -196,7 +196,7 @@ class Syncer:
                 # Only now, after Jira confirmed, is the hash stored (unchanged -> no upload).
                 state.photo_sha256, state.avatar_id = verdict.photo_hash, r.avatar_id
                 state.pending_avatar_id = state.pending_sha256 = None
-                if r.avatar_id not in state.created_avatar_ids:
+                if r.avatar_id is not None and r.avatar_id not in state.created_avatar_ids:
                     state.created_avatar_ids.append(r.avatar_id)
             state.last_source, state.last_duration_ms = r.source, r.duration_ms
 
@@ -283,6 +283,7 @@ class Syncer:
             plan = decide(facts)
         if plan.upload:
             plan = self._carry_out(username, facts, plan, dry_run, mark=attempt is None)
+        assert plan.outcome is not None  # a plan that needs nothing more has its outcome
         return Verdict(
             SyncResult(
                 username, plan.outcome, plan.reason, plan.avatar_id, entry.directory if entry else None, dry_run
@@ -296,6 +297,9 @@ class Syncer:
         """A plan that writes: select ours again if Jira still has it, else finish an upload
         a killed run left, else decode, upload and select. Returns what was done."""
         state = facts.state if isinstance(facts.state, UserState) else None
+        entry, jira_user, photo_hash = facts.entry, facts.jira_user, plan.photo_hash
+        # decide() plans a write only for a user with a photo, in Jira, its photo hashed
+        assert entry is not None and entry.photo is not None and isinstance(jira_user, JiraUser) and photo_hash
         custom = self.jira.custom_avatars(username) if plan.reuse or plan.finish_interrupted else {}
         done = replace(plan, upload=False)
         if plan.reuse:
@@ -304,27 +308,27 @@ class Syncer:
                     self.jira.select_avatar(username, plan.reuse)
                 return replace(done, avatar_id=plan.reuse, stale=stale_after(state, plan.reuse))
             done = replace(done, reason=plan.reason_if_gone)
-        leftover = self._interrupted_upload(state, plan.photo_hash, custom) if plan.finish_interrupted else None
+        leftover = self._interrupted_upload(state, photo_hash, custom) if plan.finish_interrupted else None
         if leftover:
             if not dry_run:
                 # a bulk read's view cannot justify a write: read it afresh before selecting
-                jira_user = (self.jira.get_user(username) if facts.hinted else None) or facts.jira_user
-                if jira_user.avatar_id != leftover:
+                shown = (self.jira.get_user(username) if facts.hinted else None) or jira_user
+                if shown.avatar_id != leftover:
                     self.jira.select_avatar(username, leftover)
             return replace(done, avatar_id=leftover, stale=stale_after(state, leftover))
         try:
             with self._decode_slots:  # memory: config.DEFAULT_MAX_PHOTO_PIXELS says why
                 png = normalize(
-                    facts.entry.photo,
+                    entry.photo,
                     self.settings.size,
                     max_bytes=self.settings.max_photo_bytes,
                     max_pixels=self.settings.max_photo_pixels,
                 )
         except InvalidPhoto as exc:
-            return Plan(INVALID_PHOTO, reason=f"{facts.entry.photo_attribute} in {facts.entry.directory}: {exc}")
+            return Plan(INVALID_PHOTO, reason=f"{entry.photo_attribute} in {entry.directory}: {exc}")
         if dry_run:
             return done
-        new_id = self._upload_and_select(username, png, plan.photo_hash, mark=mark)
+        new_id = self._upload_and_select(username, png, photo_hash, mark=mark)
         return replace(done, avatar_id=new_id, stale=stale_after(state, new_id))
 
     # -- steps -------------------------------------------------------------------------
@@ -356,7 +360,7 @@ class Syncer:
         return self.settings.photo_attributes
 
     @staticmethod
-    def _interrupted_upload(state: UserState | None, photo_hash: str, custom: dict[str, str]) -> str | None:
+    def _interrupted_upload(state: UserState | None, photo_hash: str, custom: dict[str, str | None]) -> str | None:
         """The avatar a killed earlier run created for this very photo, if Jira still has it
         (``custom``: the user's avatars in Jira, id -> file name)."""
         if state is not None and state.pending_sha256 == photo_hash and state.pending_avatar_id in custom:

@@ -100,7 +100,7 @@ def test_dashboard_in_a_real_browser(service, jira):
             page.click("#start-dry-run")
             expect(page.locator("#sweep-status")).to_have_text("finished", timeout=30_000)
             expect(page.locator("#sweep-percent")).to_have_text("100 %")
-            total = services.sweeps.list()[0]["total"]
+            total = services.sweeps.latest()[0]["total"]
             expect(page.locator("#sweep-progress")).to_have_js_property("value", total)
             expect(page.locator("#sweep-progress")).to_have_js_property("max", total)
             page.wait_for_selector("#problems tr.problem")
@@ -152,4 +152,4 @@ def test_a_forged_cross_site_form_is_refused(service, jira):
                 browser.close()
     finally:
         attacker.stop()
-    assert services.sweeps.list() == [] and jira.state.writes() == writes
+    assert services.sweeps.latest() == [] and jira.state.writes() == writes

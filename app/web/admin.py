@@ -117,7 +117,7 @@ def start_sweep():
 @bp.get("/admin/sweeps")
 @admin_required
 def list_sweeps():
-    return jsonify({"sweeps": services().sweeps.list(limit=_limit(50))})
+    return jsonify({"sweeps": services().sweeps.latest(limit=_limit(50))})
 
 
 @bp.get("/admin/sweeps/<sweep_id>")

@@ -51,7 +51,7 @@ def dashboard_data():
     svc = services()
     readiness = svc.readiness.report(details=True)
     running = svc.sweeps.running()
-    latest = running or next(iter(svc.sweeps.list(limit=1)), None)
+    latest = running or next(iter(svc.sweeps.latest(limit=1)), None)
     upcoming = next_scheduled(svc) if readiness["status"] != "unavailable" else None
     data = {
         "status": readiness["status"],
