@@ -26,9 +26,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import jira_users
+from .database import describe_error
 from .directory import DirectoryUnavailable
 from .jira import JiraError, JiraUser
 from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SweepStatus
+from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .store import aware, metadata, user_key, utcnow
 from .sync import SyncResult
 
@@ -258,6 +260,10 @@ class Sweeps:
             self._await_done(sweep_id, on_progress)
         except _Cancelled:
             log.info("sweep %d cancelled", sweep_id)
+        except DATABASE_UNAVAILABLE as exc:
+            # not the sweep's fault, and its state is safe in the database: let the lease lapse,
+            # and this or another process resumes it where it stopped (users reported stay done)
+            log.warning("sweep %d paused, the database cannot be used now: %s", sweep_id, describe_error(exc))
         except Exception as exc:
             if isinstance(exc, (DirectoryUnavailable, JiraError)):  # expected: the reason says it all
                 error = str(exc)
