@@ -326,13 +326,16 @@ def test_sweep_refused_when_disabled(tmp_path, slapd, ldap_ou, jira, services_fo
         rig.sweeps.start()
 
 
-def test_schedule_starts_exactly_one_sweep(tmp_path, slapd, ldap_ou, jira, services_for):
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_schedule_starts_exactly_one_sweep(tmp_path, slapd, ldap_ou, jira, services_for, request, database):
     from datetime import timedelta
 
     from app import schedule
     from app.store import utcnow
-    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)], sweep={"schedule": "01:11"})
-    replicas = [services_for(settings) for _ in range(3)]  # three processes sharing one database
+    url = request.getfixturevalue("fresh_pg_url") if database == "postgres" else f"sqlite:///{tmp_path}/state.db"
+    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)], sweep={"schedule": "01:11"},
+                             database_url=url)
+    replicas = [services_for(settings) for _ in range(3)]  # three replicas sharing one database
     now = utcnow()
     assert schedule.start_if_due(replicas[0], now) is None  # first call only plans the next run
     later = now + timedelta(days=1, minutes=1)
