@@ -43,7 +43,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from .jira import JiraUser
 from .outcomes import JobState
-from .store import USER_WAIT_SECONDS, Store, aware, metadata, user_key, utcnow
+from .store import Store, aware, metadata, user_key, utcnow
 
 LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
 PENDING, RUNNING, FAILED = JobState.PENDING, JobState.RUNNING, JobState.FAILED
@@ -129,17 +129,20 @@ class LoginQueue:
         force: bool = False,
         sweep_id: int | None = None,
         delivery_id: str | None = None,
-        wait: float = USER_WAIT_SECONDS,
+        wait: float | None = None,
     ) -> bool:
         """Queue (or merge into) the user's job. False when ``delivery_id`` was seen before.
-        ``wait``: how long to wait for another writer (a webhook answers 503 after it).
+        ``wait``: how long to wait for another writer (default the store's user_wait; a webhook
+        answers 503 after it).
 
         A login merged into a running job needs nothing more: that run is the sync it asks
         for. Any other event (user_updated...) may carry news the running attempt missed, so
         the job runs once more afterwards.
         """
         now = utcnow()
-        with self.store.transaction(wait=wait) as tx:  # every first login's one write
+        with self.store.transaction(
+            wait=self.store.user_wait if wait is None else wait
+        ) as tx:  # every first login's one write
             statements = _statements(tx.dialect.name)
             seen = (
                 delivery_id

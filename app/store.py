@@ -123,6 +123,7 @@ class Store:
     def __init__(self, database_url: str):
         self.url = database_url
         self.sqlite = make_url(database_url).get_backend_name() == "sqlite"
+        self.user_wait = USER_WAIT_SECONDS  # one user's writes (tests shorten it)
         # the parent's pooled connections stay the parent's: a child lets go of them unclosed
         self._engine = PerProcess(self._make_engine, inherited=lambda engine: engine.dispose(close=False))
         database = make_url(database_url).database if self.sqlite else None
@@ -291,12 +292,12 @@ class Store:
                 state.created_avatar_ids.append(avatar_id)
             state.pending_avatar_id, state.pending_sha256 = avatar_id, photo_sha256
 
-        with self.transaction(wait=USER_WAIT_SECONDS) as tx:
+        with self.transaction(wait=self.user_wait) as tx:
             self.update(tx, username, change)
 
     def forget_created(self, username: str, avatar_ids) -> None:
         gone = set(avatar_ids)
-        with self.transaction(wait=USER_WAIT_SECONDS) as tx:
+        with self.transaction(wait=self.user_wait) as tx:
             self.update(
                 tx,
                 username,
@@ -304,7 +305,7 @@ class Store:
             )
 
     def delete(self, username: str) -> None:
-        with self.transaction(wait=USER_WAIT_SECONDS) as tx:
+        with self.transaction(wait=self.user_wait) as tx:
             tx.execute(user_state.delete().where(user_state.c.username == user_key(username)))
 
     def update(self, tx: Connection, username: str, change: Callable[[UserState], None]) -> None:

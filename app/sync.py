@@ -28,7 +28,7 @@ from .jira import JiraClient, JiraError, JiraUser
 from .outcomes import DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, RESTORED, SETTLED, UNCHANGED, UPDATED
 from .rules import UNKNOWN, Facts, Need, Plan, decide, stale_after
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .store import USER_WAIT_SECONDS, Store, UserState, user_key
+from .store import Store, UserState, user_key
 from .usernames import loggable
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Syncer:
         recorded = False
         if self.needs_record(verdict):
             try:
-                with self.store.transaction(wait=USER_WAIT_SECONDS) as tx:
+                with self.store.transaction(wait=self.store.user_wait) as tx:
                     self.record(verdict, tx)
                 recorded = True
             except Exception as exc:  # noqa: BLE001 - never raises: an unwritten outcome is a failure

@@ -17,7 +17,6 @@ from .directory import DirectoryEntry
 from .outcomes import FAILED
 from .queue import SWEEP, Job
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .store import USER_WAIT_SECONDS
 from .sweep import run_in_background
 from .usernames import loggable
 
@@ -93,7 +92,7 @@ class WorkerPool:
         )
         result = verdict.result
         try:
-            with self.services.store.transaction(wait=USER_WAIT_SECONDS) as tx:
+            with self.services.store.transaction(wait=self.services.store.user_wait) as tx:
                 if syncer.needs_record(verdict):
                     syncer.record(verdict, tx)
                 if job.sweep_id is not None:  # a failed attempt counts: the job retries apart

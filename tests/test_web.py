@@ -393,6 +393,7 @@ def test_admin_answers_name_what_is_wrong(web):
 def test_a_locked_database_fails_a_sync_cleanly_and_reads_go_on(web, tmp_path, jira):
     import sqlite3
     web.services.store.ping()  # the schema exists: the lock below is an ordinary writer's
+    web.services.store.user_wait = 0.5  # what one user's write waits for (5 s in service)
     holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
