@@ -9,14 +9,13 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 
 from app.services import build_services
-from tests.helpers import JIRA_PASSWORD, JIRA_USER, PG_URL, Service, unavailable
+from tests.helpers import JIRA_PASSWORD, JIRA_USER, PG_URL, Service, pg_schema, unavailable
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import samba as samba_rig
 from tests.rig import slapd as slapd_rig
@@ -111,28 +110,16 @@ def pg_url():
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL at {PG_URL} is required in CI")
         pytest.skip("PostgreSQL not reachable")
-    schema = f"avsync_{uuid.uuid4().hex[:10]}"
-    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    engine.dispose()
+    with pg_schema() as url:
+        yield url
 
 
 @pytest.fixture
 def fresh_pg_url(pg_url):
     """A PostgreSQL schema of the test's own, dropped after it: for tests that change the
     schema itself (migrations) or share it between processes (replicas)."""
-    schema = f"avsync_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
+    with pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

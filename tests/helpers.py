@@ -9,10 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy
 
 from app.config import settings_from_dict
 from tests import photos
@@ -23,6 +27,22 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET, ADMIN = "gunicorn-hook-secret", "gunicorn-admin-token"
 JIRA_USER, JIRA_PASSWORD = "svc-jira", "jira-secret"  # the emulator's service account
 PG_URL = os.environ.get("AVATAR_SYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def pg_schema(prefix: str = "avsync") -> Iterator[str]:
+    """A throw-away schema in the local PostgreSQL, dropped afterwards: the URL of a database
+    that holds nothing of any other run or test."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {name}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {name} CASCADE")
+        admin.dispose()
 
 
 def unavailable(what: str):

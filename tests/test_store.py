@@ -5,7 +5,6 @@ import threading
 import uuid
 
 import pytest
-import sqlalchemy
 
 from app.queue import LoginQueue, deliveries, jobs
 from app.store import Store, utcnow
@@ -85,15 +84,17 @@ def _first_use(url, barrier, errors):
 
 def test_processes_starting_together_create_the_schema_once(database_url):
     """gunicorn's workers start together on a fresh database: none may fail creating tables."""
+    from contextlib import nullcontext
+
+    from tests.helpers import pg_schema
+    # PostgreSQL: a schema of its own, still empty
+    with pg_schema() if database_url.startswith("postgresql") else nullcontext(database_url) as url:
+        found = _start_together(url)
+    assert found == []
+
+
+def _start_together(database_url: str) -> list[str]:
     import multiprocessing
-    schema = None
-    if database_url.startswith("postgresql"):  # a schema of its own, still empty
-        from tests.helpers import PG_URL
-        schema = f"avsync_{uuid.uuid4().hex[:10]}"
-        admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        database_url = f"{PG_URL}?options=-csearch_path%3D{schema}"
     ctx = multiprocessing.get_context("fork")
     barrier, errors = ctx.Barrier(6), ctx.Queue()
     procs = [ctx.Process(target=_first_use, args=(database_url, barrier, errors)) for _ in range(6)]
@@ -104,11 +105,7 @@ def test_processes_starting_together_create_the_schema_once(database_url):
     found = []
     while not errors.empty():
         found.append(errors.get())
-    if schema:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
-    assert found == []
+    return found
 
 
 # -- transactions -------------------------------------------------------------------------

@@ -22,39 +22,18 @@ import argparse
 import json
 import shutil
 import tempfile
-import uuid
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
 import sqlalchemy
 
-from tests.bench.bench_webhook import SECRET, WRK_LUA, signed_bodies, start_gunicorn, wrk
-from tests.helpers import PG_URL
+from tests.bench.bench_webhook import WRK_LUA, signed_bodies, start_gunicorn, write_config, wrk
+from tests.helpers import pg_schema
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
 from tests.rig.haproxy import HAProxy
-
-
-def config(path: Path, database_url: str, jira_url: str, ldap, base_dn: str) -> None:
-    path.write_text(f"""
-database_url = "{database_url}"
-login_debounce_seconds = 600
-[jira]
-url = "{jira_url}"
-username = "avatar-sync"
-password = "pw"
-[webhook]
-secret = "{SECRET}"
-[worker]
-start_in_web = false
-[[directories]]
-name = "openldap"
-urls = ["{ldap.url}"]
-bind_dn = "{slapd_rig.SVC_DN}"
-bind_password = "{slapd_rig.SVC_PW}"
-base_dn = "{base_dn}"
-""")
 
 
 def seed_synced(database_url: str, names: list[str]) -> None:
@@ -78,15 +57,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="avatar-bench-logins-"))
-    schema = f"avbench_{uuid.uuid4().hex[:8]}"
-    admin = None
-    if args.database == "postgres":
-        admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        database_url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-    else:
-        database_url = f"sqlite:///{work}/state.db"
+    held = ExitStack()
+    database_url = (held.enter_context(pg_schema("avbench")) if args.database == "postgres"
+                    else f"sqlite:///{work}/state.db")
     ldap = slapd_rig.Slapd.running(work / "slapd")
     procs, lb = [], None
     results = {"database": args.database, "replicas": args.replicas, "wrk_connections": args.connections}
@@ -98,7 +71,7 @@ def main() -> None:
             ports = []
             for i in range(args.replicas):
                 cfg = work / f"r{i}.toml"
-                config(cfg, database_url, jira.url, ldap, people)
+                write_config(cfg, work, jira.url, ldap, people, workers_on=False, database_url=database_url)
                 ports.append(slapd_rig.free_port())
                 procs.append(start_gunicorn(cfg, ports[-1], work / f"r{i}.log", {"AVATAR_SYNC_LOG_LEVEL": "WARNING"}))
             port = ports[0]
@@ -125,10 +98,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
         ldap.stop()
-        if admin is not None:
-            with admin.begin() as conn:
-                conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-            admin.dispose()
+        held.close()
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
 

@@ -39,9 +39,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from tests import photos
+from tests.helpers import pg_schema
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
 
@@ -206,13 +208,14 @@ def main() -> None:
             state.add_user(n)
         print(f"seeded {args.users} users in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 
-        with EmulatorServer(state) as jira:
+        with EmulatorServer(state) as jira, ExitStack() as held:
             # C calls in flight in all: split between the sweep and any extra worker processes
             processes = 1 + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
             # on PostgreSQL the processes share C (limits_scope = cluster) unless BENCH_LIMITS_SCOPE=process
             cluster = args.database == "postgres" and os.environ.get("BENCH_LIMITS_SCOPE", "cluster") == "cluster"
             per_process = args.concurrency if cluster else max(1, args.concurrency // processes)
-            database_url = postgres_schema(work) if args.database == "postgres" else f"sqlite:///{work}/state.db"
+            database_url = (held.enter_context(pg_schema("avbench")) if args.database == "postgres"
+                            else f"sqlite:///{work}/state.db")
             config = work / "config.toml"
             config.write_text(f"""
     database_url = "{database_url}"
@@ -261,39 +264,5 @@ def main() -> None:
             }
     finally:
         ldap.stop()
-        drop_postgres_schema(work)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
-
-
-def postgres_schema(work: Path) -> str:
-    """A fresh schema in the machine's PostgreSQL (its name kept in ``work`` for the drop)."""
-    import uuid
-
-    import sqlalchemy
-
-    from tests.helpers import PG_URL
-    name = f"avbench_{uuid.uuid4().hex[:8]}"
-    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {name}")
-    engine.dispose()
-    (work / "pg-schema").write_text(name)
-    return f"{PG_URL}?options=-csearch_path%3D{name}"
-
-
-def drop_postgres_schema(work: Path) -> None:
-    marker = work / "pg-schema"
-    if not marker.exists():
-        return
-    import sqlalchemy
-
-    from tests.helpers import PG_URL
-    engine = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {marker.read_text()} CASCADE")
-    engine.dispose()
-
-
-if __name__ == "__main__":
-    main()

@@ -72,9 +72,11 @@ def start_gunicorn(config: Path, port: int, log: Path, env_extra: dict) -> subpr
     raise SystemExit("gunicorn did not start: " + log.read_text()[-2000:])
 
 
-def write_config(path: Path, work: Path, jira_url: str, ldap, base_dn: str, workers_on: bool) -> None:
+def write_config(path: Path, work: Path, jira_url: str, ldap, base_dn: str, workers_on: bool,
+                 database_url: str | None = None) -> None:
+    """``database_url``: default a SQLite file in ``work``."""
     path.write_text(f"""
-database_url = "sqlite:///{work}/state.db"
+database_url = "{database_url or f'sqlite:///{work}/state.db'}"
 login_debounce_seconds = 600
 [jira]
 url = "{jira_url}"
