@@ -104,6 +104,7 @@ class UserState:
 # sync's notes) gives up after USER_WAIT_SECONDS: a door answers 503, a sync fails and is
 # retried. Bulk work (a sweep's pages, its lease, the schedule) waits WAIT_SECONDS.
 USER_WAIT_SECONDS = 5.0
+PROBE_WAIT_SECONDS = 2.0
 WAIT_SECONDS = 30.0
 
 
@@ -124,6 +125,7 @@ class Store:
         self.url = database_url
         self.sqlite = make_url(database_url).get_backend_name() == "sqlite"
         self.user_wait = USER_WAIT_SECONDS  # one user's writes (tests shorten it)
+        self.probe_wait = PROBE_WAIT_SECONDS  # a readiness probe's wait for the write lock
         # the parent's pooled connections stay the parent's: a child lets go of them unclosed
         self._engine = PerProcess(self._make_engine, inherited=lambda engine: engine.dispose(close=False))
         database = make_url(database_url).database if self.sqlite else None
@@ -218,11 +220,11 @@ class Store:
         with self.read() as conn:
             conn.execute(select(1))
 
-    def check_writable(self, timeout: float = 2.0) -> None:
+    def check_writable(self) -> None:
         """Raise unless a write could start now: SQLite's write lock can be had within
-        ``timeout``; PostgreSQL is not a read-only standby. Writes nothing."""
+        ``probe_wait``; PostgreSQL is not a read-only standby. Writes nothing."""
         if self.sqlite:
-            with self.transaction(wait=timeout):
+            with self.transaction(wait=self.probe_wait):
                 return
         with self.read() as conn:
             if conn.execute(text("SHOW transaction_read_only")).scalar() == "on":

@@ -670,7 +670,7 @@ class EmulatorServer:
         if tls:
             from cheroot.ssl.builtin import BuiltinSSLAdapter
             self.server.ssl_adapter = BuiltinSSLAdapter(*tls)
-        self.server.expiration_interval = 0.05  # its loop's tick: how soon stop() is noticed
+        self.server.expiration_interval = 0.01  # its loop's tick: how soon stop() is noticed
         self.server.prepare()  # binds, so the port is known now
         self.url = f"https://localhost:{self.server.bind_addr[1]}" if tls else f"http://{host}:{self.server.bind_addr[1]}"
         self.state.base_url = self.url
@@ -692,7 +692,7 @@ class EmulatorServer:
         host, port = self.server.bind_addr[:2]
         self.server = wsgi.Server((host, port), self.app, numthreads=self.server.requests.min,
                                   server_name="jira-emulator", shutdown_timeout=1)
-        self.server.expiration_interval = 0.05
+        self.server.expiration_interval = 0.01
         self.server.prepare()
         self.thread = threading.Thread(target=self.server.serve, name="jira-emulator", daemon=True)
         self.thread.start()

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.config import KEYS, SECRETS
-from app.config_source import _ENV_KEYS, ENV_PREFIX
+from app.config_keys import ENV_KEYS, ENV_PREFIX, KEYS, SECRETS
 from tests.helpers import JIRA_PASSWORD, JIRA_USER, make_settings, slapd_directory
 from tests.rig import slapd as slapd_rig
 
@@ -111,11 +110,11 @@ def _readme_reference() -> tuple[set[str], set[str]]:
 def test_readme_reference_lists_every_key_and_every_environment_name():
     keys, envs = _readme_reference()
     assert keys == all_keys()
-    assert envs == {ENV_PREFIX + suffix for suffix in _ENV_KEYS}
+    assert envs == {ENV_PREFIX + suffix for suffix in ENV_KEYS}
     # every key can be set from the environment
-    from_env = {f"{table[0] if table else ''}.{key}".lstrip(".") for table, key in _ENV_KEYS.values()}
+    from_env = {f"{table[0] if table else ''}.{key}".lstrip(".") for table, key in ENV_KEYS.values()}
     assert from_env == all_keys()
-    assert all(f"{ENV_PREFIX}{s}" in envs for s in _ENV_KEYS if s.endswith("PASSWORD") or s.endswith("SECRET"))
+    assert all(f"{ENV_PREFIX}{s}" in envs for s in ENV_KEYS if s.endswith("PASSWORD") or s.endswith("SECRET"))
     assert {"jira.password", "directories.bind_password"} <= SECRETS
 
 
@@ -166,7 +165,7 @@ def test_example_configuration_shows_every_key_and_check_accepts_it(tmp_path, sl
 def test_env_example_works_as_shipped():
     lines = [ln for ln in (DEPLOY / "env.example").read_text().splitlines() if ln and not ln.startswith("#")]
     env = dict(ln.split("=", 1) for ln in lines)
-    known = {ENV_PREFIX + s for s in _ENV_KEYS} | GUNICORN_ENV
+    known = {ENV_PREFIX + s for s in ENV_KEYS} | GUNICORN_ENV
     assert set(env) <= known, set(env) - known
     # the configuration file it names is the one the README's steps create
     readme = (ROOT / "README.md").read_text()
@@ -179,7 +178,7 @@ def test_env_example_works_as_shipped():
 def test_compose_file_names_only_known_variables(name):
     compose = (DEPLOY / "docker" / name).read_text()
     names = set(re.findall(r"\b(AVATAR_SYNC_[A-Z_]+?)(?:_FILE)?:", compose))
-    known = {ENV_PREFIX + s for s in _ENV_KEYS} | GUNICORN_ENV
+    known = {ENV_PREFIX + s for s in ENV_KEYS} | GUNICORN_ENV
     assert names and names <= known, names - known
     assert "dockerfile: deploy/docker/Dockerfile" in compose
 
@@ -214,6 +213,7 @@ def _podman(*args, timeout=900, check=True) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.container
 def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
     """No registry is reachable here, so the base is a Debian 12 made with debootstrap, and
     containers cannot be started (the sandbox refuses crun's rlimits and cgroups): the image is

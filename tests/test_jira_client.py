@@ -131,9 +131,9 @@ def test_not_admin(jira):
 
 def test_every_call_has_a_timeout(jira):
     jira.state.add_user("jdoe")
-    jira.state.latency = 1.5
+    jira.state.latency = 0.6
     with pytest.raises(JiraError, match="did not answer"):
-        client(jira, timeout=0.3, max_retries=0).get_user("jdoe")
+        client(jira, timeout=0.2, max_retries=0).get_user("jdoe")
 
 
 def test_each_thread_keeps_its_own_jira_session(jira):
@@ -194,7 +194,7 @@ def test_a_redirect_is_reported_not_followed():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         c = JiraClient(JiraSettings(url=f"http://127.0.0.1:{server.server_port}", username="u", password="p"))
         with pytest.raises(JiraError, match="redirect to 'https://jira.example.com/rest/api/2/user") as err:
@@ -248,7 +248,7 @@ def test_calls_go_through_the_environments_proxy_unless_no_proxy(monkeypatch):
             pass
 
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
             monkeypatch.delenv(name, raising=False)
@@ -290,7 +290,7 @@ def test_proxy_credentials_in_the_environment_reach_the_proxy(monkeypatch, caplo
             pass
 
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AuthenticatingProxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     settings = JiraSettings(url="http://jira.invalid:8080", username="u", password="p", max_retries=0)
     try:
         for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
@@ -319,7 +319,7 @@ def test_a_password_with_accents_is_sent_as_jira_decodes_it(jira):
 
 @pytest.mark.parametrize("part", ["headers", "body"])
 def test_a_jira_that_drips_its_answer_is_cut_off_at_the_calls_deadline(part):
-    """One byte every 0.3 s never trips a per-read timeout of 1 s; the call's deadline does,
+    """One byte every 0.1 s never trips a per-read timeout of 0.4 s; the call's deadline does,
     whether the status line and headers drip or the body."""
     import http.server
     import threading
@@ -337,7 +337,7 @@ def test_a_jira_that_drips_its_answer_is_cut_off_at_the_calls_deadline(part):
                 for byte in slow:
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
-                    time.sleep(0.3)
+                    time.sleep(0.1)
                 if part == "headers":
                     self.wfile.write(fast)
             except OSError:
@@ -347,14 +347,14 @@ def test_a_jira_that_drips_its_answer_is_cut_off_at_the_calls_deadline(part):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         settings = JiraSettings(url=f"http://127.0.0.1:{server.server_port}", username="u", password="p",
-                                connect_timeout=0.5, timeout=1, max_retries=0)
+                                connect_timeout=0.2, timeout=0.4, max_retries=0)
         started = time.monotonic()
         with pytest.raises(JiraError, match="did not answer"):
             JiraClient(settings).get_user("jdoe")
-        assert time.monotonic() - started < 2.5  # the 1.5 s deadline, not the 14-30 s the drip takes
+        assert time.monotonic() - started < 1.2  # the 0.6 s deadline, not the 5-10 s the drip takes
     finally:
         server.shutdown()
         server.server_close()

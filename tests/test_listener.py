@@ -69,7 +69,7 @@ def service(tmp_path, slapd, ldap_ou, jira):
             return start_response(status, headers, exc_info)
         return app(environ, start)
     server = make_server("127.0.0.1", free_port(), recording, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield app, f"http://127.0.0.1:{server.server_port}/webhooks/jira", seen
     server.shutdown()

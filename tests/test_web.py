@@ -224,6 +224,7 @@ def test_admin_sync_and_user_view(web, jira):
 
 def test_failed_job_is_visible_through_the_admin_api(web, jira):
     jira.state.inject(503, seconds=60)
+    web.services.jira._sleep = lambda seconds: None  # the retries, without their backoff
     post(web, login("jdoe"))
     web.pool.run_once()
     body = web.http.get("/admin/users/jdoe", headers={"Authorization": f"Bearer {ADMIN}"}).get_json()
@@ -283,6 +284,7 @@ def test_user_without_photo_is_debounced_too(web, memory, jira):
 
 def test_failed_sync_is_not_debounced(web, jira):
     jira.state.inject(503, seconds=60)
+    web.services.jira._sleep = lambda seconds: None  # the retries, without their backoff
     post(web, login("jdoe"))
     web.pool.run_once()
     assert post(web, login("jdoe")).status_code == 202
@@ -393,7 +395,8 @@ def test_admin_answers_name_what_is_wrong(web):
 def test_a_locked_database_fails_a_sync_cleanly_and_reads_go_on(web, tmp_path, jira):
     import sqlite3
     web.services.store.ping()  # the schema exists: the lock below is an ordinary writer's
-    web.services.store.user_wait = 0.5  # what one user's write waits for (5 s in service)
+    web.services.store.user_wait = 0.3  # what one user's write waits for (5 s in service)
+    web.services.store.probe_wait = 0.3  # and readiness's look at the lock (2 s)
     holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
