@@ -17,7 +17,7 @@ import time
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, logs, usernames
+from . import __version__, logs, sweep_run, usernames
 from .config import ConfigError, load_settings, weak_settings
 from .database import describe_error, describe_location
 from .directory import DirectoryUnavailable
@@ -241,8 +241,8 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool) -> None:
     threads = max(services.settings.worker.threads, 2 * services.settings.jira.max_concurrency)
     pool = WorkerPool(services, threads, services.settings.worker.poll_seconds).start()
     runner = None
-    if sweeps.take_over() == sweep_id:
-        runner = threading.Thread(target=sweeps.run, args=(sweep_id,), daemon=True)
+    if sweep_run.take_over(services) == sweep_id:
+        runner = threading.Thread(target=sweep_run.run, args=(services, sweep_id), daemon=True)
         runner.start()
     try:
         summary = _follow(sweeps, sweep_id, runner)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .config_keys import accepted
 from .config_source import ENV_PREFIX, ConfigError, Reader, apply_env
 
 DEFAULT_PHOTO_ATTRIBUTES = ("thumbnailPhoto", "jpegPhoto")
@@ -150,88 +151,6 @@ def weak_settings(settings: Settings) -> list[str]:
     if settings.webhook.allow_unauthenticated and not settings.webhook.secret:
         out.append("webhook.allow_unauthenticated is true: anyone who reaches the service can make it sync users")
     return out
-
-
-# --- the keys ------------------------------------------------------------------------------
-
-# Every key the configuration file accepts, by table ("" is the top level, "directories" each
-# [[directories]] table). The loader refuses any other; the README's reference table,
-# deploy/config.example.toml and the environment names are tested against this list.
-KEYS: dict[str, tuple[str, ...]] = {
-    "": (
-        "database_url",
-        "photo_attributes",
-        "size",
-        "login_debounce_seconds",
-        "max_photo_bytes",
-        "max_photo_pixels",
-        "log_level",
-        "log_format",
-        "trusted_proxies",
-    ),
-    "jira": (
-        "url",
-        "username",
-        "password",
-        "token",
-        "max_concurrency",
-        "max_requests_per_second",
-        "limits_scope",
-        "connect_timeout",
-        "timeout",
-        "max_retries",
-        "ca_file",
-        "verify_tls",
-        "user_groups",
-    ),
-    "webhook": ("secret", "previous_secret", "allow_unauthenticated", "max_body_bytes"),
-    "admin": ("token", "previous_token"),
-    "worker": (
-        "threads",
-        "poll_seconds",
-        "lease_seconds",
-        "max_attempts",
-        "retry_base_seconds",
-        "retry_max_seconds",
-        "start_in_web",
-    ),
-    "sweep": ("schedule",),
-    "metrics": ("require_admin",),
-    "directories": (
-        "name",
-        "urls",
-        "bind_dn",
-        "bind_password",
-        "base_dn",
-        "user_filter",
-        "username_attribute",
-        "photo_attributes",
-        "ca_file",
-        "start_tls",
-        "verify_tls",
-        "connect_timeout",
-        "timeout",
-        "pool_size",
-    ),
-}
-SECRETS = {
-    "jira.password",
-    "jira.token",
-    "webhook.secret",
-    "webhook.previous_secret",
-    "admin.token",
-    "admin.previous_token",
-    "directories.bind_password",
-}
-ALIASES = {"directories": ("url",)}  # one URL instead of the list
-
-
-def accepted(table: str) -> set[str]:
-    """The keys a table may hold: its own, ``<secret>_file`` for each secret, aliases, and at
-    the top level the tables."""
-    keys = set(KEYS[table]) | set(ALIASES.get(table, ()))
-    keys |= {k + "_file" for k in KEYS[table] if f"{table}.{k}".lstrip(".") in SECRETS}
-    return keys | (set(KEYS) - {""} if table == "" else set())
 
 
 # --- reading -------------------------------------------------------------------------------

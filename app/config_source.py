@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-ENV_PREFIX = "AVATAR_SYNC_"
+from .config_keys import ENV_KEYS, ENV_PREFIX, ENV_SECRETS
 
 
 class ConfigError(ValueError):
@@ -20,79 +20,15 @@ class ConfigError(ValueError):
 
 # --- environment ---------------------------------------------------------------------------
 
-# env suffix -> (table path, key); LDAP_* shape the first directory.
-_ENV_KEYS = {
-    "DATABASE_URL": ((), "database_url"),
-    "PHOTO_ATTRIBUTES": ((), "photo_attributes"),
-    "SIZE": ((), "size"),
-    "LOGIN_DEBOUNCE_SECONDS": ((), "login_debounce_seconds"),
-    "MAX_PHOTO_BYTES": ((), "max_photo_bytes"),
-    "MAX_PHOTO_PIXELS": ((), "max_photo_pixels"),
-    "LOG_LEVEL": ((), "log_level"),
-    "LOG_FORMAT": ((), "log_format"),
-    "TRUSTED_PROXIES": ((), "trusted_proxies"),
-    "JIRA_URL": (("jira",), "url"),
-    "JIRA_USERNAME": (("jira",), "username"),
-    "JIRA_PASSWORD": (("jira",), "password"),
-    "JIRA_TOKEN": (("jira",), "token"),
-    "JIRA_MAX_CONCURRENCY": (("jira",), "max_concurrency"),
-    "JIRA_MAX_REQUESTS_PER_SECOND": (("jira",), "max_requests_per_second"),
-    "JIRA_LIMITS_SCOPE": (("jira",), "limits_scope"),
-    "JIRA_TIMEOUT": (("jira",), "timeout"),
-    "JIRA_CONNECT_TIMEOUT": (("jira",), "connect_timeout"),
-    "JIRA_MAX_RETRIES": (("jira",), "max_retries"),
-    "JIRA_USER_GROUPS": (("jira",), "user_groups"),
-    "JIRA_CA_FILE": (("jira",), "ca_file"),
-    "JIRA_VERIFY_TLS": (("jira",), "verify_tls"),
-    "WEBHOOK_SECRET": (("webhook",), "secret"),
-    "WEBHOOK_PREVIOUS_SECRET": (("webhook",), "previous_secret"),
-    "WEBHOOK_ALLOW_UNAUTHENTICATED": (("webhook",), "allow_unauthenticated"),
-    "WEBHOOK_MAX_BODY_BYTES": (("webhook",), "max_body_bytes"),
-    "ADMIN_TOKEN": (("admin",), "token"),
-    "ADMIN_PREVIOUS_TOKEN": (("admin",), "previous_token"),
-    "SWEEP_SCHEDULE": (("sweep",), "schedule"),
-    "METRICS_REQUIRE_ADMIN": (("metrics",), "require_admin"),
-    "WORKER_THREADS": (("worker",), "threads"),
-    "WORKER_POLL_SECONDS": (("worker",), "poll_seconds"),
-    "WORKER_LEASE_SECONDS": (("worker",), "lease_seconds"),
-    "WORKER_MAX_ATTEMPTS": (("worker",), "max_attempts"),
-    "WORKER_RETRY_BASE_SECONDS": (("worker",), "retry_base_seconds"),
-    "WORKER_RETRY_MAX_SECONDS": (("worker",), "retry_max_seconds"),
-    "WORKER_START_IN_WEB": (("worker",), "start_in_web"),
-    "LDAP_NAME": (("directories",), "name"),
-    "LDAP_URL": (("directories",), "urls"),
-    "LDAP_BIND_DN": (("directories",), "bind_dn"),
-    "LDAP_BIND_PASSWORD": (("directories",), "bind_password"),
-    "LDAP_BASE_DN": (("directories",), "base_dn"),
-    "LDAP_USER_FILTER": (("directories",), "user_filter"),
-    "LDAP_USERNAME_ATTRIBUTE": (("directories",), "username_attribute"),
-    "LDAP_PHOTO_ATTRIBUTES": (("directories",), "photo_attributes"),
-    "LDAP_CA_FILE": (("directories",), "ca_file"),
-    "LDAP_START_TLS": (("directories",), "start_tls"),
-    "LDAP_VERIFY_TLS": (("directories",), "verify_tls"),
-    "LDAP_CONNECT_TIMEOUT": (("directories",), "connect_timeout"),
-    "LDAP_TIMEOUT": (("directories",), "timeout"),
-    "LDAP_POOL_SIZE": (("directories",), "pool_size"),
-}
-_SECRETS = {
-    "JIRA_PASSWORD",
-    "JIRA_TOKEN",
-    "WEBHOOK_SECRET",
-    "WEBHOOK_PREVIOUS_SECRET",
-    "ADMIN_TOKEN",
-    "ADMIN_PREVIOUS_TOKEN",
-    "LDAP_BIND_PASSWORD",
-}
-
 
 def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     if isinstance(data.get("directories"), list):
         data["directories"] = [dict(d) if isinstance(d, dict) else d for d in data["directories"]]
-    for suffix, (table, key) in _ENV_KEYS.items():
+    for suffix, (table, key) in ENV_KEYS.items():
         name = ENV_PREFIX + suffix
         value = env.get(name)
-        if suffix in _SECRETS and env.get(name + "_FILE"):
+        if suffix in ENV_SECRETS and env.get(name + "_FILE"):
             value = read_secret_file(name + "_FILE", env[name + "_FILE"])
         if value is None:
             continue
@@ -111,7 +47,7 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             target[key] = [v.strip() for v in value.split(",") if v.strip()]
         else:
             target[key] = value
-        if suffix in _SECRETS:
+        if suffix in ENV_SECRETS:
             target.pop(key + "_file", None)  # the environment wins over the file's *_file too
     return data
 

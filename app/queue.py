@@ -12,78 +12,22 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    and_,
-    bindparam,
-    case,
-    func,
-    select,
-)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy import func, select
 
+from . import queue_sql
 from .jira import JiraUser
-from .outcomes import JobState
-from .store import Store, aware, metadata, user_key, utcnow
-
-LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
-PENDING, RUNNING, FAILED = JobState.PENDING, JobState.RUNNING, JobState.FAILED
-
-jobs = Table(
-    "jobs",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("username", String(255), nullable=False, unique=True),
-    Column("priority", Integer, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("force", Boolean, nullable=False, default=False),
-    Column("again", Boolean, nullable=False, default=False),  # an event came in while running
-    Column("source", String(32), nullable=False),
-    Column("sweep_id", Integer),
-    # Jira's view of the user as a sweep read it in bulk: saves the job one GET (a login
-    # merging into the job clears it, so an active user is always read fresh).
-    Column("jira_key", String(255)),
-    Column("jira_avatar_id", String(32)),
-    Column("jira_avatar_custom", Boolean),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("next_try_at", DateTime(timezone=True), nullable=False),
-    Column("lease_owner", String(128)),
-    Column("lease_until", DateTime(timezone=True)),
-    Column("last_error", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-
-# claim() reads due work by these; without them every claim scans the whole queue
-Index("jobs_due", jobs.c.state, jobs.c.priority, jobs.c.next_try_at)
-Index("jobs_lease", jobs.c.state, jobs.c.lease_until)
-Index("jobs_sweep", jobs.c.sweep_id)
-
-deliveries = Table(
-    "webhook_deliveries",
-    metadata,
-    Column("id", String(255), primary_key=True),  # X-Atlassian-Webhook-Identifier
-    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
-)
+from .queue_sql import FAILED, LOGIN, PENDING, RUNNING, SWEEP, deliveries, jobs
+from .queue_sql import MANUAL as MANUAL  # the priorities and tables, for the queue's users
+from .queue_sql import USER_EVENT as USER_EVENT
+from .store import Store, aware, user_key, utcnow
 
 
 @dataclass(frozen=True)
@@ -143,14 +87,16 @@ class LoginQueue:
         with self.store.transaction(
             wait=self.store.user_wait if wait is None else wait
         ) as tx:  # every first login's one write
-            statements = _statements(tx.dialect.name)
+            statements = queue_sql.upserts(tx.dialect.name)
             seen = (
                 delivery_id
                 and tx.execute(statements.delivery, {"id": delivery_id[:255], "received_at": now}).first() is None
             )
             if seen:
                 return False
-            tx.execute(statements.enqueue, _params(username, priority, source, force, sweep_id, now, None))
+            tx.execute(
+                statements.enqueue, queue_sql.upsert_params(username, priority, source, force, sweep_id, now, None)
+            )
         self.wakeup.set()
         return True
 
@@ -159,8 +105,8 @@ class LoginQueue:
         if users:
             now = utcnow()
             tx.execute(
-                _statements(tx.dialect.name).enqueue,
-                [_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users],
+                queue_sql.upserts(tx.dialect.name).enqueue,
+                [queue_sql.upsert_params(name, SWEEP, "sweep", False, sweep_id, now, hint) for name, hint in users],
             )
 
     # -- consumers ---------------------------------------------------------------------
@@ -179,7 +125,7 @@ class LoginQueue:
         and looks for expired leases, which only a dead worker leaves, at most once a second.
         """
         now = utcnow()
-        pending, expired = _due(limit, min_priority)
+        pending, expired = queue_sql.due(limit, min_priority)
         if not getattr(self._busy, "value", False):
             with self.store.read() as conn:
                 if (
@@ -204,7 +150,9 @@ class LoginQueue:
             if not rows:
                 return []
             until = now + timedelta(seconds=self.policy.lease_seconds)
-            tx.execute(_LEASE, [{"job": r["id"], "lease_of": self.owner(), "now": now, "until": until} for r in rows])
+            tx.execute(
+                queue_sql.LEASE, [{"job": r["id"], "lease_of": self.owner(), "now": now, "until": until} for r in rows]
+            )
         return [
             Job(
                 r["id"],
@@ -225,14 +173,14 @@ class LoginQueue:
         """A job above sweep priority (a login...) is due: a worker holding a batch of sweep
         jobs takes it before its next one. A plain read, as an idle poll's."""
         with self.store.read() as conn:
-            return conn.execute(_URGENT, {"now": utcnow()}).first() is not None
+            return conn.execute(queue_sql.URGENT, {"now": utcnow()}).first() is not None
 
     def complete(self, job: Job, tx) -> None:
         """Done, in the caller's transaction: drop the row, unless another event came in
         meanwhile (then run it again)."""
         mine = {"job": job.id, "lease_of": self.owner(), "now": utcnow()}
-        tx.execute(_RERUN, mine)
-        tx.execute(_DROP, mine)
+        tx.execute(queue_sql.RERUN, mine)
+        tx.execute(queue_sql.DROP, mine)
 
     def fail(self, job: Job, error: str, tx) -> bool:
         """A failed attempt, in the caller's transaction: retry later with back-off, or keep
@@ -240,7 +188,7 @@ class LoginQueue:
         now = utcnow()
         retry = job.attempts < self.policy.max_attempts
         tx.execute(
-            _FAILED,
+            queue_sql.FAILED_ATTEMPT,
             {
                 "job": job.id,
                 "lease_of": self.owner(),
@@ -251,7 +199,7 @@ class LoginQueue:
             },
         )
         # an event that arrived while this attempt ran deserves a fresh start
-        tx.execute(_FRESH, {"job": job.id, "now": now})
+        tx.execute(queue_sql.FRESH, {"job": job.id, "now": now})
         return retry
 
     def release_dead_leases(self) -> int:
@@ -303,143 +251,6 @@ class LoginQueue:
     def prune_deliveries(self, older_than: timedelta = timedelta(days=2)) -> None:
         with self.store.transaction() as conn:
             conn.execute(deliveries.delete().where(deliveries.c.received_at < utcnow() - older_than))
-
-
-# The statements, built once (SQLAlchemy caches their compiled form).
-_NOW: BindParameter[datetime] = bindparam("now")
-_MINE = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
-_LEASE = (
-    jobs.update()
-    .where(jobs.c.id == bindparam("job"))
-    .values(
-        state=RUNNING,
-        lease_owner=bindparam("lease_of"),
-        again=False,
-        lease_until=bindparam("until"),
-        attempts=jobs.c.attempts + 1,
-        updated_at=_NOW,
-    )
-)
-_URGENT = select(jobs.c.id).where(jobs.c.state == PENDING, jobs.c.priority < SWEEP, jobs.c.next_try_at <= _NOW).limit(1)
-_RERUN = (
-    jobs.update()
-    .where(_MINE, jobs.c.again.is_(True))
-    .values(
-        state=PENDING,
-        again=False,
-        attempts=0,
-        lease_owner=None,
-        lease_until=None,
-        next_try_at=_NOW,
-        last_error=None,
-        updated_at=_NOW,
-    )
-)
-_DROP = jobs.delete().where(_MINE, jobs.c.again.is_(False), jobs.c.state == RUNNING)
-_FAILED = (
-    jobs.update()
-    .where(_MINE)
-    .values(
-        lease_owner=None,
-        lease_until=None,
-        last_error=bindparam("reason"),
-        updated_at=_NOW,
-        state=bindparam("new_state"),
-        next_try_at=bindparam("next"),
-    )
-)
-_FRESH = (
-    jobs.update()
-    .where(jobs.c.id == bindparam("job"), jobs.c.again.is_(True))
-    .values(state=PENDING, again=False, attempts=0, next_try_at=_NOW)
-)
-
-
-@functools.cache
-def _due(limit: int, min_priority: int):
-    """The due jobs a claim takes: pending ones by priority, and those of dead workers."""
-    pending = (
-        select(jobs)
-        .where(jobs.c.state == PENDING, jobs.c.next_try_at <= _NOW)
-        .order_by(jobs.c.priority, jobs.c.next_try_at, jobs.c.id)
-        .limit(limit)
-    )
-    expired = select(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_until < _NOW).limit(limit)
-    if min_priority > LOGIN:
-        pending, expired = (q.where(jobs.c.priority >= min_priority) for q in (pending, expired))
-    return pending, expired
-
-
-@dataclass(frozen=True)
-class _Upserts:
-    delivery: Any
-    enqueue: Any
-
-
-@functools.cache
-def _statements(dialect: str) -> _Upserts:
-    """The two upserts, in the dialect's own ON CONFLICT."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    delivery = (
-        insert(deliveries)
-        .values(id=bindparam("id"), received_at=bindparam("received_at"))
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(deliveries.c.id)
-    )
-    now, rerun = _NOW, bindparam("rerun", type_=Boolean)
-    stmt = insert(jobs).values(
-        username=bindparam("username"),
-        priority=bindparam("priority"),
-        state=PENDING,
-        force=bindparam("force"),
-        again=False,
-        source=bindparam("source"),
-        sweep_id=bindparam("sweep_id"),
-        jira_key=bindparam("jira_key"),
-        jira_avatar_id=bindparam("jira_avatar_id"),
-        jira_avatar_custom=bindparam("jira_avatar_custom"),
-        attempts=0,
-        next_try_at=now,
-        created_at=now,
-        updated_at=now,
-    )
-    new = stmt.excluded
-    running = jobs.c.state == RUNNING
-    smaller = func.least if dialect == "postgresql" else func.min
-    enqueue = stmt.on_conflict_do_update(
-        index_elements=["username"],
-        set_={
-            "priority": smaller(jobs.c.priority, new.priority),
-            "force": jobs.c.force | new.force,
-            # merged into a running job: maybe run once more after it (see enqueue)
-            "again": case((and_(running, rerun), True), else_=jobs.c.again),
-            "source": case((jobs.c.priority <= new.priority, jobs.c.source), else_=new.source),
-            "state": case((running, RUNNING), else_=PENDING),
-            "attempts": case((jobs.c.state == FAILED, 0), else_=jobs.c.attempts),
-            "next_try_at": case((running, jobs.c.next_try_at), else_=now),
-            "sweep_id": func.coalesce(new.sweep_id, jobs.c.sweep_id),  # a sweep must see its user done
-            "jira_key": new.jira_key,
-            "jira_avatar_id": new.jira_avatar_id,
-            "jira_avatar_custom": new.jira_avatar_custom,
-            "updated_at": now,
-        },
-    )
-    return _Upserts(delivery, enqueue)
-
-
-def _params(username, priority, source, force, sweep_id, now, hint: JiraUser | None) -> dict:
-    return {
-        "username": user_key(username),
-        "priority": priority,
-        "force": force,
-        "source": source,
-        "sweep_id": sweep_id,
-        "now": now,
-        "rerun": source != "login",
-        "jira_key": hint.key if hint else None,
-        "jira_avatar_id": hint.avatar_id if hint else None,
-        "jira_avatar_custom": hint.avatar_is_custom if hint else None,
-    }
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,14 +1,6 @@
-"""Full sweep: every directory user, paged and streamed, compared, and only the users that need
-work queued at low priority (logins keep priority). Per-user outcomes form the report.
-
-- The lock is the sweep row's lease, so it holds across processes and replicas; whichever
-  process holds the lease runs the scan, and if it dies the lease expires and another (or the
-  restarted one) resumes: users already in the report are not read or queued again.
-- Incremental: a user whose directory entry carries the same change marker as at its last
-  settled sync, and whose Jira picture is still ours, is not even read (no photo transferred).
-  ``full`` ignores the markers.
-- Dry run: the same scan; the users needing work are synced with dry_run=True by the runner
-  itself (reads only), so the report says exactly what a real run would do.
+"""Full sweeps, their ledger: the ``sweeps`` row (status, phase, lease) and one report row per
+user (``sweep_items``); starting, cancelling, reading, recording a user's outcome, pruning old
+reports. Running a sweep (the scan, the comparison, the queueing) is app/sweep_run.py.
 """
 
 from __future__ import annotations
@@ -16,21 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from sqlalchemy import Boolean, Column, DateTime, Integer, String, Table, Text, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from . import jira_users
-from .database import describe_error
-from .directory import DirectoryUnavailable
-from .jira import JiraError, JiraUser
-from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED, SweepStatus
-from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
+from .outcomes import SUCCESSES, SweepStatus
 from .store import aware, metadata, user_key, utcnow
 from .sync import SyncResult
 
@@ -42,7 +26,6 @@ RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = (
     SweepStatus.CANCELLED,
 )
 MAX_LEASE_SECONDS = 30  # a dead runner's sweep is resumed elsewhere within this
-PAGE = 500
 
 sweeps = Table(
     "sweeps",
@@ -232,208 +215,8 @@ class Sweeps:
                 conn.execute(sweeps.delete().where(sweeps.c.id.in_(old)))
         return len(old)
 
-    # -- running -----------------------------------------------------------------------
 
-    def take_over(self) -> int | None:
-        """Claim the running sweep whose lease expired (new, or its runner died)."""
-        now, owner = utcnow(), self.queue.owner()
-        with self.store.transaction() as conn:
-            row = conn.execute(
-                select(sweeps.c.id).where(sweeps.c.status == RUNNING, sweeps.c.lease_until < now)
-            ).first()
-            if row is None:
-                return None
-            taken = conn.execute(
-                update(sweeps)
-                .where(sweeps.c.id == row.id, sweeps.c.lease_until < now)
-                .values(lease_owner=owner, lease_until=now + self.lease)
-            ).rowcount
-        return row.id if taken else None
-
-    def run(self, sweep_id: int, on_progress=None) -> None:
-        """Scan (or resume the scan), then watch the queued users until all are done."""
-        try:
-            with self.store.read() as conn:
-                row = conn.execute(select(sweeps).where(sweeps.c.id == sweep_id)).mappings().one()
-            if row["phase"] == "scanning":
-                self._scan(sweep_id, row["dry_run"], row["full"], on_progress)
-            self._await_done(sweep_id, on_progress)
-        except _Cancelled:
-            log.info("sweep %d cancelled", sweep_id)
-        except DATABASE_UNAVAILABLE as exc:
-            # not the sweep's fault, and its state is safe in the database: let the lease lapse,
-            # and this or another process resumes it where it stopped (users reported stay done)
-            log.warning("sweep %d paused, the database cannot be used now: %s", sweep_id, describe_error(exc))
-        except Exception as exc:
-            if isinstance(exc, (DirectoryUnavailable, JiraError)):  # expected: the reason says it all
-                error = str(exc)
-                log.error("sweep %d failed: %s", sweep_id, error)
-            else:
-                error = f"{type(exc).__name__}: {exc}"
-                log.exception("sweep %d failed", sweep_id)
-            with self.store.transaction() as conn:
-                conn.execute(
-                    update(sweeps)
-                    .where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
-                    .values(status=FAILED_SWEEP, error=error[:2000], finished_at=utcnow(), lease_until=None)
-                )
-
-    def _scan(self, sweep_id: int, dry_run: bool, full: bool, on_progress) -> None:
-        services = self.services
-        bulk = jira_users.read_all(services.jira, services.settings.jira.user_groups)
-        log.info("sweep %d: %d Jira users read in bulk (%s)", sweep_id, len(bulk.users), bulk.how)
-        seen: set[str] = set()
-        dry = ThreadPoolExecutor(services.settings.jira.max_concurrency) if dry_run else None
-        try:
-            for directory in services.directories:
-                page: list = []
-                for user in directory.iter_users():
-                    key = user_key(user.username)
-                    if key in seen:  # the first directory holding the user wins
-                        continue
-                    seen.add(key)
-                    page.append(user)
-                    if len(page) >= PAGE:
-                        self._page(sweep_id, directory.name, page, bulk, full, dry)
-                        page = []
-                        if on_progress:
-                            on_progress(self.summary(sweep_id))
-                self._page(sweep_id, directory.name, page, bulk, full, dry)
-            if bulk.users:  # Jira users no directory holds
-                rest = [(key, user.name) for key, user in bulk.users.items() if key not in seen]
-                for i in range(0, len(rest), PAGE):
-                    self._items(
-                        sweep_id, None, [(key, name, NOT_IN_DIRECTORY, None) for key, name in rest[i : i + PAGE]]
-                    )
-        finally:
-            if dry:
-                dry.shutdown(wait=True)
-        with self.store.transaction() as conn:
-            conn.execute(
-                update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING).values(phase="syncing")
-            )
-
-    def _page(self, sweep_id, directory, users, bulk, full, dry) -> None:
-        """Decide a page of users: settled (reported from the store) or queued for a sync."""
-        self._renew(sweep_id)
-        if not users:
-            return
-        # Report rows, jobs and states are all keyed by user_key: 'JDoe' in AD is Jira's 'jdoe'.
-        keyed = [(user_key(u.username), u) for u in users]
-        with self.store.read() as conn:
-            done = set(
-                conn.execute(
-                    select(sweep_items.c.username).where(
-                        sweep_items.c.sweep_id == sweep_id, sweep_items.c.username.in_([k for k, _ in keyed])
-                    )
-                ).scalars()
-            )
-        keyed = [(k, u) for k, u in keyed if k not in done]
-        states = self.store.get_many(k for k, _ in keyed)
-        known, asked = bulk.users, set()
-        if not bulk.complete:  # read alone the users the bulk read missed whose Jira view decides it
-            asked = {k for k, u in keyed if k not in known and _needs_jira_view(u, states.get(k))}
-        read_alone = self._read_jira_users(sorted(asked))
-        settled, work = [], []
-        for key, user in keyed:
-            jira_user = known.get(key) or read_alone.get(key)
-            if jira_user is None and (bulk.complete or key in asked):
-                settled.append((key, user.username, NOT_IN_JIRA, None))
-                continue
-            state = states.get(key)
-            if not full and _still_settled(user, state, jira_user):
-                outcome = UNCHANGED if state.last_outcome in SUCCESSES else state.last_outcome
-                settled.append((key, user.username, outcome, state.last_error))
-            else:
-                work.append((key, user.username, jira_user))
-        self._items(sweep_id, directory, settled, skipped=True)
-        queued = [(key, name, None, None) for key, name, _ in work]
-        if dry is not None:
-            self._items(sweep_id, directory, queued)
-            syncer = self.services.syncer
-            results = dry.map(lambda w: syncer.sync_user(w[0], dry_run=True, jira_user=w[2], source="sweep"), work)
-            for i, result in enumerate(results, 1):
-                self.record(sweep_id, result)
-                if i % 50 == 0:
-                    self._renew(sweep_id)  # a page of dry-run syncs can outlast a short lease
-            return
-        with self.store.transaction() as conn:
-            _insert_items(conn, sweep_id, directory, queued, False)
-            self.queue.enqueue_sweep(conn, sweep_id, [(key, jira_user) for key, _, jira_user in work])
-        if work:
-            self.queue.wakeup.set()
-
-    def _read_jira_users(self, names: list[str]) -> dict[str, JiraUser]:
-        """Per-user reads of those a bulk read could not give, jira.max_concurrency at a time
-        (Jira finds 'jdoe' for 'JDoe'; the answer is keyed as asked)."""
-        if not names:
-            return {}
-        with ThreadPoolExecutor(self.services.settings.jira.max_concurrency) as pool:
-            found = pool.map(self.services.jira.get_user, names)
-            return {name: user for name, user in zip(names, found) if user is not None}
-
-    def _items(self, sweep_id, directory, rows, skipped=False) -> None:
-        if rows:
-            with self.store.transaction() as conn:
-                _insert_items(conn, sweep_id, directory, rows, skipped)
-
-    def _await_done(self, sweep_id: int, on_progress) -> None:
-        while True:
-            self._renew(sweep_id)
-            with self.store.read() as conn:
-                waiting = conn.execute(
-                    select(func.count())
-                    .select_from(sweep_items)
-                    .where(sweep_items.c.sweep_id == sweep_id, sweep_items.c.outcome.is_(None))
-                ).scalar_one()
-            if on_progress:
-                on_progress(self.summary(sweep_id))
-            if not waiting:
-                break
-            time.sleep(0.25)
-        with self.store.transaction() as conn:
-            conn.execute(
-                update(sweeps)
-                .where(sweeps.c.id == sweep_id, sweeps.c.status == RUNNING)
-                .values(status=FINISHED, phase="done", finished_at=utcnow(), lease_until=None)
-            )
-
-    def _renew(self, sweep_id: int) -> None:
-        with self.store.transaction() as conn:
-            row = conn.execute(select(sweeps.c.status).where(sweeps.c.id == sweep_id)).first()
-            if row is None or row.status != RUNNING:
-                raise _Cancelled()
-            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id).values(lease_until=utcnow() + self.lease))
-
-
-class _Cancelled(Exception):
-    pass
-
-
-def _needs_jira_view(user, state) -> bool:
-    """Only Jira can tell whether this user is settled: its picture is still ours, or it still
-    does not have the user (the entry unchanged either way)."""
-    return (
-        state is not None
-        and state.last_outcome in SUCCESSES + (NOT_IN_JIRA,)
-        and bool(user.marker)
-        and state.marker == user.marker
-    )
-
-
-def _still_settled(user, state, jira_user: JiraUser | None) -> bool:
-    """Nothing can have changed since this user's last settled sync."""
-    if state is None or state.last_outcome not in SETTLED or not user.marker or state.marker != user.marker:
-        return False
-    if state.last_outcome == NOT_IN_JIRA:
-        return False  # Jira may have the user by now; only reading Jira (done before) tells
-    if state.last_outcome in SUCCESSES:
-        # our picture must still be the one shown; without a bulk read we cannot know: sync it
-        return jira_user is not None and jira_user.avatar_id == state.avatar_id
-    return True  # no_photo, invalid_photo...: the entry is as it was
-
-
-def _insert_items(conn, sweep_id, directory, rows, skipped) -> None:
+def insert_items(conn, sweep_id, directory, rows, skipped) -> None:
     """``rows``: (user_key, name as spelt, outcome or None while queued, reason)."""
     if not rows:
         return
@@ -489,13 +272,3 @@ def _summary(row, counts: dict) -> dict:
         else None,
         "error": row["error"],
     }
-
-
-def run_in_background(services) -> threading.Thread | None:
-    """Take over a sweep whose lease is free and run it on a thread of its own."""
-    sweep_id = services.sweeps.take_over()
-    if sweep_id is None:
-        return None
-    thread = threading.Thread(target=services.sweeps.run, args=(sweep_id,), name=f"sweep-{sweep_id}", daemon=True)
-    thread.start()
-    return thread

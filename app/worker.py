@@ -17,7 +17,7 @@ from .directory import DirectoryEntry
 from .outcomes import FAILED
 from .queue import SWEEP, Job
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .sweep import run_in_background
+from .sweep_run import run_in_background
 from .usernames import loggable
 
 log = logging.getLogger(__name__)

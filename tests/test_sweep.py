@@ -8,9 +8,10 @@ import time
 import pytest
 from sqlalchemy import update
 
+from app import sweep_run
 from app.directory import Directory
 from app.queue import LOGIN, SWEEP
-from app.sweep import SweepConflict, Sweeps
+from app.sweep import SweepConflict
 from app.sweep import sweeps as sweeps_table
 from app.worker import WorkerPool
 from tests import photos
@@ -42,14 +43,14 @@ def lookups(monkeypatch):
 class Rig:
     def __init__(self, services, jira):
         self.services, self.jira, self.state = services, jira, jira.state
-        self.sweeps = Sweeps(services)
+        self.sweeps = services.sweeps
 
     def sweep(self, **kw) -> dict:
         sweep_id = self.sweeps.start(**kw)
-        assert self.sweeps.take_over() == sweep_id
+        assert sweep_run.take_over(self.services) == sweep_id
         pool = WorkerPool(self.services, threads=4, poll_seconds=0.05).start()
         try:
-            self.sweeps.run(sweep_id)
+            sweep_run.run(self.services, sweep_id)
         finally:
             pool.stop()
         return self.sweeps.summary(sweep_id)
@@ -177,27 +178,27 @@ def test_only_one_sweep_at_a_time_and_cancel(big):
 
 def test_resumes_after_the_runner_died_without_redoing_finished_users(big, monkeypatch):
     sweep_id = big.sweeps.start()
-    assert big.sweeps.take_over() == sweep_id
+    assert sweep_run.take_over(big.services) == sweep_id
     pool = WorkerPool(big.services, threads=4, poll_seconds=0.05).start()
-    real_page = Sweeps._page
+    real_page = sweep_run._Run._page
     pages = []
 
-    def dies_on_second_page(self, *args):
+    def dies_on_second_page(self, directory, users):
         if len(pages) == 1:
             raise SystemExit("killed")  # like kill -9: no error recorded, the lease stays
-        pages.append(args)
-        return real_page(self, *args)
-    monkeypatch.setattr(Sweeps, "_page", dies_on_second_page)
+        pages.append(users)
+        return real_page(self, directory, users)
+    monkeypatch.setattr(sweep_run._Run, "_page", dies_on_second_page)
     with pytest.raises(SystemExit):
-        big.sweeps._scan(sweep_id, False, False, None)
-    monkeypatch.setattr(Sweeps, "_page", real_page)
+        sweep_run.run(big.services, sweep_id)
+    monkeypatch.setattr(sweep_run._Run, "_page", real_page)
     time.sleep(1)  # the first page's users are synced by the pool meanwhile
-    first_page = [u.username for u in pages[0][2]]
-    assert big.sweeps.take_over() is None  # the dead runner's lease still holds
+    first_page = [u.username for u in pages[0]]
+    assert sweep_run.take_over(big.services) is None  # the dead runner's lease still holds
     with big.services.store.transaction() as conn:  # ... until it expires
         conn.execute(update(sweeps_table).values(lease_until=sweeps_table.c.started_at))
-    assert big.sweeps.take_over() == sweep_id
-    big.sweeps.run(sweep_id)
+    assert sweep_run.take_over(big.services) == sweep_id
+    sweep_run.run(big.services, sweep_id)
     pool.stop()
     summary = big.sweeps.summary(sweep_id)
     assert summary["status"] == "finished" and summary["done"] == summary["total"]
@@ -213,8 +214,8 @@ def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
     jira.state.latency = 0.01
     sweep_id = rig.sweeps.start()
-    rig.sweeps.take_over()
-    rig.sweeps._scan(sweep_id, False, False, None)  # everything queued at sweep priority
+    sweep_run.take_over(rig.services)
+    sweep_run._Run(rig.services, sweep_id, None)._scan(dry_run=False)  # everything queued at sweep priority
     pool = WorkerPool(rig.services, threads=2, poll_seconds=0.05).start()
     try:
         time.sleep(0.3)
@@ -404,7 +405,7 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
     restarted = subprocess.Popen([SCRIPT, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         services = build_services(load_settings(config, env={}))
-        sweeps = Sweeps(services)
+        sweeps = services.sweeps
         while sweeps.summary(1)["status"] == "running":
             assert time.monotonic() < deadline + 60, sweeps.summary(1)
             time.sleep(0.2)

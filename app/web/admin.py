@@ -9,7 +9,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from .. import usernames
 from ..jira import JiraError
-from ..sweep import SweepConflict, run_in_background
+from ..sweep import SweepConflict
+from ..sweep_run import run_in_background
 from .auth import BadRequest, admin_required, json_body, services
 
 bp = Blueprint("admin", __name__)

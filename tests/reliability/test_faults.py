@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from app.sweep import Sweeps
+from app import sweep_run
 from app.worker import WorkerPool
 from tests import photos
 from tests.helpers import ADMIN, Service, add_users, make_settings, slapd_directory, synced, wait_until
@@ -65,12 +65,12 @@ def test_slapd_restarted_mid_sweep(tmp_path, slapd, ldap_ou, jira, services_for)
         jira.state.add_user(name)
     services = services_for(make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)],
                                           worker={"retry_base_seconds": 0.2, "retry_max_seconds": 1}))
-    sweeps = Sweeps(services)
+    sweeps = services.sweeps
     sweep_id = sweeps.start()
-    assert sweeps.take_over() == sweep_id
+    assert sweep_run.take_over(services) == sweep_id
     pool = WorkerPool(services, threads=4, poll_seconds=0.05).start()
     try:
-        runner = ThreadPoolExecutor(1).submit(sweeps.run, sweep_id)
+        runner = ThreadPoolExecutor(1).submit(sweep_run.run, services, sweep_id)
         wait_until(lambda: sweeps.summary(sweep_id)["done"] >= 50, 60, "the sweep to be under way")
         slapd.restart()
         runner.result(timeout=120)

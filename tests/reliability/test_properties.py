@@ -11,6 +11,7 @@ import time
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from app import sweep_run
 from app.queue import LOGIN
 from app.services import build_services
 from app.worker import WorkerPool
@@ -87,8 +88,8 @@ def test_every_interleaving_ends_with_the_directory_photo_and_nothing_lost(tmp_p
 def _sweep(services, pool) -> None:
     """A whole sweep: its runner scans and waits on a thread of its own while the pool syncs."""
     sweep_id = services.sweeps.start()
-    assert services.sweeps.take_over() == sweep_id
-    runner = threading.Thread(target=services.sweeps.run, args=(sweep_id,))
+    assert sweep_run.take_over(services) == sweep_id
+    runner = threading.Thread(target=sweep_run.run, args=(services, sweep_id))
     runner.start()
     deadline = time.monotonic() + 30
     while runner.is_alive():

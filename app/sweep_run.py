@@ -1,0 +1,259 @@
+"""Running a sweep: every directory user, paged and streamed, compared, and only the users that
+need work queued at low priority (logins keep priority). Per-user outcomes form the report
+(app/sweep.py keeps it).
+
+- The lock is the sweep row's lease, so it holds across processes and replicas; whichever
+  process holds the lease runs the scan, and if it dies the lease expires and another (or the
+  restarted one) resumes: users already in the report are not read or queued again.
+- Incremental: a user whose directory entry carries the same change marker as at its last
+  settled sync, and whose Jira picture is still ours, is not even read (no photo transferred).
+  ``full`` ignores the markers.
+- Dry run: the same scan; the users needing work are synced with dry_run=True by the runner
+  itself (reads only), so the report says exactly what a real run would do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import func, select, update
+
+from . import jira_users
+from .database import describe_error
+from .directory import DirectoryUnavailable
+from .jira import JiraError, JiraUser
+from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
+from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
+from .store import user_key, utcnow
+from .sweep import FAILED_SWEEP, FINISHED, RUNNING, insert_items, sweep_items, sweeps
+
+log = logging.getLogger(__name__)
+PAGE = 500  # directory users compared, reported and queued together
+
+
+def take_over(services) -> int | None:
+    """Claim the running sweep whose lease expired (new, or its runner died)."""
+    now, owner = utcnow(), services.queue.owner()
+    with services.store.transaction() as conn:
+        row = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING, sweeps.c.lease_until < now)).first()
+        if row is None:
+            return None
+        taken = conn.execute(
+            update(sweeps)
+            .where(sweeps.c.id == row.id, sweeps.c.lease_until < now)
+            .values(lease_owner=owner, lease_until=now + services.sweeps.lease)
+        ).rowcount
+    return row.id if taken else None
+
+
+def run(services, sweep_id: int, on_progress=None) -> None:
+    """Scan (or resume the scan), then watch the queued users until all are done. Taken over
+    first: this process must hold the lease."""
+    _Run(services, sweep_id, on_progress).run()
+
+
+def run_in_background(services) -> threading.Thread | None:
+    """Take over a sweep whose lease is free and run it on a thread of its own."""
+    sweep_id = take_over(services)
+    if sweep_id is None:
+        return None
+    thread = threading.Thread(target=run, args=(services, sweep_id), name=f"sweep-{sweep_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Run:
+    def __init__(self, services, sweep_id: int, on_progress):
+        self.services, self.id, self.on_progress = services, sweep_id, on_progress
+        self.store, self.queue, self.sweeps = services.store, services.queue, services.sweeps
+        self.full = False
+        self.dry: ThreadPoolExecutor | None = None  # a dry run syncs (reads only) on these threads
+        self.bulk = jira_users.JiraUsers({}, False, "none")  # read at the start of the scan
+
+    def run(self) -> None:
+        try:
+            with self.store.read() as conn:
+                row = conn.execute(select(sweeps).where(sweeps.c.id == self.id)).mappings().one()
+            if row["phase"] == "scanning":
+                self.full = row["full"]
+                self._scan(row["dry_run"])
+            self._await_done()
+        except _Cancelled:
+            log.info("sweep %d cancelled", self.id)
+        except DATABASE_UNAVAILABLE as exc:
+            # not the sweep's fault, and its state is safe in the database: let the lease lapse,
+            # and this or another process resumes it where it stopped (users reported stay done)
+            log.warning("sweep %d paused, the database cannot be used now: %s", self.id, describe_error(exc))
+        except Exception as exc:
+            if isinstance(exc, (DirectoryUnavailable, JiraError)):  # expected: the reason says it all
+                error = str(exc)
+                log.error("sweep %d failed: %s", self.id, error)
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+                log.exception("sweep %d failed", self.id)
+            with self.store.transaction() as conn:
+                conn.execute(
+                    update(sweeps)
+                    .where(sweeps.c.id == self.id, sweeps.c.status == RUNNING)
+                    .values(status=FAILED_SWEEP, error=error[:2000], finished_at=utcnow(), lease_until=None)
+                )
+
+    def _scan(self, dry_run: bool) -> None:
+        services = self.services
+        self.bulk = jira_users.read_all(services.jira, services.settings.jira.user_groups)
+        log.info("sweep %d: %d Jira users read in bulk (%s)", self.id, len(self.bulk.users), self.bulk.how)
+        seen: set[str] = set()
+        self.dry = ThreadPoolExecutor(services.settings.jira.max_concurrency) if dry_run else None
+        try:
+            for directory in services.directories:
+                page: list = []
+                for user in directory.iter_users():
+                    key = user_key(user.username)
+                    if key in seen:  # the first directory holding the user wins
+                        continue
+                    seen.add(key)
+                    page.append(user)
+                    if len(page) >= PAGE:
+                        self._page(directory.name, page)
+                        page = []
+                        if self.on_progress:
+                            self.on_progress(self.sweeps.summary(self.id))
+                self._page(directory.name, page)
+            # Jira users no directory holds
+            rest = [(key, user.name) for key, user in self.bulk.users.items() if key not in seen]
+            for i in range(0, len(rest), PAGE):
+                self._items(None, [(key, name, NOT_IN_DIRECTORY, None) for key, name in rest[i : i + PAGE]])
+        finally:
+            if self.dry:
+                self.dry.shutdown(wait=True)
+        with self.store.transaction() as conn:
+            conn.execute(
+                update(sweeps).where(sweeps.c.id == self.id, sweeps.c.status == RUNNING).values(phase="syncing")
+            )
+
+    def _page(self, directory: str, users: list) -> None:
+        """Decide a page of users: settled (reported from the store) or queued for a sync."""
+        self._renew()
+        if not users:
+            return
+        # Report rows, jobs and states are all keyed by user_key: 'JDoe' in AD is Jira's 'jdoe'.
+        keyed = [(user_key(u.username), u) for u in users]
+        with self.store.read() as conn:
+            done = set(
+                conn.execute(
+                    select(sweep_items.c.username).where(
+                        sweep_items.c.sweep_id == self.id, sweep_items.c.username.in_([k for k, _ in keyed])
+                    )
+                ).scalars()
+            )
+        keyed = [(k, u) for k, u in keyed if k not in done]
+        states = self.store.get_many(k for k, _ in keyed)
+        known, asked = self.bulk.users, set()
+        if not self.bulk.complete:  # read alone the users the bulk read missed whose Jira view decides it
+            asked = {k for k, u in keyed if k not in known and _needs_jira_view(u, states.get(k))}
+        read_alone = self._read_jira_users(sorted(asked))
+        settled, work = [], []
+        for key, user in keyed:
+            jira_user = known.get(key) or read_alone.get(key)
+            if jira_user is None and (self.bulk.complete or key in asked):
+                settled.append((key, user.username, NOT_IN_JIRA, None))
+                continue
+            state = states.get(key)
+            if not self.full and _still_settled(user, state, jira_user):
+                outcome = UNCHANGED if state.last_outcome in SUCCESSES else state.last_outcome
+                settled.append((key, user.username, outcome, state.last_error))
+            else:
+                work.append((key, user.username, jira_user))
+        self._items(directory, settled, skipped=True)
+        queued = [(key, name, None, None) for key, name, _ in work]
+        if self.dry is not None:
+            self._items(directory, queued)
+            self._dry_sync(work)
+            return
+        with self.store.transaction() as conn:
+            insert_items(conn, self.id, directory, queued, False)
+            self.queue.enqueue_sweep(conn, self.id, [(key, jira_user) for key, _, jira_user in work])
+        if work:
+            self.queue.wakeup.set()
+
+    def _dry_sync(self, work: list) -> None:
+        """What a real run would do to each user, found by syncing with dry_run (reads only)."""
+        assert self.dry is not None
+        syncer = self.services.syncer
+        results = self.dry.map(lambda w: syncer.sync_user(w[0], dry_run=True, jira_user=w[2], source="sweep"), work)
+        for i, result in enumerate(results, 1):
+            self.sweeps.record(self.id, result)
+            if i % 50 == 0:
+                self._renew()  # a page of dry-run syncs can outlast a short lease
+
+    def _read_jira_users(self, names: list[str]) -> dict[str, JiraUser]:
+        """Per-user reads of those a bulk read could not give, jira.max_concurrency at a time
+        (Jira finds 'jdoe' for 'JDoe'; the answer is keyed as asked)."""
+        if not names:
+            return {}
+        with ThreadPoolExecutor(self.services.settings.jira.max_concurrency) as pool:
+            found = pool.map(self.services.jira.get_user, names)
+            return {name: user for name, user in zip(names, found) if user is not None}
+
+    def _items(self, directory, rows, skipped=False) -> None:
+        if rows:
+            with self.store.transaction() as conn:
+                insert_items(conn, self.id, directory, rows, skipped)
+
+    def _await_done(self) -> None:
+        while True:
+            self._renew()
+            with self.store.read() as conn:
+                waiting = conn.execute(
+                    select(func.count())
+                    .select_from(sweep_items)
+                    .where(sweep_items.c.sweep_id == self.id, sweep_items.c.outcome.is_(None))
+                ).scalar_one()
+            if self.on_progress:
+                self.on_progress(self.sweeps.summary(self.id))
+            if not waiting:
+                break
+            time.sleep(0.25)
+        with self.store.transaction() as conn:
+            conn.execute(
+                update(sweeps)
+                .where(sweeps.c.id == self.id, sweeps.c.status == RUNNING)
+                .values(status=FINISHED, phase="done", finished_at=utcnow(), lease_until=None)
+            )
+
+    def _renew(self) -> None:
+        with self.store.transaction() as conn:
+            row = conn.execute(select(sweeps.c.status).where(sweeps.c.id == self.id)).first()
+            if row is None or row.status != RUNNING:
+                raise _Cancelled()
+            conn.execute(update(sweeps).where(sweeps.c.id == self.id).values(lease_until=utcnow() + self.sweeps.lease))
+
+
+def _needs_jira_view(user, state) -> bool:
+    """Only Jira can tell whether this user is settled: its picture is still ours, or it still
+    does not have the user (the entry unchanged either way)."""
+    return (
+        state is not None
+        and state.last_outcome in SUCCESSES + (NOT_IN_JIRA,)
+        and bool(user.marker)
+        and state.marker == user.marker
+    )
+
+
+def _still_settled(user, state, jira_user: JiraUser | None) -> bool:
+    """Nothing can have changed since this user's last settled sync."""
+    if state is None or state.last_outcome not in SETTLED or not user.marker or state.marker != user.marker:
+        return False
+    if state.last_outcome == NOT_IN_JIRA:
+        return False  # Jira may have the user by now; only reading Jira (done before) tells
+    if state.last_outcome in SUCCESSES:
+        # our picture must still be the one shown; without a bulk read we cannot know: sync it
+        return jira_user is not None and jira_user.avatar_id == state.avatar_id
+    return True  # no_photo, invalid_photo...: the entry is as it was
