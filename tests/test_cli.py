@@ -220,7 +220,7 @@ def test_check_fails_on_bad_bind_and_non_admin(tmp_path, slapd, ldap_ou, jira):
 
 
 def test_check_with_a_token_names_the_account_the_webhook_must_ignore(tmp_path, slapd, ldap_ou, jira):
-    """Rule 9 ignores the service's own logins by jira.username, which a token does not need."""
+    """The login rule ignores the service's own logins by jira.username, which a token does not need."""
     jira.state.add_account("svc-token", admin=True, token="pat-123")
     config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text()
     config = config.replace(f'username = "{JIRA_USER}"', 'token = "pat-123"').replace("password_file", "# password_file")
