@@ -106,6 +106,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     photo_attributes: tuple[str, ...] = DEFAULT_PHOTO_ATTRIBUTES
     size: int = 256
+    crop: str = "center"  # or "upper": a tall portrait keeps its top (where the head is)
     login_debounce_seconds: int = 600
     max_photo_bytes: int = 5 * 1024 * 1024
     max_photo_pixels: int = DEFAULT_MAX_PHOTO_PIXELS
@@ -189,9 +190,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
     level = r.string("log_level", "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
-    log_format = r.string("log_format", "text").lower()
-    if log_format not in ("text", "json"):
-        raise ConfigError("log_format", f"must be text or json, got {log_format!r}")
+    log_format = r.choice("log_format", "text", ("text", "json"))
     db = _database_url(r.string("database_url", DEFAULT_DATABASE_URL))
     jira = _jira(Reader(r.table("jira"), "jira.", env))
     if jira.limits_scope == "cluster" and not db.startswith("postgresql"):
@@ -207,6 +206,7 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         photo_attributes=photo_attributes,
         # 16..500: Jira clamps temporary avatars to 500 px and stores at most 256 px.
         size=r.integer("size", 256, 16, 500),
+        crop=r.choice("crop", "center", ("center", "upper")),
         login_debounce_seconds=r.integer("login_debounce_seconds", 600, 0, 7 * 86400),
         max_photo_bytes=r.integer("max_photo_bytes", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024),
         max_photo_pixels=r.integer("max_photo_pixels", DEFAULT_MAX_PHOTO_PIXELS, 1, 200_000_000),
@@ -271,7 +271,7 @@ def _jira(r: Reader) -> JiraSettings:
         token=token,
         max_concurrency=r.integer("max_concurrency", 4, 1, 256),
         max_requests_per_second=r.number("max_requests_per_second", 0, 0, 10_000),
-        limits_scope=_limits_scope(r),
+        limits_scope=r.choice("limits_scope", "process", ("process", "cluster")),
         connect_timeout=r.number("connect_timeout", 5, 0.1, 120),
         timeout=r.number("timeout", 30, 0.1, 600),
         max_retries=r.integer("max_retries", 4, 0, 20),
@@ -279,13 +279,6 @@ def _jira(r: Reader) -> JiraSettings:
         verify_tls=r.boolean("verify_tls", True),
         user_groups=tuple(r.str_list("user_groups", []) or ()),
     )
-
-
-def _limits_scope(r: Reader) -> str:
-    scope = r.string("limits_scope", "process").lower()
-    if scope not in ("process", "cluster"):
-        raise ConfigError("jira.limits_scope", f"must be process or cluster, got {scope!r}")
-    return scope
 
 
 def _webhook(r: Reader) -> WebhookSettings:

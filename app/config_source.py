@@ -95,6 +95,12 @@ class Reader:
             self._fail(key, "must be a string")
         return value
 
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default).lower()
+        if value not in choices:
+            self._fail(key, f"must be {' or '.join(choices)}, got {value!r}")
+        return value
+
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         return self._ranged(key, default, low, high, int, "a whole number")
 

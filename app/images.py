@@ -24,8 +24,34 @@ class InvalidPhoto(ValueError):
     """The directory photo cannot become an avatar; the message says why (shown to admins)."""
 
 
-def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024, max_pixels: int = 4_000_000) -> bytes:
-    """Return PNG bytes of a centred square of ``raw``, at most ``size`` px a side."""
+def normalize(
+    raw: bytes,
+    size: int = 256,
+    *,
+    crop: str = "center",
+    max_bytes: int = 5 * 1024 * 1024,
+    max_pixels: int = 4_000_000,
+) -> bytes:
+    """Return PNG bytes of a square of ``raw``, at most ``size`` px a side: centred, or with
+    ``crop="upper"`` the top of a tall picture (a portrait's head is rarely in its middle;
+    a wide picture is centred either way)."""
+    im = _decode(raw, size, max_bytes, max_pixels)
+    width, height = im.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (0 if crop == "upper" else (height - side) // 2)
+    target = min(size, side)  # never scale up
+    box = (left, top, left + side, top + side)
+    if target == side:
+        im = im.crop(box)
+    else:
+        im = im.resize((target, target), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    out = io.BytesIO()
+    im.save(out, format="PNG", optimize=False, compress_level=6)
+    return out.getvalue()
+
+
+def _decode(raw: bytes, size: int, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The photo decoded upright in RGB(A), within the limits; InvalidPhoto says why not."""
     if not raw:
         raise InvalidPhoto("empty photo")
     if len(raw) > max_bytes:
@@ -46,8 +72,7 @@ def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024, 
                     f"even decoded at {im.size[0]}x{im.size[1]}"
                 )
         im.load()
-        im = ImageOps.exif_transpose(im)
-        im = _to_rgb(im)
+        return _to_rgb(ImageOps.exif_transpose(im))
     except InvalidPhoto:
         raise
     except UnidentifiedImageError:
@@ -56,19 +81,6 @@ def normalize(raw: bytes, size: int = 256, *, max_bytes: int = 5 * 1024 * 1024, 
         raise InvalidPhoto(f"image too large: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise InvalidPhoto(f"image data is corrupt: {exc}") from None
-
-    width, height = im.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    target = min(size, side)  # never scale up
-    box = (left, top, left + side, top + side)
-    if target == side:
-        im = im.crop(box)
-    else:
-        im = im.resize((target, target), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
-    out = io.BytesIO()
-    im.save(out, format="PNG", optimize=False, compress_level=6)
-    return out.getvalue()
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

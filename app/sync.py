@@ -321,6 +321,7 @@ class Syncer:
                 png = normalize(
                     entry.photo,
                     self.settings.size,
+                    crop=self.settings.crop,
                     max_bytes=self.settings.max_photo_bytes,
                     max_pixels=self.settings.max_photo_pixels,
                 )

@@ -67,6 +67,7 @@ def test_empty_attribute_list_disables():
     ({"AVATAR_SYNC_JIRA_TOKEN_FILE": "/nonexistent/file"}, "AVATAR_SYNC_JIRA_TOKEN_FILE"),
     ({"AVATAR_SYNC_DATABASE_URL": "state.db"}, "database_url"),
     ({"AVATAR_SYNC_JIRA_LIMITS_SCOPE": "galaxy"}, "jira.limits_scope"),
+    ({"AVATAR_SYNC_CROP": "middle"}, "crop"),
     ({"AVATAR_SYNC_JIRA_LIMITS_SCOPE": "cluster"}, "jira.limits_scope"),  # SQLite: one machine, no cluster
 ])
 def test_invalid_values_name_the_key(env, key):

@@ -51,6 +51,24 @@ def test_portrait_photo_is_centre_cropped():
     assert photos.close(out.convert("RGB").getpixel((100, 100)), (255, 255, 255))
 
 
+def test_upper_crop_keeps_the_top_of_a_tall_portrait():
+    im = photos.quadrants(200, 400)  # red/green over blue/yellow, the halves meeting at y=200
+    im.paste((255, 255, 255), (0, 10, 200, 30))  # a white band near the top: the head
+    raw = photos.encode(im, "PNG")
+    upper = decode(normalize(raw, 256, crop="upper")).convert("RGB")
+    assert upper.size == (200, 200)
+    assert photos.close(upper.getpixel((100, 20)), (255, 255, 255))  # the band is kept...
+    assert photos.close(upper.getpixel((50, 195)), RED)  # ...and nothing of the bottom half
+    centre = decode(normalize(raw, 256)).convert("RGB")
+    assert photos.close(centre.getpixel((50, 195)), BLUE)  # the centre crop loses the band
+    assert not any(photos.close(centre.getpixel((100, y)), (255, 255, 255)) for y in range(200))
+
+
+def test_upper_crop_centres_a_wide_picture_as_the_centre_crop_does():
+    raw = photos.photo(400, 200, "PNG")
+    assert normalize(raw, 256, crop="upper") == normalize(raw, 256)
+
+
 def test_never_scaled_up():
     assert decode(normalize(photos.photo(100, 80, "PNG"), 256)).size == (80, 80)
     assert decode(normalize(photos.photo(48, 48, "PNG"), 256)).size == (48, 48)
