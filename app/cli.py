@@ -17,13 +17,13 @@ import time
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, logs, sweep_run, usernames
+from . import __version__, logs, sweep_run
 from .config import ConfigError, load_settings, weak_settings
 from .database import describe_error, describe_location
 from .directory import DirectoryUnavailable
 from .factory import require_webhook_auth
 from .jira import JiraError
-from .outcomes import FAILED, SweepStatus
+from .outcomes import SweepStatus
 from .schema import SchemaMismatch
 from .services import Services, build_services
 from .sweep import SweepConflict
@@ -203,25 +203,6 @@ def _check_jira(services: Services, report: _Report) -> None:
 
 
 @main.command()
-@click.argument("username")
-@click.option("--force", is_flag=True, help="Upload again even when nothing changed.")
-@click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="The outcome as JSON.")
-@click.pass_context
-def sync(ctx: click.Context, username: str, force: bool, dry_run: bool, as_json: bool) -> None:
-    """Sync one user's picture now and print the outcome."""
-    refused = usernames.problem(username)
-    if refused:
-        raise click.BadParameter(refused, param_hint="USER")
-    result = _services(ctx).syncer.sync_user(username, force=force, dry_run=dry_run, source="admin")
-    if as_json:
-        _print_json(result.as_dict())
-    else:
-        click.echo(result.line() + (" [dry run]" if dry_run else ""))
-    ctx.exit(1 if result.outcome == FAILED else 0)
-
-
-@main.command()
 @click.option("--dry-run", is_flag=True, help="Report what a real sweep would do; write nothing to Jira.")
 @click.option("--full", is_flag=True, help="Ignore change markers: read every user's photo again.")
 @click.option("--json", "as_json", is_flag=True, help="The summary and every problem as JSON.")
@@ -379,6 +360,9 @@ def serve(ctx: click.Context, bind: str | None) -> None:
     os.environ.setdefault("AVATAR_SYNC_LOG_FORMAT", _services(ctx).settings.log_format)  # gunicorn's own lines
     os.execv(sys.executable, args + list(ctx.args) + ["app:create_app()"])
 
+
+# the commands about one user (sync, exclusion, preview) register themselves on `main`
+from . import cli_users  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -107,6 +107,9 @@ class Settings:
     photo_attributes: tuple[str, ...] = DEFAULT_PHOTO_ATTRIBUTES
     size: int = 256
     crop: str = "center"  # or "upper": a tall portrait keeps its top (where the head is)
+    photo_removed: str = "keep"  # or "user_upload", "default": when the directory photo goes away
+    exclude_users: frozenset[str] = frozenset()  # lower case, as user_key(): users who keep their own picture
+    exclude_groups: tuple[str, ...] = ()  # Jira groups whose members keep theirs
     login_debounce_seconds: int = 600
     max_photo_bytes: int = 5 * 1024 * 1024
     max_photo_pixels: int = DEFAULT_MAX_PHOTO_PIXELS
@@ -207,6 +210,9 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         # 16..500: Jira clamps temporary avatars to 500 px and stores at most 256 px.
         size=r.integer("size", 256, 16, 500),
         crop=r.choice("crop", "center", ("center", "upper")),
+        photo_removed=r.choice("photo_removed", "keep", ("keep", "user_upload", "default")),
+        exclude_users=frozenset(name.lower() for name in r.str_list("exclude_users", []) or ()),
+        exclude_groups=tuple(r.str_list("exclude_groups", []) or ()),
         login_debounce_seconds=r.integer("login_debounce_seconds", 600, 0, 7 * 86400),
         max_photo_bytes=r.integer("max_photo_bytes", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024),
         max_photo_pixels=r.integer("max_photo_pixels", DEFAULT_MAX_PHOTO_PIXELS, 1, 200_000_000),

@@ -43,7 +43,7 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             target = data.setdefault(table[0], {})
         else:
             target = data
-        if key in ("urls", "photo_attributes", "user_groups"):  # comma-separated lists
+        if key in ("urls", "photo_attributes", "user_groups", "exclude_users", "exclude_groups"):  # comma lists
             target[key] = [v.strip() for v in value.split(",") if v.strip()]
         else:
             target[key] = value

@@ -171,6 +171,11 @@ class JiraClient:
         # Jira stores whatever id it is given (§1.4): only pass ids it handed out.
         self._request("PUT", "/user/avatar", params={"username": username}, json={"id": str(avatar_id)}, ok=(200, 204))
 
+    def select_default_avatar(self, username: str) -> None:
+        """Select Jira's default avatar explicitly: an id of null is stored as "none chosen",
+        which Jira shows as its default (docs/jira-api.md 1.4); its numeric id varies per site."""
+        self._request("PUT", "/user/avatar", params={"username": username}, json={"id": None}, ok=(200, 204))
+
     def delete_avatar(self, username: str, avatar_id: str) -> bool:
         """Delete one custom avatar; False when it was already gone."""
         resp = self._request("DELETE", f"/user/avatar/{avatar_id}", params={"username": username}, ok=(204, 200, 404))

@@ -84,13 +84,15 @@ def application_groups(jira: JiraClient) -> list[str] | None:
     )
 
 
-def group_members(jira: JiraClient, groups: list[str]) -> tuple[dict, list[str]]:
-    """Every active member of ``groups``, once each, and the groups Jira does not have."""
+def group_members(jira: JiraClient, groups: list[str], inactive: bool = False) -> tuple[dict, list[str]]:
+    """Every active member of ``groups`` (``inactive``: every member), once each, and the
+    groups Jira does not have."""
+    include = "true" if inactive else "false"
 
     def page(group: str, start: int):
         return jira.read(
             "/group/member",
-            {"groupname": group, "includeInactiveUsers": "false", "startAt": start, "maxResults": GROUP_PAGE},
+            {"groupname": group, "includeInactiveUsers": include, "startAt": start, "maxResults": GROUP_PAGE},
         )
 
     users: dict = {}

@@ -14,6 +14,8 @@ class Outcome(StrEnum):
     NOT_IN_JIRA = "not_in_jira"
     INVALID_PHOTO = "invalid_photo"
     DISABLED = "disabled"
+    EXCLUDED = "excluded"  # exclude_users, exclude_groups or an admin's opt-out: nothing touched
+    PHOTO_REMOVED = "photo_removed"  # the directory photo went away; photo_removed says what then
     FAILED = "failed"
 
 
@@ -40,10 +42,11 @@ class SweepStatus(StrEnum):
 UPDATED, RESTORED, UNCHANGED = Outcome.UPDATED, Outcome.RESTORED, Outcome.UNCHANGED
 NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA = Outcome.NO_PHOTO, Outcome.NOT_IN_DIRECTORY, Outcome.NOT_IN_JIRA
 INVALID_PHOTO, DISABLED, FAILED = Outcome.INVALID_PHOTO, Outcome.DISABLED, Outcome.FAILED
+EXCLUDED, PHOTO_REMOVED = Outcome.EXCLUDED, Outcome.PHOTO_REMOVED
 IGNORED, DEBOUNCED = WebhookAnswer.IGNORED, WebhookAnswer.DEBOUNCED
 OUTCOMES = tuple(Outcome)
 SUCCESSES = (UPDATED, RESTORED, UNCHANGED)
 # Final for now: nothing more to do until the directory or Jira changes. Each counts as a
 # completed sync for the login debounce, so a user without a photo does not cost an LDAP
 # search on every Jira request.
-SETTLED = SUCCESSES + (NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA, INVALID_PHOTO)
+SETTLED = SUCCESSES + (NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA, INVALID_PHOTO, EXCLUDED, PHOTO_REMOVED)

@@ -10,12 +10,23 @@ carries the final plan out; tests/test_rules.py states every rule as a row.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from .directory import DirectoryEntry
 from .jira import JiraUser
-from .outcomes import DISABLED, NO_PHOTO, NOT_IN_DIRECTORY, NOT_IN_JIRA, RESTORED, UNCHANGED, UPDATED, Outcome
+from .outcomes import (
+    DISABLED,
+    EXCLUDED,
+    NO_PHOTO,
+    NOT_IN_DIRECTORY,
+    NOT_IN_JIRA,
+    PHOTO_REMOVED,
+    RESTORED,
+    UNCHANGED,
+    UPDATED,
+    Outcome,
+)
 from .store import UserState
 
 
@@ -43,6 +54,8 @@ class Facts:
     force: bool = False
     retried: bool = False  # a queued job's later attempt, or a sync after a failed one
     disabled: bool = False  # photo_attributes is empty
+    excluded: str | None = None  # why the user keeps their own picture (app/exclusions.py), if so
+    photo_removed: str = "keep"  # the setting: what to do once the directory photo is gone
     attributes: tuple[str, ...] = ()  # the entry's directory's photo attributes, for the reason
     photo_hash: str | None = None  # of the raw directory bytes (Facts.of computes it)
 
@@ -64,6 +77,7 @@ class Plan:
     reason_if_gone: str | None = None  # ...else uploaded again, for this reason
     finish_interrupted: bool = False  # an upload of this photo may have been cut short: use it
     upload: bool = False  # decode, upload, select (unless reused or finished)
+    reset: str | None = None  # photo removed: select "user_upload" (else the default) or "default"
     photo_hash: str | None = None
     stale: tuple[str, ...] = field(default=())  # avatars of ours to delete once recorded
 
@@ -71,18 +85,25 @@ class Plan:
 def decide(facts: Facts) -> Plan:
     if facts.disabled:  # nothing is touched
         return Plan(DISABLED, reason="photo_attributes is empty")
+    if facts.excluded:  # nothing of theirs is touched, not even our old avatars
+        return Plan(EXCLUDED, reason=facts.excluded)
     entry = facts.entry
     if entry is None:
         return Plan(NOT_IN_DIRECTORY)
-    if entry.photo is None:  # no photo: hands off the user's own picture
-        return Plan(NO_PHOTO, reason=f"no {'/'.join(facts.attributes)} in {entry.directory}")
+    if entry.photo is None:
+        return _without_photo(facts)
     if facts.jira_user is UNKNOWN:
         return Plan(need=Need.JIRA_VIEW)
     if facts.jira_user is None:
         return Plan(NOT_IN_JIRA, photo_hash=facts.photo_hash)
     if facts.state is UNKNOWN:
         return Plan(need=Need.STATE)
-    jira_user, state, photo_hash = facts.jira_user, facts.state, facts.photo_hash
+    return _with_photo(facts, facts.jira_user, facts.state)
+
+
+def _with_photo(facts: Facts, jira_user: JiraUser, state: UserState | None) -> Plan:
+    """The user has a directory photo and is in Jira: unchanged, restored or updated."""
+    photo_hash = facts.photo_hash
     ours = state.avatar_id if state else None
     same_photo = state is not None and state.photo_sha256 == photo_hash and ours is not None
     reuse = reason_if_gone = None
@@ -112,6 +133,35 @@ def decide(facts: Facts) -> Plan:
         upload=True,
         photo_hash=photo_hash,
     )
+
+
+def _without_photo(facts: Facts) -> Plan:
+    """No directory photo: hands off the user's own picture. With photo_removed other than
+    "keep", a picture of ours still shown is replaced (the user's own latest upload, or Jira's
+    default, selected explicitly) and ours are deleted once that is recorded."""
+    assert facts.entry is not None
+    no_photo = Plan(NO_PHOTO, reason=f"no {'/'.join(facts.attributes)} in {facts.entry.directory}")
+    if facts.photo_removed == "keep":
+        return no_photo
+    if facts.state is UNKNOWN:
+        return Plan(need=Need.STATE)
+    state = facts.state
+    # every avatar of ours Jira may still have: the one selected, and any a failed delete left
+    ours = tuple(dict.fromkeys(a for a in ([state.avatar_id, *state.created_avatar_ids] if state else []) if a))
+    if not ours:  # the steady state after a removal: nothing to write
+        return no_photo
+    if facts.jira_user is UNKNOWN:
+        return Plan(need=Need.JIRA_VIEW)
+    if facts.jira_user is None:
+        return Plan(NOT_IN_JIRA)
+    if facts.hinted:  # deleting on a bulk read's word could delete the picture shown
+        return Plan(need=Need.FRESH_JIRA_VIEW)
+    shown = facts.jira_user.avatar_id
+    if shown in ours:
+        return Plan(PHOTO_REMOVED, reset=facts.photo_removed, stale=ours)
+    if state is not None and state.avatar_id is None:  # leftovers of ours, the user's picture shown
+        return replace(no_photo, avatar_id=shown, stale=ours)
+    return Plan(PHOTO_REMOVED, reason=f"kept: the user's own choice, avatar {shown}", avatar_id=shown, stale=ours)
 
 
 def stale_after(state: UserState | None, shown: str | None) -> tuple[str, ...]:

@@ -30,6 +30,11 @@ class Services:
     def __post_init__(self) -> None:
         self.sweeps = Sweeps(self)
 
+    @property
+    def exclusions(self):
+        """Who keeps their own picture (app/exclusions.py), as the syncer sees it."""
+        return self.syncer.exclusions
+
     @cached_property
     def readiness(self) -> Readiness:
         """Made on first use (a request), never in create_app."""

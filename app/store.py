@@ -17,7 +17,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import overload
 
-from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table, Text, bindparam, func, select, text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -53,6 +67,7 @@ user_state = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_source", String(16)),  # login, created, updated, sweep, admin
     Column("last_duration_ms", Integer),
+    Column("excluded", Boolean),  # an admin's opt-out: the user keeps their own picture (null: no)
     Index("user_state_last_attempt", "last_attempt_at"),  # the dashboard's recent syncs
 )
 
@@ -92,6 +107,7 @@ class UserState:
     last_success_at: datetime | None = None  # last sync that ended in a settled outcome (not failed)
     last_source: str | None = None
     last_duration_ms: int | None = None
+    excluded: bool = False  # an admin's opt-out (PUT /admin/users/<u>/exclusion)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -306,6 +322,14 @@ class Store:
                 lambda s: setattr(s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]),
             )
 
+    def set_excluded(self, username: str, excluded: bool) -> None:
+        """An admin's opt-out, on or off. The change marker is forgotten, so that the next
+        sweep looks at the user again instead of trusting what was settled before."""
+        key = user_key(username)
+        with self.transaction(wait=self.user_wait) as tx:
+            tx.execute(_ensure(tx.dialect.name), {"p_username": key})
+            tx.execute(user_state.update().where(user_state.c.username == key).values(excluded=excluded, marker=None))
+
     def delete(self, username: str) -> None:
         with self.transaction(wait=self.user_wait) as tx:
             tx.execute(user_state.delete().where(user_state.c.username == user_key(username)))
@@ -354,6 +378,7 @@ def _state(row) -> UserState:
     data = dict(row)
     data.pop("attempts", None)
     data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
+    data["excluded"] = bool(data["excluded"])
     for k in ("last_attempt_at", "last_success_at"):
         data[k] = aware(data[k])
     return UserState(**data)

@@ -5,8 +5,8 @@ Syncer.sync_user(username) does all of it for the admin API, the CLI and a dry-r
 queue worker runs the same three steps (attempt, record, finish) itself, recording in the
 transaction that ends its job. None of the doors holds a rule.
 
-Outcomes: updated, restored, unchanged, no_photo, not_in_directory, not_in_jira,
-invalid_photo, disabled, failed (with a reason).
+Outcomes: updated, restored, unchanged, no_photo, photo_removed, not_in_directory,
+not_in_jira, invalid_photo, disabled, excluded, failed (with a reason).
 """
 
 from __future__ import annotations
@@ -23,9 +23,21 @@ from . import metrics
 from .config import Settings
 from .database import describe_error
 from .directory import DirectoryEntry, DirectoryUnavailable, UserDirectory
+from .exclusions import Exclusions
 from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
-from .outcomes import DEBOUNCED, DISABLED, FAILED, IGNORED, INVALID_PHOTO, RESTORED, SETTLED, UNCHANGED, UPDATED
+from .outcomes import (
+    DEBOUNCED,
+    DISABLED,
+    FAILED,
+    IGNORED,
+    INVALID_PHOTO,
+    PHOTO_REMOVED,
+    RESTORED,
+    SETTLED,
+    UNCHANGED,
+    UPDATED,
+)
 from .rules import UNKNOWN, Facts, Need, Plan, decide, stale_after
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .store import Store, UserState, user_key
@@ -34,6 +46,14 @@ from .usernames import loggable
 log = logging.getLogger(__name__)
 
 DECODE_SLOTS = 2  # photos decoded at once per process, whatever the number of threads
+
+
+class NoPreview(Exception):
+    """No picture to preview: ``status`` 404 (no photo, no entry) or 422 (not a usable image)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class Verdict:
 class Syncer:
     def __init__(self, settings: Settings, directories: list[UserDirectory], jira: JiraClient, store: Store):
         self.settings, self.directories, self.jira, self.store = settings, directories, jira, store
+        self.exclusions = Exclusions(settings, jira)
         # Login storms: when each user last synced successfully, per process, in front of the store.
         self._recent: TTLCache[str, float] = TTLCache(maxsize=100_000, ttl=max(1, settings.login_debounce_seconds))
         self._recent_lock = threading.Lock()  # cachetools caches are not thread-safe
@@ -192,6 +213,8 @@ class Syncer:
             if r.outcome in SETTLED:  # a failure proves nothing about the entry: its marker waits
                 state.last_success_at = state.last_attempt_at
                 state.marker = verdict.marker
+            if r.outcome == PHOTO_REMOVED:  # nothing of ours is shown; ours are deleted next
+                state.photo_sha256 = state.avatar_id = state.pending_avatar_id = state.pending_sha256 = None
             if r.outcome in (UPDATED, RESTORED):
                 # Only now, after Jira confirmed, is the hash stored (unchanged -> no upload).
                 state.photo_sha256, state.avatar_id = verdict.photo_hash, r.avatar_id
@@ -263,26 +286,31 @@ class Syncer:
         """Reads what the rules ask for, then makes Jira's changes; what to store is left to
         the caller (record)."""
         disabled = self.settings.sync_disabled
-        entry = None if disabled else prefetched or self._find(username)  # directory order
+        # what is stored first: it says whether an admin excluded the user, before anything is read
+        state = None if disabled else self.store.get(username)
+        excluded = None if disabled else self.exclusions.reason(username, state)
+        entry = None if disabled or excluded else prefetched or self._find(username)  # directory order
         facts = Facts.of(
             entry,
             jira_user=jira_user if jira_user is not None else UNKNOWN,
+            state=state,
             hinted=jira_user is not None,
             force=force,
+            retried=(attempt is not None and attempt > 1) or (state is not None and state.last_outcome == FAILED),
             disabled=disabled,
+            excluded=excluded,
+            photo_removed=self.settings.photo_removed,
             attributes=self._attributes(entry) if entry else (),
         )
         plan = decide(facts)
-        while plan.need is not None:
-            if plan.need is Need.STATE:
-                state = self.store.get(username)
-                retried = (attempt is not None and attempt > 1) or (state is not None and state.last_outcome == FAILED)
-                facts = replace(facts, state=state, retried=retried)
-            else:  # Jira's view, first or fresh
-                facts = replace(facts, jira_user=self.jira.get_user(username), hinted=False)
+        while plan.need is not None:  # Jira's view, first or fresh (the state is read above)
+            assert plan.need is not Need.STATE
+            facts = replace(facts, jira_user=self.jira.get_user(username), hinted=False)
             plan = decide(facts)
         if plan.upload:
             plan = self._carry_out(username, facts, plan, dry_run, mark=attempt is None)
+        elif plan.reset:
+            plan = self._reset(username, plan, dry_run)
         assert plan.outcome is not None  # a plan that needs nothing more has its outcome
         return Verdict(
             SyncResult(
@@ -317,14 +345,7 @@ class Syncer:
                     self.jira.select_avatar(username, leftover)
             return replace(done, avatar_id=leftover, stale=stale_after(state, leftover))
         try:
-            with self._decode_slots:  # memory: config.DEFAULT_MAX_PHOTO_PIXELS says why
-                png = normalize(
-                    entry.photo,
-                    self.settings.size,
-                    crop=self.settings.crop,
-                    max_bytes=self.settings.max_photo_bytes,
-                    max_pixels=self.settings.max_photo_pixels,
-                )
+            png = self._normalize(entry.photo)
         except InvalidPhoto as exc:
             return Plan(INVALID_PHOTO, reason=f"{entry.photo_attribute} in {entry.directory}: {exc}")
         if dry_run:
@@ -332,7 +353,48 @@ class Syncer:
         new_id = self._upload_and_select(username, png, photo_hash, mark=mark)
         return replace(done, avatar_id=new_id, stale=stale_after(state, new_id))
 
+    def _reset(self, username: str, plan: Plan, dry_run: bool) -> Plan:
+        """The directory photo is gone and ours is shown: select the user's own latest upload
+        (photo_removed = "user_upload", when there is one) or Jira's default, explicitly. Ours
+        are deleted after the outcome is recorded (finish)."""
+        if plan.reset == "user_upload":
+            theirs = [
+                avatar_id
+                for avatar_id, file_name in self.jira.custom_avatars(username).items()
+                if avatar_id not in plan.stale and not (file_name or "").startswith(UPLOAD_PREFIX)
+            ]
+            if theirs:
+                latest = max(theirs, key=lambda a: (len(a), a))  # ids grow: the highest is the latest
+                if not dry_run:
+                    self.jira.select_avatar(username, latest)
+                return replace(plan, avatar_id=latest, reason=f"user_upload: the user's own avatar {latest} selected")
+            reason = "user_upload: no upload of the user's own, Jira's default avatar selected"
+        else:
+            reason = "default: Jira's default avatar selected"
+        if not dry_run:
+            self.jira.select_default_avatar(username)
+        return replace(plan, avatar_id=None, reason=reason)
+
+    def preview(self, username: str) -> bytes:
+        """The PNG the next sync would upload for the user: the photo found as a sync finds
+        it, made square with the same settings. Reads the directories only; writes nothing.
+        Raises NoPreview (with an HTTP status and the reason) or DirectoryUnavailable."""
+        entry = self._find(username)
+        if entry is None:
+            raise NoPreview(404, "not in any directory")
+        if entry.photo is None:
+            raise NoPreview(404, f"no {'/'.join(self._attributes(entry))} in {entry.directory}")
+        try:
+            return self._normalize(entry.photo)
+        except InvalidPhoto as exc:
+            raise NoPreview(422, f"{entry.photo_attribute} in {entry.directory}: {exc}") from None
+
     # -- steps -------------------------------------------------------------------------
+
+    def _normalize(self, photo: bytes) -> bytes:
+        s = self.settings
+        with self._decode_slots:  # memory: config.DEFAULT_MAX_PHOTO_PIXELS says why
+            return normalize(photo, s.size, crop=s.crop, max_bytes=s.max_photo_bytes, max_pixels=s.max_photo_pixels)
 
     def prefetch(self, usernames: list[str]) -> dict[str, DirectoryEntry]:
         """The entries _find would give a batch of users, in one search per directory (a
@@ -395,6 +457,9 @@ class Syncer:
             self.store.forget_created(username, deleted)
 
 
+UPLOAD_PREFIX = "avatar-sync-"
+
+
 def upload_filename(photo_hash: str) -> str:
     """Names our uploads after the photo, so an interrupted upload can be recognised."""
-    return f"avatar-sync-{photo_hash[:16]}.png"
+    return f"{UPLOAD_PREFIX}{photo_hash[:16]}.png"

@@ -115,12 +115,22 @@ def test_dashboard_in_a_real_browser(service, jira):
             page.fill("#search-name", "ali")
             page.click("#search button")
             page.wait_for_selector("#users tr.user")
-            thumb = page.locator("#users tr.user img.thumb")
+            thumb = page.locator("#users tr.user img.thumb").first  # the picture in Jira
             expect(thumb).to_have_js_property("complete", True)
             assert thumb.evaluate("img => img.naturalWidth") > 0  # loaded, not a broken image
             assert "updated" in page.locator("#users tr.user").inner_text()
+            next_upload = page.locator("#users tr.user img.thumb").nth(1)  # the preview, beside Jira's
+            expect(next_upload).to_have_js_property("complete", True)
+            assert next_upload.evaluate("img => img.naturalWidth") == 200  # the 300x200 photo made square
             page.locator("#users tr.user button", has_text="force").click()
             expect(page.locator("#answer")).to_have_text("alice: updated (forced)")
+            # opted out from the dashboard: kept apart from syncs until let back in
+            page.locator("#users tr.user button.exclusion").click()
+            expect(page.locator("#answer")).to_have_text("alice: excluded (opted out by an admin)")
+            expect(page.locator("#users tr.user td.excluded")).to_have_text("opted out")
+            assert services.syncer.sync_user("alice", force=True).outcome == "excluded"
+            page.locator("#users tr.user button.exclusion", has_text="include again").click()
+            expect(page.locator("#answer")).to_have_text("alice: not excluded")
             page.screenshot(path=str(ARTIFACTS / "dashboard-user.png"), full_page=True)
             assert errors == []
         finally:

@@ -3,8 +3,13 @@ AD differs) and the Jira emulator: the crop, the preview, exclusions, what happe
 is removed from the directory, and photos served over HTTP."""
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from PIL import Image
+
+from app import sweep_run
+from app.worker import WorkerPool
 from tests import photos
 from tests.helpers import make_settings, slapd_directory
 from tests.photos import BLUE, RED
@@ -19,6 +24,18 @@ def controls(tmp_path, slapd, ldap_ou, jira, services_for):
         settings = make_settings(tmp_path, jira.url, directories or [slapd_directory(slapd, ldap_ou)], **extra)
         return services_for(settings)
     return build
+
+
+def run_sweep(services) -> dict:
+    """A whole sweep in this process, workers included; its count per outcome."""
+    sweep_id = services.sweeps.start()
+    assert sweep_run.take_over(services) == sweep_id
+    pool = WorkerPool(services, threads=2, poll_seconds=0.05).start()
+    try:
+        sweep_run.run(services, sweep_id)
+    finally:
+        pool.stop()
+    return services.sweeps.summary(sweep_id)["counts"]
 
 
 def portrait() -> bytes:
@@ -40,3 +57,163 @@ def test_upper_crop_uploads_the_top_of_a_tall_portrait(controls, slapd, ldap_ou,
     assert services.syncer.sync_user("wide").outcome == "updated"
     c = photos.corners(jira.state.selected_avatar("wide").png)  # a wide photo: centred as ever
     assert photos.close(c["bl"], BLUE)
+
+
+# -- the directory photo removed ---------------------------------------------------------------
+
+def synced_then_removed(controls, slapd, ldap_ou, jira, name="jdoe", own_upload=False, **settings):
+    """A user synced (ours shown), then their directory photo removed."""
+    dn = slapd.add_user(ldap_ou, name, jpeg_photo=photos.photo())
+    jira.state.add_user(name)
+    own = jira.state.upload_as_user(name, photos.solid(BLUE, 64, "PNG")) if own_upload else None
+    services = controls(**settings)
+    assert services.syncer.sync_user(name).outcome in ("updated", "restored")
+    ours = jira.state.selected_avatar(name).id
+    slapd.set_photo(dn, "jpegPhoto", None)
+    return services, ours, own
+
+
+def test_photo_removed_keep_leaves_our_picture_as_it_always_did(controls, slapd, ldap_ou, jira):
+    services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira)
+    writes = jira.state.writes()
+    assert services.syncer.sync_user("jdoe").outcome == "no_photo"
+    assert jira.state.writes() == writes and jira.state.selected_avatar("jdoe").id == ours
+
+
+def test_photo_removed_default_selects_jiras_default_then_deletes_ours(controls, slapd, ldap_ou, jira):
+    services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira, photo_removed="default")
+    result = services.syncer.sync_user("jdoe")
+    assert (result.outcome, result.reason) == ("photo_removed", "default: Jira's default avatar selected")
+    # selected explicitly (Jira's stored choice is "none", not a dangling id it falls back from)
+    assert jira.state.users["jdoe"].avatar_property is None
+    assert ours not in jira.state.avatars  # ours deleted, after the default was selected
+    assert jira.state.count("PUT /user/avatar") == 2  # our upload's select, then the default's
+    writes = jira.state.writes()
+    assert services.syncer.sync_user("jdoe", force=True).outcome == "no_photo"  # and then nothing
+    assert jira.state.writes() == writes
+
+
+def test_photo_removed_user_upload_goes_back_to_the_users_latest_own_upload(controls, slapd, ldap_ou, jira):
+    services, ours, own = synced_then_removed(controls, slapd, ldap_ou, jira, own_upload=True,
+                                              photo_removed="user_upload")
+    older = own
+    newer = jira.state.upload_as_user("jdoe", photos.solid(RED, 64, "PNG"))  # then picked ours again
+    jira.state.users["jdoe"].avatar_property = ours
+    result = services.syncer.sync_user("jdoe")
+    assert result.outcome == "photo_removed" and result.reason == f"user_upload: the user's own avatar {newer} selected"
+    assert jira.state.users["jdoe"].avatar_property == newer
+    assert ours not in jira.state.avatars and older in jira.state.avatars  # theirs are never deleted
+    writes = jira.state.writes()
+    assert services.syncer.sync_user("jdoe", force=True).outcome == "no_photo" and jira.state.writes() == writes
+
+
+def test_photo_removed_user_upload_without_one_selects_the_default(controls, slapd, ldap_ou, jira):
+    services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira, photo_removed="user_upload")
+    result = services.syncer.sync_user("jdoe")
+    assert result.outcome == "photo_removed" and "Jira's default avatar selected" in result.reason
+    assert jira.state.users["jdoe"].avatar_property is None and ours not in jira.state.avatars
+
+
+def test_photo_removed_keeps_a_picture_the_user_chose_and_deletes_only_ours(controls, slapd, ldap_ou, jira):
+    services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira, photo_removed="default")
+    theirs = jira.state.upload_as_user("jdoe", photos.solid(RED, 64, "PNG"))
+    result = services.syncer.sync_user("jdoe")
+    assert result.outcome == "photo_removed" and result.reason == f"kept: the user's own choice, avatar {theirs}"
+    assert jira.state.users["jdoe"].avatar_property == theirs and ours not in jira.state.avatars
+
+
+def test_photo_removed_in_a_sweep_reads_jira_afresh_before_writing(controls, slapd, ldap_ou, jira):
+    services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira, photo_removed="default")
+    jira.state.version = "11.0.0"  # a bulk read of every user: its view is a hint, never a reason to write
+    assert run_sweep(services)["photo_removed"] == 1
+    assert jira.state.users["jdoe"].avatar_property is None and ours not in jira.state.avatars
+    assert jira.state.count("GET /user", "jdoe") >= 1  # read alone before the writes
+
+
+def test_photo_removed_from_active_directory(tmp_path, samba, ad_ou, jira, services_for):
+    from tests.helpers import samba_directory
+    dn = samba.add_user(ad_ou, "adremoved", thumbnail_photo=photos.photo(96, 96))
+    jira.state.add_user("adremoved")
+    services = services_for(make_settings(tmp_path, jira.url, [samba_directory(ad_ou)], photo_removed="default"))
+    assert services.syncer.sync_user("adremoved").outcome == "updated"
+    ours = jira.state.selected_avatar("adremoved").id
+    samba.set_photo(dn, "thumbnailPhoto", None)
+    assert services.syncer.sync_user("adremoved").outcome == "photo_removed"
+    assert jira.state.users["adremoved"].avatar_property is None and ours not in jira.state.avatars
+
+
+# -- exclusions ----------------------------------------------------------------------------------
+
+def test_excluded_users_are_not_touched_by_name_group_or_an_admins_opt_out(controls, slapd, ldap_ou, jira):
+    for name in ("listed", "grouped", "optedout", "other"):
+        slapd.add_user(ldap_ou, name, jpeg_photo=photos.photo())
+        jira.state.add_user(name, groups=("jira-software-users", "no-avatar-sync") if name == "grouped"
+                            else ("jira-software-users",))
+    services = controls(exclude_users=["LISTED"], exclude_groups=["no-avatar-sync", "no-such-group"])
+    services.store.set_excluded("optedout", True)
+    reasons = {name: services.syncer.sync_user(name) for name in ("listed", "grouped", "optedout", "other")}
+    assert {n: r.outcome for n, r in reasons.items()} == {
+        "listed": "excluded", "grouped": "excluded", "optedout": "excluded", "other": "updated"}
+    assert reasons["grouped"].reason == "member of the Jira group no-avatar-sync (exclude_groups)"
+    assert reasons["optedout"].reason == "opted out by an admin"
+    assert jira.state.writes() == 3  # other's upload, crop-confirm, select: nothing else
+    services.store.set_excluded("optedout", False)
+    assert services.syncer.sync_user("optedout").outcome == "updated"
+
+
+def test_an_excluded_user_keeps_even_our_old_picture(controls, slapd, ldap_ou, jira):
+    dn = slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    services = controls(photo_removed="default")
+    assert services.syncer.sync_user("jdoe").outcome == "updated"
+    ours = jira.state.selected_avatar("jdoe").id
+    services.store.set_excluded("jdoe", True)
+    slapd.set_photo(dn, "jpegPhoto", None)  # would be photo_removed, were they not excluded
+    writes = jira.state.writes()
+    assert services.syncer.sync_user("jdoe", force=True).outcome == "excluded"
+    assert jira.state.writes() == writes and jira.state.selected_avatar("jdoe").id == ours
+
+
+def test_a_sweep_reports_excluded_users_and_writes_nothing_of_theirs(controls, slapd, ldap_ou, jira):
+    for name in ("keeper", "synced"):
+        slapd.add_user(ldap_ou, name, jpeg_photo=photos.photo())
+        jira.state.add_user(name)
+    services = controls()
+    services.store.set_excluded("keeper", True)
+    assert run_sweep(services) == {"excluded": 1, "updated": 1, "not_in_directory": 1}  # the last: Jira's admin
+    assert jira.state.created_for("keeper") == 0
+    services.store.set_excluded("keeper", False)  # the next sweep looks at the user again
+    assert run_sweep(services) == {"unchanged": 1, "updated": 1, "not_in_directory": 1}
+    assert jira.state.created_for("keeper") == 1
+
+
+def test_a_sweep_asks_again_about_users_excluded_by_the_configuration(controls, slapd, ldap_ou, jira):
+    """exclude_users can change between sweeps without the user's entry changing."""
+    slapd.add_user(ldap_ou, "keeper", jpeg_photo=photos.photo())
+    jira.state.add_user("keeper")
+    assert run_sweep(controls(exclude_users=["keeper"])).get("excluded") == 1
+    assert run_sweep(controls()).get("updated") == 1  # taken off the list: synced at the next sweep
+
+
+# -- the doors: CLI, admin API ---------------------------------------------------------------------
+
+def test_cli_sets_an_exclusion_shows_it_and_previews_without_writing(tmp_path, slapd, ldap_ou, jira):
+    from tests.test_cli import run, slapd_toml, write_config
+    slapd.add_user(ldap_ou, "tall", jpeg_photo=portrait())
+    jira.state.add_user("tall")
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra='crop = "upper"')
+    assert run("exclusion", "tall", "--on", config=config).stdout == "tall: excluded (opted out by an admin)\n"
+    synced = run("sync", "tall", config=config)
+    assert synced.stdout == "tall: excluded (opted out by an admin)\n" and synced.returncode == 0
+    shown = json.loads(run("exclusion", "tall", "--json", config=config).stdout)
+    assert shown["exclusion"] == {"excluded": True, "excluded_by_any": True, "reason": "opted out by an admin"}
+    out = tmp_path / "tall.png"
+    previewed = run("preview", "tall", "-o", str(out), config=config)
+    assert previewed.returncode == 0, previewed.stderr
+    image = Image.open(out).convert("RGB")  # the upper square, as a sync would upload it
+    assert image.size == (200, 200) and photos.close(image.getpixel((100, 20)), WHITE)
+    assert jira.state.writes() == 0
+    assert run("exclusion", "tall", "--off", config=config).stdout == "tall: not excluded\n"
+    assert run("sync", "tall", config=config).stdout.startswith("tall: updated")
+    missing = run("preview", "nobody", "-o", str(tmp_path / "n.png"), config=config)
+    assert missing.returncode == 1 and missing.stderr == "nobody: no preview: not in any directory\n"

@@ -78,6 +78,36 @@ ROWS = [
      Plan("updated", reason="directory photo changed", **WRITE)),
     ("a state with no avatar of ours (no photo before): a first upload",
      facts(jira_user=jira(), state=UserState("jdoe", last_outcome="no_photo")), Plan("updated", **WRITE)),
+    # exclusions: the first thing looked at after `disabled`, whatever else is known
+    ("excluded: nothing of theirs is touched, photo or not, ours shown or not",
+     facts(excluded="opted out by an admin", jira_user=jira("500", custom=True), state=ours(photo=OTHER_PHOTO)),
+     Plan("excluded", reason="opted out by an admin")),
+    # photo_removed: what happens once the directory photo is gone
+    ("photo removed, photo_removed = keep: as any user without a photo, hands off",
+     facts(entry=NO_PHOTO_ENTRY, state=ours(), jira_user=jira("500", custom=True)),
+     Plan("no_photo", reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
+    ("photo removed, ours shown: the user's own upload (or the default) selected, then ours deleted",
+     facts(entry=NO_PHOTO_ENTRY, photo_removed="user_upload", state=ours(created=("400", "500")),
+           jira_user=jira("500", custom=True)),
+     Plan("photo_removed", reset="user_upload", stale=("500", "400"))),
+    ("photo removed, ours shown, photo_removed = default",
+     facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=ours(), jira_user=jira("500", custom=True)),
+     Plan("photo_removed", reset="default", stale=("500",))),
+    ("photo removed, the user had picked their own: kept, only ours deleted",
+     facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=ours(), jira_user=jira("777", custom=True)),
+     Plan("photo_removed", reason="kept: the user's own choice, avatar 777", avatar_id="777", stale=("500",))),
+    ("photo removed: Jira's view is read before anything is written",
+     facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=ours()), Plan(need=Need.JIRA_VIEW)),
+    ("photo removed: a sweep's bulk read is read afresh first",
+     facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=ours(), jira_user=jira("500", True), hinted=True),
+     Plan(need=Need.FRESH_JIRA_VIEW)),
+    ("photo removed and dealt with before: the next sync writes nothing, reads nothing in Jira",
+     facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=UserState("jdoe", last_outcome="photo_removed")),
+     Plan("no_photo", reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
+    ("photo removed, an old avatar of ours left by a failed delete, not shown: it goes now",
+     facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=UserState("jdoe", created_avatar_ids=["400"]),
+           jira_user=jira("777", custom=True)),
+     Plan("no_photo", reason="no thumbnailPhoto/jpegPhoto in corp-ad", avatar_id="777", stale=("400",))),
 ]
 
 
@@ -90,7 +120,7 @@ def test_every_outcome_the_rules_decide_has_a_row():
     """decide() ends in each of these; invalid_photo and failed come from carrying a plan out."""
     decided = {row[2].outcome for row in ROWS if row[2].outcome}
     assert decided == {"disabled", "not_in_directory", "no_photo", "not_in_jira", "updated", "unchanged",
-                       "restored"}
+                       "restored", "excluded", "photo_removed"}
 
 
 def test_nothing_is_read_that_the_rules_do_not_need():

@@ -445,3 +445,44 @@ def test_during_a_rotation_the_previous_secret_and_token_are_still_accepted(serv
         assert app.http.get("/admin/sweeps", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert app.http.get("/admin/sweeps", headers={"Authorization": "Bearer nope"}).status_code == 401
     app.services.close()
+
+
+def test_an_admin_opts_a_user_out_and_back_in(web, jira):
+    url = "/admin/users/jdoe/exclusion"
+    assert web.http.put(url, json={"excluded": "yes"}, headers=ADMIN_HEADERS).status_code == 400
+    assert web.http.put(url, json={}, headers=ADMIN_HEADERS).get_json()["error"].startswith('give {"excluded"')
+    r = web.http.put(url, json={"excluded": True}, headers=ADMIN_HEADERS)
+    assert r.status_code == 200
+    assert r.get_json()["exclusion"] == {"excluded": True, "excluded_by_any": True, "reason": "opted out by an admin"}
+    assert web.http.get("/admin/users/jdoe", headers=ADMIN_HEADERS).get_json()["exclusion"]["excluded"] is True
+    post(web, login("jdoe"))
+    web.pool.run_once()
+    assert web.services.store.get("jdoe").last_outcome == "excluded" and jira.state.writes() == 0
+    web.http.put(url, json={"excluded": False}, headers=ADMIN_HEADERS)
+    synced = web.http.post("/admin/users/jdoe/sync", json={}, headers=ADMIN_HEADERS).get_json()
+    assert synced["outcome"] == "updated"
+
+
+def test_a_user_listed_in_exclude_users_shows_why(service, memory, jira):
+    app = service(exclude_users=["ann"])
+    memory.add("ann", photos.photo())
+    body = app.http.get("/admin/users/Ann", headers=ADMIN_HEADERS).get_json()  # known by nothing but the list
+    assert body["exclusion"] == {"excluded": False, "excluded_by_any": True, "reason": "listed in exclude_users"}
+
+
+def test_preview_renders_the_next_upload_and_writes_nothing(web, memory, jira):
+    r = web.http.get("/admin/users/jdoe/preview.png", headers=ADMIN_HEADERS)
+    assert r.status_code == 200 and r.mimetype == "image/png" and r.headers["Cache-Control"] == "no-store"
+    c = photos.corners(r.data)  # the photo made square, as a sync makes it
+    assert photos.close(c["tl"], photos.RED) and photos.close(c["br"], photos.YELLOW)
+    assert jira.state.writes() == 0 and jira.state.count("GET /user") == 0
+    assert web.services.store.get("jdoe") is None  # not even a state row
+    memory.add("ann", None)
+    memory.add("bob", b"not an image")
+    assert web.http.get("/admin/users/ann/preview.png", headers=ADMIN_HEADERS).status_code == 404
+    bad = web.http.get("/admin/users/bob/preview.png", headers=ADMIN_HEADERS)
+    assert bad.status_code == 422 and "not a JPEG, PNG, GIF or WebP image" in bad.get_json()["error"]
+    nobody = web.http.get("/admin/users/nobody/preview.png", headers=ADMIN_HEADERS)
+    assert nobody.status_code == 404 and nobody.get_json()["error"] == "not in any directory"
+    memory.down = "connection refused"
+    assert web.http.get("/admin/users/jdoe/preview.png", headers=ADMIN_HEADERS).status_code == 503

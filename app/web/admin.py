@@ -8,9 +8,11 @@ from cachetools import TTLCache
 from flask import Blueprint, Response, jsonify, request
 
 from .. import usernames
+from ..directory import DirectoryUnavailable
 from ..jira import JiraError
 from ..sweep import SweepConflict
 from ..sweep_run import run_in_background
+from ..sync import NoPreview
 from .auth import BadRequest, admin_required, json_body, services
 
 bp = Blueprint("admin", __name__)
@@ -60,9 +62,25 @@ def sync_user(username: str):
 def get_user(username: str):
     svc = services()
     state, job = svc.store.get(_username(username)), svc.queue.job_for(username)
-    if state is None and job is None:
+    exclusion = svc.exclusions.describe(username, state)
+    if state is None and job is None and not exclusion["excluded_by_any"]:
         return jsonify({"username": username, "error": "nothing known about this user"}), 404
-    return jsonify({"username": username, "state": state.as_dict() if state else None, "queue": job})
+    return jsonify(
+        {"username": username, "state": state.as_dict() if state else None, "queue": job, "exclusion": exclusion}
+    )
+
+
+@bp.put("/admin/users/<path:username>/exclusion")
+@admin_required
+def set_exclusion(username: str):
+    """``{"excluded": true}``: the user keeps their own picture (logins and sweeps skip them,
+    outcome excluded); ``false`` lets the service sync them again."""
+    body = json_body({"excluded": bool})
+    if "excluded" not in body:
+        raise BadRequest(400, 'give {"excluded": true} or {"excluded": false}')
+    svc = services()
+    svc.store.set_excluded(_username(username), body["excluded"])
+    return jsonify({"username": username, "exclusion": svc.exclusions.describe(username, svc.store.get(username))})
 
 
 @bp.get("/admin/users")
@@ -100,6 +118,19 @@ def current_avatar(username: str):
             _thumbnails[key] = image
     # the page asks with ?v=<avatar id>: a new picture is a new URL, so caching is safe
     return Response(image, mimetype="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@bp.get("/admin/users/<path:username>/preview.png")
+@admin_required
+def preview(username: str):
+    """The picture the next sync would upload, rendered now; nothing is written anywhere."""
+    try:
+        png = services().syncer.preview(_username(username))
+    except NoPreview as exc:
+        return jsonify({"username": username, "error": exc.reason}), exc.status
+    except DirectoryUnavailable as exc:
+        return jsonify({"username": username, "error": str(exc)}), 503
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/admin/sweeps")

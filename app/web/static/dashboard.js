@@ -43,6 +43,14 @@
       src: "admin/users/" + encodeURIComponent(username) + "/avatar.png?v=" + encodeURIComponent(version || "")});
   }
 
+  function preview(username) {
+    // the picture the next sync would upload, rendered by the service (nothing is written)
+    const img = el("img", {className: "thumb", alt: "", loading: "lazy", title: "what the next sync would upload",
+      src: "admin/users/" + encodeURIComponent(username) + "/preview.png?at=" + Date.now()});
+    img.addEventListener("error", () => { img.hidden = true; });  // no photo, or not an image
+    return img;
+  }
+
   function drawChecks(data) {
     $("status").textContent = data.status;
     $("disabled").hidden = !data.disabled;
@@ -138,6 +146,14 @@
     refresh();
   }
 
+  async function setExclusion(username, excluded) {
+    const r = await api("PUT", "admin/users/" + encodeURIComponent(username) + "/exclusion", {excluded});
+    const why = r.status === 200 ? r.data.exclusion.reason : null;
+    say(r.status === 200 ? username + ": " + (why ? "excluded (" + why + ")" : "not excluded")
+      : username + ": " + ((r.data && r.data.error) || r.status));
+    search();
+  }
+
   async function search() {
     const name = $("search-name").value.trim();
     if (!name) return;
@@ -147,13 +163,18 @@
       const s = u.state || {};
       const syncNow = el("button", {type: "button", textContent: "sync now"});
       const force = el("button", {type: "button", textContent: "force"});
+      const exclude = el("button", {type: "button", className: "exclusion",
+        textContent: s.excluded ? "include again" : "exclude"});
       syncNow.addEventListener("click", () => syncUser(u.username, false));
       force.addEventListener("click", () => syncUser(u.username, true));
-      return el("tr", {className: "user"}, el("td", {}, thumbnail(u.username, s.avatar_id)), el("td", {}, u.username),
+      exclude.addEventListener("click", () => setExclusion(u.username, !s.excluded));
+      return el("tr", {className: "user"}, el("td", {}, thumbnail(u.username, s.avatar_id)),
+        el("td", {}, preview(u.username)), el("td", {}, u.username),
         el("td", {className: "outcome-" + s.last_outcome}, (s.last_outcome || "") + (s.last_attempt_at ? " · " + when(s.last_attempt_at) : "")),
         el("td", {}, s.last_error || ""),
         el("td", {}, u.queue ? u.queue.state + " (" + u.queue.source + ", attempt " + u.queue.attempts + ")" : ""),
-        el("td", {}, syncNow, " ", force));
+        el("td", {className: "excluded"}, s.excluded ? "opted out" : ""),
+        el("td", {}, syncNow, " ", force, " ", exclude));
     }));
     $("users-none").hidden = users.length > 0;
   }

@@ -1,0 +1,71 @@
+"""Who keeps their own picture: ``exclude_users`` (names), the members of ``exclude_groups``
+(Jira groups, read through Jira's API and cached for a few minutes per process), and each
+user an admin opted out (``excluded`` in the user's stored state). The rule that an excluded
+user is not touched is app/rules.py's; this module only says who is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from . import jira_users
+from .config import Settings
+from .jira import JiraClient, JiraError
+from .store import UserState, user_key
+
+log = logging.getLogger(__name__)
+
+GROUPS_CACHE_SECONDS = 300  # a user added to an excluded group is excluded within this
+
+
+class Exclusions:
+    def __init__(self, settings: Settings, jira: JiraClient):
+        self.settings, self.jira = settings, jira
+        self._lock = threading.Lock()
+        self._members: dict[str, str] = {}  # user_key -> the excluded group it is in
+        self._read_at = float("-inf")
+
+    def reason(self, username: str, state: UserState | None) -> str | None:
+        """Why the user is excluded, or None. Raises JiraError when the groups cannot be read:
+        a user who may be excluded is not synced on a guess."""
+        key = user_key(username)
+        if key in self.settings.exclude_users:
+            return "listed in exclude_users"
+        if state is not None and state.excluded:
+            return "opted out by an admin"
+        group = self.group_of(key) if self.settings.exclude_groups else None
+        return f"member of the Jira group {group} (exclude_groups)" if group else None
+
+    def describe(self, username: str, state: UserState | None) -> dict:
+        """For the admin API and the CLI: the admin's opt-out, and whether the user is excluded
+        by any of the three, and why (a group Jira cannot tell about now is said so)."""
+        try:
+            reason = self.reason(username, state)
+        except JiraError as exc:
+            reason = f"unknown: exclude_groups cannot be read now ({exc})"
+        return {"excluded": bool(state and state.excluded), "excluded_by_any": bool(reason), "reason": reason}
+
+    def group_of(self, key: str) -> str | None:
+        """The excluded group holding the user, from a copy at most GROUPS_CACHE_SECONDS old."""
+        with self._lock:  # one reader refreshes; the others wait for its answer
+            if time.monotonic() - self._read_at > GROUPS_CACHE_SECONDS:
+                self._members = self._read_groups()
+                self._read_at = time.monotonic()
+            return self._members.get(key)
+
+    def _read_groups(self) -> dict[str, str]:
+        members: dict[str, str] = {}
+        for group in self.settings.exclude_groups:  # one at a time: each member named by its group
+            users, missing = jira_users.group_members(self.jira, [group], inactive=True)
+            if missing:
+                log.warning("exclude_groups: Jira has no group %r (or will not list it to the service)", group)
+            for key in users:
+                members.setdefault(key, group)
+        return members
+
+    def forget(self) -> None:
+        """Read the groups afresh at the next question (an admin asked to, or tests)."""
+        with self._lock:
+            self._read_at = float("-inf")
