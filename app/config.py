@@ -67,6 +67,23 @@ class JiraSettings:
 
 
 @dataclass(frozen=True)
+class HttpPhotoSettings:
+    """[http_photos]: an HTTP server of photos, a link in the chain beside the LDAP attributes.
+    Its field names are those the HTTP layer (app/jira_http.py) reads of JiraSettings too."""
+
+    url: str  # with {username}: https://photos.example/{username}.jpg
+    username: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    ca_file: str = ""
+    verify_tls: bool = True
+    connect_timeout: float = 5
+    timeout: float = 10
+    position: str = "last"  # in the chain: "first" (before the LDAP attributes) or "last"
+    max_concurrency: int = 8  # connections kept per process
+
+
+@dataclass(frozen=True)
 class WebhookSettings:
     secret: str = field(default="", repr=False)
     previous_secret: str = field(default="", repr=False)  # still accepted while Jira's senders switch
@@ -110,6 +127,8 @@ class Settings:
     photo_removed: str = "keep"  # or "user_upload", "default": when the directory photo goes away
     exclude_users: frozenset[str] = frozenset()  # lower case, as user_key(): users who keep their own picture
     exclude_groups: tuple[str, ...] = ()  # Jira groups whose members keep theirs
+    prefer: str = "first"  # or "largest": which photo of the chain (LDAP attributes, HTTP) wins
+    http_photos: HttpPhotoSettings | None = None
     login_debounce_seconds: int = 600
     max_photo_bytes: int = 5 * 1024 * 1024
     max_photo_pixels: int = DEFAULT_MAX_PHOTO_PIXELS
@@ -213,6 +232,8 @@ def settings_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = 
         photo_removed=r.choice("photo_removed", "keep", ("keep", "user_upload", "default")),
         exclude_users=frozenset(name.lower() for name in r.str_list("exclude_users", []) or ()),
         exclude_groups=tuple(r.str_list("exclude_groups", []) or ()),
+        prefer=r.choice("prefer", "first", ("first", "largest")),
+        http_photos=_http_photos(Reader(r.table("http_photos"), "http_photos.", env)),
         login_debounce_seconds=r.integer("login_debounce_seconds", 600, 0, 7 * 86400),
         max_photo_bytes=r.integer("max_photo_bytes", 5 * 1024 * 1024, 1024, 100 * 1024 * 1024),
         max_photo_pixels=r.integer("max_photo_pixels", DEFAULT_MAX_PHOTO_PIXELS, 1, 200_000_000),
@@ -284,6 +305,29 @@ def _jira(r: Reader) -> JiraSettings:
         ca_file=ca_file,
         verify_tls=r.boolean("verify_tls", True),
         user_groups=tuple(r.str_list("user_groups", []) or ()),
+    )
+
+
+def _http_photos(r: Reader) -> HttpPhotoSettings | None:
+    r.reject_unknown(accepted("http_photos"))
+    url = r.string("url", "")
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or "{username}" not in url:
+        raise ConfigError("http_photos.url", f"must be an http(s) URL with {{username}} in it, got {url!r}")
+    ca_file = r.string("ca_file", "")
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError("http_photos.ca_file", f"no such file: {ca_file}")
+    return HttpPhotoSettings(
+        url=url,
+        username=r.string("username", ""),
+        password=r.secret("password"),
+        token=r.secret("token"),
+        ca_file=ca_file,
+        verify_tls=r.boolean("verify_tls", True),
+        timeout=r.number("timeout", 10, 0.1, 600),
+        position=r.choice("position", "last", ("first", "last")),
     )
 
 

@@ -18,6 +18,7 @@ KEYS: dict[str, tuple[str, ...]] = {
         "photo_removed",
         "exclude_users",
         "exclude_groups",
+        "prefer",
         "login_debounce_seconds",
         "max_photo_bytes",
         "max_photo_pixels",
@@ -40,6 +41,7 @@ KEYS: dict[str, tuple[str, ...]] = {
         "verify_tls",
         "user_groups",
     ),
+    "http_photos": ("url", "username", "password", "token", "ca_file", "verify_tls", "timeout", "position"),
     "webhook": ("secret", "previous_secret", "allow_unauthenticated", "max_body_bytes"),
     "admin": ("token", "previous_token"),
     "worker": (
@@ -78,6 +80,8 @@ SECRETS = {
     "admin.token",
     "admin.previous_token",
     "directories.bind_password",
+    "http_photos.password",
+    "http_photos.token",
 }
 ALIASES = {"directories": ("url",)}  # one URL instead of the list
 
@@ -99,6 +103,15 @@ ENV_KEYS = {
     "PHOTO_REMOVED": ((), "photo_removed"),
     "EXCLUDE_USERS": ((), "exclude_users"),
     "EXCLUDE_GROUPS": ((), "exclude_groups"),
+    "PREFER": ((), "prefer"),
+    "HTTP_PHOTOS_URL": (("http_photos",), "url"),
+    "HTTP_PHOTOS_USERNAME": (("http_photos",), "username"),
+    "HTTP_PHOTOS_PASSWORD": (("http_photos",), "password"),
+    "HTTP_PHOTOS_TOKEN": (("http_photos",), "token"),
+    "HTTP_PHOTOS_CA_FILE": (("http_photos",), "ca_file"),
+    "HTTP_PHOTOS_VERIFY_TLS": (("http_photos",), "verify_tls"),
+    "HTTP_PHOTOS_TIMEOUT": (("http_photos",), "timeout"),
+    "HTTP_PHOTOS_POSITION": (("http_photos",), "position"),
     "LOGIN_DEBOUNCE_SECONDS": ((), "login_debounce_seconds"),
     "MAX_PHOTO_BYTES": ((), "max_photo_bytes"),
     "MAX_PHOTO_PIXELS": ((), "max_photo_pixels"),
@@ -156,4 +169,6 @@ ENV_SECRETS = {
     "ADMIN_TOKEN",
     "ADMIN_PREVIOUS_TOKEN",
     "LDAP_BIND_PASSWORD",
+    "HTTP_PHOTOS_PASSWORD",
+    "HTTP_PHOTOS_TOKEN",
 }

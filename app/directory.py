@@ -55,9 +55,16 @@ SWEEP_PAGE_SIZE = 500  # <= AD's MaxPageSize (1000) and OpenLDAP's usual size.pr
 class DirectoryEntry:
     directory: str
     dn: str
-    photo: bytes | None  # raw bytes of the first photo attribute with a value
-    photo_attribute: str | None  # which attribute it came from
+    photo: bytes | None  # raw bytes of the photo chosen (the first attribute with a value)
+    photo_attribute: str | None  # which attribute (or other source) it came from
     marker: str | None = None  # changes whenever the entry changes (see MARKER_ATTRIBUTES)
+    photos: tuple[tuple[str, bytes], ...] = ()  # every photo attribute with a value, in order
+    # set where a source knows the photo unchanged without sending it (HTTP 304): photo is None
+    photo_sha256: str | None = None
+
+    @property
+    def has_photo(self) -> bool:
+        return self.photo is not None or self.photo_sha256 is not None
 
 
 @dataclass(frozen=True)
@@ -149,12 +156,13 @@ class Directory:
 
     def _entry(self, dn: str, raw: dict) -> DirectoryEntry:
         """``raw``: attribute (lower case) -> raw values."""
-        marker = _marker(raw)
-        for attribute in self.photo_attributes:
-            values = raw.get(attribute.lower())
-            if values and values[0]:
-                return DirectoryEntry(self.name, dn, bytes(values[0]), attribute, marker)
-        return DirectoryEntry(self.name, dn, None, None, marker)
+        photos = tuple(
+            (attribute, bytes(values[0]))
+            for attribute in self.photo_attributes
+            if (values := raw.get(attribute.lower())) and values[0]
+        )
+        first = photos[0] if photos else (None, None)
+        return DirectoryEntry(self.name, dn, first[1], first[0], _marker(raw), photos)
 
     def lookup_many(self, usernames: list[str]) -> tuple[dict[str, DirectoryEntry], list[str]]:
         """Several users in one search (a worker's batch of jobs): (entries found, names

@@ -27,7 +27,7 @@ def accept(services, event: str, username: str, delivery_id: str | None = None) 
         return 200, {"status": "forgotten", "user": username}
     if event not in SYNC_EVENTS:
         return 200, {"status": IGNORED, "user": username, "reason": f"event {event} is not handled"}
-    decision = services.syncer.login_decision(username)
+    decision = services.syncer.debounce.decision(username)
     if decision == DEBOUNCED and event != "user_login":
         decision = None  # a changed user is worth a sync even if it just logged in
     if decision is not None:

@@ -30,7 +30,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import deadlines
-from .config import JiraSettings
+from .config import HttpPhotoSettings, JiraSettings
 from .per_process import PerProcess
 
 # No answer the service asks for is anywhere near this: a page of 1000 users is about 1 MB.
@@ -58,10 +58,13 @@ class Response:
 
 
 class JiraHttp:
-    """Calls to one Jira base URL. Pools are made lazily in each process (after a fork)."""
+    """Calls to one Jira base URL (or, with HttpPhotoSettings, a photo server: the same fields
+    of credentials, TLS and timeouts). Pools are made lazily in each process (after a fork)."""
 
-    def __init__(self, settings: JiraSettings):
-        self.settings = settings
+    def __init__(
+        self, settings: JiraSettings | HttpPhotoSettings, max_body: int = MAX_ANSWER_BYTES, name: str = "Jira"
+    ):
+        self.settings, self.max_body, self.name = settings, max_body, name
         # this process's connection pool and its threads' cookie jars: never a parent's sockets
         self._per_process = PerProcess(lambda: (self._make_pool(), threading.local()))
         self._timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.timeout)
@@ -74,7 +77,7 @@ class JiraHttp:
         }  # XSRF: mutating calls need it (§1.2)
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
-        else:  # sent pre-emptively: Jira never challenges (§6)
+        elif settings.username or settings.password:  # sent pre-emptively: Jira never challenges (§6)
             headers["Authorization"] = _basic(settings.username, settings.password)
         self._headers = headers
 
@@ -151,9 +154,9 @@ class JiraHttp:
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
+            if size > self.max_body:
                 resp.close()
-                raise AnswerTooLarge(f"Jira's answer is over {MAX_ANSWER_BYTES // 2**20} MB")
+                raise AnswerTooLarge(f"{self.name}'s answer is over {self.max_body} bytes")
             chunks.append(chunk)
 
     def _cookie_request(self, url: str) -> urllib.request.Request:

@@ -64,6 +64,8 @@ class Facts:
         """The facts with the photo's hash: of the raw bytes, so that an unchanged photo is
         known before any decoding."""
         photo = entry.photo if entry is not None else None
+        if entry is not None and entry.photo_sha256:  # known unchanged at its source, not sent again
+            return cls(entry, photo_hash=entry.photo_sha256, **known)
         return cls(entry, photo_hash=hashlib.sha256(photo).hexdigest() if photo is not None else None, **known)
 
 
@@ -90,7 +92,7 @@ def decide(facts: Facts) -> Plan:
     entry = facts.entry
     if entry is None:
         return Plan(NOT_IN_DIRECTORY)
-    if entry.photo is None:
+    if not entry.has_photo:
         return _without_photo(facts)
     if facts.jira_user is UNKNOWN:
         return Plan(need=Need.JIRA_VIEW)

@@ -16,21 +16,19 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from cachetools import TTLCache
 from sqlalchemy.engine import Connection
 
 from . import metrics
 from .config import Settings
 from .database import describe_error
+from .debounce import LoginDebounce
 from .directory import DirectoryEntry, DirectoryUnavailable, UserDirectory
 from .exclusions import Exclusions
 from .images import InvalidPhoto, normalize, png_size
 from .jira import JiraClient, JiraError, JiraUser
 from .outcomes import (
-    DEBOUNCED,
     DISABLED,
     FAILED,
-    IGNORED,
     INVALID_PHOTO,
     PHOTO_REMOVED,
     RESTORED,
@@ -38,9 +36,10 @@ from .outcomes import (
     UNCHANGED,
     UPDATED,
 )
+from .photo_sources import PhotoSources
 from .rules import UNKNOWN, Facts, Need, Plan, decide, stale_after
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .store import Store, UserState, user_key
+from .store import Store, UserState
 from .usernames import loggable
 
 log = logging.getLogger(__name__)
@@ -94,40 +93,9 @@ class Syncer:
     def __init__(self, settings: Settings, directories: list[UserDirectory], jira: JiraClient, store: Store):
         self.settings, self.directories, self.jira, self.store = settings, directories, jira, store
         self.exclusions = Exclusions(settings, jira)
-        # Login storms: when each user last synced successfully, per process, in front of the store.
-        self._recent: TTLCache[str, float] = TTLCache(maxsize=100_000, ttl=max(1, settings.login_debounce_seconds))
-        self._recent_lock = threading.Lock()  # cachetools caches are not thread-safe
+        self.photos = PhotoSources(settings, directories, store)
+        self.debounce = LoginDebounce(settings, store)  # login storms
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
-
-    def login_decision(self, username: str) -> str | None:
-        """Login storms: what a login event needs: DISABLED, IGNORED, DEBOUNCED, or None (sync it).
-
-        Debounced: the user's last sync within the window ended in a settled outcome (any
-        but failed): a user without a photo is not looked up again on every request either.
-
-        Jira fires its login event on every authenticated request, the service's own REST
-        calls included, so logins are debounced and the service account is ignored.
-        """
-        if self.settings.sync_disabled:
-            return DISABLED
-        own = self.settings.jira.username
-        if own and username.casefold() == own.casefold():
-            return IGNORED
-        window = self.settings.login_debounce_seconds
-        if window <= 0:
-            return None
-        key = user_key(username)
-        with self._recent_lock:
-            synced_at = self._recent.get(key)
-        if synced_at is None:
-            last = self.store.last_success(username)
-            if last is not None:
-                synced_at = last.timestamp()
-                with self._recent_lock:
-                    self._recent[key] = synced_at
-        if synced_at is not None and time.time() - synced_at < window:
-            return DEBOUNCED
-        return None
 
     def sync_user(
         self,
@@ -249,8 +217,7 @@ class Syncer:
             except Exception:
                 log.exception("could not delete old avatars of %s", loggable(result.username))
         if not result.dry_run and result.outcome in SETTLED:
-            with self._recent_lock:
-                self._recent[user_key(result.username)] = time.time()
+            self.debounce.settled(result.username)
         if not result.dry_run:
             metrics.SYNCS.labels(result.outcome, result.source).inc()
             metrics.SYNC_SECONDS.observe((result.duration_ms or 0) / 1000)
@@ -289,7 +256,7 @@ class Syncer:
         # what is stored first: it says whether an admin excluded the user, before anything is read
         state = None if disabled else self.store.get(username)
         excluded = None if disabled else self.exclusions.reason(username, state)
-        entry = None if disabled or excluded else prefetched or self._find(username)  # directory order
+        entry = None if disabled or excluded else self.photos.find(username, prefetched)  # directory order
         facts = Facts.of(
             entry,
             jira_user=jira_user if jira_user is not None else UNKNOWN,
@@ -300,7 +267,7 @@ class Syncer:
             disabled=disabled,
             excluded=excluded,
             photo_removed=self.settings.photo_removed,
-            attributes=self._attributes(entry) if entry else (),
+            attributes=self.photos.attributes(entry) if entry else (),
         )
         plan = decide(facts)
         while plan.need is not None:  # Jira's view, first or fresh (the state is read above)
@@ -327,7 +294,7 @@ class Syncer:
         state = facts.state if isinstance(facts.state, UserState) else None
         entry, jira_user, photo_hash = facts.entry, facts.jira_user, plan.photo_hash
         # decide() plans a write only for a user with a photo, in Jira, its photo hashed
-        assert entry is not None and entry.photo is not None and isinstance(jira_user, JiraUser) and photo_hash
+        assert entry is not None and entry.has_photo and isinstance(jira_user, JiraUser) and photo_hash
         custom = self.jira.custom_avatars(username) if plan.reuse or plan.finish_interrupted else {}
         done = replace(plan, upload=False)
         if plan.reuse:
@@ -344,8 +311,9 @@ class Syncer:
                 if shown.avatar_id != leftover:
                     self.jira.select_avatar(username, leftover)
             return replace(done, avatar_id=leftover, stale=stale_after(state, leftover))
+        entry = self.photos.download(username, entry)  # where a source said only "not modified"
         try:
-            png = self._normalize(entry.photo)
+            png = self._normalize(entry.photo or b"")
         except InvalidPhoto as exc:
             return Plan(INVALID_PHOTO, reason=f"{entry.photo_attribute} in {entry.directory}: {exc}")
         if dry_run:
@@ -379,11 +347,11 @@ class Syncer:
         """The PNG the next sync would upload for the user: the photo found as a sync finds
         it, made square with the same settings. Reads the directories only; writes nothing.
         Raises NoPreview (with an HTTP status and the reason) or DirectoryUnavailable."""
-        entry = self._find(username)
+        entry = self.photos.find(username, fresh=True)
         if entry is None:
             raise NoPreview(404, "not in any directory")
         if entry.photo is None:
-            raise NoPreview(404, f"no {'/'.join(self._attributes(entry))} in {entry.directory}")
+            raise NoPreview(404, f"no {'/'.join(self.photos.attributes(entry))} in {entry.directory}")
         try:
             return self._normalize(entry.photo)
         except InvalidPhoto as exc:
@@ -395,32 +363,6 @@ class Syncer:
         s = self.settings
         with self._decode_slots:  # memory: config.DEFAULT_MAX_PHOTO_PIXELS says why
             return normalize(photo, s.size, crop=s.crop, max_bytes=s.max_photo_bytes, max_pixels=s.max_photo_pixels)
-
-    def prefetch(self, usernames: list[str]) -> dict[str, DirectoryEntry]:
-        """The entries _find would give a batch of users, in one search per directory (a
-        sweep's jobs, claimed a few at a time). A user left out is looked up alone."""
-        entries, rest = {}, list(usernames)
-        for directory in self.directories:
-            if not rest:
-                break
-            found, absent = directory.lookup_many(rest)
-            entries.update(found)
-            rest = absent  # only a user surely not held here may be sought further down
-        return entries
-
-    def _find(self, username: str) -> DirectoryEntry | None:
-        """First directory holding the user wins; an outage before it raises (directory order)."""
-        for directory in self.directories:
-            entry = directory.lookup(username)
-            if entry is not None:
-                return entry
-        return None
-
-    def _attributes(self, entry: DirectoryEntry) -> tuple[str, ...]:
-        for d in self.directories:
-            if d.name == entry.directory:
-                return d.photo_attributes
-        return self.settings.photo_attributes
 
     @staticmethod
     def _interrupted_upload(state: UserState | None, photo_hash: str, custom: dict[str, str | None]) -> str | None:

@@ -71,7 +71,7 @@ class WorkerPool:
         jobs = self.queue.claim(1)
         if jobs and jobs[0].priority >= SWEEP:
             jobs += self.queue.claim(CLAIM_BATCH - 1, min_priority=SWEEP)
-        entries = self.services.syncer.prefetch([j.username for j in jobs]) if len(jobs) > 1 else {}
+        entries = self.services.syncer.photos.prefetch([j.username for j in jobs]) if len(jobs) > 1 else {}
         read_at = time.monotonic()
         for i, job in enumerate(jobs):
             if i and self.queue.urgent_waiting():  # jobs after the first are sweep jobs

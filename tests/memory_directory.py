@@ -22,9 +22,10 @@ class MemoryDirectory:
     def add(self, username: str, photo: bytes | None = None) -> None:
         """Add the user, or replace the photo (the change marker moves, as an LDAP modify's)."""
         self._changes += 1
+        attribute = self.photo_attributes[0]
         self.users[username.casefold()] = DirectoryEntry(
-            self.name, f"uid={username},ou=memory", photo, self.photo_attributes[0] if photo else None,
-            f"change={self._changes}")
+            self.name, f"uid={username},ou=memory", photo, attribute if photo else None,
+            f"change={self._changes}", ((attribute, photo),) if photo else ())
 
     def remove(self, username: str) -> None:
         self.users.pop(username.casefold(), None)

@@ -444,7 +444,7 @@ def test_mixed_case_directory_names_match_jira_users(tmp_path, slapd, ldap_ou, j
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
     first = rig.sweep()  # (the service account is the one Jira user in no directory)
     assert first["counts"] == {"updated": 1, "not_in_directory": 1}
-    assert rig.services.syncer.login_decision("jdoe") == "debounced"  # one state row for both spellings
+    assert rig.services.syncer.debounce.decision("jdoe") == "debounced"  # one state row for both spellings
     lookups[:] = []
     assert rig.sweep()["counts"] == {"unchanged": 1, "not_in_directory": 1} and lookups == []
 

@@ -369,10 +369,10 @@ def test_prefetch_picks_each_users_entry_as_the_lookup_would(tmp_path, slapd, ld
         slapd.add_user(base, name, jpeg_photo=photo)
     dirs = [slapd_directory(slapd, upper, name="upper"), slapd_directory(slapd, lower, name="lower")]
     syncer = services_for(make_settings(tmp_path, jira.url, dirs)).syncer
-    found = syncer.prefetch(["both", "onlylower", "twin", "nobody"])
+    found = syncer.photos.prefetch(["both", "onlylower", "twin", "nobody"])
     assert {n: (e.directory, e.photo) for n, e in found.items()} == {
         "both": ("upper", b"upper"), "onlylower": ("lower", b"lower")}
 
     dirs[0]["urls"] = [f"ldap://127.0.0.1:{free_port()}"]  # the upper directory is down
     syncer = services_for(make_settings(tmp_path, jira.url, dirs)).syncer
-    assert syncer.prefetch(["both", "onlylower"]) == {}
+    assert syncer.photos.prefetch(["both", "onlylower"]) == {}

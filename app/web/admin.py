@@ -80,6 +80,7 @@ def set_exclusion(username: str):
         raise BadRequest(400, 'give {"excluded": true} or {"excluded": false}')
     svc = services()
     svc.store.set_excluded(_username(username), body["excluded"])
+    svc.syncer.debounce.forget(username)
     return jsonify({"username": username, "exclusion": svc.exclusions.describe(username, svc.store.get(username))})
 
 

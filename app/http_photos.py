@@ -1,0 +1,98 @@
+"""Photos from an HTTP server ([http_photos]): ``GET url`` with the user's name in it. A 404 is
+"no photo here"; 200 is the photo. Each photo's ETag is kept in the database with the hash of
+the bytes it named, so an unchanged photo costs one ``304 Not Modified`` and no transfer, after
+a restart too. Any other answer, or none, makes the sync fail and be retried (as an
+unreachable directory does): a guess could replace a photo with an older one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import urllib3
+from PIL import Image
+from sqlalchemy import Column, Integer, String, Table, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .config import HttpPhotoSettings
+from .directory import DirectoryUnavailable
+from .jira_http import JiraHttp
+from .store import Store, metadata, user_key
+
+log = logging.getLogger(__name__)
+SOURCE = "http_photos"  # its name in the chain, in reasons and in the dashboard
+
+http_photos = Table(
+    "http_photos",
+    metadata,
+    Column("username", String(255), primary_key=True),  # user_key
+    Column("etag", String(255), nullable=False),
+    Column("photo_sha256", String(64), nullable=False),  # of the bytes the tag named
+    Column("pixels", Integer, nullable=False),  # width x height, for prefer = "largest"
+)
+
+
+@dataclass(frozen=True)
+class HttpPhoto:
+    photo: bytes | None  # None: not modified since the tag (the bytes were not sent again)
+    photo_sha256: str
+    pixels: int
+
+
+def pixels_of(photo: bytes) -> int:
+    """Width x height from the image's header (nothing decoded); 0 when it is not an image."""
+    try:
+        with Image.open(io.BytesIO(photo)) as im:
+            return im.size[0] * im.size[1]
+    except Exception:  # noqa: BLE001 - any unreadable header: normalize() says why later
+        return 0
+
+
+class HttpPhotos:
+    def __init__(self, settings: HttpPhotoSettings, store: Store, max_bytes: int):
+        self.settings, self.store = settings, store
+        self.http = JiraHttp(settings, max_body=max_bytes, name="the photo server")
+
+    def url_for(self, username: str) -> str:
+        return self.settings.url.replace("{username}", quote(username, safe=""))
+
+    def fetch(self, username: str, conditional: bool = True, remember: bool = True) -> HttpPhoto | None:
+        """The user's photo, or None (404). ``conditional``: ask with the stored ETag (a 304
+        gives the stored hash and no bytes); ``remember``: store the new tag (a preview does not)."""
+        key = user_key(username)
+        known = self._known(key) if conditional else None
+        headers = {"Accept": "image/*"}
+        if known is not None:
+            headers["If-None-Match"] = known.etag
+        url = self.url_for(username)
+        try:
+            resp = self.http.request("GET", url, headers=headers)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise DirectoryUnavailable(SOURCE, f"GET {url}: {exc}") from None
+        if resp.status == 304 and known is not None:
+            return HttpPhoto(None, known.photo_sha256, known.pixels)
+        if resp.status == 404:
+            return None
+        if resp.status != 200 or not resp.body:
+            raise DirectoryUnavailable(SOURCE, f"GET {url} answered {resp.status} {resp.reason}".strip())
+        photo = HttpPhoto(resp.body, hashlib.sha256(resp.body).hexdigest(), pixels_of(resp.body))
+        etag = resp.headers.get("ETag")
+        if remember and etag and len(etag) <= 255 and (known is None or known.etag != etag):
+            self._remember(key, etag, photo)
+        return photo
+
+    def _known(self, key: str):
+        with self.store.read() as conn:
+            return conn.execute(select(http_photos).where(http_photos.c.username == key)).first()
+
+    def _remember(self, key: str, etag: str, photo: HttpPhoto) -> None:
+        values = {"username": key, "etag": etag, "photo_sha256": photo.photo_sha256, "pixels": photo.pixels}
+        with self.store.transaction(wait=self.store.user_wait) as tx:
+            insert = pg_insert if tx.dialect.name == "postgresql" else sqlite_insert
+            stmt = insert(http_photos).values(values)
+            tx.execute(stmt.on_conflict_do_update(index_elements=["username"], set_=values))
