@@ -133,6 +133,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     for warning in weak_settings(settings):
         report.add("warn", "security", warning)
     _check_directories(services, report)
+    _check_photo_server(services, report)
     _check_jira(services, report)
     where = describe_location(settings.database_url)
     try:
@@ -161,6 +162,17 @@ def _check_directories(services: Services, report: _Report) -> None:
             report.add("ok", f"directory {directory.name}", f"bound as {bind_dn or 'anonymous'}")
         except DirectoryUnavailable as exc:
             report.add("fail", f"directory {directory.name}", exc.reason)
+
+
+def _check_photo_server(services: Services, report: _Report) -> None:
+    http = services.syncer.photos.http
+    if http is None:
+        return
+    try:  # a name no one has: 404 (or a photo) says the server answers and takes the credentials
+        http.fetch("jira-avatar-sync-check", conditional=False, remember=False)
+        report.add("ok", "photo server", f"{http.url_for('<username>')} answers")
+    except DirectoryUnavailable as exc:
+        report.add("fail", "photo server", exc.reason)
 
 
 def _check_jira(services: Services, report: _Report) -> None:

@@ -167,6 +167,11 @@ def weak_settings(settings: Settings) -> list[str]:
             out.append(f"{key}: plain ldap:// without start_tls: the bind password crosses the network unencrypted")
         if not d.verify_tls:
             out.append(f"{key}.verify_tls is false: the directory's certificate is not checked")
+    h = settings.http_photos
+    if h and urlsplit(h.url).scheme == "http" and (h.password or h.token):
+        out.append("http_photos.url is plain http: its credentials cross the network unencrypted")
+    if h and not h.verify_tls:
+        out.append("http_photos.verify_tls is false: the photo server's certificate is not checked")
     # the two secrets this service itself checks, and so the ones guessed against it
     for name, value in (("webhook.secret", settings.webhook.secret), ("admin.token", settings.admin.token)):
         if value and len(value) < MIN_SECRET_LENGTH:

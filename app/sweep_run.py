@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from sqlalchemy import func, select, update
 
@@ -143,6 +144,8 @@ class _Run:
         self._renew()
         if not users:
             return
+        if self.services.settings.http_photos:  # a photo server's changes move no directory marker
+            users = [replace(u, marker=None) for u in users]  # each is asked (a 304 when unchanged)
         # Report rows, jobs and states are all keyed by user_key: 'JDoe' in AD is Jira's 'jdoe'.
         keyed = [(user_key(u.username), u) for u in users]
         with self.store.read() as conn:

@@ -68,6 +68,12 @@ def test_empty_attribute_list_disables():
     ({"AVATAR_SYNC_DATABASE_URL": "state.db"}, "database_url"),
     ({"AVATAR_SYNC_JIRA_LIMITS_SCOPE": "galaxy"}, "jira.limits_scope"),
     ({"AVATAR_SYNC_CROP": "middle"}, "crop"),
+    ({"AVATAR_SYNC_PHOTO_REMOVED": "delete"}, "photo_removed"),
+    ({"AVATAR_SYNC_PREFER": "newest"}, "prefer"),
+    ({"AVATAR_SYNC_HTTP_PHOTOS_URL": "https://photos.example/all.jpg"}, "http_photos.url"),
+    ({"AVATAR_SYNC_HTTP_PHOTOS_URL": "ftp://photos.example/{username}"}, "http_photos.url"),
+    ({"AVATAR_SYNC_HTTP_PHOTOS_URL": "https://p/{username}", "AVATAR_SYNC_HTTP_PHOTOS_POSITION": "middle"},
+     "http_photos.position"),
     ({"AVATAR_SYNC_JIRA_LIMITS_SCOPE": "cluster"}, "jira.limits_scope"),  # SQLite: one machine, no cluster
 ])
 def test_invalid_values_name_the_key(env, key):
@@ -158,3 +164,15 @@ def test_the_sqlite_state_is_created_owner_only(tmp_path):
     assert (tmp_path / "new" / "dir").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "new" / "dir" / "state.db").stat().st_mode & 0o777 == 0o600
     store.dispose()
+
+
+def test_the_controls_from_the_environment():
+    settings = load_settings(env={**BASE_ENV, "AVATAR_SYNC_EXCLUDE_USERS": "CEO, svc-bot",
+                                  "AVATAR_SYNC_EXCLUDE_GROUPS": "no-avatar-sync",
+                                  "AVATAR_SYNC_PHOTO_REMOVED": "user_upload", "AVATAR_SYNC_CROP": "upper",
+                                  "AVATAR_SYNC_HTTP_PHOTOS_URL": "https://hr.example/p/{username}.jpg",
+                                  "AVATAR_SYNC_HTTP_PHOTOS_TOKEN": "t0ken", "AVATAR_SYNC_PREFER": "largest"})
+    assert settings.exclude_users == {"ceo", "svc-bot"} and settings.exclude_groups == ("no-avatar-sync",)
+    assert (settings.photo_removed, settings.crop, settings.prefer) == ("user_upload", "upper", "largest")
+    assert settings.http_photos.token == "t0ken" and settings.http_photos.position == "last"
+    assert "t0ken" not in repr(settings)

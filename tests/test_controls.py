@@ -12,7 +12,8 @@ from app import sweep_run
 from app.worker import WorkerPool
 from tests import photos
 from tests.helpers import make_settings, slapd_directory
-from tests.photos import BLUE, RED
+from tests.photos import BLUE, GREEN, RED
+from tests.rig.photo_server import PhotoServer
 
 WHITE = (255, 255, 255)
 
@@ -217,3 +218,143 @@ def test_cli_sets_an_exclusion_shows_it_and_previews_without_writing(tmp_path, s
     assert run("sync", "tall", config=config).stdout.startswith("tall: updated")
     missing = run("preview", "nobody", "-o", str(tmp_path / "n.png"), config=config)
     assert missing.returncode == 1 and missing.stderr == "nobody: no preview: not in any directory\n"
+
+
+# -- photos from an HTTP server ------------------------------------------------------------------
+
+@pytest.fixture
+def photo_server():
+    with PhotoServer(token="hr-photo-token-0123456789") as server:
+        yield server
+
+
+def http_photos(server, **extra) -> dict:
+    return {"url": server.url, "token": server.token, "timeout": 5, **extra}
+
+
+def test_an_hr_photo_server_first_in_the_chain_wins(controls, slapd, ldap_ou, jira, photo_server):
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.solid(RED, 96))
+    jira.state.add_user("jdoe")
+    photo_server.photos["jdoe"] = photos.solid(GREEN, 400)
+    services = controls(http_photos=http_photos(photo_server, position="first"))
+    result = services.syncer.sync_user("jdoe")
+    assert result.outcome == "updated"
+    assert photos.close(photos.dominant(jira.state.selected_avatar("jdoe").png), GREEN)
+    assert jira.state.selected_avatar("jdoe").image.size == (256, 256)
+
+
+def test_last_in_the_chain_the_server_is_asked_only_for_users_without_a_directory_photo(
+        controls, slapd, ldap_ou, jira, photo_server):
+    slapd.add_user(ldap_ou, "withphoto", jpeg_photo=photos.solid(RED, 96))
+    slapd.add_user(ldap_ou, "without")
+    slapd.add_user(ldap_ou, "nowhere")
+    for name in ("withphoto", "without", "nowhere"):
+        jira.state.add_user(name)
+    photo_server.photos["withphoto"] = photo_server.photos["without"] = photos.solid(GREEN, 200)
+    services = controls(http_photos=http_photos(photo_server))  # position = "last"
+    outcomes = {n: services.syncer.sync_user(n) for n in ("withphoto", "without", "nowhere")}
+    assert photos.close(photos.dominant(jira.state.selected_avatar("withphoto").png), RED)
+    assert photo_server.count("withphoto") == 0  # a photo came before the server in the chain
+    assert photos.close(photos.dominant(jira.state.selected_avatar("without").png), GREEN)
+    assert outcomes["nowhere"].outcome == "no_photo"  # a 404 means "no photo here"
+    assert outcomes["nowhere"].reason == "no thumbnailPhoto/jpegPhoto/http_photos in openldap"
+
+
+def test_prefer_largest_across_attributes_and_the_server(controls, slapd, ldap_ou, jira, photo_server):
+    slapd.add_user(ldap_ou, "jdoe", thumbnail_photo=photos.solid(RED, 96), jpeg_photo=photos.solid(BLUE, 300))
+    jira.state.add_user("jdoe")
+    photo_server.photos["jdoe"] = photos.solid(GREEN, 200)
+    services = controls(prefer="largest", http_photos=http_photos(photo_server, position="first"))
+    assert services.syncer.sync_user("jdoe").outcome == "updated"
+    assert photos.close(photos.dominant(jira.state.selected_avatar("jdoe").png), BLUE)  # 300 px beats 200, 96
+    photo_server.photos["jdoe"] = photos.solid(GREEN, 480)
+    assert services.syncer.sync_user("jdoe").outcome == "updated"
+    assert photos.close(photos.dominant(jira.state.selected_avatar("jdoe").png), GREEN)
+
+
+def test_an_unchanged_photo_costs_one_304_even_after_a_restart(controls, slapd, ldap_ou, jira, photo_server):
+    slapd.add_user(ldap_ou, "jdoe")
+    jira.state.add_user("jdoe")
+    photo_server.photos["jdoe"] = photos.photo(300, 300)
+    assert controls(http_photos=http_photos(photo_server)).syncer.sync_user("jdoe").outcome == "updated"
+    writes = jira.state.writes()
+    restarted = controls(http_photos=http_photos(photo_server))  # a new process: the tag is in the database
+    assert restarted.syncer.sync_user("jdoe").outcome == "unchanged"
+    assert photo_server.count("jdoe", 304) == 1 and photo_server.count("jdoe", 200) == 1
+    assert jira.state.writes() == writes
+    # Jira lost our avatar: the bytes are fetched again (the 304 carried none) and uploaded
+    jira.state.users["jdoe"].avatar_property = None
+    for avatar_id in list(jira.state.avatars):
+        if jira.state.avatars[avatar_id].owner == jira.state.users["jdoe"].key:
+            del jira.state.avatars[avatar_id]
+    assert restarted.syncer.sync_user("jdoe").outcome == "restored"
+    assert photo_server.count("jdoe", 200) == 2
+    photo_server.photos["jdoe"] = photos.solid(GREEN, 300)  # a new photo on the server
+    assert restarted.syncer.sync_user("jdoe").outcome == "updated"
+    assert photos.close(photos.dominant(jira.state.selected_avatar("jdoe").png), GREEN)
+
+
+def test_a_failing_or_refusing_photo_server_fails_the_sync_and_writes_nothing(
+        controls, slapd, ldap_ou, jira, photo_server):
+    slapd.add_user(ldap_ou, "jdoe")
+    jira.state.add_user("jdoe")
+    photo_server.photos["jdoe"] = photos.photo()
+    photo_server.failing = 503
+    result = controls(http_photos=http_photos(photo_server)).syncer.sync_user("jdoe")
+    assert result.outcome == "failed" and result.retryable and "answered 503" in result.reason
+    photo_server.failing = None
+    refused = controls(http_photos=http_photos(photo_server, token="wrong")).syncer.sync_user("jdoe")
+    assert refused.outcome == "failed" and "answered 401" in refused.reason and "wrong" not in refused.reason
+    assert jira.state.writes() == 0
+
+
+def test_a_repeat_sweep_asks_the_server_once_per_user_and_writes_nothing(
+        controls, slapd, ldap_ou, jira, photo_server):
+    names = [f"hr{i}" for i in range(6)]
+    for name in names:
+        slapd.add_user(ldap_ou, name)
+        jira.state.add_user(name)
+        photo_server.photos[name] = photos.photo(200, 200)
+    services = controls(http_photos=http_photos(photo_server))
+    assert run_sweep(services)["updated"] == 6
+    writes = jira.state.writes()
+    photo_server.photos["hr0"] = photos.solid(GREEN, 200)  # changed on the server, not in the directory
+    counts = run_sweep(services)
+    assert counts["unchanged"] == 5 and counts["updated"] == 1
+    assert all(photo_server.count(n, 304) == 1 for n in names[1:]) and photo_server.count("hr0", 200) == 2
+    assert jira.state.writes() == writes + 3 + 1  # hr0: upload, crop-confirm, select; its old avatar deleted
+
+
+def test_check_says_whether_the_photo_server_answers_and_takes_the_credentials(
+        tmp_path, slapd, ldap_ou, jira, photo_server):
+    from tests.test_cli import run, slapd_toml, write_config
+    table = f'[http_photos]\nurl = "{photo_server.url}"\ntoken = "TOKEN"'
+    good = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra=table.replace("TOKEN", photo_server.token))
+    checked = run("check", config=good)
+    assert checked.returncode == 0 and "photo server: http://127.0.0.1" in checked.stdout, checked.stdout
+    bad = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra=table.replace("TOKEN", "wrong-token"))
+    refused = run("check", config=bad)
+    assert refused.returncode == 1 and "FAIL photo server: GET" in refused.stdout and "answered 401" in refused.stdout
+    assert "wrong-token" not in refused.stdout
+
+
+def test_preview_fetches_the_server_photo_without_keeping_its_tag(controls, slapd, ldap_ou, jira, photo_server):
+    from app.http_photos import http_photos as tags
+    slapd.add_user(ldap_ou, "jdoe")
+    photo_server.photos["jdoe"] = photos.solid(GREEN, 120)
+    services = controls(http_photos=http_photos(photo_server))
+    assert photos.close(photos.dominant(services.syncer.preview("jdoe")), GREEN)
+    with services.store.read() as conn:
+        assert conn.execute(tags.select()).first() is None
+
+
+def test_active_directorys_96_px_thumbnail_loses_to_the_hr_server(tmp_path, samba, ad_ou, jira, services_for,
+                                                                  photo_server):
+    from tests.helpers import samba_directory
+    samba.add_user(ad_ou, "adhr", thumbnail_photo=photos.solid(RED, 96))
+    jira.state.add_user("adhr")
+    photo_server.photos["adhr"] = photos.solid(GREEN, 400)
+    settings = make_settings(tmp_path, jira.url, [samba_directory(ad_ou)], prefer="largest",
+                             http_photos=http_photos(photo_server))
+    assert services_for(settings).syncer.sync_user("adhr").outcome == "updated"
+    assert photos.close(photos.dominant(jira.state.selected_avatar("adhr").png), GREEN)
