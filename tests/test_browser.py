@@ -93,6 +93,8 @@ def test_dashboard_in_a_real_browser(service, jira):
             page.goto(served.url + "/")
             page.wait_for_selector("#checks li.check")
             assert page.locator("#status").inner_text() == "ready"
+            assert "crop center · prefer first · photo removed: keep · no photo server" in page.locator(
+                "#controls").inner_text()
             assert page.locator("#checks .light.ok").count() == 3  # the directory, Jira, the database
 
             # a dry run: the progress bar reaches 100 % and the problems fill in

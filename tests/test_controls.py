@@ -198,26 +198,34 @@ def test_a_sweep_asks_again_about_users_excluded_by_the_configuration(controls, 
 
 # -- the doors: CLI, admin API ---------------------------------------------------------------------
 
+def cli(config, *args):
+    """The command line in this process (tests/test_cli.py runs the installed script itself)."""
+    from click.testing import CliRunner
+
+    from app.cli import main
+    return CliRunner().invoke(main, ["--config", str(config), *args])
+
+
 def test_cli_sets_an_exclusion_shows_it_and_previews_without_writing(tmp_path, slapd, ldap_ou, jira):
-    from tests.test_cli import run, slapd_toml, write_config
+    from tests.test_cli import slapd_toml, write_config
     slapd.add_user(ldap_ou, "tall", jpeg_photo=portrait())
     jira.state.add_user("tall")
     config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra='crop = "upper"')
-    assert run("exclusion", "tall", "--on", config=config).stdout == "tall: excluded (opted out by an admin)\n"
-    synced = run("sync", "tall", config=config)
-    assert synced.stdout == "tall: excluded (opted out by an admin)\n" and synced.returncode == 0
-    shown = json.loads(run("exclusion", "tall", "--json", config=config).stdout)
+    assert cli(config, "exclusion", "tall", "--on").stdout == "tall: excluded (opted out by an admin)\n"
+    synced = cli(config, "sync", "tall")
+    assert synced.stdout == "tall: excluded (opted out by an admin)\n" and synced.exit_code == 0
+    shown = json.loads(cli(config, "exclusion", "tall", "--json").stdout)
     assert shown["exclusion"] == {"excluded": True, "excluded_by_any": True, "reason": "opted out by an admin"}
     out = tmp_path / "tall.png"
-    previewed = run("preview", "tall", "-o", str(out), config=config)
-    assert previewed.returncode == 0, previewed.stderr
+    previewed = cli(config, "preview", "tall", "-o", str(out))
+    assert previewed.exit_code == 0, previewed.output
     image = Image.open(out).convert("RGB")  # the upper square, as a sync would upload it
     assert image.size == (200, 200) and photos.close(image.getpixel((100, 20)), WHITE)
     assert jira.state.writes() == 0
-    assert run("exclusion", "tall", "--off", config=config).stdout == "tall: not excluded\n"
-    assert run("sync", "tall", config=config).stdout.startswith("tall: updated")
-    missing = run("preview", "nobody", "-o", str(tmp_path / "n.png"), config=config)
-    assert missing.returncode == 1 and missing.stderr == "nobody: no preview: not in any directory\n"
+    assert cli(config, "exclusion", "tall", "--off").stdout == "tall: not excluded\n"
+    assert cli(config, "sync", "tall").stdout.startswith("tall: updated")
+    missing = cli(config, "preview", "nobody", "-o", str(tmp_path / "n.png"))
+    assert missing.exit_code == 1 and missing.stderr == "nobody: no preview: not in any directory\n"
 
 
 # -- photos from an HTTP server ------------------------------------------------------------------
@@ -327,14 +335,14 @@ def test_a_repeat_sweep_asks_the_server_once_per_user_and_writes_nothing(
 
 def test_check_says_whether_the_photo_server_answers_and_takes_the_credentials(
         tmp_path, slapd, ldap_ou, jira, photo_server):
-    from tests.test_cli import run, slapd_toml, write_config
+    from tests.test_cli import slapd_toml, write_config
     table = f'[http_photos]\nurl = "{photo_server.url}"\ntoken = "TOKEN"'
     good = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra=table.replace("TOKEN", photo_server.token))
-    checked = run("check", config=good)
-    assert checked.returncode == 0 and "photo server: http://127.0.0.1" in checked.stdout, checked.stdout
+    checked = cli(good, "check")
+    assert checked.exit_code == 0 and "photo server: http://127.0.0.1" in checked.stdout, checked.stdout
     bad = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra=table.replace("TOKEN", "wrong-token"))
-    refused = run("check", config=bad)
-    assert refused.returncode == 1 and "FAIL photo server: GET" in refused.stdout and "answered 401" in refused.stdout
+    refused = cli(bad, "check")
+    assert refused.exit_code == 1 and "FAIL photo server: GET" in refused.stdout and "answered 401" in refused.stdout
     assert "wrong-token" not in refused.stdout
 
 
