@@ -266,3 +266,7 @@ def main() -> None:
         ldap.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

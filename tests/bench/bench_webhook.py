@@ -67,7 +67,7 @@ def start_gunicorn(config: Path, port: int, log: Path, env_extra: dict) -> subpr
         try:
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
                 return proc
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or its workers still booting
             time.sleep(0.1)
     raise SystemExit("gunicorn did not start: " + log.read_text()[-2000:])
 
