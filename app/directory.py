@@ -2,7 +2,8 @@
 
 Connections are created lazily (never at import or in create_app, so gunicorn can fork),
 kept in a small per-process pool, borrowed by one thread at a time, re-opened once when the
-server dropped them, and fail over across a directory's URLs in order. Every username is
+server dropped them; app/ldap_connect.py opens them, failing over across a directory's URLs in
+order. Every username is
 escaped (RFC 4515) before it enters a filter. Photos are read as raw bytes.
 """
 
@@ -10,36 +11,25 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
-from . import deadlines
 from .config import DirectorySettings
-from .metrics import LDAP_ERRORS
+from .ldap_connect import DirectoryUnavailable as DirectoryUnavailable  # where the doors import it from
+from .ldap_connect import connect, deadline
 from .per_process import PerProcess
 
 log = logging.getLogger(__name__)
 
 # A longer "username" cannot be a Jira user; don't send it to the directory at all.
 MAX_USERNAME_LENGTH = 255
-
-
-class DirectoryUnavailable(Exception):
-    """The directory could not answer (down, bind refused, timeout). Retry later."""
-
-    def __init__(self, directory: str, reason: str):
-        super().__init__(f"directory {directory}: {reason}")
-        self.directory, self.reason = directory, reason
-        LDAP_ERRORS.labels(directory).inc()  # raised wherever a directory call failed: counted once, here
 
 
 # Change markers: uSNChanged (AD, per DC), entryCSN (OpenLDAP, to the microsecond),
@@ -205,7 +195,7 @@ class Directory:
         s = self.settings
         username_attr = s.username_attribute.lower()
         attributes = [s.username_attribute, *MARKER_ATTRIBUTES]
-        conn = self._connect()
+        conn = connect(self.settings)
         try:
             for entry in self._pages(conn, s.user_filter, attributes, SWEEP_PAGE_SIZE):
                 raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
@@ -220,7 +210,7 @@ class Directory:
 
     def check(self) -> None:
         """Bind once (a fresh connection); raise DirectoryUnavailable with the reason."""
-        conn = self._connect()
+        conn = connect(self.settings)
         try:
             conn.unbind()
         except LDAPException:
@@ -242,7 +232,7 @@ class Directory:
         for attempt in (1, 2):
             with self._connection(fresh=attempt == 2) as conn:
                 try:
-                    with self._deadline(conn):
+                    with deadline(conn, self.settings):
                         conn.search(
                             s.base_dn,
                             search_filter,
@@ -283,7 +273,7 @@ class Directory:
         cookie = None
         while True:
             try:
-                with self._deadline(conn):
+                with deadline(conn, self.settings):
                     conn.search(
                         s.base_dn,
                         search_filter,
@@ -305,19 +295,6 @@ class Directory:
                 return
 
     @contextmanager
-    def _deadline(self, conn: ldap3.Connection):
-        """One LDAP operation within connect_timeout + timeout, however slowly the server
-        drips its answer (app/deadlines.py); past it the connection is shut and dropped."""
-        seconds = self.settings.connect_timeout + self.settings.timeout
-        with deadlines.guard(conn.socket, seconds) as guard:
-            try:
-                yield
-            except LDAPException:
-                if guard.fired:
-                    raise _TooSlow(f"no answer within {seconds:g}s") from None
-                raise
-
-    @contextmanager
     def _connection(self, fresh: bool = False) -> Iterator[ldap3.Connection]:
         idle, slots = self._pool.get()  # a forked child's own: the parent's sockets are never used
         if not slots.acquire(timeout=self.settings.timeout * 2):
@@ -330,7 +307,7 @@ class Directory:
                 except queue.Empty:
                     conn = None
             if conn is None or conn.closed:
-                conn = self._connect()
+                conn = connect(self.settings)
             conn.broken = False
             yield conn
         finally:
@@ -341,87 +318,11 @@ class Directory:
                     idle.put(conn)
             slots.release()
 
-    def _connect(self) -> ldap3.Connection:
-        """Open and bind a connection, trying each URL in order (fail-over)."""
-        errors = []
-        for url in self.settings.urls:
-            try:
-                return self._connect_one(url)
-            except _BindRefused as exc:
-                # Wrong credentials are wrong on every server: do not hammer the others.
-                raise DirectoryUnavailable(self.name, str(exc)) from None
-            except (LDAPException, OSError, ssl.SSLError) as exc:
-                errors.append(f"{url}: {exc}")
-                log.warning("directory %s: cannot use %s: %s", self.name, url, exc)
-        raise DirectoryUnavailable(self.name, "no server reachable (" + "; ".join(errors) + ")")
-
-    def _connect_one(self, url: str) -> ldap3.Connection:
-        s = self.settings
-        parts = urlsplit(url)
-        use_ssl = parts.scheme == "ldaps"
-        tls = None
-        if use_ssl or s.start_tls:
-            tls = ldap3.Tls(
-                validate=ssl.CERT_REQUIRED if s.verify_tls else ssl.CERT_NONE,
-                ca_certs_file=s.ca_file or None,
-                version=None,
-            )
-        # A new Server per attempt: a failed open marks a shared Server unusable for ~5 s.
-        server = ldap3.Server(
-            parts.hostname,
-            port=parts.port or (636 if use_ssl else 389),
-            use_ssl=use_ssl,
-            tls=tls,
-            get_info=ldap3.NONE,
-            connect_timeout=s.connect_timeout,
-        )
-        # SYNC, not SAFE_SYNC: a connection is lent to one thread at a time (above), and
-        # SAFE_SYNC deep-copies every response, a tenth of a lookup's CPU.
-        conn = ldap3.Connection(
-            server,
-            user=s.bind_dn or None,
-            password=s.bind_password or None,
-            client_strategy=ldap3.SYNC,
-            receive_timeout=int(s.timeout),
-            read_only=True,
-            raise_exceptions=False,
-            auto_referrals=False,
-        )
-        conn.open()
-        with self._deadline(conn):
-            if s.start_tls and not use_ssl:
-                conn.start_tls()
-            bound = conn.bind()
-        if not bound:
-            description = (conn.result or {}).get("description", "bind failed")
-            try:
-                conn.unbind()
-            except LDAPException:
-                pass
-            if description in (
-                "invalidCredentials",
-                "inappropriateAuthentication",
-                "insufficientAccessRights",
-                "confidentialityRequired",
-                "strongerAuthRequired",
-            ):
-                raise _BindRefused(f"bind as {s.bind_dn or 'anonymous'} refused: {description}")
-            raise LDAPException(f"bind failed: {description}")
-        return conn
-
     def _discard(self, conn: ldap3.Connection) -> None:
         try:
             conn.unbind()
         except Exception:  # noqa: BLE001 - the socket may be gone already
             pass
-
-
-class _BindRefused(Exception):
-    pass
-
-
-class _TooSlow(LDAPException):
-    """The server took longer than the whole operation may (not worth a second try)."""
 
 
 def build_directories(settings) -> list[UserDirectory]:

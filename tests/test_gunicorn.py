@@ -30,7 +30,8 @@ def test_signed_login_selects_the_avatar(service, slapd, ldap_ou, jira):
     assert r.status_code == 202 and r.json() == {"status": "queued", "user": "jdoe"}
     wait_until(lambda: synced(jira, "jdoe"), 10, "the avatar to be selected")
     print(f"login -> avatar selected in {(time.monotonic() - started) * 1000:.0f} ms")
-    assert service.user("jdoe").json()["state"]["last_outcome"] == "updated"
+    # the outcome is recorded just after Jira confirmed the select: a moment later
+    wait_until(lambda: service.user("jdoe").json()["state"]["last_outcome"] == "updated", 10, "the outcome recorded")
     again = service.login("jdoe")
     assert again.status_code == 200 and again.json()["status"] == "debounced"
 
