@@ -18,7 +18,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, logs, sweep_run
-from .config import ConfigError, load_settings, weak_settings
+from .config import ConfigError, load_settings
 from .database import describe_error, describe_location
 from .directory import DirectoryUnavailable
 from .factory import require_webhook_auth
@@ -27,6 +27,7 @@ from .outcomes import SweepStatus
 from .schema import SchemaMismatch
 from .services import Services, build_services
 from .sweep import SweepConflict
+from .weak_settings import weak_settings
 from .worker import WorkerPool
 
 

@@ -12,10 +12,11 @@ from flask import Flask, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import logs
-from .config import ConfigError, Settings, load_settings, weak_settings
+from .config import ConfigError, Settings, load_settings
 from .database import describe_error
 from .services import build_services
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
+from .weak_settings import weak_settings
 from .web import admin, dashboard, health, hooks, metrics
 from .web.auth import EXTENSION
 from .web.hooks import RETRY_AFTER_SECONDS
