@@ -17,7 +17,7 @@ import time
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, logs, sweep_run
+from . import __version__, jira_users, logs, sweep_run
 from .config import ConfigError, load_settings
 from .database import describe_error, describe_location
 from .directory import DirectoryUnavailable
@@ -136,6 +136,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     _check_directories(services, report)
     _check_photo_server(services, report)
     _check_jira(services, report)
+    _check_exclude_groups(services, report)
     where = describe_location(settings.database_url)
     try:
         services.store.check_writable()
@@ -174,6 +175,20 @@ def _check_photo_server(services: Services, report: _Report) -> None:
         report.add("ok", "photo server", f"{http.url_for('<username>')} answers")
     except DirectoryUnavailable as exc:
         report.add("fail", "photo server", exc.reason)
+
+
+def _check_exclude_groups(services: Services, report: _Report) -> None:
+    groups = list(services.settings.exclude_groups)
+    if not groups:
+        return
+    try:
+        members, missing = jira_users.group_members(services.jira, groups, inactive=True)
+    except JiraError as exc:
+        report.add("fail", "exclude_groups", f"cannot read them: {exc}")
+        return
+    if missing:  # nobody of those is excluded: worth fixing, not worth refusing to start
+        report.add("warn", "exclude_groups", f"Jira has no group {', '.join(map(repr, missing))}")
+    report.add("ok", "exclude_groups", f"{len(members)} users excluded by {len(groups) - len(missing)} groups")
 
 
 def _check_jira(services: Services, report: _Report) -> None:

@@ -346,6 +346,17 @@ def test_check_says_whether_the_photo_server_answers_and_takes_the_credentials(
     assert "wrong-token" not in refused.stdout
 
 
+def test_check_counts_who_exclude_groups_excludes_and_names_a_group_jira_lacks(tmp_path, slapd, ldap_ou, jira):
+    from tests.test_cli import slapd_toml, write_config
+    jira.state.add_user("ann", groups=("jira-software-users", "no-avatar-sync"))
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou),
+                          extra='exclude_groups = ["no-avatar-sync", "no-such-group"]')
+    checked = cli(config, "check")
+    assert checked.exit_code == 0, checked.stdout  # a warning, not a failure
+    assert "warn exclude_groups: Jira has no group 'no-such-group'" in checked.stdout
+    assert "ok   exclude_groups: 1 users excluded by 1 groups" in checked.stdout
+
+
 def test_preview_fetches_the_server_photo_without_keeping_its_tag(controls, slapd, ldap_ou, jira, photo_server):
     from app.http_photos import http_photos as tags
     slapd.add_user(ldap_ou, "jdoe")
