@@ -17,7 +17,7 @@ import time
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, jira_users, logs, sweep_run
+from . import __version__, logs, sweep_run
 from .config import ConfigError, load_settings
 from .database import describe_error, describe_location
 from .directory import DirectoryUnavailable
@@ -178,11 +178,11 @@ def _check_photo_server(services: Services, report: _Report) -> None:
 
 
 def _check_exclude_groups(services: Services, report: _Report) -> None:
-    groups = list(services.settings.exclude_groups)
+    groups = services.settings.exclude_groups
     if not groups:
         return
     try:
-        members, missing = jira_users.group_members(services.jira, groups, inactive=True)
+        members, missing = services.exclusions.read_groups()
     except JiraError as exc:
         report.add("fail", "exclude_groups", f"cannot read them: {exc}")
         return

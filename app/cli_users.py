@@ -46,10 +46,10 @@ def sync(ctx: click.Context, username: str, force: bool, dry_run: bool, as_json:
 @click.pass_context
 def exclusion(ctx: click.Context, username: str, excluded: bool | None, as_json: bool) -> None:
     """Show whether USER is excluded (and why); --on / --off sets an admin's opt-out."""
-    services = _services(ctx)
+    services, username = _services(ctx), _user(username)
     if excluded is not None:
-        services.store.set_excluded(_user(username), excluded)
-    described = services.exclusions.describe(_user(username), services.store.get(username))
+        services.store.set_excluded(username, excluded)
+    described = services.exclusions.describe(username, services.store.get(username))
     if as_json:
         _print_json({"username": username, "exclusion": described})
     else:

@@ -51,21 +51,20 @@ class Exclusions:
         """The excluded group holding the user, from a copy at most GROUPS_CACHE_SECONDS old."""
         with self._lock:  # one reader refreshes; the others wait for its answer
             if time.monotonic() - self._read_at > GROUPS_CACHE_SECONDS:
-                self._members = self._read_groups()
+                self._members, missing = self.read_groups()
+                for group in missing:
+                    log.warning("exclude_groups: Jira has no group %r (or will not list it to the service)", group)
                 self._read_at = time.monotonic()
             return self._members.get(key)
 
-    def _read_groups(self) -> dict[str, str]:
+    def read_groups(self) -> tuple[dict[str, str], list[str]]:
+        """Every member of exclude_groups (inactive ones too), each with the first group that
+        holds it; and the groups Jira does not have. Read now, not from the cache (`check`)."""
         members: dict[str, str] = {}
+        missing: list[str] = []
         for group in self.settings.exclude_groups:  # one at a time: each member named by its group
-            users, missing = jira_users.group_members(self.jira, [group], inactive=True)
-            if missing:
-                log.warning("exclude_groups: Jira has no group %r (or will not list it to the service)", group)
+            users, unknown = jira_users.group_members(self.jira, [group], inactive=True)
+            missing += unknown
             for key in users:
                 members.setdefault(key, group)
-        return members
-
-    def forget(self) -> None:
-        """Read the groups afresh at the next question (an admin asked to, or tests)."""
-        with self._lock:
-            self._read_at = float("-inf")
+        return members, missing

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -24,7 +23,6 @@ from .directory import DirectoryUnavailable
 from .jira_http import JiraHttp
 from .store import Store, metadata, user_key
 
-log = logging.getLogger(__name__)
 SOURCE = "http_photos"  # its name in the chain, in reasons and in the dashboard
 
 http_photos = Table(

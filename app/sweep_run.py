@@ -26,7 +26,7 @@ from . import jira_users
 from .database import describe_error
 from .directory import DirectoryUnavailable
 from .jira import JiraError, JiraUser
-from .outcomes import EXCLUDED, NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
+from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .store import user_key, utcnow
 from .sweep import FAILED_SWEEP, FINISHED, RUNNING, insert_items, sweep_items, sweeps
@@ -256,8 +256,6 @@ def _still_settled(user, state, jira_user: JiraUser | None) -> bool:
         return False
     if state.last_outcome == NOT_IN_JIRA:
         return False  # Jira may have the user by now; only reading Jira (done before) tells
-    if state.last_outcome == EXCLUDED:
-        return False  # exclude_users or exclude_groups may have changed since: ask again
     if state.last_outcome in SUCCESSES:
         # our picture must still be the one shown; without a bulk read we cannot know: sync it
         return jira_user is not None and jira_user.avatar_id == state.avatar_id

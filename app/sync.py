@@ -91,7 +91,7 @@ class Verdict:
 
 class Syncer:
     def __init__(self, settings: Settings, directories: list[UserDirectory], jira: JiraClient, store: Store):
-        self.settings, self.directories, self.jira, self.store = settings, directories, jira, store
+        self.settings, self.jira, self.store = settings, jira, store
         self.exclusions = Exclusions(settings, jira)
         self.photos = PhotoSources(settings, directories, store)
         self.debounce = LoginDebounce(settings, store)  # login storms
@@ -256,7 +256,9 @@ class Syncer:
         # what is stored first: it says whether an admin excluded the user, before anything is read
         state = None if disabled else self.store.get(username)
         excluded = None if disabled else self.exclusions.reason(username, state)
-        entry = None if disabled or excluded else self.photos.find(username, prefetched)  # directory order
+        # directory order; an excluded user's entry is not read, so no change marker is stored for
+        # them and every sweep asks again (exclude_users or exclude_groups may have changed)
+        entry = None if disabled or excluded else self.photos.find(username, prefetched)
         facts = Facts.of(
             entry,
             jira_user=jira_user if jira_user is not None else UNKNOWN,

@@ -18,7 +18,9 @@ import pytest
 import requests
 import sqlalchemy
 
+from app import sweep_run
 from app.config import settings_from_dict
+from app.worker import WorkerPool
 from tests import photos
 from tests.rig import samba as samba_rig
 from tests.rig import slapd as slapd_rig
@@ -184,3 +186,16 @@ def signed(body: bytes, secret: str = SECRET) -> dict:
     """Headers of a webhook signed as Jira DC 10+ signs it."""
     return {"Content-Type": "application/json",
             "X-Hub-Signature": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+
+
+def run_sweep(services, threads: int = 2, **start) -> dict:
+    """A whole sweep in this process, queue workers included (``start``: dry_run, full); its
+    summary."""
+    sweep_id = services.sweeps.start(**start)
+    assert sweep_run.take_over(services) == sweep_id
+    pool = WorkerPool(services, threads=threads, poll_seconds=0.05).start()
+    try:
+        sweep_run.run(services, sweep_id)
+    finally:
+        pool.stop()
+    return services.sweeps.summary(sweep_id)

@@ -8,10 +8,8 @@ import json
 import pytest
 from PIL import Image
 
-from app import sweep_run
-from app.worker import WorkerPool
 from tests import photos
-from tests.helpers import make_settings, slapd_directory
+from tests.helpers import make_settings, run_sweep, slapd_directory
 from tests.photos import BLUE, GREEN, RED
 from tests.rig.photo_server import PhotoServer
 
@@ -27,16 +25,8 @@ def controls(tmp_path, slapd, ldap_ou, jira, services_for):
     return build
 
 
-def run_sweep(services) -> dict:
-    """A whole sweep in this process, workers included; its count per outcome."""
-    sweep_id = services.sweeps.start()
-    assert sweep_run.take_over(services) == sweep_id
-    pool = WorkerPool(services, threads=2, poll_seconds=0.05).start()
-    try:
-        sweep_run.run(services, sweep_id)
-    finally:
-        pool.stop()
-    return services.sweeps.summary(sweep_id)["counts"]
+def sweep_counts(services) -> dict:
+    return run_sweep(services)["counts"]
 
 
 def portrait() -> bytes:
@@ -126,7 +116,7 @@ def test_photo_removed_keeps_a_picture_the_user_chose_and_deletes_only_ours(cont
 def test_photo_removed_in_a_sweep_reads_jira_afresh_before_writing(controls, slapd, ldap_ou, jira):
     services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira, photo_removed="default")
     jira.state.version = "11.0.0"  # a bulk read of every user: its view is a hint, never a reason to write
-    assert run_sweep(services)["photo_removed"] == 1
+    assert sweep_counts(services)["photo_removed"] == 1
     assert jira.state.users["jdoe"].avatar_property is None and ours not in jira.state.avatars
     assert jira.state.count("GET /user", "jdoe") >= 1  # read alone before the writes
 
@@ -181,10 +171,10 @@ def test_a_sweep_reports_excluded_users_and_writes_nothing_of_theirs(controls, s
         jira.state.add_user(name)
     services = controls()
     services.store.set_excluded("keeper", True)
-    assert run_sweep(services) == {"excluded": 1, "updated": 1, "not_in_directory": 1}  # the last: Jira's admin
+    assert sweep_counts(services) == {"excluded": 1, "updated": 1, "not_in_directory": 1}  # the last: Jira's admin
     assert jira.state.created_for("keeper") == 0
     services.store.set_excluded("keeper", False)  # the next sweep looks at the user again
-    assert run_sweep(services) == {"unchanged": 1, "updated": 1, "not_in_directory": 1}
+    assert sweep_counts(services) == {"unchanged": 1, "updated": 1, "not_in_directory": 1}
     assert jira.state.created_for("keeper") == 1
 
 
@@ -192,8 +182,8 @@ def test_a_sweep_asks_again_about_users_excluded_by_the_configuration(controls, 
     """exclude_users can change between sweeps without the user's entry changing."""
     slapd.add_user(ldap_ou, "keeper", jpeg_photo=photos.photo())
     jira.state.add_user("keeper")
-    assert run_sweep(controls(exclude_users=["keeper"])).get("excluded") == 1
-    assert run_sweep(controls()).get("updated") == 1  # taken off the list: synced at the next sweep
+    assert sweep_counts(controls(exclude_users=["keeper"])).get("excluded") == 1
+    assert sweep_counts(controls()).get("updated") == 1  # taken off the list: synced at the next sweep
 
 
 # -- the doors: CLI, admin API ---------------------------------------------------------------------
@@ -324,10 +314,10 @@ def test_a_repeat_sweep_asks_the_server_once_per_user_and_writes_nothing(
         jira.state.add_user(name)
         photo_server.photos[name] = photos.photo(200, 200)
     services = controls(http_photos=http_photos(photo_server))
-    assert run_sweep(services)["updated"] == 6
+    assert sweep_counts(services)["updated"] == 6
     writes = jira.state.writes()
     photo_server.photos["hr0"] = photos.solid(GREEN, 200)  # changed on the server, not in the directory
-    counts = run_sweep(services)
+    counts = sweep_counts(services)
     assert counts["unchanged"] == 5 and counts["updated"] == 1
     assert all(photo_server.count(n, 304) == 1 for n in names[1:]) and photo_server.count("hr0", 200) == 2
     assert jira.state.writes() == writes + 3 + 1  # hr0: upload, crop-confirm, select; its old avatar deleted

@@ -124,6 +124,8 @@ def test_every_outcome_the_rules_decide_has_a_row():
 
 
 def test_nothing_is_read_that_the_rules_do_not_need():
-    """A user with no photo costs no Jira call and no database read."""
+    """decide() asks nothing more of a user with no photo (no Jira call): with photo_removed at
+    "keep", Jira is not asked about them at all (the sync reads their stored state up front,
+    for an admin's opt-out)."""
     assert decide(facts(entry=NO_PHOTO_ENTRY)).need is None
     assert decide(facts(entry=None, jira_user=UNKNOWN, state=UNKNOWN)).need is None

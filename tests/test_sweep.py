@@ -15,7 +15,7 @@ from app.sweep import SweepConflict
 from app.sweep import sweeps as sweeps_table
 from app.worker import WorkerPool
 from tests import photos
-from tests.helpers import JIRA_USER, make_settings, samba_directory, slapd_directory
+from tests.helpers import JIRA_USER, make_settings, run_sweep, samba_directory, slapd_directory
 
 N_USERS = 1100  # > 2 pages of 500; the service account may see only 5 entries unpaged
 
@@ -46,14 +46,7 @@ class Rig:
         self.sweeps = services.sweeps
 
     def sweep(self, **kw) -> dict:
-        sweep_id = self.sweeps.start(**kw)
-        assert sweep_run.take_over(self.services) == sweep_id
-        pool = WorkerPool(self.services, threads=4, poll_seconds=0.05).start()
-        try:
-            sweep_run.run(self.services, sweep_id)
-        finally:
-            pool.stop()
-        return self.sweeps.summary(sweep_id)
+        return run_sweep(self.services, threads=4, **kw)
 
 
 def build(tmp_path, jira, directories, services_for, **extra):
