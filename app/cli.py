@@ -7,51 +7,50 @@ check did not pass, 2 for a configuration error.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
 import threading
-import time
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, logs, sweep_run
-from .config import ConfigError, load_settings
+from . import __version__, logs
+from .config import ConfigError, Settings, load_settings
 from .database import describe_error, describe_location
 from .directory import DirectoryUnavailable
 from .factory import require_webhook_auth
 from .jira import JiraError
-from .outcomes import SweepStatus
 from .schema import SchemaMismatch
 from .services import Services, build_services
-from .sweep import SweepConflict
 from .weak_settings import weak_settings
 from .worker import WorkerPool
 
 
-class _SyncLineFilter(logging.Filter):
-    """The CLI prints each outcome itself: the log's own line per sync would say it twice."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, "outcome", None) is None
-
-
-def _services(ctx: click.Context) -> Services:
-    if "services" not in ctx.obj:
+def _settings(ctx: click.Context) -> Settings:
+    """The configuration, read once; the log set up by it."""
+    if "settings" not in ctx.obj:
         try:
             settings = load_settings(ctx.obj["config"])
         except ConfigError as exc:
             click.echo(str(exc), err=True)
             ctx.exit(2)
         verbose = ctx.obj["verbose"]
-        level = ctx.obj["log_level"] or (settings.log_level if verbose else "WARNING")
-        logs.setup(level, settings.log_format)
+        logs.setup(_log_level(ctx, settings), settings.log_format)
         if not verbose:
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(_SyncLineFilter())
-        ctx.obj["services"] = build_services(settings)
+            logs.quiet_syncs()
+        ctx.obj["settings"] = settings
+    return ctx.obj["settings"]
+
+
+def _log_level(ctx: click.Context, settings: Settings) -> str:
+    return ctx.obj["log_level"] or (settings.log_level if ctx.obj["verbose"] else "WARNING")
+
+
+def _services(ctx: click.Context, settings: Settings | None = None, jira_gate=None) -> Services:
+    """The services, built once (``settings``: adjusted ones, ``jira_gate``: see build_services)."""
+    if "services" not in ctx.obj:
+        ctx.obj["services"] = build_services(settings or _settings(ctx), jira_gate)
         ctx.call_on_close(ctx.obj["services"].close)
     return ctx.obj["services"]
 
@@ -231,88 +230,6 @@ def _check_jira(services: Services, report: _Report) -> None:
 
 
 @main.command()
-@click.option("--dry-run", is_flag=True, help="Report what a real sweep would do; write nothing to Jira.")
-@click.option("--full", is_flag=True, help="Ignore change markers: read every user's photo again.")
-@click.option("--json", "as_json", is_flag=True, help="The summary and every problem as JSON.")
-@click.pass_context
-def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool) -> None:
-    """Sync every directory user now, with a progress bar and a summary at the end."""
-    services = _services(ctx)
-    sweeps = services.sweeps
-    try:
-        sweep_id = sweeps.start(dry_run=dry_run, full=full, trigger="cli")
-    except SweepConflict as exc:
-        click.echo(f"cannot start a sweep: {exc}", err=True)
-        ctx.exit(1)
-    # This process drains the queue too, so the sweep finishes with or without the service.
-    # Twice as many threads as Jira slots: a sync spends part of its time off Jira (directory,
-    # decode, database), and the client's gate still holds calls in flight to max_concurrency.
-    threads = max(services.settings.worker.threads, 2 * services.settings.jira.max_concurrency)
-    pool = WorkerPool(services, threads, services.settings.worker.poll_seconds).start()
-    runner = None
-    if sweep_run.take_over(services) == sweep_id:
-        runner = threading.Thread(target=sweep_run.run, args=(services, sweep_id), daemon=True)
-        runner.start()
-    try:
-        summary = _follow(sweeps, sweep_id, runner)
-    except KeyboardInterrupt:
-        sweeps.cancel(sweep_id)
-        click.echo("\ncancelled", err=True)
-        summary = sweeps.summary(sweep_id) or {"id": sweep_id, "status": "cancelled"}
-    finally:
-        if runner:
-            runner.join(10)
-        pool.stop()
-    if as_json:
-        _print_json({**summary, "problems": sweeps.problems(sweep_id)})
-    else:
-        _print_summary(summary, sweeps.problems(sweep_id, limit=20))
-    ctx.exit(0 if summary["status"] == SweepStatus.FINISHED else 1)
-
-
-def _follow(sweeps, sweep_id: int, runner: threading.Thread | None) -> dict:
-    tty = sys.stderr.isatty()
-    last_line = 0.0
-    while True:
-        summary = sweeps.summary(sweep_id)
-        line = (
-            f"sweep {sweep_id} [{summary['phase']}] {summary['done']}/{summary['total']} users"
-            f", {summary['rate_per_second']}/s"
-            + (f", about {summary['eta_seconds']}s left" if summary["eta_seconds"] is not None else "")
-        )
-        if summary["status"] != SweepStatus.RUNNING:
-            click.echo(("\r" if tty else "") + line.ljust(78), err=True)
-            return summary
-        if tty:
-            width = 30
-            filled = int(width * summary["done"] / summary["total"]) if summary["total"] else 0
-            click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] " + line, nl=False, err=True)
-        elif time.monotonic() - last_line > 10:
-            click.echo(line, err=True)
-            last_line = time.monotonic()
-        if runner is not None and runner.is_alive():
-            runner.join(0.5)  # the summary comes the moment this process's runner ends the sweep
-        else:
-            time.sleep(0.5)
-
-
-def _print_summary(summary: dict, problems: list[dict]) -> None:
-    click.echo(
-        f"sweep {summary['id']}: {summary['status']}"
-        + (" (dry run)" if summary["dry_run"] else "")
-        + (f": {summary['error']}" if summary["error"] else "")
-    )
-    click.echo(f"{'outcome':<18}{'users':>8}")
-    for outcome, n in summary["counts"].items():
-        click.echo(f"{outcome:<18}{n:>8}")
-    click.echo(f"{'total':<18}{summary['total']:>8}")
-    if problems:
-        click.echo(f"\nproblems (first 20; all: GET /admin/sweeps/{summary['id']}/problems.csv):")
-        for p in problems:
-            click.echo(f"  {p['username']}: {p['outcome']}" + (f" ({p['reason']})" if p["reason"] else ""))
-
-
-@main.command()
 @click.option("--threads", type=int, help="Worker threads (default: worker.threads).")
 @click.option("--once", is_flag=True, help="Process what is due, then exit.")
 @click.pass_context
@@ -389,8 +306,8 @@ def serve(ctx: click.Context, bind: str | None) -> None:
     os.execv(sys.executable, args + list(ctx.args) + ["app:create_app()"])
 
 
-# the commands about one user (sync, exclusion, preview) register themselves on `main`
-from . import cli_users  # noqa: E402,F401
+# the commands about one user (sync, exclusion, preview) and the sweep register themselves on `main`
+from . import cli_sweep, cli_users  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -48,8 +48,10 @@ class BudgetUnavailable(Exception):
 class ProcessBudget:
     """Per process: a semaphore and an even spacing of starts."""
 
-    def __init__(self, max_concurrency: int, per_second: float):
-        self._gate = threading.BoundedSemaphore(max_concurrency)
+    def __init__(self, max_concurrency: int, per_second: float, gate=None):
+        """``gate``: a semaphore shared with other processes instead of this one's own (a CLI
+        sweep's helpers, app/sweep_helpers.py)."""
+        self._gate = gate or threading.BoundedSemaphore(max_concurrency)
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
         self._next = 0.0
         self._lock = threading.Lock()
@@ -63,8 +65,12 @@ class ProcessBudget:
                 self._next = at + self.interval
             if at > now:
                 time.sleep(at - now)
-        with self._gate:
+        if not self._gate.acquire(timeout=WAIT_SECONDS):
+            raise BudgetUnavailable(f"no Jira call slot free within {WAIT_SECONDS:g}s")
+        try:
             yield
+        finally:
+            self._gate.release()
 
 
 class ClusterBudget:

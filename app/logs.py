@@ -86,6 +86,17 @@ def setup(level: str, log_format: str, stream=None) -> None:
     root.setLevel(level)
 
 
+class _SyncLineFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "outcome", None) is None
+
+
+def quiet_syncs() -> None:
+    """No line per sync on stderr: the CLI prints each outcome itself, and would say it twice."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_SyncLineFilter())
+
+
 class GunicornLogger(_GunicornLogger):
     """gunicorn's logger with the service's format, and the webhook token redacted."""
 

@@ -9,7 +9,7 @@ from functools import cached_property
 from .config import Settings
 from .directory import UserDirectory, build_directories
 from .jira import JiraClient
-from .jira_budget import ClusterBudget
+from .jira_budget import ClusterBudget, ProcessBudget
 from .queue import LoginQueue, RetryPolicy
 from .readiness import Readiness
 from .store import Store
@@ -46,7 +46,8 @@ class Services:
         self.store.dispose()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, jira_gate=None) -> Services:
+    """``jira_gate``: the semaphore of Jira calls, when processes share one (app/sweep_helpers.py)."""
     store = Store(settings.database_url)
     directories = build_directories(settings)
     j = settings.jira
@@ -54,7 +55,7 @@ def build_services(settings: Settings) -> Services:
         j,
         budget=(lambda: ClusterBudget(store, j.max_concurrency, j.max_requests_per_second))
         if j.limits_scope == "cluster"
-        else None,
+        else (lambda: ProcessBudget(j.max_concurrency, j.max_requests_per_second, gate=jira_gate)),
     )
     w = settings.worker
     queue = LoginQueue(store, RetryPolicy(w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.lease_seconds))

@@ -56,8 +56,9 @@ class WorkerPool:
         """Let running jobs finish (their leases would otherwise have to expire)."""
         self._stop.set()
         self.queue.wakeup.set()
+        deadline = time.monotonic() + timeout  # for them all, not each
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
     def run_once(self) -> bool:

@@ -271,3 +271,28 @@ def test_real_cli_against_the_standalone_emulator(tmp_path, slapd, ldap_ou, emul
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_sweep_takes_one_process_per_core_within_the_containers_cpu_quota(tmp_path):
+    """The sweep command's default: the cores it may use, fewer under a cgroup quota, never
+    more than Jira slots; one where helpers cannot help (a dry run, a database in memory)."""
+    import dataclasses
+
+    from app import sweep_helpers
+    from tests.helpers import make_settings
+    usable = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # 1.5 cores
+    assert sweep_helpers.cores(str(quota)) == min(usable, 2)
+    quota.write_text("max 100000\n")
+    assert sweep_helpers.cores(str(quota)) == usable
+    assert sweep_helpers.cores(str(tmp_path / "none")) == usable
+    directory = [{"name": "d", "urls": ["ldap://127.0.0.1:1"], "base_dn": "dc=x"}]
+    settings = make_settings(tmp_path, "http://127.0.0.1:1", directory)
+    assert sweep_helpers.how_many(settings, 64, dry_run=False) == settings.jira.max_concurrency
+    assert sweep_helpers.how_many(settings, 2, dry_run=True) == 1
+    assert sweep_helpers.how_many(settings, None, dry_run=False) == min(sweep_helpers.cores(), settings.jira.max_concurrency)
+    assert sweep_helpers.how_many(dataclasses.replace(settings, database_url="sqlite:///:memory:"), 2, dry_run=False) == 1
+    rated = dataclasses.replace(settings, jira=dataclasses.replace(settings.jira, max_requests_per_second=10.0))
+    assert sweep_helpers.shared_settings(rated, 2).jira.max_requests_per_second == 5.0
+    assert sweep_helpers.shared_settings(rated, 2).jira.max_concurrency == rated.jira.max_concurrency

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -350,6 +351,17 @@ def _cli_env(tmp_path, slapd, ldap_ou, jira, extra=""):
     return env, config
 
 
+def _photo_users(slapd, ldap_ou, jira, prefix: str, count: int, latency: float) -> list[str]:
+    """``count`` users with 64 px photos (> 48 px: crop-confirm creates), in Jira too, Jira
+    answering each call ``latency`` seconds late."""
+    names = [f"{prefix}{i:03d}" for i in range(count)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(64, 64)) for n in names])
+    for n in names:
+        jira.state.add_user(n)
+    jira.state.latency = latency
+    return names
+
+
 def test_cli_sweep_prints_a_summary_and_dry_run_writes_nothing(tmp_path, slapd, ldap_ou, jira):
     import subprocess
 
@@ -371,6 +383,54 @@ def test_cli_sweep_prints_a_summary_and_dry_run_writes_nothing(tmp_path, slapd, 
     assert "sweep 2 [done] 4/4 users" in real.stderr  # the progress line
 
 
+def test_cli_sweep_in_two_processes_shares_jira_concurrency_and_does_each_user_once(tmp_path, slapd, ldap_ou, jira):
+    """`sweep --processes 2`: a helper process syncs beside the command's own threads (each
+    sync line names its process), yet Jira never has more than jira.max_concurrency calls at
+    once from the two, and every user is uploaded exactly once."""
+    import re
+    import subprocess
+
+    from tests.test_cli import SCRIPT
+    names = _photo_users(slapd, ldap_ou, jira, "two", 60, latency=0.02)
+    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
+    env["AVATAR_SYNC_JIRA_MAX_CONCURRENCY"] = "3"
+    done = subprocess.run([SCRIPT, "-v", "sweep", "--processes", "2"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes" in done.stderr
+    syncing = {m.group(1) for m in re.finditer(r"^\S+ \S+ INFO (\d+) app\.sync: sync ", done.stderr, re.M)}
+    assert len(syncing) == 2, done.stderr[-3000:]
+    assert jira.state.peak("*") == 3  # reached, never passed, by the two processes together
+    assert {n: c for n in names if (c := jira.state.created_for(n)) != 1} == {}
+    assert dict(line.split() for line in done.stdout.splitlines()[2:4]) == {"not_in_directory": "1", "updated": "60"}
+
+
+def test_sweep_helpers_stop_when_the_command_dies(tmp_path, slapd, ldap_ou, jira):
+    """A helper waits on a pipe from the command: killed with -9, the command leaves no helper
+    draining the queue behind it (its pipe closes, the helper stops within its jobs' time)."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.test_cli import SCRIPT
+    names = _photo_users(slapd, ldap_ou, jira, "orph", 40, latency=0.05)
+    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
+    sweeping = subprocess.Popen([SCRIPT, "sweep", "--processes", "2"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    children: list[int] = []
+    while not children or jira.state.writes() == 0:
+        assert time.monotonic() < deadline and sweeping.poll() is None
+        children = [int(c) for c in Path(f"/proc/{sweeping.pid}/task/{sweeping.pid}/children").read_text().split()]
+        time.sleep(0.05)
+    os.kill(sweeping.pid, signal.SIGKILL)
+    sweeping.wait()
+    for child in children:
+        while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline + 30, f"helper {child} still runs after the command died"
+            time.sleep(0.1)
+
+
 def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_path, slapd, ldap_ou, jira):
     import os
     import signal
@@ -379,11 +439,7 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
     from app.config import load_settings
     from app.services import build_services
     from tests.test_cli import SCRIPT
-    names = [f"kill{i:03d}" for i in range(150)]
-    slapd.add_users(ldap_ou, [(n, photos.photo(64, 64)) for n in names])  # > 48 px: crop-confirm creates
-    for n in names:
-        jira.state.add_user(n)
-    jira.state.latency = 0.02
+    names = _photo_users(slapd, ldap_ou, jira, "kill", 150, latency=0.02)
     env, config = _cli_env(tmp_path, slapd, ldap_ou, jira, extra="[worker]\nlease_seconds = 2\npoll_seconds = 0.1\n")
     sweeping = subprocess.Popen([SCRIPT, "sweep"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -3,6 +3,9 @@
     .venv/bin/python -m tests.bench.bench_sweep [--users 10000] [--latency-ms 10] [--concurrency 8]
                                                 [--jira-version 9.12.0|10.0.0|11.0.0]
 
+--processes N is passed to the sweep command (default: its own, one process per core, sharing
+jira.max_concurrency).
+
 --jira-version picks the emulated Jira: 11.0.0 (and 10.3) list users with /user/list; 9.12.0
 and 10.0.0 have no /user/list, so the sweep reads the members of the application groups.
 
@@ -187,6 +190,8 @@ def main() -> None:
                         help="poll the dashboard's data every S seconds during the first sweep (0: off)")
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
                         help="postgres: a fresh schema in the machine's PostgreSQL, limits_scope = cluster")
+    parser.add_argument("--processes", type=int,
+                        help="the sweep command's --processes (default: its own, one per core)")
     parser.add_argument("--jira-only", action="store_true",
                         help="only the three Jira calls per user through the service's client: the rig's own floor")
     args = parser.parse_args()
@@ -240,19 +245,21 @@ def main() -> None:
     base_dn = "{people}"
     """)
             state.latency = args.latency_ms / 1000
+            sweep_args = ("--processes", str(args.processes)) if args.processes else ()
             if args.dashboard_every:
                 with DashboardPoller(config, args.dashboard_every) as poller:
-                    first_s, first_rss, first_out = run_sweep(config, slapd_pid=ldap.proc.pid)
+                    first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
                 dashboard = poller.summary()
             else:
-                first_s, first_rss, first_out = run_sweep(config, slapd_pid=ldap.proc.pid)
+                first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
                 dashboard = None
             writes_after_first = state.writes()
             uploads = state.count("POST /user/avatar/temporary")
-            repeat_s, repeat_rss, repeat_out = run_sweep(config, slapd_pid=ldap.proc.pid)
+            repeat_s, repeat_rss, repeat_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
             bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
             result = {
-                "database": args.database, "processes": processes,
+                "database": args.database, "extra_worker_processes": processes - 1,
+                "sweep_processes": args.processes or "one per core",
                 "jira_version": args.jira_version, "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
                 "bound_3NL_over_C_s": round(bound, 1),
                 "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2) if bound else None,
@@ -260,6 +267,7 @@ def main() -> None:
                 "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
                 "repeat_peak_rss_mb": round(repeat_rss / 1024),
                 "dashboard_during_first": dashboard,
+                "peak_jira_calls_in_flight": state.peak("*"),  # never above --concurrency
                 "first_summary": first_out.splitlines()[:8], "repeat_summary": repeat_out.splitlines()[:6],
             }
     finally:

@@ -1,0 +1,115 @@
+"""The command line's full sweep: started here, drained by this process and its helpers
+(app/sweep_helpers.py), followed with a progress line, summed up at the end. Registered on
+app/cli.py's ``main``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import click
+
+from . import sweep_helpers, sweep_run
+from .cli import _log_level, _print_json, _services, _settings, main
+from .outcomes import SweepStatus
+from .sweep import SweepConflict
+from .worker import WorkerPool
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Report what a real sweep would do; write nothing to Jira.")
+@click.option("--full", is_flag=True, help="Ignore change markers: read every user's photo again.")
+@click.option("--json", "as_json", is_flag=True, help="The summary and every problem as JSON.")
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    help="Processes that sync (default: one per CPU core, at most jira.max_concurrency); "
+    "together they keep to jira.max_concurrency and max_requests_per_second.",
+)
+@click.pass_context
+def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processes: int | None) -> None:
+    """Sync every directory user now, with a progress bar and a summary at the end."""
+    processes = sweep_helpers.how_many(_settings(ctx), processes, dry_run)
+    settings = sweep_helpers.shared_settings(_settings(ctx), processes)
+    gate = sweep_helpers.Helpers.gate(settings) if processes > 1 else None
+    services = _services(ctx, settings, gate)
+    sweeps = services.sweeps
+    try:
+        sweep_id = sweeps.start(dry_run=dry_run, full=full, trigger="cli")
+    except SweepConflict as exc:
+        click.echo(f"cannot start a sweep: {exc}", err=True)
+        ctx.exit(1)
+    # This process (and its helpers) drain the queue too, so the sweep finishes with or without
+    # the service. Twice as many threads as Jira slots: a sync spends part of its time off Jira
+    # (directory, decode, database), and the client's gate still holds calls in flight to
+    # max_concurrency.
+    threads = -(-max(settings.worker.threads, 2 * settings.jira.max_concurrency) // processes)
+    helpers = sweep_helpers.Helpers(
+        settings, processes - 1, threads, gate, _log_level(ctx, settings), ctx.obj["verbose"]
+    )
+    if processes > 1:
+        click.echo(f"sweep {sweep_id}: {processes} processes, {threads} threads each", err=True)
+    with helpers:
+        pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
+        runner = None
+        if sweep_run.take_over(services) == sweep_id:
+            runner = threading.Thread(target=sweep_run.run, args=(services, sweep_id), daemon=True)
+            runner.start()
+        try:
+            summary = _follow(sweeps, sweep_id, runner)
+        except KeyboardInterrupt:
+            sweeps.cancel(sweep_id)
+            click.echo("\ncancelled", err=True)
+            summary = sweeps.summary(sweep_id) or {"id": sweep_id, "status": "cancelled"}
+        finally:
+            if runner:
+                runner.join(10)
+            pool.stop()
+    if as_json:
+        _print_json({**summary, "problems": sweeps.problems(sweep_id)})
+    else:
+        _print_summary(summary, sweeps.problems(sweep_id, limit=20))
+    ctx.exit(0 if summary["status"] == SweepStatus.FINISHED else 1)
+
+
+def _follow(sweeps, sweep_id: int, runner: threading.Thread | None) -> dict:
+    tty = sys.stderr.isatty()
+    last_line = 0.0
+    while True:
+        summary = sweeps.summary(sweep_id)
+        line = (
+            f"sweep {sweep_id} [{summary['phase']}] {summary['done']}/{summary['total']} users"
+            f", {summary['rate_per_second']}/s"
+            + (f", about {summary['eta_seconds']}s left" if summary["eta_seconds"] is not None else "")
+        )
+        if summary["status"] != SweepStatus.RUNNING:
+            click.echo(("\r" if tty else "") + line.ljust(78), err=True)
+            return summary
+        if tty:
+            width = 30
+            filled = int(width * summary["done"] / summary["total"]) if summary["total"] else 0
+            click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] " + line, nl=False, err=True)
+        elif time.monotonic() - last_line > 10:
+            click.echo(line, err=True)
+            last_line = time.monotonic()
+        if runner is not None and runner.is_alive():
+            runner.join(0.5)  # the summary comes the moment this process's runner ends the sweep
+        else:
+            time.sleep(0.5)
+
+
+def _print_summary(summary: dict, problems: list[dict]) -> None:
+    click.echo(
+        f"sweep {summary['id']}: {summary['status']}"
+        + (" (dry run)" if summary["dry_run"] else "")
+        + (f": {summary['error']}" if summary["error"] else "")
+    )
+    click.echo(f"{'outcome':<18}{'users':>8}")
+    for outcome, n in summary["counts"].items():
+        click.echo(f"{outcome:<18}{n:>8}")
+    click.echo(f"{'total':<18}{summary['total']:>8}")
+    if problems:
+        click.echo(f"\nproblems (first 20; all: GET /admin/sweeps/{summary['id']}/problems.csv):")
+        for p in problems:
+            click.echo(f"  {p['username']}: {p['outcome']}" + (f" ({p['reason']})" if p["reason"] else ""))

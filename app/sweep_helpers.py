@@ -1,0 +1,139 @@
+"""More processes for `jira-avatar-sync sweep`, so that a sweep uses more than one core.
+
+One Python process syncs on one core at a time (the GIL): on a machine busy with anything else
+a sweep's own CPU, not Jira's latency, set its pace (docs/performance.md, "A sweep on more than
+one core"). The CLI therefore starts helper processes that drain the same queue beside its own
+threads. What stays true with them:
+
+- Jira sees no more than ``jira.max_concurrency`` calls at once from the whole command: the
+  processes share one semaphore (with ``limits_scope = "cluster"`` they already share
+  PostgreSQL's slots), and ``max_requests_per_second`` is split between them.
+- Nothing is lost or done twice: a helper is only another queue worker. Its jobs are leased like
+  any worker's; if it dies, the lease lapses and the job runs again (a second upload of the
+  same photo is avoided by the pending mark, as after any crash).
+- No helper outlives the command: each waits on a pipe from the parent. Told to stop, it lets
+  its running jobs finish; if the parent dies instead (the pipe's end closes), it gives them a
+  few seconds only, since the dead parent's Jira slots never come back to the shared gate.
+
+Helpers are spawned, not forked: the parent already runs threads and holds connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from . import logs
+from .config import Settings
+
+log = logging.getLogger(__name__)
+STOP_SECONDS = 40.0  # a helper's running jobs finish (the worker pool waits up to 30 s)
+ORPHANED_STOP_SECONDS = 5.0  # a helper whose parent died: what is not done by then runs again
+
+
+def how_many(settings: Settings, requested: int | None, dry_run: bool) -> int:
+    """The command's processes: what was asked, else one per core this process may use. Never
+    more than Jira slots (each process needs one), and one where helpers cannot help: a dry
+    run syncs on the runner's own threads, and a database in memory is this process's alone."""
+    url = make_url(settings.database_url)
+    if dry_run or (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
+        return 1
+    wanted = requested if requested is not None else cores()
+    return max(1, min(wanted, settings.jira.max_concurrency))
+
+
+def cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: those it may run on, fewer where a container's CPU quota
+    (cgroup v2 ``cpu.max``, "quota period" or "max period") allows less."""
+    usable = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        allowed = -(-int(quota) // int(period))  # "max": no quota (ValueError)
+    except (OSError, ValueError):
+        return usable
+    return max(1, min(usable, allowed))
+
+
+def shared_settings(settings: Settings, processes: int) -> Settings:
+    """Each process's settings: the rate limit split between the processes (the concurrency
+    limit is kept whole: the processes share its one semaphore)."""
+    j = settings.jira
+    if processes == 1 or j.limits_scope == "cluster" or j.max_requests_per_second <= 0:
+        return settings
+    return replace(settings, jira=replace(j, max_requests_per_second=j.max_requests_per_second / processes))
+
+
+class Helpers:
+    """``count`` helper processes, each with ``threads`` sync threads, sharing ``gate``."""
+
+    def __init__(self, settings: Settings, count: int, threads: int, gate, log_level: str, verbose: bool):
+        self._context = multiprocessing.get_context("spawn")
+        self._args = (settings, threads, gate, log_level, verbose)
+        self.count = count
+        self._processes: list = []
+        self._pipes: list[Connection] = []
+
+    @staticmethod
+    def gate(settings: Settings):
+        """The semaphore the command's processes share (None: the cluster's budget does it)."""
+        if settings.jira.limits_scope == "cluster":
+            return None
+        return multiprocessing.get_context("spawn").BoundedSemaphore(settings.jira.max_concurrency)
+
+    def __enter__(self) -> Helpers:
+        for _ in range(self.count):
+            reader, writer = self._context.Pipe(duplex=False)
+            process = self._context.Process(target=_drain, args=(*self._args, reader), daemon=True)
+            process.start()
+            reader.close()  # the helper's alone: its end closing is how the helper learns we died
+            self._processes.append(process)
+            self._pipes.append(writer)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pipe in self._pipes:
+            try:
+                pipe.send("stop")
+            except OSError:  # that helper is gone already
+                pass
+            pipe.close()
+        for process in self._processes:
+            process.join(STOP_SECONDS)
+            if process.is_alive():  # its jobs' leases lapse and they run again
+                log.warning("sweep helper %d did not stop in %gs: killed", process.pid, STOP_SECONDS)
+                process.kill()
+                process.join(5)
+
+
+def _drain(settings: Settings, threads: int, gate, log_level: str, verbose: bool, parent: Connection) -> None:
+    """A helper: sync threads on the queue until the parent closes its pipe, or dies."""
+    from .services import build_services
+    from .worker import WorkerPool
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it cancels, then stops us
+
+    def stop_on_sigterm(*_):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    logs.setup(log_level, settings.log_format)
+    if not verbose:
+        logs.quiet_syncs()
+    services = build_services(settings, jira_gate=gate)
+    pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
+    stop_within = ORPHANED_STOP_SECONDS
+    try:
+        parent.recv()  # "stop"; end of file when the parent died
+        stop_within = 30.0
+    except EOFError:
+        log.warning("the sweep command died: this helper stops")
+    finally:
+        pool.stop(stop_within)
+        services.close()
