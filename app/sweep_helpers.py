@@ -113,7 +113,7 @@ class Helpers:
 
 
 def _drain(settings: Settings, threads: int, gate, log_level: str, verbose: bool, parent: Connection) -> None:
-    """A helper: sync threads on the queue until the parent closes its pipe, or dies."""
+    """A helper: sync threads on the queue until the parent says stop, or dies."""
     from .services import build_services
     from .worker import WorkerPool
 
