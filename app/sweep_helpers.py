@@ -91,8 +91,14 @@ class Helpers:
         for _ in range(self.count):
             reader, writer = self._context.Pipe(duplex=False)
             process = self._context.Process(target=_drain, args=(*self._args, reader), daemon=True)
-            process.start()
-            reader.close()  # the helper's alone: its end closing is how the helper learns we died
+            try:
+                process.start()
+            except OSError as exc:  # no memory, no processes left: the sweep goes on with fewer
+                log.warning("could not start a sweep helper process: %s", exc)
+                writer.close()
+                break
+            finally:
+                reader.close()  # the helper's alone: its end closing is how the helper learns we died
             self._processes.append(process)
             self._pipes.append(writer)
         return self

@@ -296,3 +296,24 @@ def test_a_sweep_takes_one_process_per_core_within_the_containers_cpu_quota(tmp_
     rated = dataclasses.replace(settings, jira=dataclasses.replace(settings.jira, max_requests_per_second=10.0))
     assert sweep_helpers.shared_settings(rated, 2).jira.max_requests_per_second == 5.0
     assert sweep_helpers.shared_settings(rated, 2).jira.max_concurrency == rated.jira.max_concurrency
+
+
+def test_a_helper_that_cannot_start_leaves_the_sweep_to_the_others(tmp_path, monkeypatch, caplog):
+    """No process left to spawn (EAGAIN): the command sweeps with what it has, and says so."""
+    import multiprocessing.context
+
+    from app import sweep_helpers
+    from tests.helpers import make_settings
+
+    def refuse(self):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", refuse)
+    directory = [{"name": "d", "urls": ["ldap://127.0.0.1:1"], "base_dn": "dc=x"}]
+    settings = make_settings(tmp_path, "http://127.0.0.1:1", directory)
+    with caplog.at_level("WARNING", logger="app.sweep_helpers"):
+        with sweep_helpers.Helpers(settings, 1, 2, None, "WARNING", False) as helpers:
+            assert helpers._processes == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not start a sweep helper process: [Errno 11] Resource temporarily unavailable"
+    ]
