@@ -309,5 +309,7 @@ def serve(ctx: click.Context, bind: str | None) -> None:
 # the commands about one user (sync, exclusion, preview) and the sweep register themselves on `main`
 from . import cli_sweep, cli_users  # noqa: E402,F401
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m app.cli: the commands registered themselves on app.cli's main
+    from app.cli import main as registered
+
+    registered()
