@@ -30,7 +30,8 @@ from .worker import WorkerPool
 @click.pass_context
 def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processes: int | None) -> None:
     """Sync every directory user now, with a progress bar and a summary at the end."""
-    processes = sweep_helpers.how_many(_settings(ctx), processes, dry_run)
+    requested = processes
+    processes = sweep_helpers.how_many(_settings(ctx), requested, dry_run)
     settings = sweep_helpers.shared_settings(_settings(ctx), processes)
     gate = sweep_helpers.Helpers.gate(settings) if processes > 1 else None
     services = _services(ctx, settings, gate)
@@ -45,19 +46,29 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
     # (directory, decode, database), and the client's gate still holds calls in flight to
     # max_concurrency.
     threads = -(-max(settings.worker.threads, 2 * settings.jira.max_concurrency) // processes)
+    # asked for: at once; by default only once enough users wait for a helper to be worth its start
+    start_from = 0 if requested else sweep_helpers.START_FROM
     helpers = sweep_helpers.Helpers(
-        settings, processes - 1, threads, gate, _log_level(ctx, settings), ctx.obj["verbose"]
+        settings, processes - 1, threads, gate, _log_level(ctx, settings), ctx.obj["verbose"], start_from
     )
-    if processes > 1:
-        click.echo(f"sweep {sweep_id}: {processes} processes, {threads} threads each", err=True)
+
+    def consider(summary: dict | None) -> None:
+        if helpers.consider(summary["total"] - summary["done"] if summary else 0):
+            click.echo(
+                ("\n" if sys.stderr.isatty() else "")
+                + f"sweep {sweep_id}: {1 + helpers.running} processes, {threads} sync threads each",
+                err=True,
+            )
+
     with helpers:
+        consider(None)  # asked for: at once
         pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
         runner = None
         if sweep_run.take_over(services) == sweep_id:
             runner = threading.Thread(target=sweep_run.run, args=(services, sweep_id), daemon=True)
             runner.start()
         try:
-            summary = _follow(sweeps, sweep_id, runner)
+            summary = _follow(sweeps, sweep_id, runner, consider)
         except KeyboardInterrupt:
             sweeps.cancel(sweep_id)
             click.echo("\ncancelled", err=True)
@@ -73,11 +84,12 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
     ctx.exit(0 if summary["status"] == SweepStatus.FINISHED else 1)
 
 
-def _follow(sweeps, sweep_id: int, runner: threading.Thread | None) -> dict:
+def _follow(sweeps, sweep_id: int, runner: threading.Thread | None, on_summary) -> dict:
     tty = sys.stderr.isatty()
     last_line = 0.0
     while True:
         summary = sweeps.summary(sweep_id)
+        on_summary(summary)
         line = (
             f"sweep {sweep_id} [{summary['phase']}] {summary['done']}/{summary['total']} users"
             f", {summary['rate_per_second']}/s"

@@ -15,7 +15,8 @@ threads. What stays true with them:
   its running jobs finish; if the parent dies instead (the pipe's end closes), it gives them a
   few seconds only, since the dead parent's Jira slots never come back to the shared gate.
 
-Helpers are spawned, not forked: the parent already runs threads and holds connections.
+Helpers are spawned, not forked: the parent already runs threads and holds connections. By
+default they start once START_FROM users wait: a smaller sweep is over before they could help.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 STOP_SECONDS = 40.0  # a helper's running jobs finish (the worker pool waits up to 30 s)
+START_FROM = 200  # users waiting before the command's default helpers start
 ORPHANED_STOP_SECONDS = 5.0  # a helper whose parent died: what is not done by then runs again
 
 
@@ -71,12 +73,17 @@ def shared_settings(settings: Settings, processes: int) -> Settings:
 
 
 class Helpers:
-    """``count`` helper processes, each with ``threads`` sync threads, sharing ``gate``."""
+    """``count`` helper processes, each with ``threads`` sync threads, sharing ``gate``, started
+    by start() or once ``start_from`` users wait (consider()): a small sweep is over before a
+    spawned interpreter would have imported the service."""
 
-    def __init__(self, settings: Settings, count: int, threads: int, gate, log_level: str, verbose: bool):
+    def __init__(
+        self, settings: Settings, count: int, threads: int, gate, log_level: str, verbose: bool, start_from: int = 0
+    ):
         self._context = multiprocessing.get_context("spawn")
         self._args = (settings, threads, gate, log_level, verbose)
-        self.count = count
+        self.count, self.start_from = count, start_from
+        self.started = False
         self._processes: list = []
         self._pipes: list[Connection] = []
 
@@ -88,6 +95,22 @@ class Helpers:
         return multiprocessing.get_context("spawn").BoundedSemaphore(settings.jira.max_concurrency)
 
     def __enter__(self) -> Helpers:
+        return self
+
+    def consider(self, waiting: int) -> bool:
+        """Start the helpers if ``waiting`` users (the sweep's, not yet done) are enough; True
+        when that happened now."""
+        if self.started or not self.count or waiting < self.start_from:
+            return False
+        self.start()
+        return True
+
+    @property
+    def running(self) -> int:
+        return len(self._processes)
+
+    def start(self) -> None:
+        self.started = True
         for _ in range(self.count):
             reader, writer = self._context.Pipe(duplex=False)
             process = self._context.Process(target=_drain, args=(*self._args, reader), daemon=True)
@@ -101,7 +124,6 @@ class Helpers:
                 reader.close()  # the helper's alone: its end closing is how the helper learns we died
             self._processes.append(process)
             self._pipes.append(writer)
-        return self
 
     def __exit__(self, *exc) -> None:
         for pipe in self._pipes:

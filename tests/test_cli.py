@@ -313,7 +313,26 @@ def test_a_helper_that_cannot_start_leaves_the_sweep_to_the_others(tmp_path, mon
     settings = make_settings(tmp_path, "http://127.0.0.1:1", directory)
     with caplog.at_level("WARNING", logger="app.sweep_helpers"):
         with sweep_helpers.Helpers(settings, 1, 2, None, "WARNING", False) as helpers:
-            assert helpers._processes == []
+            helpers.start()
+            assert helpers.running == 0
     assert [r.getMessage() for r in caplog.records] == [
         "could not start a sweep helper process: [Errno 11] Resource temporarily unavailable"
     ]
+
+
+def test_default_helpers_start_only_once_enough_users_wait(tmp_path, monkeypatch):
+    """A small sweep is over before a spawned interpreter has imported the service: by default
+    the helpers start once START_FROM users wait; asked for (start_from 0), at once."""
+    from app import sweep_helpers
+    from tests.helpers import make_settings
+
+    started = []
+    monkeypatch.setattr(sweep_helpers.Helpers, "start", lambda self: started.append(self.start_from))
+    directory = [{"name": "d", "urls": ["ldap://127.0.0.1:1"], "base_dn": "dc=x"}]
+    settings = make_settings(tmp_path, "http://127.0.0.1:1", directory)
+    lazy = sweep_helpers.Helpers(settings, 1, 4, None, "WARNING", False, start_from=sweep_helpers.START_FROM)
+    assert not lazy.consider(0) and not lazy.consider(sweep_helpers.START_FROM - 1)
+    assert lazy.consider(sweep_helpers.START_FROM) is True and started == [sweep_helpers.START_FROM]
+    at_once = sweep_helpers.Helpers(settings, 1, 4, None, "WARNING", False, start_from=0)
+    assert at_once.consider(0) is True and started == [sweep_helpers.START_FROM, 0]
+    assert not sweep_helpers.Helpers(settings, 0, 4, None, "WARNING", False).consider(10_000)  # one process
