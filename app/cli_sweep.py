@@ -32,7 +32,7 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
     """Sync every directory user now, with a progress bar and a summary at the end."""
     requested = processes
     processes = sweep_helpers.how_many(_settings(ctx), requested, dry_run)
-    settings = sweep_helpers.shared_settings(_settings(ctx), processes)
+    settings = sweep_helpers.shared_settings(_settings(ctx), processes)  # what each process keeps to
     gate = sweep_helpers.Helpers.gate(settings) if processes > 1 else None
     services = _services(ctx, settings, gate)
     sweeps = services.sweeps

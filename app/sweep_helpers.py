@@ -35,7 +35,7 @@ from . import logs
 from .config import Settings
 
 log = logging.getLogger(__name__)
-STOP_SECONDS = 40.0  # a helper's running jobs finish (the worker pool waits up to 30 s)
+STOP_SECONDS = 40.0  # a helper's running jobs finish (WorkerPool.stop waits up to 30 s)
 START_FROM = 200  # users waiting before the command's default helpers start
 ORPHANED_STOP_SECONDS = 5.0  # a helper whose parent died: what is not done by then runs again
 
@@ -156,12 +156,15 @@ def _drain(settings: Settings, threads: int, gate, log_level: str, verbose: bool
         logs.quiet_syncs()
     services = build_services(settings, jira_gate=gate)
     pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
-    stop_within = ORPHANED_STOP_SECONDS
+    told = False  # else the parent died (or SIGTERM came): its slots may never come back
     try:
         parent.recv()  # "stop"; end of file when the parent died
-        stop_within = 30.0
+        told = True
     except EOFError:
         log.warning("the sweep command died: this helper stops")
     finally:
-        pool.stop(stop_within)
+        if told:
+            pool.stop()  # the running jobs finish, as in any worker
+        else:
+            pool.stop(ORPHANED_STOP_SECONDS)
         services.close()

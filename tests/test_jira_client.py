@@ -358,3 +358,18 @@ def test_a_jira_that_drips_its_answer_is_cut_off_at_the_calls_deadline(part):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_call_that_finds_no_slot_in_time_fails_and_is_retried_later(monkeypatch):
+    """The per-process budget (and the semaphore a CLI sweep's processes share) waits for a
+    Jira slot at most WAIT_SECONDS, then says so, instead of holding the thread for ever."""
+    from app import jira_budget
+
+    monkeypatch.setattr(jira_budget, "WAIT_SECONDS", 0.05)
+    budget = jira_budget.ProcessBudget(1, 0)
+    with budget.call():
+        with pytest.raises(jira_budget.BudgetUnavailable, match="no Jira call slot free within 0.05s"):
+            with budget.call():
+                pass
+    with budget.call():  # the slot came back
+        pass
