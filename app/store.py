@@ -336,17 +336,28 @@ class Store:
 
     def update(self, tx: Connection, username: str, change: Callable[[UserState], None]) -> None:
         """Read-modify-write one user's row in the caller's transaction, the row locked
-        against others (FOR UPDATE on PostgreSQL; SQLite's writer holds the whole database)."""
+        against others (FOR UPDATE on PostgreSQL; SQLite's writer holds the whole database).
+        Two statements, whether the row is new or not (a sweep writes twice per new avatar)."""
         key = user_key(username)
-        # Make sure the row exists first: FOR UPDATE cannot lock a row that is not there yet.
-        tx.execute(_ensure(tx.dialect.name), {"p_username": key})
         locked = _GET.with_for_update() if tx.dialect.name == "postgresql" else _GET
-        state = _state(tx.execute(locked, {"p_username": key}).mappings().one())
+        row = tx.execute(locked, {"p_username": key}).mappings().first()
+        if row is None:
+            state = UserState(key, last_attempt_at=utcnow())
+            change(state)
+            # another transaction may have created it meanwhile (PostgreSQL): then it is updated below
+            if tx.execute(_INSERT[tx.dialect.name], _values(state) | {"p_attempts": 1}).first():
+                return  # (RETURNING, not rowcount: psycopg 3 gives -1 for this statement)
+            row = tx.execute(locked, {"p_username": key}).mappings().one()
+        state = _state(row)
         state.last_attempt_at = utcnow()
         change(state)
-        values = {f"p_{k}": v for k, v in state.__dict__.items()}
-        values["p_created_avatar_ids"] = json.dumps(state.created_avatar_ids)
-        tx.execute(_SAVE, values)
+        tx.execute(_SAVE, _values(state))
+
+
+def _values(state: UserState) -> dict:
+    values = {f"p_{k}": v for k, v in state.__dict__.items()}
+    values["p_created_avatar_ids"] = json.dumps(state.created_avatar_ids)
+    return values
 
 
 _NAME: BindParameter[str] = bindparam("p_username")
@@ -366,6 +377,13 @@ _ENSURE = {
     dialect: insert(user_state)
     .values(username=_NAME, created_avatar_ids="[]", attempts=0)
     .on_conflict_do_nothing(index_elements=["username"])
+    for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_INSERT = {  # a whole new row; nothing when it exists
+    dialect: insert(user_state)
+    .values({c.name: bindparam(f"p_{c.name}") for c in user_state.columns})
+    .on_conflict_do_nothing(index_elements=["username"])
+    .returning(user_state.c.username)
     for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
 }
 
