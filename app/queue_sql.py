@@ -104,7 +104,7 @@ RERUN = (
         updated_at=NOW,
     )
 )
-DROP = jobs.delete().where(MINE, jobs.c.again.is_(False), jobs.c.state == RUNNING)
+DROP = jobs.delete().where(MINE, jobs.c.again.is_(False), jobs.c.state == RUNNING).returning(jobs.c.id)
 FAILED_ATTEMPT = (
     jobs.update()
     .where(MINE)

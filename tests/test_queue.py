@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 
 import pytest
 from sqlalchemy import update
@@ -48,6 +49,16 @@ def test_a_claim_for_more_sweep_jobs_leaves_logins_to_other_threads(queue):
     assert queue.urgent_waiting()
     assert sorted(j.username for j in queue.claim(3, min_priority=SWEEP)) == ["s1", "s2"]
     assert queue.claim(3)[0].username == "carol" and not queue.urgent_waiting()
+
+
+def test_no_urgent_job_is_believed_for_a_moment_only(queue, monkeypatch):
+    monkeypatch.setattr("app.queue.URGENT_RECHECK", 0.3)
+    assert not queue.urgent_waiting()
+    queue.enqueue("dave", LOGIN, source="login")
+    assert not queue.urgent_waiting()  # the "no" of a moment ago, not another read
+    time.sleep(0.35)
+    assert queue.urgent_waiting()
+    assert queue.urgent_waiting()  # a "yes" is read again each time, never remembered
 
 
 def test_enqueue_wakes_this_process(queue):

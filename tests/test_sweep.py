@@ -232,6 +232,7 @@ def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tm
         jira.state.add_user(n)
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
     queue, syncer = rig.services.queue, rig.services.syncer
+    monkeypatch.setattr("app.queue.URGENT_RECHECK", 0)  # each check reads (test_queue covers the pause)
     for n in names:
         queue.enqueue(n, SWEEP, source="sweep")
     order, real = [], syncer.attempt
