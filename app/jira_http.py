@@ -35,6 +35,8 @@ from .per_process import PerProcess
 
 # No answer the service asks for is anywhere near this: a page of 1000 users is about 1 MB.
 MAX_ANSWER_BYTES = 16 * 2**20
+# No retries and no redirects (the client decides); made once, as urllib3 would make it per call
+NO_RETRIES = urllib3.Retry(False, redirect=False)
 
 
 class AnswerTooLarge(urllib3.exceptions.HTTPError):
@@ -66,7 +68,8 @@ class JiraHttp:
     ):
         self.settings, self.max_body, self.name = settings, max_body, name
         # this process's connection pool and its threads' cookie jars: never a parent's sockets
-        self._per_process = PerProcess(lambda: (self._make_pool(), threading.local()))
+        self._per_process: PerProcess[tuple[urllib3.PoolManager, threading.local, dict[str, HTTPConnectionPool]]]
+        self._per_process = PerProcess(lambda: (self._make_pool(), threading.local(), {}))
         self._timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.timeout)
         self._deadline = settings.connect_timeout + settings.timeout  # a whole call, body included
         headers = {
@@ -92,7 +95,7 @@ class JiraHttp:
         headers: dict | None = None,
     ) -> Response:
         """One call, no retries and no redirects followed; urllib3's exceptions pass through."""
-        pool, jar = self._pool_and_jar()
+        jar = self._pool_and_jar()[1]
         cookie_request = self._cookie_request(url)
         if params:
             url = f"{url}?{urlencode(params)}"
@@ -108,14 +111,16 @@ class JiraHttp:
             all_headers["Cookie"] = cookie
         call = _calls.call = _Call(time.monotonic() + self._deadline)
         try:
-            resp = pool.request(
+            host_pool, target = self._host_pool(url)
+            resp = host_pool.urlopen(
                 method,
-                url,
+                target,
                 body=data,
                 headers=all_headers,
                 timeout=self._timeout,
-                retries=False,
+                retries=NO_RETRIES,
                 redirect=False,
+                assert_same_host=False,
                 preload_content=False,
             )
         except urllib3.exceptions.HTTPError:
@@ -172,12 +177,27 @@ class JiraHttp:
         request.remove_header("Cookie")  # the jar adds it only when absent
         return request
 
+    def _host_pool(self, url: str) -> tuple[urllib3.PoolManager | HTTPConnectionPool, str]:
+        """Where to send a call, and what to ask for there: the host's own connection pool and
+        the path, straight (PoolManager.urlopen parses the whole URL and looks the pool up again
+        at every call: a tenth of a sweep's HTTP CPU), or, through a proxy, the manager and the
+        whole URL, as the proxy needs it."""
+        manager, _, pools = self._per_process.get()
+        if isinstance(manager, urllib3.ProxyManager):
+            return manager, url
+        end = url.find("/", url.find("//") + 2)
+        origin, target = (url, "/") if end < 0 else (url[:end], url[end:])
+        pool = pools.get(origin)
+        if pool is None or pool.pool is None:  # not yet, or closed as the manager let it go
+            pool = pools[origin] = manager.connection_from_url(origin)
+        return pool, target
+
     def forget_session(self) -> None:
         """Start this thread's next call in a new Jira session."""
         self._pool_and_jar()[1].clear()
 
     def _pool_and_jar(self) -> tuple[urllib3.PoolManager, http.cookiejar.CookieJar]:
-        pool, local = self._per_process.get()
+        pool, local, _ = self._per_process.get()
         jar = getattr(local, "jar", None)
         if jar is None:
             jar = local.jar = http.cookiejar.CookieJar()

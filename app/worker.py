@@ -23,7 +23,7 @@ from .usernames import loggable
 log = logging.getLogger(__name__)
 MAINTENANCE_SECONDS = 3600
 SWEEP_CHECK_SECONDS = 2
-CLAIM_BATCH = 4  # each thread's claim; a login waits for at most one job of a batch
+CLAIM_BATCH = 8  # each thread's claim; a login waits for at most one job of a batch
 PREFETCH_FRESH_SECONDS = 5  # a batch's directory entries are read again after this
 
 
