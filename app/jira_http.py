@@ -95,8 +95,8 @@ class JiraHttp:
         headers: dict | None = None,
     ) -> Response:
         """One call, no retries and no redirects followed; urllib3's exceptions pass through."""
-        jar = self._pool_and_jar()[1]
-        cookie_request = self._cookie_request(url)
+        session = self._session()
+        cookie_request, cookie = session.cookie_for(url)
         if params:
             url = f"{url}?{urlencode(params)}"
         all_headers = dict(self._headers)
@@ -105,8 +105,6 @@ class JiraHttp:
         if json is not None:
             data = jsonlib.dumps(json).encode()
             all_headers["Content-Type"] = "application/json"
-        jar.add_cookie_header(cookie_request)
-        cookie = cookie_request.get_header("Cookie")
         if cookie:
             all_headers["Cookie"] = cookie
         call = _calls.call = _Call(time.monotonic() + self._deadline)
@@ -130,7 +128,7 @@ class JiraHttp:
         finally:
             _calls.call = None
         try:
-            jar.extract_cookies(resp, cookie_request)  # type: ignore[arg-type]  # reads Set-Cookie via resp.info()
+            session.extract(resp, cookie_request)
             with deadlines.guard(call.sock, call.deadline - time.monotonic()) as guard:
                 try:
                     body = self._body(resp, url, call.deadline)
@@ -164,19 +162,6 @@ class JiraHttp:
                 raise AnswerTooLarge(f"{self.name}'s answer is over {self.max_body} bytes")
             chunks.append(chunk)
 
-    def _cookie_request(self, url: str) -> urllib.request.Request:
-        """What the cookie jar needs of a call: its host and path, without the query. Kept per
-        thread and URL, because building a Request (URL parsing) cost as much as the jar itself."""
-        local = self._per_process.get()[1]
-        cache = getattr(local, "cookie_requests", None)
-        if cache is None:
-            cache = local.cookie_requests = LRUCache(maxsize=32)  # DELETE paths carry ids
-        request = cache.get(url)
-        if request is None:
-            request = cache[url] = urllib.request.Request(url)
-        request.remove_header("Cookie")  # the jar adds it only when absent
-        return request
-
     def _host_pool(self, url: str) -> tuple[urllib3.PoolManager | HTTPConnectionPool, str]:
         """Where to send a call, and what to ask for there: the host's own connection pool and
         the path, straight (PoolManager.urlopen parses the whole URL and looks the pool up again
@@ -194,14 +179,14 @@ class JiraHttp:
 
     def forget_session(self) -> None:
         """Start this thread's next call in a new Jira session."""
-        self._pool_and_jar()[1].clear()
+        self._session().clear()
 
-    def _pool_and_jar(self) -> tuple[urllib3.PoolManager, http.cookiejar.CookieJar]:
-        pool, local, _ = self._per_process.get()
-        jar = getattr(local, "jar", None)
-        if jar is None:
-            jar = local.jar = http.cookiejar.CookieJar()
-        return pool, jar
+    def _session(self) -> _Session:
+        local = self._per_process.get()[1]
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = _Session()
+        return session
 
     def _make_pool(self) -> urllib3.PoolManager:
         s = self.settings
@@ -222,6 +207,43 @@ class JiraHttp:
             manager = urllib3.PoolManager(**size, **tls)
         manager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
         return manager
+
+
+class _Session:
+    """One thread's cookies: the standard library's jar, and the Cookie header it gave each URL.
+
+    The header is made again only after an answer set a cookie, or a second later (a cookie
+    may expire): the jar's policy checks and expiry sweep at every call were a tenth of a
+    sweep's HTTP CPU. The Request the jar needs (its host and path, without the query) is kept
+    too: building one parses the URL."""
+
+    REUSE_SECONDS = 1.0
+
+    def __init__(self):
+        self.jar = http.cookiejar.CookieJar()
+        # url -> (the Request the jar reads, its Cookie header or None, when it was made)
+        self._made: LRUCache[str, tuple[urllib.request.Request, str | None, float]] = LRUCache(maxsize=32)
+
+    def cookie_for(self, url: str) -> tuple[urllib.request.Request, str | None]:
+        now = time.monotonic()
+        made = self._made.get(url)
+        if made is not None and now - made[2] < self.REUSE_SECONDS:
+            return made[0], made[1]
+        request = made[0] if made is not None else urllib.request.Request(url)
+        request.remove_header("Cookie")  # the jar adds it only when absent
+        self.jar.add_cookie_header(request)
+        header = request.get_header("Cookie")
+        self._made[url] = (request, header, now)
+        return request, header
+
+    def extract(self, resp: urllib3.BaseHTTPResponse, request: urllib.request.Request) -> None:
+        if "Set-Cookie" in resp.headers or "Set-Cookie2" in resp.headers:
+            self.jar.extract_cookies(resp, request)  # type: ignore[arg-type]  # reads them via resp.info()
+            self._made.clear()
+
+    def clear(self) -> None:
+        self.jar.clear()
+        self._made.clear()
 
 
 @dataclass
