@@ -19,7 +19,9 @@ flight stay at C).
 The emulator (this process) adds ``latency`` to every Jira call; the sweep runs as the real
 CLI, ``jira-avatar-sync sweep``, in its own process with jira.max_concurrency = C. Reported:
 first sweep time against the round-trip bound 3*N*L/C (three Jira calls per new avatar), the
-repeat sweep's time, Jira writes and photo reads, and the sweep process's peak RSS.
+repeat sweep's time, Jira writes and photo reads, the sweep process's peak RSS, and the mean
+number of Jira calls in flight during the first sweep as the emulator sees them (C would mean
+no slot was ever idle; each call's own 10 ms is in it, the client's work around it is not).
 
 --dashboard-every S polls the dashboard's data (GET /admin/dashboard.json, as the open page
 does every 3 s) every S seconds during the first sweep, from this process, and reports how long
@@ -130,6 +132,33 @@ class DashboardPoller:
             return {"refreshes": 0}
         return {"refreshes": len(ms), "every_s": self.every, "p50_ms": round(ms[len(ms) // 2], 1),
                 "max_ms": round(ms[-1], 1)}
+
+
+class InFlight:
+    """Samples the emulator's Jira calls in flight every 5 ms on a thread: their mean over a
+    sweep says whether the sweep kept its C slots busy (C) or left them idle between calls."""
+
+    def __init__(self, state: JiraState):
+        import threading
+        self.state, self.samples = state, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            with self.state.lock:
+                self.samples.append(sum(self.state.in_flight.values()))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def mean(self) -> float:
+        return round(sum(self.samples) / len(self.samples), 2) if self.samples else 0.0
 
 
 def jira_only(url: str, users: int, concurrency: int, png: bytes) -> tuple[float, float]:
@@ -251,7 +280,8 @@ def main() -> None:
                     first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
                 dashboard = poller.summary()
             else:
-                first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
+                with InFlight(state) as in_flight:
+                    first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
                 dashboard = None
             writes_after_first = state.writes()
             uploads = state.count("POST /user/avatar/temporary")
@@ -268,6 +298,8 @@ def main() -> None:
                 "repeat_peak_rss_mb": round(repeat_rss / 1024),
                 "dashboard_during_first": dashboard,
                 "peak_jira_calls_in_flight": state.peak("*"),  # never above --concurrency
+                # over the whole first sweep (start-up and tail included); --concurrency at best
+                "mean_jira_calls_in_flight": None if args.dashboard_every else in_flight.mean(),
                 "first_summary": first_out.splitlines()[:8], "repeat_summary": repeat_out.splitlines()[:6],
             }
     finally:
