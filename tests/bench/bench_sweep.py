@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -96,26 +97,20 @@ def run_sweep(config: Path, *args: str, slapd_pid: int | None = None) -> tuple[f
     return seconds, rss, out.stdout
 
 
-class DashboardPoller:
-    """GET /admin/dashboard.json every ``every`` seconds on a thread, as an open dashboard does."""
+class _Every:
+    """Calls tick() every ``every`` seconds on a thread of its own, from __enter__ to __exit__."""
 
-    def __init__(self, config: Path, every: float):
-        import threading
-
-        from app import create_app
-        from app.config import load_settings
-        self.app = create_app(load_settings(config, env={}))
-        self.client = self.app.test_client()
-        self.every, self.seconds = every, []
+    def __init__(self, every: float):
+        self.every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def tick(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            started = time.perf_counter()
-            r = self.client.get("/admin/dashboard.json", headers={"Authorization": "Bearer " + BENCH_ADMIN})
-            assert r.status_code == 200, r.get_data(as_text=True)
-            self.seconds.append(time.perf_counter() - started)
+            self.tick()
 
     def __enter__(self):
         self._thread.start()
@@ -124,6 +119,27 @@ class DashboardPoller:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class DashboardPoller(_Every):
+    """GET /admin/dashboard.json every ``every`` seconds, as an open dashboard does."""
+
+    def __init__(self, config: Path, every: float):
+        from app import create_app
+        from app.config import load_settings
+        super().__init__(every)
+        self.app = create_app(load_settings(config, env={}))
+        self.client = self.app.test_client()
+        self.seconds: list[float] = []
+
+    def tick(self) -> None:
+        started = time.perf_counter()
+        r = self.client.get("/admin/dashboard.json", headers={"Authorization": "Bearer " + BENCH_ADMIN})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        self.seconds.append(time.perf_counter() - started)
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
         self.app.extensions["avatar_sync"].close()
 
     def summary(self) -> dict:
@@ -134,28 +150,17 @@ class DashboardPoller:
                 "max_ms": round(ms[-1], 1)}
 
 
-class InFlight:
-    """Samples the emulator's Jira calls in flight every 5 ms on a thread: their mean over a
-    sweep says whether the sweep kept its C slots busy (C) or left them idle between calls."""
+class InFlight(_Every):
+    """The emulator's Jira calls in flight, sampled every 5 ms: their mean over a sweep says
+    whether the sweep kept its C slots busy (C) or left them idle between calls."""
 
     def __init__(self, state: JiraState):
-        import threading
+        super().__init__(0.005)
         self.state, self.samples = state, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            with self.state.lock:
-                self.samples.append(sum(self.state.in_flight.values()))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> None:
+        with self.state.lock:
+            self.samples.append(sum(self.state.in_flight.values()))
 
     def mean(self) -> float:
         return round(sum(self.samples) / len(self.samples), 2) if self.samples else 0.0
@@ -275,14 +280,11 @@ def main() -> None:
     """)
             state.latency = args.latency_ms / 1000
             sweep_args = ("--processes", str(args.processes)) if args.processes else ()
-            if args.dashboard_every:
-                with DashboardPoller(config, args.dashboard_every) as poller:
-                    first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
-                dashboard = poller.summary()
-            else:
-                with InFlight(state) as in_flight:
-                    first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
-                dashboard = None
+            with InFlight(state) as in_flight, ExitStack() as polled:
+                poller = (polled.enter_context(DashboardPoller(config, args.dashboard_every))
+                          if args.dashboard_every else None)
+                first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
+            dashboard = poller.summary() if poller else None
             writes_after_first = state.writes()
             uploads = state.count("POST /user/avatar/temporary")
             repeat_s, repeat_rss, repeat_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
@@ -299,7 +301,7 @@ def main() -> None:
                 "dashboard_during_first": dashboard,
                 "peak_jira_calls_in_flight": state.peak("*"),  # never above --concurrency
                 # over the whole first sweep (start-up and tail included); --concurrency at best
-                "mean_jira_calls_in_flight": None if args.dashboard_every else in_flight.mean(),
+                "mean_jira_calls_in_flight": in_flight.mean(),
                 "first_summary": first_out.splitlines()[:8], "repeat_summary": repeat_out.splitlines()[:6],
             }
     finally:
