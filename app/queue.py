@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from . import queue_sql
+from . import per_process, queue_sql
 from .jira import JiraUser
 from .queue_sql import FAILED, LOGIN, PENDING, RUNNING, SWEEP, deliveries, jobs
 from .queue_sql import MANUAL as MANUAL  # the priorities and tables, for the queue's users
@@ -115,7 +115,7 @@ class LoginQueue:
     # -- consumers ---------------------------------------------------------------------
 
     def owner(self) -> str:
-        return f"{self.owner_prefix}{os.getpid()}:{threading.get_ident()}"
+        return f"{self.owner_prefix}{per_process.pid()}:{threading.get_ident()}"
 
     def claim(self, limit: int = 1, min_priority: int = LOGIN) -> list[Job]:
         """Lease up to ``limit`` due jobs, highest priority first; atomic across processes.
