@@ -100,6 +100,8 @@ class LoginQueue:
             tx.execute(
                 statements.enqueue, queue_sql.upsert_params(username, priority, source, force, sweep_id, now, None)
             )
+        if priority < SWEEP:
+            self._no_urgent_until = 0.0  # this process's threads see it at their next job, not 0.1 s later
         self.wakeup.set()
         return True
 
@@ -176,7 +178,8 @@ class LoginQueue:
         """A job above sweep priority (a login...) is due: a worker holding a batch of sweep
         jobs takes it before its next one. A plain read, as an idle poll's; a "no" is believed
         for URGENT_RECHECK seconds by every thread of the process (asked before each sweep job,
-        the read cost 3% of a sweep's CPU; a login waits at most that much longer)."""
+        the read cost 3% of a sweep's CPU), unless this process enqueues a login meanwhile; a
+        login that another process (a gunicorn worker) enqueued waits at most that much longer."""
         if time.monotonic() < self._no_urgent_until:
             return False
         with self.store.read() as conn:

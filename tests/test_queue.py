@@ -54,11 +54,21 @@ def test_a_claim_for_more_sweep_jobs_leaves_logins_to_other_threads(queue):
 def test_no_urgent_job_is_believed_for_a_moment_only(queue, monkeypatch):
     monkeypatch.setattr("app.queue.URGENT_RECHECK", 0.3)
     assert not queue.urgent_waiting()
-    queue.enqueue("dave", LOGIN, source="login")
+    other_process = LoginQueue(queue.store)  # a gunicorn worker's queue: its enqueue is not seen here
+    other_process.enqueue("dave", LOGIN, source="login")
     assert not queue.urgent_waiting()  # the "no" of a moment ago, not another read
     time.sleep(0.35)
     assert queue.urgent_waiting()
     assert queue.urgent_waiting()  # a "yes" is read again each time, never remembered
+
+
+def test_a_login_this_process_enqueues_is_seen_at_once(queue, monkeypatch):
+    monkeypatch.setattr("app.queue.URGENT_RECHECK", 60)
+    assert not queue.urgent_waiting()
+    queue.enqueue("carol", SWEEP, source="sweep")  # a sweep's job is not urgent: the "no" stands
+    assert not queue.urgent_waiting()
+    queue.enqueue("dave", LOGIN, source="login")
+    assert queue.urgent_waiting()
 
 
 def test_enqueue_wakes_this_process(queue):
