@@ -19,11 +19,10 @@ from . import __version__, logs
 from .config import ConfigError, Settings, load_settings
 from .database import describe_error, describe_location
 from .directory import DirectoryUnavailable
-from .factory import require_webhook_auth
 from .jira import JiraError
 from .schema import SchemaMismatch
 from .services import Services, build_services
-from .weak_settings import weak_settings
+from .weak_settings import require_webhook_auth, weak_settings
 from .worker import WorkerPool
 
 

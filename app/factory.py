@@ -12,11 +12,11 @@ from flask import Flask, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import logs
-from .config import ConfigError, Settings, load_settings
+from .config import Settings, load_settings
 from .database import describe_error
 from .services import build_services
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .weak_settings import weak_settings
+from .weak_settings import require_webhook_auth, weak_settings
 from .web import admin, dashboard, health, hooks, metrics
 from .web.auth import EXTENSION
 from .web.hooks import RETRY_AFTER_SECONDS
@@ -56,13 +56,3 @@ def _database_unavailable(exc):
         503,
         {"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
-
-
-def require_webhook_auth(settings: Settings) -> None:
-    """An open webhook would let anyone trigger LDAP and Jira work: refuse unless asked for."""
-    if not settings.webhook.secret and not settings.webhook.allow_unauthenticated:
-        raise ConfigError(
-            "webhook.secret",
-            "is required (AVATAR_SYNC_WEBHOOK_SECRET); set "
-            "webhook.allow_unauthenticated = true to accept unsigned webhooks",
-        )

@@ -1,13 +1,25 @@
-"""Settings that work but leave a door open: plain-text credentials, unchecked certificates,
-short secrets. Warned about at start-up (app/factory.py) and by `check`; never refused."""
+"""Settings that leave a door open. One is refused: a webhook without a secret, unless asked
+for. The rest work and are warned about at start-up (app/factory.py) and by `check`:
+plain-text credentials, unchecked certificates, short secrets. No Flask here: the CLI's
+commands import this without the web app."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .config import Settings
+from .config import ConfigError, Settings
 
 MIN_SECRET_LENGTH = 16
+
+
+def require_webhook_auth(settings: Settings) -> None:
+    """An open webhook would let anyone trigger LDAP and Jira work: refuse unless asked for."""
+    if not settings.webhook.secret and not settings.webhook.allow_unauthenticated:
+        raise ConfigError(
+            "webhook.secret",
+            "is required (AVATAR_SYNC_WEBHOOK_SECRET); set "
+            "webhook.allow_unauthenticated = true to accept unsigned webhooks",
+        )
 
 
 def weak_settings(settings: Settings) -> list[str]:

@@ -1,4 +1,5 @@
 """The real console script, pointed at real slapd, real Samba AD and the Jira emulator."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,14 @@ def run(*args, env=None, config=None):
 WEBHOOK_SECRET = "a-webhook-secret-long-enough"
 
 
-def write_config(tmp_path, jira_url, directories: str, extra: str = "", password=JIRA_PASSWORD,
-                 webhook_secret: str | None = WEBHOOK_SECRET) -> Path:
+def write_config(
+    tmp_path,
+    jira_url,
+    directories: str,
+    extra: str = "",
+    password=JIRA_PASSWORD,
+    webhook_secret: str | None = WEBHOOK_SECRET,
+) -> Path:
     path = tmp_path / "avatar-sync.toml"
     secret = tmp_path / "jira-password"
     secret.write_text(password + "\n")
@@ -156,7 +163,9 @@ def test_check_fails_for_what_would_stop_serve_and_speaks_json(tmp_path, slapd, 
     as_json = run("check", "--json", config=config)
     body = json.loads(as_json.stdout)
     assert as_json.returncode == 1 and body["ok"] is False
-    assert {"status": "fail", "check": "webhook"}.items() <= next(c for c in body["checks"] if c["check"] == "webhook").items()
+    assert {"status": "fail", "check": "webhook"}.items() <= next(
+        c for c in body["checks"] if c["check"] == "webhook"
+    ).items()
     assert JIRA_PASSWORD not in as_json.stdout + as_json.stderr
 
 
@@ -189,15 +198,21 @@ def test_each_outcome_is_printed_once_and_expected_failures_have_no_traceback(tm
     version = run("--version")
     assert version.returncode == 0 and version.stdout.startswith("jira-avatar-sync, version ")
 
-    dead_directory = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text().replace(
-        slapd.url, f"ldap://127.0.0.1:{slapd_rig.free_port()}")
+    dead_directory = (
+        write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou))
+        .read_text()
+        .replace(slapd.url, f"ldap://127.0.0.1:{slapd_rig.free_port()}")
+    )
     (tmp_path / "dead.toml").write_text(dead_directory)
     failed_sweep = run("sweep", config=tmp_path / "dead.toml")
     assert failed_sweep.returncode == 1 and "sweep 1: failed: directory openldap" in failed_sweep.stdout
     assert "Traceback" not in failed_sweep.stdout + failed_sweep.stderr
 
-    down = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text().replace(
-        f"sqlite:///{tmp_path}/state.db", f"postgresql://nobody@127.0.0.1:{slapd_rig.free_port()}/none")
+    down = (
+        write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou))
+        .read_text()
+        .replace(f"sqlite:///{tmp_path}/state.db", f"postgresql://nobody@127.0.0.1:{slapd_rig.free_port()}/none")
+    )
     (tmp_path / "down.toml").write_text(down)
     for args in (("sync", "jdoe"), ("sweep",), ("check",)):
         result = run(*args, config=tmp_path / "down.toml")
@@ -209,12 +224,16 @@ def test_each_outcome_is_printed_once_and_expected_failures_have_no_traceback(tm
 def test_check_fails_on_bad_bind_and_non_admin(tmp_path, slapd, ldap_ou, jira):
     jira.state.add_account("plain", "pw", admin=False)
     toml = slapd_toml(slapd, ldap_ou).replace(slapd_rig.SVC_PW, "wrong-password")
-    config = write_config(tmp_path, jira.url, toml).read_text().replace(f'username = "{JIRA_USER}"', 'username = "plain"')
+    config = (
+        write_config(tmp_path, jira.url, toml).read_text().replace(f'username = "{JIRA_USER}"', 'username = "plain"')
+    )
     (tmp_path / "c.toml").write_text(config)
     (tmp_path / "jira-password").write_text("pw")
     result = run("check", config=tmp_path / "c.toml")
     assert result.returncode == 1
-    assert "FAIL directory openldap: bind as cn=svc-avatar,dc=example,dc=org refused: invalidCredentials" in result.stdout
+    assert (
+        "FAIL directory openldap: bind as cn=svc-avatar,dc=example,dc=org refused: invalidCredentials" in result.stdout
+    )
     assert "FAIL Jira permission: plain is NOT a Jira administrator" in result.stdout
     assert "wrong-password" not in result.stdout + result.stderr
 
@@ -223,7 +242,9 @@ def test_check_with_a_token_names_the_account_the_webhook_must_ignore(tmp_path, 
     """The login rule ignores the service's own logins by jira.username, which a token does not need."""
     jira.state.add_account("svc-token", admin=True, token="pat-123")
     config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou)).read_text()
-    config = config.replace(f'username = "{JIRA_USER}"', 'token = "pat-123"').replace("password_file", "# password_file")
+    config = config.replace(f'username = "{JIRA_USER}"', 'token = "pat-123"').replace(
+        "password_file", "# password_file"
+    )
     (tmp_path / "c.toml").write_text(config)
     result = run("check", config=tmp_path / "c.toml")
     assert result.returncode == 0, result.stdout + result.stderr  # advice, not a failure
@@ -232,22 +253,47 @@ def test_check_with_a_token_names_the_account_the_webhook_must_ignore(tmp_path, 
 
 
 def test_configuration_error_exits_2_naming_the_key(tmp_path):
-    result = run("sync", "jdoe", env={"AVATAR_SYNC_JIRA_URL": "http://jira", "AVATAR_SYNC_JIRA_TOKEN": "t",
-                                      "AVATAR_SYNC_LDAP_URL": "ldap://x", "AVATAR_SYNC_LDAP_BASE_DN": "dc=x",
-                                      "AVATAR_SYNC_SIZE": "huge"})
+    result = run(
+        "sync",
+        "jdoe",
+        env={
+            "AVATAR_SYNC_JIRA_URL": "http://jira",
+            "AVATAR_SYNC_JIRA_TOKEN": "t",
+            "AVATAR_SYNC_LDAP_URL": "ldap://x",
+            "AVATAR_SYNC_LDAP_BASE_DN": "dc=x",
+            "AVATAR_SYNC_SIZE": "huge",
+        },
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "configuration error: size: must be a whole number, got 'huge'"
+
+
+def test_the_command_line_starts_without_the_web_app():
+    """A sweep's helpers and every command but serve start without importing Flask (a tenth of
+    a second of each process's start on these machines)."""
+    code = (
+        "import sys, app.cli, app.cli_sweep, app.sweep_helpers; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug') or m == 'app.factory'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_env_only_configuration(tmp_path, slapd, ldap_ou, jira):
     slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
     jira.state.add_user("jdoe")
     (tmp_path / "ldap-pw").write_text(slapd_rig.SVC_PW)
-    env = {"AVATAR_SYNC_DATABASE_URL": f"sqlite:///{tmp_path}/s.db", "AVATAR_SYNC_JIRA_URL": jira.url,
-           "AVATAR_SYNC_JIRA_USERNAME": JIRA_USER, "AVATAR_SYNC_JIRA_PASSWORD": JIRA_PASSWORD,
-           "AVATAR_SYNC_LDAP_URL": slapd.url, "AVATAR_SYNC_LDAP_BIND_DN": slapd_rig.SVC_DN,
-           "AVATAR_SYNC_LDAP_BIND_PASSWORD_FILE": str(tmp_path / "ldap-pw"),
-           "AVATAR_SYNC_LDAP_BASE_DN": ldap_ou, "AVATAR_SYNC_PHOTO_ATTRIBUTES": "jpegPhoto"}
+    env = {
+        "AVATAR_SYNC_DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+        "AVATAR_SYNC_JIRA_URL": jira.url,
+        "AVATAR_SYNC_JIRA_USERNAME": JIRA_USER,
+        "AVATAR_SYNC_JIRA_PASSWORD": JIRA_PASSWORD,
+        "AVATAR_SYNC_LDAP_URL": slapd.url,
+        "AVATAR_SYNC_LDAP_BIND_DN": slapd_rig.SVC_DN,
+        "AVATAR_SYNC_LDAP_BIND_PASSWORD_FILE": str(tmp_path / "ldap-pw"),
+        "AVATAR_SYNC_LDAP_BASE_DN": ldap_ou,
+        "AVATAR_SYNC_PHOTO_ATTRIBUTES": "jpegPhoto",
+    }
     result = run("sync", "jdoe", env=env)
     assert result.stdout.strip() == "jdoe: updated", result.stderr
     disabled = run("sync", "jdoe", env={**env, "AVATAR_SYNC_PHOTO_ATTRIBUTES": ""})
@@ -258,10 +304,24 @@ def test_env_only_configuration(tmp_path, slapd, ldap_ou, jira):
 def test_real_cli_against_the_standalone_emulator(tmp_path, slapd, ldap_ou, emulator_version):
     """`python -m tests.jira_emulator` runs on its own and the real CLI works against it."""
     port = slapd_rig.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.jira_emulator", "--port", str(port),
-                             "--version", emulator_version, "--admin", f"{JIRA_USER}:{JIRA_PASSWORD}",
-                             "--users", "jdoe,other"], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.jira_emulator",
+            "--port",
+            str(port),
+            "--version",
+            emulator_version,
+            "--admin",
+            f"{JIRA_USER}:{JIRA_PASSWORD}",
+            "--users",
+            "jdoe,other",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
         assert "emulator on" in proc.stdout.readline()
         slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
@@ -280,6 +340,7 @@ def test_a_sweep_takes_one_process_per_core_within_the_containers_cpu_quota(tmp_
 
     from app import sweep_helpers
     from tests.helpers import make_settings
+
     usable = len(os.sched_getaffinity(0))
     quota = tmp_path / "cpu.max"
     quota.write_text("150000 100000\n")  # 1.5 cores
@@ -291,8 +352,12 @@ def test_a_sweep_takes_one_process_per_core_within_the_containers_cpu_quota(tmp_
     settings = make_settings(tmp_path, "http://127.0.0.1:1", directory)
     assert sweep_helpers.how_many(settings, 64, dry_run=False) == settings.jira.max_concurrency
     assert sweep_helpers.how_many(settings, 2, dry_run=True) == 1
-    assert sweep_helpers.how_many(settings, None, dry_run=False) == min(sweep_helpers.cores(), settings.jira.max_concurrency)
-    assert sweep_helpers.how_many(dataclasses.replace(settings, database_url="sqlite:///:memory:"), 2, dry_run=False) == 1
+    assert sweep_helpers.how_many(settings, None, dry_run=False) == min(
+        sweep_helpers.cores(), settings.jira.max_concurrency
+    )
+    assert (
+        sweep_helpers.how_many(dataclasses.replace(settings, database_url="sqlite:///:memory:"), 2, dry_run=False) == 1
+    )
     rated = dataclasses.replace(settings, jira=dataclasses.replace(settings.jira, max_requests_per_second=10.0))
     assert sweep_helpers.shared_settings(rated, 2).jira.max_requests_per_second == 5.0
     assert sweep_helpers.shared_settings(rated, 2).jira.max_concurrency == rated.jira.max_concurrency
