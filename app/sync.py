@@ -37,7 +37,7 @@ from .outcomes import (
     UPDATED,
 )
 from .photo_sources import PhotoSources
-from .rules import UNKNOWN, Facts, Need, Plan, decide, stale_after
+from .rules import UNKNOWN, Facts, Need, Plan, Unknown, decide, stale_after
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .store import Store, UserState
 from .usernames import loggable
@@ -129,12 +129,15 @@ class Syncer:
         attempt: int | None = None,
         entry: DirectoryEntry | None = None,
         source: str = "admin",
+        state: UserState | None | Unknown = UNKNOWN,
     ) -> Verdict:
         """Decide and carry out what the user's Jira picture needs; what to record is left to
         record(). Never raises: a failure is the verdict's outcome.
 
         ``jira_user``: the user as a sweep just read it in bulk, saving one GET per user.
         ``entry``: the user's directory entry as prefetch() just read it (directory order holds there).
+        ``state``: what the store held of the user when the worker's batch was read (None: nothing);
+        UNKNOWN: read it here.
         ``source``: what asked for it (login, created, updated, sweep, admin), for the log
         line and the dashboard.
         ``attempt``: a queued job's attempt number. A job's next attempt (like any sync after a
@@ -144,7 +147,7 @@ class Syncer:
         """
         started = time.perf_counter()
         try:
-            verdict = self._sync(username, force, dry_run, jira_user, attempt, entry)
+            verdict = self._sync(username, force, dry_run, jira_user, attempt, entry, state)
         except DirectoryUnavailable as exc:
             # Directory order: an unreachable directory ahead of the user's own must not be skipped.
             verdict = Verdict(SyncResult(username, FAILED, str(exc), dry_run=dry_run, retryable=True))
@@ -249,12 +252,13 @@ class Syncer:
         jira_user: JiraUser | None,
         attempt: int | None,
         prefetched: DirectoryEntry | None,
+        stored: UserState | None | Unknown,
     ) -> Verdict:
         """Reads what the rules ask for, then makes Jira's changes; what to store is left to
         the caller (record)."""
         disabled = self.settings.sync_disabled
         # what is stored first: it says whether an admin excluded the user, before anything is read
-        state = None if disabled else self.store.get(username)
+        state = None if disabled else (self.store.get(username) if stored is UNKNOWN else stored)
         excluded = None if disabled else self.exclusions.reason(username, state)
         # directory order; an excluded user's entry is not read, so no change marker is stored for
         # them and every sweep asks again (exclude_users or exclude_groups may have changed)

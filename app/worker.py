@@ -16,7 +16,9 @@ from .database import describe_error
 from .directory import DirectoryEntry
 from .outcomes import FAILED
 from .queue import SWEEP, Job
+from .rules import UNKNOWN, Unknown
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
+from .store import UserState, user_key
 from .sweep_run import run_in_background
 from .usernames import loggable
 
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 MAINTENANCE_SECONDS = 3600
 SWEEP_CHECK_SECONDS = 2
 CLAIM_BATCH = 8  # each thread's claim; a login waits for at most one job of a batch
-PREFETCH_FRESH_SECONDS = 5  # a batch's directory entries are read again after this
+PREFETCH_FRESH_SECONDS = 5  # a batch's directory entries and states are read again after this
 
 
 class WorkerPool:
@@ -66,30 +68,45 @@ class WorkerPool:
 
         A sweep's jobs are taken a few at a time, so that their directory entries are read
         in one search per directory instead of one each (the sweep process's CPU a tenth lower,
-        the directory's halved). Logins are taken one by one, so that every idle thread takes
-        one at once, and a login that comes due meanwhile goes before the batch's rest.
+        the directory's halved), and their stored states in one query; both are read again for
+        a job whose turn comes more than PREFETCH_FRESH_SECONDS later. Logins are taken one by
+        one, so that every idle thread takes one at once, and a login that comes due meanwhile
+        goes before the batch's rest.
         """
         jobs = self.queue.claim(1)
         if jobs and jobs[0].priority >= SWEEP:
             jobs += self.queue.claim(CLAIM_BATCH - 1, min_priority=SWEEP)
-        entries = self.services.syncer.photos.prefetch([j.username for j in jobs]) if len(jobs) > 1 else {}
+        entries, states = {}, None
+        if len(jobs) > 1:
+            names = [j.username for j in jobs]
+            entries, states = self.services.syncer.photos.prefetch(names), self.services.store.get_many(names)
         read_at = time.monotonic()
         for i, job in enumerate(jobs):
             if i and self.queue.urgent_waiting():  # jobs after the first are sweep jobs
                 for urgent in self.queue.claim(1):
                     self.process(urgent)
-            fresh = time.monotonic() - read_at < PREFETCH_FRESH_SECONDS  # else read again
-            self.process(job, entries.get(job.username) if fresh else None)
+            if states is not None and time.monotonic() - read_at < PREFETCH_FRESH_SECONDS:  # else read again
+                self.process(job, entries.get(job.username), states.get(user_key(job.username)))
+            else:
+                self.process(job)
         return bool(jobs)
 
-    def process(self, job: Job, entry: DirectoryEntry | None = None) -> None:
+    def process(
+        self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN
+    ) -> None:
         """One job: the sync, then one transaction that records the user's outcome, counts it
         in the job's sweep and ends the job (or schedules its retry). A crash can therefore
         never leave an outcome recorded with its job still open, or the reverse; if that
         transaction cannot be written, the job keeps its lease until it expires and runs again."""
         syncer = self.services.syncer
         verdict = syncer.attempt(
-            job.username, force=job.force, jira_user=job.jira_user, attempt=job.attempts, entry=entry, source=job.source
+            job.username,
+            force=job.force,
+            jira_user=job.jira_user,
+            attempt=job.attempts,
+            entry=entry,
+            source=job.source,
+            state=state,
         )
         result = verdict.result
         try:

@@ -12,6 +12,7 @@ from sqlalchemy import update
 from app import sweep_run
 from app.directory import Directory
 from app.queue import LOGIN, SWEEP
+from app.rules import UNKNOWN
 from app.sweep import SweepConflict
 from app.sweep import sweeps as sweeps_table
 from app.worker import WorkerPool
@@ -238,13 +239,16 @@ def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tm
     order, real = [], syncer.attempt
 
     def attempt(username, **kw):
-        order.append((username, kw.get("entry") is not None))
+        # read with the batch: the directory entry and the stored state (None for a new user)
+        with_batch = kw.get("entry") is not None and kw.get("state", UNKNOWN) is not UNKNOWN
+        assert with_batch or (kw.get("entry") is None and kw.get("state", UNKNOWN) is UNKNOWN)
+        order.append((username, with_batch))
         if username == "b0":
             queue.enqueue("vip", LOGIN, source="login")  # arrives while the batch is being worked
         return real(username, **kw)
     monkeypatch.setattr(syncer, "attempt", attempt)
     assert WorkerPool(rig.services).run_once()
-    # the batch's entries were read together; the login's alone, when its sync ran
+    # the batch's entries and states were read together; the login's alone, when its sync ran
     assert order == [("b0", True), ("vip", False), ("b1", True), ("b2", True), ("b3", True)]
     assert all(jira.state.selected_avatar(n).owner for n in names + ["vip"])
     # logins are taken one at a time, so that every idle thread takes one at once
@@ -262,6 +266,28 @@ def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tm
     queue.forget("b2")
     assert WorkerPool(rig.services).run_once()
     assert sorted(order) == [("b0", False), ("b1", False), ("b3", False), ("vip", False)]  # b0 brings vip
+
+
+def test_a_batch_of_sweep_jobs_keeps_to_what_the_store_holds(tmp_path, slapd, ldap_ou, jira, services_for):
+    """The states a worker reads with its batch are the store's: an admin's opt-out stands, and a
+    picture already ours is not uploaded again."""
+    names = ["s0", "s1", "s2"]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
+    for n in names:
+        jira.state.add_user(n)
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    queue, store = rig.services.queue, rig.services.store
+    for n in names:
+        queue.enqueue(n, SWEEP, source="sweep")
+    assert WorkerPool(rig.services).run_once()
+    assert [jira.state.created_for(n) for n in names] == [1, 1, 1]
+    store.set_excluded("s1", True)
+    for n in names:
+        queue.enqueue(n, SWEEP, source="sweep")
+    assert WorkerPool(rig.services).run_once()
+    outcomes = {n: store.get(n).last_outcome for n in names}
+    assert outcomes == {"s0": "unchanged", "s1": "excluded", "s2": "unchanged"}
+    assert [jira.state.created_for(n) for n in names] == [1, 1, 1]
 
 
 def test_samba_ad_sweep_uses_usn_markers(tmp_path, samba, ad_ou, jira, services_for, lookups):
