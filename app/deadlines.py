@@ -19,23 +19,24 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .per_process import PerProcess
 
 
-@dataclass(order=True)
+@dataclass(eq=False)
 class Guard:
     deadline: float
-    seq: int
-    sock: socket.socket | None = field(compare=False, default=None)
-    done: bool = field(compare=False, default=False)
-    fired: bool = field(compare=False, default=False)  # the deadline passed: the socket was shut
+    sock: socket.socket | None = None
+    done: bool = False
+    fired: bool = False  # the deadline passed: the socket was shut
 
 
 class Watchdog:
     def __init__(self) -> None:
-        self._heap: list[Guard] = []
+        # (deadline, seq, guard): tuples compare in C (a dataclass's __lt__ is Python, and a
+        # heap of a busy sweep's guards holds tens of thousands until their deadlines come)
+        self._heap: list[tuple[float, int, Guard]] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._thread = PerProcess(self._start)  # a forked child starts its own
@@ -43,12 +44,12 @@ class Watchdog:
     @contextmanager
     def guard(self, sock: socket.socket | None, seconds: float) -> Iterator[Guard]:
         """Shut ``sock`` down if the block is still running after ``seconds``."""
-        entry = Guard(time.monotonic() + seconds, next(self._seq), sock)
+        entry = Guard(time.monotonic() + seconds, sock)
         if sock is not None:
             self._thread.get()
             with self._cond:
-                heapq.heappush(self._heap, entry)
-                if self._heap[0] is entry:
+                heapq.heappush(self._heap, (entry.deadline, next(self._seq), entry))
+                if self._heap[0][2] is entry:
                     self._cond.notify()
         try:
             yield entry
@@ -67,12 +68,12 @@ class Watchdog:
     def _run(self) -> None:
         with self._cond:
             while True:
-                while self._heap and self._heap[0].done:
+                while self._heap and self._heap[0][2].done:
                     heapq.heappop(self._heap)
                 if not self._heap:
                     self._cond.wait()
                     continue
-                first = self._heap[0]
+                first = self._heap[0][2]
                 wait = first.deadline - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
