@@ -39,8 +39,10 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
     try:
         sweep_id = sweeps.start(dry_run=dry_run, full=full, trigger="cli")
     except SweepConflict as exc:
-        click.echo(f"cannot start a sweep: {exc}", err=True)
-        ctx.exit(1)
+        resumed = _resume(sweeps, dry_run, full, exc)
+        if resumed is None:
+            ctx.exit(1)
+        sweep_id = resumed
     # This process (and its helpers) drain the queue too, so the sweep finishes with or without
     # the service. Twice as many threads as Jira slots: a sync spends part of its time off Jira
     # (directory, decode, database), and the client's gate still holds calls in flight to
@@ -82,6 +84,31 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
     else:
         _print_summary(summary, sweeps.problems(sweep_id, limit=20))
     ctx.exit(0 if summary["status"] == SweepStatus.FINISHED else 1)
+
+
+def _resume(sweeps, dry_run: bool, full: bool, conflict: SweepConflict) -> int | None:
+    """The sweep a stopped command (killed, its machine rebooted) left running, to be resumed
+    here when it is the kind asked for: without a service, nothing else would ever finish it,
+    and every later sweep would be refused. None, said why, when there is nothing to resume."""
+    left = sweeps.abandoned() if conflict.running is not None else None
+    if left is None or left["id"] != conflict.running:
+        click.echo(f"cannot start a sweep: {conflict}", err=True)
+        return None
+    kind = "a dry run" if left["dry_run"] else "a full sweep" if left["full"] else "a sweep"
+    if left["dry_run"] != dry_run or (full and not left["full"]):
+        flags = " --dry-run" if left["dry_run"] else " --full" if left["full"] else ""
+        click.echo(
+            f"cannot start a sweep: sweep {left['id']}, {kind}, was left unfinished by a process that stopped; "
+            f"resume it with `jira-avatar-sync sweep{flags}`, or cancel it (POST /admin/sweeps/{left['id']}/cancel)",
+            err=True,
+        )
+        return None
+    click.echo(
+        f"resuming sweep {left['id']} ({kind}, started {left['started_at']}), left unfinished by a process that "
+        f"stopped: {left['done']} users done",
+        err=True,
+    )
+    return left["id"]
 
 
 def _follow(sweeps, sweep_id: int, runner: threading.Thread | None, on_summary) -> dict:

@@ -64,7 +64,11 @@ _RECORD = (
 
 
 class SweepConflict(Exception):
-    """A sweep is already running (or sweeping is not possible now)."""
+    """A sweep is already running (``running``: its id), or sweeping is not possible now."""
+
+    def __init__(self, message: str, running: int | None = None):
+        super().__init__(message)
+        self.running = running
 
 
 class Sweeps:
@@ -84,7 +88,7 @@ class Sweeps:
                 conn.exec_driver_sql("LOCK TABLE sweeps IN SHARE ROW EXCLUSIVE MODE")
             running = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING)).first()
             if running:
-                raise SweepConflict(f"sweep {running.id} is running")
+                raise SweepConflict(f"sweep {running.id} is running", running=running.id)
             # lease_until = now: free for the first worker (or the CLI) to take and run
             return conn.execute(
                 sweeps.insert()
@@ -129,6 +133,16 @@ class Sweeps:
         """The running sweep's summary, if one runs."""
         with self.store.read() as conn:
             sweep_id = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING)).scalar()
+        return self.summary(sweep_id) if sweep_id is not None else None
+
+    def abandoned(self) -> dict | None:
+        """The running sweep's summary if its runner stopped (its lease lapsed): the service's
+        workers resume such a sweep by themselves; the command line resumes it when asked for
+        the same kind of sweep."""
+        with self.store.read() as conn:
+            sweep_id = conn.execute(
+                select(sweeps.c.id).where(sweeps.c.status == RUNNING, sweeps.c.lease_until < utcnow())
+            ).scalar()
         return self.summary(sweep_id) if sweep_id is not None else None
 
     def last_ended(self) -> dict | None:

@@ -3,6 +3,7 @@ real Samba AD and the emulator in its 9.x and 10.x behaviours."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -414,7 +415,6 @@ def test_cli_sweep_in_two_processes_shares_jira_concurrency_and_does_each_user_o
     """`sweep --processes 2`: a helper process syncs beside the command's own threads (each
     sync line names its process), yet Jira never has more than jira.max_concurrency calls at
     once from the two, and every user is uploaded exactly once."""
-    import re
     import subprocess
 
     from tests.test_cli import SCRIPT
@@ -458,16 +458,13 @@ def test_sweep_helpers_stop_when_the_command_dies(tmp_path, slapd, ldap_ou, jira
             time.sleep(0.1)
 
 
-def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_path, slapd, ldap_ou, jira):
+def _kill_a_sweep_command_mid_way(env, jira, names: list[str]) -> None:
+    """`sweep` killed with -9, with its helpers, once 20 of ``names`` have their picture."""
     import os
     import signal
     import subprocess
 
-    from app.config import load_settings
-    from app.services import build_services
     from tests.test_cli import SCRIPT
-    names = _photo_users(slapd, ldap_ou, jira, "kill", 150, latency=0.02)
-    env, config = _cli_env(tmp_path, slapd, ldap_ou, jira, extra="[worker]\nlease_seconds = 2\npoll_seconds = 0.1\n")
     sweeping = subprocess.Popen([SCRIPT, "sweep"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
     deadline = time.monotonic() + 60
@@ -476,6 +473,19 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
         time.sleep(0.05)
     os.killpg(sweeping.pid, signal.SIGKILL)
     sweeping.wait()
+
+
+def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_path, slapd, ldap_ou, jira):
+    import signal
+    import subprocess
+
+    from app.config import load_settings
+    from app.services import build_services
+    from tests.test_cli import SCRIPT
+    names = _photo_users(slapd, ldap_ou, jira, "kill", 150, latency=0.02)
+    env, config = _cli_env(tmp_path, slapd, ldap_ou, jira, extra="[worker]\nlease_seconds = 2\npoll_seconds = 0.1\n")
+    _kill_a_sweep_command_mid_way(env, jira, names)
+    deadline = time.monotonic() + 60
     done_before = sum(jira.state.selected_avatar(n).owner is not None for n in names)
     assert done_before < len(names)
     restarted = subprocess.Popen([SCRIPT, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -497,6 +507,33 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(30)
+
+
+def test_a_sweep_command_killed_mid_way_is_resumed_by_the_next_one_without_a_service(tmp_path, slapd, ldap_ou, jira):
+    """Without a service to take it over, only the command line can finish a sweep a killed
+    command left running; refused, every later sweep would be refused too."""
+    import subprocess
+
+    from tests.test_cli import SCRIPT
+    names = _photo_users(slapd, ldap_ou, jira, "again", 120, latency=0.02)
+    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira, extra="[worker]\nlease_seconds = 2\n")
+    _kill_a_sweep_command_mid_way(env, jira, names)
+    time.sleep(2.5)  # its lease lapses
+    writes = jira.state.writes()
+    other_kind = subprocess.run([SCRIPT, "sweep", "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
+    assert other_kind.returncode == 1 and jira.state.writes() == writes
+    assert ("sweep 1, a sweep, was left unfinished by a process that stopped; resume it with "
+            "`jira-avatar-sync sweep`") in other_kind.stderr
+    resumed = subprocess.run([SCRIPT, "sweep"], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming sweep 1 (a sweep, started " in resumed.stderr
+    assert resumed.stdout.startswith("sweep 1: finished")
+    counts = dict(re.findall(r"^(\w+) +(\d+)$", resumed.stdout.split("\ntotal")[0], re.M))
+    assert counts.pop("not_in_directory") == "1" and set(counts) <= {"updated", "unchanged"}, resumed.stdout
+    assert sum(map(int, counts.values())) == len(names)
+    assert {n: c for n in names if (c := jira.state.created_for(n)) != 1} == {}
+    again = subprocess.run([SCRIPT, "sweep"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.startswith("sweep 2: finished")
 
 
 def test_old_sweep_reports_are_pruned(tmp_path, slapd, ldap_ou, jira, services_for):
