@@ -4,9 +4,12 @@ app/cli.py's ``main``."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -62,28 +65,65 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
                 err=True,
             )
 
-    with helpers:
+    stop = threading.Event()
+    with _SigTerm().installed() as sigterm, helpers:
         consider(None)  # asked for: at once
         pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
-        runner = None
+        # the runner's end is an Event, not Thread.join: a join that Ctrl-C or SIGTERM interrupts
+        # marks the thread ended while it still runs (CPython's bpo-45274 handling)
+        runner_done: threading.Event | None = None
         if sweep_run.take_over(services) == sweep_id:
-            runner = threading.Thread(target=sweep_run.run, args=(services, sweep_id), daemon=True)
-            runner.start()
+            runner_done = threading.Event()
+            threading.Thread(target=_run, args=(services, sweep_id, stop, runner_done), daemon=True).start()
         try:
-            summary = _follow(sweeps, sweep_id, runner, consider)
-        except KeyboardInterrupt:
+            summary = _follow(sweeps, sweep_id, runner_done, consider, sigterm)
+        except KeyboardInterrupt:  # Ctrl-C: the admin's own "stop this sweep"
             sweeps.cancel(sweep_id)
             click.echo("\ncancelled", err=True)
             summary = sweeps.summary(sweep_id) or {"id": sweep_id, "status": "cancelled"}
+        except _Terminated:  # a service manager stopping the command: the sweep is not given up
+            stop.set()
+            click.echo(
+                f"\nstopped (SIGTERM): the running syncs finish; sweep {sweep_id} goes on in the service, "
+                "or with the next `jira-avatar-sync sweep`",
+                err=True,
+            )
+            summary = None
         finally:
-            if runner:
-                runner.join(10)
+            if runner_done:
+                runner_done.wait(10)
             pool.stop()
+        summary = summary or sweeps.summary(sweep_id) or {"id": sweep_id, "status": "running"}
     if as_json:
         _print_json({**summary, "problems": sweeps.problems(sweep_id)})
     else:
         _print_summary(summary, sweeps.problems(sweep_id, limit=20))
     ctx.exit(0 if summary["status"] == SweepStatus.FINISHED else 1)
+
+
+class _Terminated(Exception):
+    pass
+
+
+class _SigTerm:
+    """SIGTERM (systemd stopping a timer's unit, a pod's end) is noted here, and _follow turns it
+    into _Terminated at its next look at the sweep: raised from the handler itself, it could land
+    inside a lock's acquire (the store's writer lock) and leave the lock held. Without this the
+    command died at once, its summary unprinted and its sweep's lease held until it lapsed."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def _handle(self, *_) -> None:
+        self.received = True
+
+    @contextmanager
+    def installed(self) -> Iterator[_SigTerm]:
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _resume(sweeps, dry_run: bool, full: bool, conflict: SweepConflict) -> int | None:
@@ -111,10 +151,19 @@ def _resume(sweeps, dry_run: bool, full: bool, conflict: SweepConflict) -> int |
     return left["id"]
 
 
-def _follow(sweeps, sweep_id: int, runner: threading.Thread | None, on_summary) -> dict:
+def _run(services, sweep_id: int, stop: threading.Event, done: threading.Event) -> None:
+    try:
+        sweep_run.run(services, sweep_id, None, stop)
+    finally:
+        done.set()
+
+
+def _follow(sweeps, sweep_id: int, runner_done: threading.Event | None, on_summary, sigterm: _SigTerm) -> dict:
     tty = sys.stderr.isatty()
     last_line = 0.0
     while True:
+        if sigterm.received:
+            raise _Terminated()
         summary = sweeps.summary(sweep_id)
         on_summary(summary)
         line = (
@@ -132,8 +181,8 @@ def _follow(sweeps, sweep_id: int, runner: threading.Thread | None, on_summary) 
         elif time.monotonic() - last_line > 10:
             click.echo(line, err=True)
             last_line = time.monotonic()
-        if runner is not None and runner.is_alive():
-            runner.join(0.5)  # the summary comes the moment this process's runner ends the sweep
+        if runner_done is not None and not runner_done.is_set():
+            runner_done.wait(0.5)  # the summary comes the moment this process's runner ends the sweep
         else:
             time.sleep(0.5)
 

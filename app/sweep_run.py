@@ -50,18 +50,21 @@ def take_over(services) -> int | None:
     return row.id if taken else None
 
 
-def run(services, sweep_id: int, on_progress=None) -> None:
+def run(services, sweep_id: int, on_progress=None, stop: threading.Event | None = None) -> None:
     """Scan (or resume the scan), then watch the queued users until all are done. Taken over
-    first: this process must hold the lease."""
-    _Run(services, sweep_id, on_progress).run()
+    first: this process must hold the lease. ``stop`` set: let go of the lease at the next
+    page (or the next look at the queue), leaving the sweep running for another process, or
+    this one restarted, to resume at once."""
+    _Run(services, sweep_id, on_progress, stop).run()
 
 
-def run_in_background(services) -> threading.Thread | None:
-    """Take over a sweep whose lease is free and run it on a thread of its own."""
+def run_in_background(services, stop: threading.Event | None = None) -> threading.Thread | None:
+    """Take over a sweep whose lease is free and run it on a thread of its own (``stop``: as
+    for run())."""
     sweep_id = take_over(services)
     if sweep_id is None:
         return None
-    thread = threading.Thread(target=run, args=(services, sweep_id), name=f"sweep-{sweep_id}", daemon=True)
+    thread = threading.Thread(target=run, args=(services, sweep_id, None, stop), name=f"sweep-{sweep_id}", daemon=True)
     thread.start()
     return thread
 
@@ -70,9 +73,14 @@ class _Cancelled(Exception):
     pass
 
 
+class _Stopped(Exception):
+    pass
+
+
 class _Run:
-    def __init__(self, services, sweep_id: int, on_progress):
+    def __init__(self, services, sweep_id: int, on_progress, stop: threading.Event | None = None):
         self.services, self.id, self.on_progress = services, sweep_id, on_progress
+        self.stop = stop or threading.Event()
         self.store, self.queue, self.sweeps = services.store, services.queue, services.sweeps
         self.full = False
         self.dry: ThreadPoolExecutor | None = None  # a dry run syncs (reads only) on these threads
@@ -88,6 +96,14 @@ class _Run:
             self._await_done()
         except _Cancelled:
             log.info("sweep %d cancelled", self.id)
+        except _Stopped:
+            with self.store.transaction() as conn:
+                conn.execute(
+                    update(sweeps)
+                    .where(sweeps.c.id == self.id, sweeps.c.status == RUNNING)
+                    .values(lease_until=utcnow())
+                )
+            log.info("sweep %d left for another process to resume", self.id)
         except DATABASE_UNAVAILABLE as exc:
             # not the sweep's fault, and its state is safe in the database: let the lease lapse,
             # and this or another process resumes it where it stopped (users reported stay done)
@@ -232,6 +248,8 @@ class _Run:
             )
 
     def _renew(self) -> None:
+        if self.stop.is_set():
+            raise _Stopped()
         with self.store.transaction() as conn:
             row = conn.execute(select(sweeps.c.status).where(sweeps.c.id == self.id)).first()
             if row is None or row.status != RUNNING:

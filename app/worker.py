@@ -39,6 +39,7 @@ class WorkerPool:
         self._next_maintenance = 0.0
         self._next_sweep_check = 0.0
         self.sweeps = services.sweeps
+        self._sweep_runner: threading.Thread | None = None  # a sweep this pool took over
 
     def start(self) -> WorkerPool:
         try:
@@ -55,11 +56,12 @@ class WorkerPool:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Let running jobs finish (their leases would otherwise have to expire)."""
+        """Let running jobs finish (their leases would otherwise have to expire), and a sweep
+        this pool runs let go of its lease, for another process to resume at once."""
         self._stop.set()
         self.queue.wakeup.set()
         deadline = time.monotonic() + timeout  # for them all, not each
-        for t in self._threads:
+        for t in [*self._threads, *([self._sweep_runner] if self._sweep_runner else [])]:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
@@ -139,7 +141,9 @@ class WorkerPool:
                 self._next_maintenance = now + MAINTENANCE_SECONDS
         if check_sweeps:
             schedule.start_if_due(self.services)
-            run_in_background(self.services)
+            runner = run_in_background(self.services, self._stop)
+            if runner is not None:
+                self._sweep_runner = runner
         if housekeeping:
             self.queue.prune_deliveries()
             self.sweeps.prune()

@@ -536,6 +536,34 @@ def test_a_sweep_command_killed_mid_way_is_resumed_by_the_next_one_without_a_ser
     assert again.returncode == 0 and again.stdout.startswith("sweep 2: finished")
 
 
+def test_a_sweep_command_stopped_by_sigterm_says_so_and_lets_the_next_one_resume_at_once(tmp_path, slapd, ldap_ou,
+                                                                                       jira):
+    """SIGTERM (a service manager's stop) is not Ctrl-C: the sweep is not cancelled. The running
+    syncs finish, the summary so far is printed, and the sweep's lease is let go at once, so
+    the next command resumes it without waiting for the lease (120 s here) to lapse."""
+    import signal
+    import subprocess
+
+    from tests.test_cli import SCRIPT
+    names = _photo_users(slapd, ldap_ou, jira, "term", 120, latency=0.02)
+    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
+    sweeping = subprocess.Popen([SCRIPT, "sweep"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while sum(jira.state.selected_avatar(n).owner is not None for n in names) < 20:
+        assert time.monotonic() < deadline and sweeping.poll() is None
+        time.sleep(0.05)
+    sweeping.send_signal(signal.SIGTERM)
+    out, err = sweeping.communicate(timeout=60)
+    assert sweeping.returncode == 1, err[-3000:]
+    assert "stopped (SIGTERM): the running syncs finish; sweep 1 goes on in the service" in err
+    assert out.startswith("sweep 1: running")
+    assert sum(jira.state.selected_avatar(n).owner is not None for n in names) < len(names)
+    resumed = subprocess.run([SCRIPT, "sweep"], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and "resuming sweep 1 (a sweep" in resumed.stderr, err + resumed.stderr[-3000:]
+    assert resumed.stdout.startswith("sweep 1: finished")
+    assert {n: c for n in names if (c := jira.state.created_for(n)) != 1} == {}
+
+
 def test_old_sweep_reports_are_pruned(tmp_path, slapd, ldap_ou, jira, services_for):
     from datetime import timedelta
 
