@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -89,7 +90,19 @@ LEASE = (
         updated_at=NOW,
     )
 )
-URGENT = select(jobs.c.id).where(jobs.c.state == PENDING, jobs.c.priority < SWEEP, jobs.c.next_try_at <= NOW).limit(1)
+# a job above sweep priority that is due, or whose worker died (its lease lapsed): a worker
+# busy with sweep batches takes it next (app/worker.py)
+URGENT = (
+    select(jobs.c.id)
+    .where(
+        jobs.c.priority < SWEEP,
+        or_(
+            and_(jobs.c.state == PENDING, jobs.c.next_try_at <= NOW),
+            and_(jobs.c.state == RUNNING, jobs.c.lease_until < NOW),
+        ),
+    )
+    .limit(1)
+)
 RERUN = (
     jobs.update()
     .where(MINE, jobs.c.again.is_(True))

@@ -75,9 +75,12 @@ class WorkerPool:
         one, so that every idle thread takes one at once, and a login that comes due meanwhile
         goes before the batch's rest.
         """
-        jobs = self.queue.claim(1)
-        if jobs and jobs[0].priority >= SWEEP:
-            jobs += self.queue.claim(CLAIM_BATCH - 1, min_priority=SWEEP)
+        # no login waiting (as urgent_waiting believes for a moment): a batch in one claim
+        jobs = [] if self.queue.urgent_waiting() else self.queue.claim(CLAIM_BATCH, min_priority=SWEEP)
+        if not jobs:
+            jobs = self.queue.claim(1)
+            if jobs and jobs[0].priority >= SWEEP:  # the login went to another thread meanwhile
+                jobs += self.queue.claim(CLAIM_BATCH - 1, min_priority=SWEEP)
         entries, states = {}, None
         if len(jobs) > 1:
             names = [j.username for j in jobs]

@@ -152,6 +152,19 @@ def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue,
     assert retaken.id == stuck.id and retaken.attempts == 2
 
 
+def test_a_login_whose_worker_died_counts_as_waiting(queue, monkeypatch):
+    """A worker busy with sweep batches claims sweep jobs only while no login waits; a login job
+    whose worker died (its lease lapsed) must count as waiting, or it would wait for the sweep."""
+    monkeypatch.setattr("app.queue.URGENT_RECHECK", 0)
+    queue.enqueue("dead-workers-login", LOGIN, source="login")
+    stuck = queue.claim(1)[0]
+    queue.enqueue("sweep0", SWEEP, source="sweep")
+    assert not queue.urgent_waiting()  # leased, and the lease runs
+    with queue.store.transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == stuck.id).values(lease_until=utcnow() - _seconds(1)))
+    assert queue.urgent_waiting()
+
+
 def test_dead_process_leases_are_released(queue):
     queue.enqueue("bob")
     queue.claim(1)

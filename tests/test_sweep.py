@@ -226,15 +226,21 @@ def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira
         pool.stop()
 
 
-def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tmp_path, slapd, ldap_ou, jira,
-                                                                              services_for, monkeypatch):
-    names = [f"b{i}" for i in range(4)]
+def _users_and_a_vip(tmp_path, slapd, ldap_ou, jira, services_for, monkeypatch, names: list[str]):
+    """``names`` and "vip", with photos, in the directory and in Jira; "no login waiting" is
+    read at each check (test_queue covers the pause)."""
     slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names + ["vip"]])
     for n in names + ["vip"]:
         jira.state.add_user(n)
-    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    monkeypatch.setattr("app.queue.URGENT_RECHECK", 0)
+    return build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+
+
+def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tmp_path, slapd, ldap_ou, jira,
+                                                                              services_for, monkeypatch):
+    names = [f"b{i}" for i in range(4)]
+    rig = _users_and_a_vip(tmp_path, slapd, ldap_ou, jira, services_for, monkeypatch, names)
     queue, syncer = rig.services.queue, rig.services.syncer
-    monkeypatch.setattr("app.queue.URGENT_RECHECK", 0)  # each check reads (test_queue covers the pause)
     for n in names:
         queue.enqueue(n, SWEEP, source="sweep")
     order, real = [], syncer.attempt
@@ -267,6 +273,33 @@ def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tm
     queue.forget("b2")
     assert WorkerPool(rig.services).run_once()
     assert sorted(order) == [("b0", False), ("b1", False), ("b3", False), ("vip", False)]  # b0 brings vip
+
+
+def test_a_worker_in_a_sweep_takes_a_dead_workers_login_before_its_next_batch(tmp_path, slapd, ldap_ou, jira,
+                                                                             services_for, monkeypatch):
+    import threading
+    from datetime import timedelta
+
+    from app.queue import jobs
+    from app.store import utcnow
+    names = [f"d{i}" for i in range(3)]
+    rig = _users_and_a_vip(tmp_path, slapd, ldap_ou, jira, services_for, monkeypatch, names)
+    queue, syncer = rig.services.queue, rig.services.syncer
+    queue.enqueue("vip", LOGIN, source="login")
+    taken: list = []
+    worker = threading.Thread(target=lambda: taken.extend(queue.claim(1)))  # then this worker died
+    worker.start()
+    worker.join()
+    dead = taken[0]
+    with rig.services.store.transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == dead.id).values(lease_until=utcnow() - timedelta(seconds=1)))
+    for n in names:
+        queue.enqueue(n, SWEEP, source="sweep")
+    order, real = [], syncer.attempt
+    monkeypatch.setattr(syncer, "attempt", lambda username, **kw: order.append(username) or real(username, **kw))
+    pool = WorkerPool(rig.services)
+    assert pool.run_once() and order == ["vip"]
+    assert pool.run_once() and order == ["vip", *names]
 
 
 def test_a_batch_of_sweep_jobs_keeps_to_what_the_store_holds(tmp_path, slapd, ldap_ou, jira, services_for):
