@@ -40,6 +40,7 @@ class WorkerPool:
         self._next_sweep_check = 0.0
         self.sweeps = services.sweeps
         self._sweep_runner: threading.Thread | None = None  # a sweep this pool took over
+        self._local = threading.local()  # each thread's: whether its last claim was a sweep batch
 
     def start(self) -> WorkerPool:
         try:
@@ -75,12 +76,16 @@ class WorkerPool:
         one, so that every idle thread takes one at once, and a login that comes due meanwhile
         goes before the batch's rest.
         """
-        # no login waiting (as urgent_waiting believes for a moment): a batch in one claim
-        jobs = [] if self.queue.urgent_waiting() else self.queue.claim(CLAIM_BATCH, min_priority=SWEEP)
+        jobs = []
+        # in a sweep, with no login waiting (as urgent_waiting believes for a moment): the next
+        # batch in one claim. An idle thread's poll stays one claim (its cheap read first).
+        if getattr(self._local, "in_sweep", False) and not self.queue.urgent_waiting():
+            jobs = self.queue.claim(CLAIM_BATCH, min_priority=SWEEP)
         if not jobs:
             jobs = self.queue.claim(1)
-            if jobs and jobs[0].priority >= SWEEP:  # the login went to another thread meanwhile
+            if jobs and jobs[0].priority >= SWEEP:
                 jobs += self.queue.claim(CLAIM_BATCH - 1, min_priority=SWEEP)
+        self._local.in_sweep = bool(jobs) and jobs[-1].priority >= SWEEP
         entries, states = {}, None
         if len(jobs) > 1:
             names = [j.username for j in jobs]

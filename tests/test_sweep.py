@@ -277,29 +277,35 @@ def test_a_worker_holding_a_batch_of_sweep_jobs_takes_a_login_before_the_rest(tm
 
 def test_a_worker_in_a_sweep_takes_a_dead_workers_login_before_its_next_batch(tmp_path, slapd, ldap_ou, jira,
                                                                              services_for, monkeypatch):
+    """A worker in a sweep claims its next batch at once while no login waits; a login whose
+    worker died (its lease lapsed) is waiting too, and goes first."""
     import threading
     from datetime import timedelta
 
     from app.queue import jobs
     from app.store import utcnow
-    names = [f"d{i}" for i in range(3)]
+    names = [f"d{i}" for i in range(5)]
     rig = _users_and_a_vip(tmp_path, slapd, ldap_ou, jira, services_for, monkeypatch, names)
     queue, syncer = rig.services.queue, rig.services.syncer
-    queue.enqueue("vip", LOGIN, source="login")
-    taken: list = []
-    worker = threading.Thread(target=lambda: taken.extend(queue.claim(1)))  # then this worker died
-    worker.start()
-    worker.join()
-    dead = taken[0]
-    with rig.services.store.transaction() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == dead.id).values(lease_until=utcnow() - timedelta(seconds=1)))
+    monkeypatch.setattr("app.worker.CLAIM_BATCH", 2)
     for n in names:
         queue.enqueue(n, SWEEP, source="sweep")
     order, real = [], syncer.attempt
     monkeypatch.setattr(syncer, "attempt", lambda username, **kw: order.append(username) or real(username, **kw))
     pool = WorkerPool(rig.services)
-    assert pool.run_once() and order == ["vip"]
-    assert pool.run_once() and order == ["vip", *names]
+    assert pool.run_once() and order == ["d0", "d1"]  # this thread is in a sweep now
+    queue.enqueue("vip", LOGIN, source="login")
+    taken: list = []
+    worker = threading.Thread(target=lambda: taken.extend(queue.claim(1)))  # then this worker died
+    worker.start()
+    worker.join()
+    with rig.services.store.transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == taken[0].id).values(lease_until=utcnow() - timedelta(seconds=1)))
+    time.sleep(1.1)  # a busy thread looks for lapsed leases once a second
+    assert pool.run_once() and order[2] == "vip"
+    while pool.run_once():
+        pass
+    assert order == ["d0", "d1", "vip", "d2", "d3", "d4"]
 
 
 def test_a_batch_of_sweep_jobs_keeps_to_what_the_store_holds(tmp_path, slapd, ldap_ou, jira, services_for):
