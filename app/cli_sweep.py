@@ -66,7 +66,7 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
             )
 
     stop = threading.Event()
-    with _SigTerm().installed() as sigterm, helpers:
+    with _Signals().installed() as signals, helpers:
         consider(None)  # asked for: at once
         pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
         # the runner's end is an Event, not Thread.join: a join that Ctrl-C or SIGTERM interrupts
@@ -76,7 +76,7 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
             runner_done = threading.Event()
             threading.Thread(target=_run, args=(services, sweep_id, stop, runner_done), daemon=True).start()
         try:
-            summary = _follow(sweeps, sweep_id, runner_done, consider, sigterm)
+            summary = _follow(sweeps, sweep_id, runner_done, consider, signals)
         except KeyboardInterrupt:  # Ctrl-C: the admin's own "stop this sweep"
             sweeps.cancel(sweep_id)
             click.echo("\ncancelled", err=True)
@@ -94,6 +94,8 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
                 runner_done.wait(10)
             pool.stop()
         summary = summary or sweeps.summary(sweep_id) or {"id": sweep_id, "status": "running"}
+    if summary["status"] == SweepStatus.CANCELLED:  # what the stopping threads and helpers gave back
+        services.queue.cancel_sweep(sweep_id)
     if as_json:
         _print_json({**summary, "problems": sweeps.problems(sweep_id)})
     else:
@@ -105,25 +107,31 @@ class _Terminated(Exception):
     pass
 
 
-class _SigTerm:
-    """SIGTERM (systemd stopping a timer's unit, a pod's end) is noted here, and _follow turns it
-    into _Terminated at its next look at the sweep: raised from the handler itself, it could land
-    inside a lock's acquire (the store's writer lock) and leave the lock held. Without this the
-    command died at once, its summary unprinted and its sweep's lease held until it lapsed."""
+class _Signals:
+    """Ctrl-C (SIGINT) and SIGTERM (systemd stopping a timer's unit, a container's end) are
+    noted here, and _follow acts on them at its next look at the sweep: an exception raised from
+    the handler itself could land inside a lock's acquire (the store's writer lock) and leave the
+    lock held for the cancel or the stop that follows. A second Ctrl-C interrupts at once, as
+    usual."""
 
     def __init__(self) -> None:
-        self.received = False
+        self.received: str | None = None  # "SIGINT" or "SIGTERM"
 
-    def _handle(self, *_) -> None:
-        self.received = True
+    def _handle(self, signum, _frame) -> None:
+        if signum == signal.SIGINT:
+            if self.received == "SIGINT":
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one interrupts
+        self.received = self.received or signal.Signals(signum).name
 
     @contextmanager
-    def installed(self) -> Iterator[_SigTerm]:
-        previous = signal.signal(signal.SIGTERM, self._handle)
+    def installed(self) -> Iterator[_Signals]:
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _resume(sweeps, dry_run: bool, full: bool, conflict: SweepConflict) -> int | None:
@@ -158,11 +166,13 @@ def _run(services, sweep_id: int, stop: threading.Event, done: threading.Event) 
         done.set()
 
 
-def _follow(sweeps, sweep_id: int, runner_done: threading.Event | None, on_summary, sigterm: _SigTerm) -> dict:
+def _follow(sweeps, sweep_id: int, runner_done: threading.Event | None, on_summary, signals: _Signals) -> dict:
     tty = sys.stderr.isatty()
     last_line = 0.0
     while True:
-        if sigterm.received:
+        if signals.received == "SIGINT":
+            raise KeyboardInterrupt
+        if signals.received == "SIGTERM":
             raise _Terminated()
         summary = sweeps.summary(sweep_id)
         on_summary(summary)

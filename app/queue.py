@@ -195,6 +195,15 @@ class LoginQueue:
         if tx.execute(queue_sql.DROP, mine).first() is None:  # usually one statement, not two
             tx.execute(queue_sql.RERUN, mine)
 
+    def give_back(self, claimed: list[Job]) -> None:
+        """Jobs this thread claimed but will not run (its worker is stopping): pending again at
+        once for another worker, not when their leases lapse."""
+        if claimed:
+            now, owner = utcnow(), self.owner()
+            with self.store.transaction() as tx:
+                tx.execute(queue_sql.GIVE_BACK, [{"job": j.id, "lease_of": owner, "now": now} for j in claimed])
+            self.wakeup.set()
+
     def fail(self, job: Job, error: str, tx) -> bool:
         """A failed attempt, in the caller's transaction: retry later with back-off, or keep
         as failed. True if it will be retried."""

@@ -90,6 +90,19 @@ LEASE = (
         updated_at=NOW,
     )
 )
+GIVE_BACK = (  # a claimed job not started: pending again at once, its attempt not counted
+    jobs.update()
+    .where(MINE, jobs.c.state == RUNNING)
+    .values(
+        state=PENDING,
+        lease_owner=None,
+        lease_until=None,
+        again=False,
+        attempts=jobs.c.attempts - 1,
+        next_try_at=NOW,
+        updated_at=NOW,
+    )
+)
 # a job above sweep priority that is due, or whose worker died (its lease lapsed): a worker
 # busy with sweep batches takes it next (app/worker.py)
 URGENT = (

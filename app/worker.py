@@ -57,8 +57,9 @@ class WorkerPool:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Let running jobs finish (their leases would otherwise have to expire), and a sweep
-        this pool runs let go of its lease, for another process to resume at once."""
+        """Let running jobs finish (their leases would otherwise have to expire), give back the
+        rest of each thread's batch, and have a sweep this pool runs let go of its lease: other
+        processes take up both at once."""
         self._stop.set()
         self.queue.wakeup.set()
         deadline = time.monotonic() + timeout  # for them all, not each
@@ -92,6 +93,9 @@ class WorkerPool:
             entries, states = self.services.syncer.photos.prefetch(names), self.services.store.get_many(names)
         read_at = time.monotonic()
         for i, job in enumerate(jobs):
+            if i and self._stop.is_set():  # stopping: the batch's rest goes to other workers now
+                self.queue.give_back(jobs[i:])
+                break
             if i and self.queue.urgent_waiting():  # jobs after the first are sweep jobs
                 for urgent in self.queue.claim(1):
                     self.process(urgent)

@@ -165,6 +165,17 @@ def test_a_login_whose_worker_died_counts_as_waiting(queue, monkeypatch):
     assert queue.urgent_waiting()
 
 
+def test_jobs_given_back_are_pending_at_once_without_an_attempt_counted(queue):
+    for n in ("g0", "g1", "g2"):
+        queue.enqueue(n, SWEEP, source="sweep")
+    batch = queue.claim(3, min_priority=SWEEP)
+    queue.give_back(batch[1:])  # the worker stops after its first job
+    assert queue.job_for("g0")["state"] == "running"
+    assert [queue.job_for(n)["state"] for n in ("g1", "g2")] == ["pending", "pending"]
+    retaken = queue.claim(3, min_priority=SWEEP)
+    assert sorted(j.username for j in retaken) == ["g1", "g2"] and {j.attempts for j in retaken} == {1}
+
+
 def test_dead_process_leases_are_released(queue):
     queue.enqueue("bob")
     queue.claim(1)

@@ -497,19 +497,28 @@ def test_sweep_helpers_stop_when_the_command_dies(tmp_path, slapd, ldap_ou, jira
             time.sleep(0.1)
 
 
+def _sweep_command_under_way(env, jira, names: list[str], **popen):
+    """`sweep` started, once 20 of ``names`` have their picture."""
+    import subprocess
+
+    from tests.test_cli import SCRIPT
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    sweeping = subprocess.Popen([SCRIPT, "sweep"], env=env, **popen)
+    deadline = time.monotonic() + 60
+    while sum(jira.state.selected_avatar(n).owner is not None for n in names) < 20:
+        assert time.monotonic() < deadline and sweeping.poll() is None
+        time.sleep(0.05)
+    return sweeping
+
+
 def _kill_a_sweep_command_mid_way(env, jira, names: list[str]) -> None:
     """`sweep` killed with -9, with its helpers, once 20 of ``names`` have their picture."""
     import os
     import signal
     import subprocess
 
-    from tests.test_cli import SCRIPT
-    sweeping = subprocess.Popen([SCRIPT, "sweep"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-    deadline = time.monotonic() + 60
-    while sum(jira.state.selected_avatar(n).owner is not None for n in names) < 20:
-        assert time.monotonic() < deadline and sweeping.poll() is None
-        time.sleep(0.05)
+    sweeping = _sweep_command_under_way(env, jira, names, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
     os.killpg(sweeping.pid, signal.SIGKILL)
     sweeping.wait()
 
@@ -554,7 +563,7 @@ def test_a_sweep_command_killed_mid_way_is_resumed_by_the_next_one_without_a_ser
     import subprocess
 
     from tests.test_cli import SCRIPT
-    names = _photo_users(slapd, ldap_ou, jira, "again", 120, latency=0.02)
+    names = _photo_users(slapd, ldap_ou, jira, "again", 60, latency=0.02)
     env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira, extra="[worker]\nlease_seconds = 2\n")
     _kill_a_sweep_command_mid_way(env, jira, names)
     time.sleep(2.5)  # its lease lapses
@@ -584,13 +593,9 @@ def test_a_sweep_command_stopped_by_sigterm_says_so_and_lets_the_next_one_resume
     import subprocess
 
     from tests.test_cli import SCRIPT
-    names = _photo_users(slapd, ldap_ou, jira, "term", 120, latency=0.02)
+    names = _photo_users(slapd, ldap_ou, jira, "term", 60, latency=0.02)
     env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
-    sweeping = subprocess.Popen([SCRIPT, "sweep"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while sum(jira.state.selected_avatar(n).owner is not None for n in names) < 20:
-        assert time.monotonic() < deadline and sweeping.poll() is None
-        time.sleep(0.05)
+    sweeping = _sweep_command_under_way(env, jira, names)
     sweeping.send_signal(signal.SIGTERM)
     out, err = sweeping.communicate(timeout=60)
     assert sweeping.returncode == 1, err[-3000:]
@@ -600,6 +605,25 @@ def test_a_sweep_command_stopped_by_sigterm_says_so_and_lets_the_next_one_resume
     resumed = subprocess.run([SCRIPT, "sweep"], env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0 and "resuming sweep 1 (a sweep" in resumed.stderr, err + resumed.stderr[-3000:]
     assert resumed.stdout.startswith("sweep 1: finished")
+    assert {n: c for n in names if (c := jira.state.created_for(n)) != 1} == {}
+
+
+def test_ctrl_c_cancels_the_command_lines_sweep(tmp_path, slapd, ldap_ou, jira):
+    import signal
+    import subprocess
+
+    from tests.test_cli import SCRIPT
+    names = _photo_users(slapd, ldap_ou, jira, "intr", 60, latency=0.02)
+    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
+    sweeping = _sweep_command_under_way(env, jira, names)
+    sweeping.send_signal(signal.SIGINT)
+    out, err = sweeping.communicate(timeout=60)
+    assert sweeping.returncode == 1 and "cancelled" in err, err[-3000:]
+    assert out.startswith("sweep 1: cancelled")
+    done = sum(jira.state.selected_avatar(n).owner is not None for n in names)
+    assert done < len(names)
+    again = subprocess.run([SCRIPT, "sweep"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.startswith("sweep 2: finished"), again.stderr[-3000:]
     assert {n: c for n in names if (c := jira.state.created_for(n)) != 1} == {}
 
 
