@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
 
-from . import sweep_helpers, sweep_run
+from . import sweep_helpers
 from .cli import _log_level, _print_json, _services, _settings, main
 from .outcomes import SweepStatus
 from .sweep import SweepConflict
@@ -65,24 +64,18 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
                 err=True,
             )
 
-    stop = threading.Event()
     with _Signals().installed() as signals, helpers:
         consider(None)  # asked for: at once
+        # the pool's threads take the sweep over (unless the service has it) and run it; stopped,
+        # the pool lets go of it for the service or the next command to resume
         pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
-        # the runner's end is an Event, not Thread.join: a join that Ctrl-C or SIGTERM interrupts
-        # marks the thread ended while it still runs (CPython's bpo-45274 handling)
-        runner_done: threading.Event | None = None
-        if sweep_run.take_over(services) == sweep_id:
-            runner_done = threading.Event()
-            threading.Thread(target=_run, args=(services, sweep_id, stop, runner_done), daemon=True).start()
         try:
-            summary = _follow(sweeps, sweep_id, runner_done, consider, signals)
+            summary = _follow(sweeps, sweep_id, consider, signals)
         except KeyboardInterrupt:  # Ctrl-C: the admin's own "stop this sweep"
             sweeps.cancel(sweep_id)
             click.echo("\ncancelled", err=True)
             summary = sweeps.summary(sweep_id) or {"id": sweep_id, "status": "cancelled"}
         except _Terminated:  # a service manager stopping the command: the sweep is not given up
-            stop.set()
             click.echo(
                 f"\nstopped (SIGTERM): the running syncs finish; sweep {sweep_id} goes on in the service, "
                 "or with the next `jira-avatar-sync sweep`",
@@ -90,8 +83,6 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
             )
             summary = None
         finally:
-            if runner_done:
-                runner_done.wait(10)
             pool.stop()
         summary = summary or sweeps.summary(sweep_id) or {"id": sweep_id, "status": "running"}
     if summary["status"] == SweepStatus.CANCELLED:  # what the stopping threads and helpers gave back
@@ -138,7 +129,7 @@ def _resume(sweeps, dry_run: bool, full: bool, conflict: SweepConflict) -> int |
     """The sweep a stopped command (killed, its machine rebooted) left running, to be resumed
     here when it is the kind asked for: without a service, nothing else would ever finish it,
     and every later sweep would be refused. None, said why, when there is nothing to resume."""
-    left = sweeps.abandoned() if conflict.running is not None else None
+    left = sweeps.running(lapsed=True) if conflict.running is not None else None
     if left is None or left["id"] != conflict.running:
         click.echo(f"cannot start a sweep: {conflict}", err=True)
         return None
@@ -159,14 +150,7 @@ def _resume(sweeps, dry_run: bool, full: bool, conflict: SweepConflict) -> int |
     return left["id"]
 
 
-def _run(services, sweep_id: int, stop: threading.Event, done: threading.Event) -> None:
-    try:
-        sweep_run.run(services, sweep_id, None, stop)
-    finally:
-        done.set()
-
-
-def _follow(sweeps, sweep_id: int, runner_done: threading.Event | None, on_summary, signals: _Signals) -> dict:
+def _follow(sweeps, sweep_id: int, on_summary, signals: _Signals) -> dict:
     tty = sys.stderr.isatty()
     last_line = 0.0
     while True:
@@ -191,10 +175,7 @@ def _follow(sweeps, sweep_id: int, runner_done: threading.Event | None, on_summa
         elif time.monotonic() - last_line > 10:
             click.echo(line, err=True)
             last_line = time.monotonic()
-        if runner_done is not None and not runner_done.is_set():
-            runner_done.wait(0.5)  # the summary comes the moment this process's runner ends the sweep
-        else:
-            time.sleep(0.5)
+        time.sleep(0.5)
 
 
 def _print_summary(summary: dict, problems: list[dict]) -> None:

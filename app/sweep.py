@@ -129,20 +129,15 @@ class Sweeps:
             )
         return _summary(row, counts)
 
-    def running(self) -> dict | None:
-        """The running sweep's summary, if one runs."""
+    def running(self, lapsed: bool = False) -> dict | None:
+        """The running sweep's summary, if one runs. ``lapsed``: only if its runner stopped (its
+        lease lapsed); the service's workers resume such a sweep by themselves, the command line
+        when asked for the same kind of sweep."""
+        query = select(sweeps.c.id).where(sweeps.c.status == RUNNING)
+        if lapsed:
+            query = query.where(sweeps.c.lease_until < utcnow())
         with self.store.read() as conn:
-            sweep_id = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING)).scalar()
-        return self.summary(sweep_id) if sweep_id is not None else None
-
-    def abandoned(self) -> dict | None:
-        """The running sweep's summary if its runner stopped (its lease lapsed): the service's
-        workers resume such a sweep by themselves; the command line resumes it when asked for
-        the same kind of sweep."""
-        with self.store.read() as conn:
-            sweep_id = conn.execute(
-                select(sweeps.c.id).where(sweeps.c.status == RUNNING, sweeps.c.lease_until < utcnow())
-            ).scalar()
+            sweep_id = conn.execute(query).scalar()
         return self.summary(sweep_id) if sweep_id is not None else None
 
     def last_ended(self) -> dict | None:
