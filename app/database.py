@@ -6,6 +6,7 @@ never SQLAlchemy's statement dump)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -20,10 +21,26 @@ def sqlite_setup(dbapi_conn) -> None:
     """Every new SQLite connection."""
     dbapi_conn.isolation_level = None  # autocommit: BEGIN is emitted by us (the "begin" event)
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    _switch_to_wal(cur)
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _switch_to_wal(cur) -> None:
+    """WAL mode, waiting for a writer as any statement would. SQLite does not call its busy
+    handler for this switch: while another connection holds a write lock on a database not
+    yet in WAL (processes starting together on a new file, one already creating the tables),
+    the pragma fails at once with 'database is locked'."""
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def set_busy_timeout(conn, seconds: float) -> None:

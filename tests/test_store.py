@@ -93,6 +93,29 @@ def test_processes_starting_together_create_the_schema_once(database_url):
     assert found == []
 
 
+def test_a_new_connection_waits_for_a_writer_before_switching_to_wal(tmp_path):
+    """SQLite fails the switch to WAL at once, without its busy handler, while another
+    connection writes to a file not yet in WAL: the flake of processes starting together."""
+    import sqlite3
+    import time
+
+    from app.database import sqlite_setup
+    path = tmp_path / "state.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")  # a rollback-journal file, as SQLite makes it
+    writer.execute("BEGIN IMMEDIATE")
+    ended = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    ended.start()
+    started = time.monotonic()
+    conn = sqlite3.connect(path, timeout=5)
+    sqlite_setup(conn)
+    ended.join()
+    assert time.monotonic() - started >= 0.25  # it waited for the writer, and then switched
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    writer.close()
+
+
 def _start_together(database_url: str) -> list[str]:
     import multiprocessing
     ctx = multiprocessing.get_context("fork")
