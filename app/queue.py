@@ -188,12 +188,16 @@ class LoginQueue:
             self._no_urgent_until = time.monotonic() + URGENT_RECHECK
         return urgent
 
-    def complete(self, job: Job, tx) -> None:
-        """Done, in the caller's transaction: drop the row, unless another event came in
-        meanwhile (then run it again)."""
-        mine = {"job": job.id, "lease_of": self.owner(), "now": utcnow()}
-        if tx.execute(queue_sql.DROP, mine).first() is None:  # usually one statement, not two
-            tx.execute(queue_sql.RERUN, mine)
+    def complete(self, done: list[Job], tx) -> None:
+        """Done, in the caller's transaction: drop the rows, except those of users for whom
+        another event came in meanwhile (they run again)."""
+        if not done:
+            return
+        owner, now = self.owner(), utcnow()
+        dropped = set(tx.execute(queue_sql.DROP, {"jobs": [j.id for j in done], "lease_of": owner}).scalars())
+        again = [{"job": j.id, "lease_of": owner, "now": now} for j in done if j.id not in dropped]
+        if again:  # usually none: one statement for the lot
+            tx.execute(queue_sql.RERUN, again)
 
     def give_back(self, claimed: list[Job]) -> None:
         """Jobs this thread claimed but will not run (its worker is stopping): pending again at

@@ -130,7 +130,16 @@ RERUN = (
         updated_at=NOW,
     )
 )
-DROP = jobs.delete().where(MINE, jobs.c.again.is_(False), jobs.c.state == RUNNING).returning(jobs.c.id)
+DROP = (
+    jobs.delete()
+    .where(
+        jobs.c.id.in_(bindparam("jobs", expanding=True)),
+        jobs.c.lease_owner == bindparam("lease_of"),
+        jobs.c.again.is_(False),
+        jobs.c.state == RUNNING,
+    )
+    .returning(jobs.c.id)
+)
 FAILED_ATTEMPT = (
     jobs.update()
     .where(MINE)

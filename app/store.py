@@ -353,6 +353,29 @@ class Store:
         change(state)
         tx.execute(_SAVE, _values(state))
 
+    def update_many(self, tx: Connection, changes: list[tuple[str, Callable[[UserState], None]]]) -> None:
+        """update() for many users in the caller's transaction: their rows read in one statement
+        and written in one (a worker records a sweep batch's outcomes together). A user without
+        a row yet, or named twice, goes through update()."""
+        keys = [user_key(username) for username, _ in changes]
+        query = select(user_state).where(user_state.c.username.in_(keys)).order_by(user_state.c.username)
+        if tx.dialect.name == "postgresql":
+            query = query.with_for_update()  # locked in one order: two batches cannot deadlock
+        stored = {row["username"]: _state(row) for row in tx.execute(query).mappings()}
+        now, saves, later = utcnow(), [], []
+        for key, (username, change) in zip(keys, changes, strict=True):
+            state = stored.pop(key, None)
+            if state is None:  # new, or already changed above
+                later.append((username, change))
+                continue
+            state.last_attempt_at = now
+            change(state)
+            saves.append(_values(state))
+        if saves:
+            tx.execute(_SAVE, saves)
+        for username, change in later:
+            self.update(tx, username, change)
+
 
 def _values(state: UserState) -> dict:
     values = {f"p_{k}": v for k, v in state.__dict__.items()}

@@ -192,17 +192,25 @@ class Sweeps:
         in the caller's transaction (a worker's, that also ends the job) or one of its own."""
         if tx is None:
             with self.store.transaction() as tx:
-                return self.record(sweep_id, result, tx)
-        tx.execute(
-            _RECORD,
+                return self.record_many([(sweep_id, result)], tx)
+        self.record_many([(sweep_id, result)], tx)
+
+    @staticmethod
+    def record_many(done: list[tuple[int, SyncResult]], tx) -> None:
+        """record() for many users, in one statement."""
+        if not done:
+            return
+        params = [
             {
                 "p_sweep": sweep_id,
                 "p_user": user_key(result.username),
                 "p_outcome": result.outcome,
                 "p_reason": result.reason,
                 "p_directory": result.directory,
-            },
-        )
+            }
+            for sweep_id, result in done
+        ]
+        tx.execute(_RECORD, params)
 
     def prune(self, keep_days: int = 30, keep_last: int = 10) -> int:
         """Forget the reports of finished sweeps older than ``keep_days`` (the last few stay):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from sqlalchemy.engine import Connection
@@ -114,7 +115,7 @@ class Syncer:
         if self.needs_record(verdict):
             try:
                 with self.store.transaction(wait=self.store.user_wait) as tx:
-                    self.record(verdict, tx)
+                    self.record([verdict], tx)
                 recorded = True
             except Exception as exc:  # noqa: BLE001 - never raises: an unwritten outcome is a failure
                 verdict = self.unrecorded(verdict, exc)
@@ -172,8 +173,13 @@ class Syncer:
         """A dry run writes nothing; a disabled sync has nothing of the user's to write."""
         return not verdict.result.dry_run and verdict.result.outcome != DISABLED
 
-    def record(self, verdict: Verdict, tx: Connection) -> None:
-        """The user's outcome, in the caller's transaction (the worker's also ends the job)."""
+    def record(self, verdicts: list[Verdict], tx: Connection) -> None:
+        """The users' outcomes, in the caller's transaction (the worker's also ends the jobs)."""
+        self.store.update_many(tx, [(v.result.username, self._change(v)) for v in verdicts if self.needs_record(v)])
+
+    @staticmethod
+    def _change(verdict: Verdict) -> Callable[[UserState], None]:
+        """What recording the verdict changes in the user's stored state."""
         r = verdict.result
 
         def change(state: UserState) -> None:
@@ -194,7 +200,7 @@ class Syncer:
                     state.created_avatar_ids.append(r.avatar_id)
             state.last_source, state.last_duration_ms = r.source, r.duration_ms
 
-        self.store.update(tx, r.username, change)
+        return change
 
     @staticmethod
     def unrecorded(verdict: Verdict, exc: Exception) -> Verdict:

@@ -20,6 +20,7 @@ from .rules import UNKNOWN, Unknown
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .store import UserState, user_key
 from .sweep_run import run_in_background
+from .sync import Verdict
 from .usernames import loggable
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class WorkerPool:
         A sweep's jobs are taken a few at a time, so that their directory entries are read
         in one search per directory instead of one each (the sweep process's CPU a tenth lower,
         the directory's halved), and their stored states in one query; both are read again for
-        a job whose turn comes more than PREFETCH_FRESH_SECONDS later. Logins are taken one by
+        a job whose turn comes more than PREFETCH_FRESH_SECONDS later; their outcomes are
+        recorded together when the batch is done (_record). Logins are taken one by
         one, so that every idle thread takes one at once, and a login that comes due meanwhile
         goes before the batch's rest.
         """
@@ -92,6 +94,7 @@ class WorkerPool:
             names = [j.username for j in jobs]
             entries, states = self.services.syncer.photos.prefetch(names), self.services.store.get_many(names)
         read_at = time.monotonic()
+        done: list[tuple[Job, Verdict]] = []  # recorded together when the batch ends
         for i, job in enumerate(jobs):
             if i and self._stop.is_set():  # stopping: the batch's rest goes to other workers now
                 self.queue.give_back(jobs[i:])
@@ -100,20 +103,22 @@ class WorkerPool:
                 for urgent in self.queue.claim(1):
                     self.process(urgent)
             if states is not None and time.monotonic() - read_at < PREFETCH_FRESH_SECONDS:  # else read again
-                self.process(job, entries.get(job.username), states.get(user_key(job.username)))
+                done.append((job, self._attempt(job, entries.get(job.username), states.get(user_key(job.username)))))
             else:
-                self.process(job)
+                done.append((job, self._attempt(job)))
+        self._record(done)
         return bool(jobs)
 
     def process(
         self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN
     ) -> None:
-        """One job: the sync, then one transaction that records the user's outcome, counts it
-        in the job's sweep and ends the job (or schedules its retry). A crash can therefore
-        never leave an outcome recorded with its job still open, or the reverse; if that
-        transaction cannot be written, the job keeps its lease until it expires and runs again."""
-        syncer = self.services.syncer
-        verdict = syncer.attempt(
+        """One job: the sync, then the transaction that records it (_record)."""
+        self._record([(job, self._attempt(job, entry, state))])
+
+    def _attempt(
+        self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN
+    ) -> Verdict:
+        return self.services.syncer.attempt(
             job.username,
             force=job.force,
             jira_user=job.jira_user,
@@ -122,23 +127,34 @@ class WorkerPool:
             source=job.source,
             state=state,
         )
-        result = verdict.result
+
+    def _record(self, done: list[tuple[Job, Verdict]]) -> None:
+        """One transaction for the jobs' syncs: it records each user's outcome, counts it in the
+        job's sweep and ends the job (or schedules its retry). A crash can therefore never
+        leave an outcome recorded with its job still open, or the reverse; if that transaction
+        cannot be written, the jobs keep their leases until they expire and run again (an
+        upload made meanwhile is found by its pending mark, app/sync.py). A sweep's batch is
+        recorded at its end, in one transaction instead of one per user: the database work
+        per user is what, after Jira's own latency, sets a sweep's pace."""
+        if not done:
+            return
+        syncer = self.services.syncer
         try:
             with self.services.store.transaction(wait=self.services.store.user_wait) as tx:
-                if syncer.needs_record(verdict):
-                    syncer.record(verdict, tx)
-                if job.sweep_id is not None:  # a failed attempt counts: the job retries apart
-                    self.sweeps.record(job.sweep_id, result, tx)
-                if result.outcome != FAILED:
-                    self.queue.complete(job, tx)
-                elif not self.queue.fail(job, result.reason or "failed", tx):
-                    log.error(
-                        "giving up on %s after %d attempts: %s", loggable(job.username), job.attempts, result.reason
-                    )
-        except Exception as exc:  # noqa: BLE001 - the job keeps its lease and runs again
-            syncer.finish(syncer.unrecorded(verdict, exc), recorded=False)
+                syncer.record([verdict for _, verdict in done], tx)
+                # a failed attempt counts: the job retries apart
+                self.sweeps.record_many([(j.sweep_id, v.result) for j, v in done if j.sweep_id is not None], tx)
+                self.queue.complete([j for j, v in done if v.result.outcome != FAILED], tx)
+                for job, result in ((j, v.result) for j, v in done if v.result.outcome == FAILED):
+                    if not self.queue.fail(job, result.reason or "failed", tx):
+                        user = loggable(job.username)
+                        log.error("giving up on %s after %d attempts: %s", user, job.attempts, result.reason)
+        except Exception as exc:  # noqa: BLE001 - the jobs keep their leases and run again
+            for _, verdict in done:
+                syncer.finish(syncer.unrecorded(verdict, exc), recorded=False)
             return
-        syncer.finish(verdict, recorded=True)
+        for _, verdict in done:
+            syncer.finish(verdict, recorded=True)
 
     def maintain(self) -> None:
         """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:

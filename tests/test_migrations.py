@@ -175,7 +175,7 @@ def upgrade():
     job = queue.claim(1)[0]
     running.remember_created(job.username, "1", "ab")
     with running.transaction() as tx:
-        queue.complete(job, tx)
+        queue.complete([job], tx)
     assert running.get(job.username).pending_avatar_id == "1"
     running.dispose()
     # a replica of the previous revision started now refuses, saying why

@@ -20,9 +20,9 @@ def queue(database_url):
     store.dispose()
 
 
-def complete(queue, job):
+def complete(queue, *done):
     with queue.store.transaction() as tx:
-        queue.complete(job, tx)
+        queue.complete(list(done), tx)
 
 
 def fail(queue, job, reason) -> bool:
@@ -96,6 +96,16 @@ def test_login_during_a_running_job_merges_but_a_user_event_runs_again(queue):
     complete(queue, job)
     again = queue.claim(1)
     assert [j.username for j in again] == ["bob"] and again[0].attempts == 1
+
+
+def test_jobs_completed_together_end_except_those_of_a_user_event_that_came_meanwhile(queue):
+    for name in ("ann", "bob", "cid"):
+        queue.enqueue(name, SWEEP, source="sweep")
+    batch = queue.claim(3, min_priority=SWEEP)
+    queue.enqueue("bob", USER_EVENT, source="updated")  # while the batch ran
+    complete(queue, *batch)
+    assert queue.job_for("ann") is None and queue.job_for("cid") is None
+    assert [(j.username, j.attempts) for j in queue.claim(3)] == [("bob", 1)]  # run again, afresh
 
 
 def test_failure_backs_off_then_is_kept_as_failed(queue):
@@ -265,12 +275,12 @@ def test_a_job_ends_in_the_transaction_that_records_the_outcome(queue):
         state.last_outcome = "no_photo"
     with store.transaction() as tx:
         store.update(tx, "alice", settled)
-        queue.complete(alice, tx)
+        queue.complete([alice], tx)
     assert queue.job_for("alice") is None and store.get("alice").last_outcome == "no_photo"
 
     with pytest.raises(RuntimeError), store.transaction() as tx:
         store.update(tx, "bob", settled)
-        queue.complete(bob, tx)
+        queue.complete([bob], tx)
         raise RuntimeError("killed")
     assert queue.job_for("bob")["state"] == "running" and store.get("bob") is None  # neither happened
     assert fail(queue, bob, "Jira down") is True and queue.job_for("bob")["state"] == "pending"

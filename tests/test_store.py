@@ -5,9 +5,10 @@ import threading
 import uuid
 
 import pytest
+from sqlalchemy import select
 
 from app.queue import LoginQueue, deliveries, jobs
-from app.store import Store, utcnow
+from app.store import Store, user_state, utcnow
 
 
 @pytest.fixture
@@ -63,6 +64,25 @@ def test_concurrent_updates_lose_nothing(store):
         t.join()
     assert errors == []
     assert sorted(store.get(user).created_avatar_ids, key=int) == [str(i) for i in range(20)]
+
+
+def test_many_updates_in_one_transaction_write_each_users_change(store):
+    """A worker records a sweep batch's outcomes together: users with a row and without, and
+    a user named twice, each get their change, as one update() at a time would give them."""
+    known, new = f"k-{uuid.uuid4().hex[:8]}", f"N-{uuid.uuid4().hex[:8]}"
+    store.remember_created(known, "1")
+    with store.transaction() as tx:
+        store.update_many(tx, [
+            (known, lambda s: setattr(s, "last_outcome", "updated")),
+            (new, lambda s: setattr(s, "avatar_id", "7")),
+            (known.upper(), lambda s: s.created_avatar_ids.append("2")),
+        ])
+    assert (store.get(known).last_outcome, store.get(known).created_avatar_ids) == ("updated", ["1", "2"])
+    assert store.get(new).avatar_id == "7" and store.get(new.lower()).last_attempt_at is not None
+    with store.read() as conn:
+        attempts = dict(conn.execute(select(user_state.c.username, user_state.c.attempts)
+                                     .where(user_state.c.username.in_([known, new.lower()]))).all())
+    assert attempts == {known: 3, new.lower(): 1}  # the remember, then two changes; one for the new
 
 
 def test_usernames_are_one_user_whatever_their_case(store):

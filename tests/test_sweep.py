@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -279,7 +280,6 @@ def test_a_worker_in_a_sweep_takes_a_dead_workers_login_before_its_next_batch(tm
                                                                              services_for, monkeypatch):
     """A worker in a sweep claims its next batch at once while no login waits; a login whose
     worker died (its lease lapsed) is waiting too, and goes first."""
-    import threading
     from datetime import timedelta
 
     from app.queue import jobs
@@ -308,17 +308,56 @@ def test_a_worker_in_a_sweep_takes_a_dead_workers_login_before_its_next_batch(tm
     assert order == ["d0", "d1", "vip", "d2", "d3", "d4"]
 
 
-def test_a_batch_of_sweep_jobs_keeps_to_what_the_store_holds(tmp_path, slapd, ldap_ou, jira, services_for):
-    """The states a worker reads with its batch are the store's: an admin's opt-out stands, and a
-    picture already ours is not uploaded again."""
-    names = ["s0", "s1", "s2"]
+def _a_sweep_batch(tmp_path, slapd, ldap_ou, jira, services_for, names: list[str]):
+    """Users with photos, in Jira, queued by a sweep."""
     slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
     for n in names:
         jira.state.add_user(n)
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
-    queue, store = rig.services.queue, rig.services.store
     for n in names:
-        queue.enqueue(n, SWEEP, source="sweep")
+        rig.services.queue.enqueue(n, SWEEP, source="sweep")
+    return rig
+
+
+def test_a_batch_whose_outcomes_cannot_be_recorded_runs_again_without_uploading_again(
+        tmp_path, slapd, ldap_ou, jira, services_for, monkeypatch):
+    """A sweep batch's outcomes and the ends of its jobs are written in one transaction at the
+    batch's end: when it fails, none is recorded, every job keeps its lease, and their next run
+    uses the avatars already made."""
+    from app.queue import jobs
+    names = ["r0", "r1", "r2"]
+    rig = _a_sweep_batch(tmp_path, slapd, ldap_ou, jira, services_for, names)
+    queue, store = rig.services.queue, rig.services.store
+    real_complete = queue.complete
+
+    def dies(done, tx):
+        assert sorted(j.username for j in done) == names  # the whole batch at once
+        raise RuntimeError("killed while ending the jobs")
+    monkeypatch.setattr(queue, "complete", dies)
+    assert WorkerPool(rig.services).run_once()
+    assert all(jira.state.selected_avatar(n).owner for n in names)  # Jira shows them...
+    assert all(store.get(n).last_outcome is None for n in names)  # ...nothing recorded...
+    assert {queue.job_for(n)["state"] for n in names} == {"running"}  # ...and the jobs still leased
+    monkeypatch.setattr(queue, "complete", real_complete)
+    with store.transaction() as tx:  # their leases run out
+        tx.execute(update(jobs).values(lease_until=jobs.c.created_at))
+    ran: list = []  # fresh threads take them up, one each (a busy one looks once a second)
+    for _ in names:
+        other = threading.Thread(target=lambda: ran.append(WorkerPool(rig.services).run_once()))
+        other.start()
+        other.join()
+    assert ran == [True] * 3
+    assert [store.get(n).last_outcome for n in names] == ["updated"] * 3
+    assert [jira.state.created_for(n) for n in names] == [1, 1, 1]  # no second upload
+    assert all(queue.job_for(n) is None for n in names)
+
+
+def test_a_batch_of_sweep_jobs_keeps_to_what_the_store_holds(tmp_path, slapd, ldap_ou, jira, services_for):
+    """The states a worker reads with its batch are the store's: an admin's opt-out stands, and a
+    picture already ours is not uploaded again."""
+    names = ["s0", "s1", "s2"]
+    rig = _a_sweep_batch(tmp_path, slapd, ldap_ou, jira, services_for, names)
+    queue, store = rig.services.queue, rig.services.store
     assert WorkerPool(rig.services).run_once()
     assert [jira.state.created_for(n) for n in names] == [1, 1, 1]
     store.set_excluded("s1", True)

@@ -30,7 +30,7 @@ def rig(tmp_path, slapd, ldap_ou, jira, services_for):
                 return syncer.sync_user(name, **kw)
             verdict = syncer.attempt(name, attempt=attempt, **kw)
             with self.services.store.transaction() as tx:
-                syncer.record(verdict, tx)
+                syncer.record([verdict], tx)
             return syncer.finish(verdict, recorded=True)
 
         def shown(self, name):
