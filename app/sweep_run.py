@@ -77,12 +77,18 @@ class _Stopped(Exception):
     pass
 
 
+class _TakenOver(Exception):
+    """Another process holds the lease: this runner stalled past it (a frozen machine, a
+    database away longer than the lease) and the sweep was taken over meanwhile."""
+
+
 class _Run:
     def __init__(self, services, sweep_id: int, on_progress, stop: threading.Event | None = None):
         self.services, self.id, self.on_progress = services, sweep_id, on_progress
         self.stop = stop or threading.Event()
         self.store, self.queue, self.sweeps = services.store, services.queue, services.sweeps
         self.full = False
+        self.owner: str | None = None  # the lease holder take_over() wrote: this runner's
         self.dry: ThreadPoolExecutor | None = None  # a dry run syncs (reads only) on these threads
         self.bulk = jira_users.JiraUsers({}, False, "none")  # read at the start of the scan
 
@@ -90,17 +96,20 @@ class _Run:
         try:
             with self.store.read() as conn:
                 row = conn.execute(select(sweeps).where(sweeps.c.id == self.id)).mappings().one()
+            self.owner = row["lease_owner"]
             if row["phase"] == "scanning":
                 self.full = row["full"]
                 self._scan(row["dry_run"])
             self._await_done()
         except _Cancelled:
             log.info("sweep %d cancelled", self.id)
+        except _TakenOver:  # the other runner goes on; this one must neither renew nor end it
+            log.warning("sweep %d was taken over by another process while this one stalled: it stops here", self.id)
         except _Stopped:
             with self.store.transaction() as conn:
                 conn.execute(
                     update(sweeps)
-                    .where(sweeps.c.id == self.id, sweeps.c.status == RUNNING)
+                    .where(sweeps.c.id == self.id, sweeps.c.status == RUNNING, sweeps.c.lease_owner == self.owner)
                     .values(lease_until=utcnow())
                 )
             log.info("sweep %d left for another process to resume", self.id)
@@ -118,7 +127,7 @@ class _Run:
             with self.store.transaction() as conn:
                 conn.execute(
                     update(sweeps)
-                    .where(sweeps.c.id == self.id, sweeps.c.status == RUNNING)
+                    .where(sweeps.c.id == self.id, sweeps.c.status == RUNNING, sweeps.c.lease_owner == self.owner)
                     .values(status=FAILED_SWEEP, error=error[:2000], finished_at=utcnow(), lease_until=None)
                 )
 
@@ -251,9 +260,11 @@ class _Run:
         if self.stop.is_set():
             raise _Stopped()
         with self.store.transaction() as conn:
-            row = conn.execute(select(sweeps.c.status).where(sweeps.c.id == self.id)).first()
+            row = conn.execute(select(sweeps.c.status, sweeps.c.lease_owner).where(sweeps.c.id == self.id)).first()
             if row is None or row.status != RUNNING:
                 raise _Cancelled()
+            if row.lease_owner != self.owner:
+                raise _TakenOver()
             conn.execute(update(sweeps).where(sweeps.c.id == self.id).values(lease_until=utcnow() + self.sweeps.lease))
 
 

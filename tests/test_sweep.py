@@ -203,6 +203,38 @@ def test_resumes_after_the_runner_died_without_redoing_finished_users(big, monke
     assert summary["counts"]["updated"] == N_USERS - N_USERS // 10 - 5
 
 
+def test_a_runner_stalled_past_its_lease_stops_once_another_process_took_the_sweep_over(
+        tmp_path, slapd, ldap_ou, jira, services_for, caplog, monkeypatch):
+    """Frozen longer than its lease (a suspended machine, a database away), a runner finds
+    another process holding the sweep: it neither renews that lease nor queues, fails or ends
+    anything; the other runner goes on alone."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from app.store import utcnow
+    slapd.add_users(ldap_ou, [("t0", photos.photo(40, 40))])
+    jira.state.add_user("t0")
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    sweep_id = rig.sweeps.start()
+    assert sweep_run.take_over(rig.services) == sweep_id
+    other = {"lease_owner": "replica-2:4242:1", "lease_until": utcnow() + timedelta(seconds=60)}
+    real_page = sweep_run._Run._page
+
+    def stalls_before_its_first_page(self, directory, users):
+        with rig.services.store.transaction() as conn:  # meanwhile its lease lapsed and was taken
+            conn.execute(update(sweeps_table).where(sweeps_table.c.id == sweep_id).values(**other))
+        return real_page(self, directory, users)
+    monkeypatch.setattr(sweep_run._Run, "_page", stalls_before_its_first_page)
+    sweep_run.run(rig.services, sweep_id)  # it wakes up: returns at its first look at the lease
+    with rig.services.store.read() as conn:
+        row = conn.execute(select(sweeps_table).where(sweeps_table.c.id == sweep_id)).mappings().one()
+    assert (row["status"], row["phase"], row["lease_owner"]) == ("running", "scanning", other["lease_owner"])
+    assert row["lease_until"].replace(tzinfo=None) == other["lease_until"].replace(tzinfo=None)
+    assert rig.sweeps.summary(sweep_id)["total"] == 0  # nothing queued or reported by the stalled one
+    assert "taken over by another process" in caplog.text
+
+
 def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira, services_for):
     names = [f"w{i:03d}" for i in range(120)]
     slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names] + [("vip", photos.photo(40, 40))])
@@ -212,7 +244,9 @@ def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira
     jira.state.latency = 0.01
     sweep_id = rig.sweeps.start()
     sweep_run.take_over(rig.services)
-    sweep_run._Run(rig.services, sweep_id, None)._scan(dry_run=False)  # everything queued at sweep priority
+    runner = sweep_run._Run(rig.services, sweep_id, None)
+    runner.owner = rig.services.queue.owner()  # as take_over() wrote it (run() reads it back)
+    runner._scan(dry_run=False)  # everything queued at sweep priority
     pool = WorkerPool(rig.services, threads=2, poll_seconds=0.05).start()
     try:
         time.sleep(0.3)
