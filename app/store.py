@@ -356,7 +356,11 @@ class Store:
     def update_many(self, tx: Connection, changes: list[tuple[str, Callable[[UserState], None]]]) -> None:
         """update() for many users in the caller's transaction: their rows read in one statement
         and written in one (a worker records a sweep batch's outcomes together). A user without
-        a row yet, or named twice, goes through update()."""
+        a row yet, or named twice, goes through update(), as does a single user (a login's job:
+        no read more than update() makes)."""
+        if len(changes) == 1:
+            self.update(tx, *changes[0])
+            return
         keys = [user_key(username) for username, _ in changes]
         query = select(user_state).where(user_state.c.username.in_(keys)).order_by(user_state.c.username)
         if tx.dialect.name == "postgresql":

@@ -187,17 +187,16 @@ class Sweeps:
         writer.writerows({k: _spreadsheet_safe(v) for k, v in row.items()} for row in self.problems(sweep_id))
         return out.getvalue()
 
-    def record(self, sweep_id: int, result: SyncResult, tx=None) -> None:
-        """A queued user of the sweep is done (a failed attempt counts: the job retries apart),
-        in the caller's transaction (a worker's, that also ends the job) or one of its own."""
-        if tx is None:
-            with self.store.transaction() as tx:
-                return self.record_many([(sweep_id, result)], tx)
-        self.record_many([(sweep_id, result)], tx)
+    def record(self, sweep_id: int, result: SyncResult) -> None:
+        """A user of a dry run is done, in a transaction of its own (a worker's jobs go through
+        record_many, in the transaction that also ends them)."""
+        with self.store.transaction() as tx:
+            self.record_many([(sweep_id, result)], tx)
 
     @staticmethod
     def record_many(done: list[tuple[int, SyncResult]], tx) -> None:
-        """record() for many users, in one statement."""
+        """Queued users of sweeps are done (a failed attempt counts: the job retries apart), in
+        the caller's transaction, in one statement."""
         if not done:
             return
         params = [

@@ -95,18 +95,21 @@ class WorkerPool:
             entries, states = self.services.syncer.photos.prefetch(names), self.services.store.get_many(names)
         read_at = time.monotonic()
         done: list[tuple[Job, Verdict]] = []  # recorded together when the batch ends
-        for i, job in enumerate(jobs):
-            if i and self._stop.is_set():  # stopping: the batch's rest goes to other workers now
-                self.queue.give_back(jobs[i:])
-                break
-            if i and self.queue.urgent_waiting():  # jobs after the first are sweep jobs
-                for urgent in self.queue.claim(1):
-                    self.process(urgent)
-            if states is not None and time.monotonic() - read_at < PREFETCH_FRESH_SECONDS:  # else read again
-                done.append((job, self._attempt(job, entries.get(job.username), states.get(user_key(job.username)))))
-            else:
-                done.append((job, self._attempt(job)))
-        self._record(done)
+        try:
+            for i, job in enumerate(jobs):
+                if i and self._stop.is_set():  # stopping: the batch's rest goes to other workers now
+                    self.queue.give_back(jobs[i:])
+                    break
+                if i and self.queue.urgent_waiting():  # jobs after the first are sweep jobs
+                    for urgent in self.queue.claim(1):
+                        self.process(urgent)
+                if states is not None and time.monotonic() - read_at < PREFETCH_FRESH_SECONDS:  # else read again
+                    entry, state = entries.get(job.username), states.get(user_key(job.username))
+                    done.append((job, self._attempt(job, entry, state)))
+                else:
+                    done.append((job, self._attempt(job)))
+        finally:  # what was synced is recorded, even if the loop was cut short (the database away)
+            self._record(done)
         return bool(jobs)
 
     def process(

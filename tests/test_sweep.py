@@ -386,6 +386,23 @@ def test_a_batch_whose_outcomes_cannot_be_recorded_runs_again_without_uploading_
     assert all(queue.job_for(n) is None for n in names)
 
 
+def test_a_batch_cut_short_by_the_database_still_records_what_it_synced(tmp_path, slapd, ldap_ou, jira,
+                                                                         services_for, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+    names = ["c0", "c1", "c2"]
+    rig = _a_sweep_batch(tmp_path, slapd, ldap_ou, jira, services_for, names)
+    queue, store = rig.services.queue, rig.services.store
+
+    def database_away():
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+    monkeypatch.setattr(queue, "urgent_waiting", database_away)  # looked at before each job after the first
+    with pytest.raises(OperationalError):
+        WorkerPool(rig.services).run_once()
+    assert store.get("c0").last_outcome == "updated" and queue.job_for("c0") is None
+    assert [jira.state.created_for(n) for n in names] == [1, 0, 0]
+    assert {queue.job_for(n)["state"] for n in ("c1", "c2")} == {"running"}  # back when their leases lapse
+
+
 def test_a_batch_of_sweep_jobs_keeps_to_what_the_store_holds(tmp_path, slapd, ldap_ou, jira, services_for):
     """The states a worker reads with its batch are the store's: an admin's opt-out stands, and a
     picture already ours is not uploaded again."""
