@@ -50,12 +50,12 @@ def take_over(services) -> int | None:
     return row.id if taken else None
 
 
-def run(services, sweep_id: int, on_progress=None, stop: threading.Event | None = None) -> None:
+def run(services, sweep_id: int, stop: threading.Event | None = None) -> None:
     """Scan (or resume the scan), then watch the queued users until all are done. Taken over
     first: this process must hold the lease. ``stop`` set: let go of the lease at the next
     page (or the next look at the queue), leaving the sweep running for another process, or
     this one restarted, to resume at once."""
-    _Run(services, sweep_id, on_progress, stop).run()
+    _Run(services, sweep_id, stop).run()
 
 
 def run_in_background(services, stop: threading.Event | None = None) -> threading.Thread | None:
@@ -64,7 +64,7 @@ def run_in_background(services, stop: threading.Event | None = None) -> threadin
     sweep_id = take_over(services)
     if sweep_id is None:
         return None
-    thread = threading.Thread(target=run, args=(services, sweep_id, None, stop), name=f"sweep-{sweep_id}", daemon=True)
+    thread = threading.Thread(target=run, args=(services, sweep_id, stop), name=f"sweep-{sweep_id}", daemon=True)
     thread.start()
     return thread
 
@@ -83,8 +83,8 @@ class _TakenOver(Exception):
 
 
 class _Run:
-    def __init__(self, services, sweep_id: int, on_progress, stop: threading.Event | None = None):
-        self.services, self.id, self.on_progress = services, sweep_id, on_progress
+    def __init__(self, services, sweep_id: int, stop: threading.Event | None = None):
+        self.services, self.id = services, sweep_id
         self.stop = stop or threading.Event()
         self.store, self.queue, self.sweeps = services.store, services.queue, services.sweeps
         self.full = False
@@ -149,8 +149,6 @@ class _Run:
                     if len(page) >= PAGE:
                         self._page(directory.name, page)
                         page = []
-                        if self.on_progress:
-                            self.on_progress(self.sweeps.summary(self.id))
                 self._page(directory.name, page)
             # Jira users no directory holds
             rest = [(key, user.name) for key, user in self.bulk.users.items() if key not in seen]
@@ -236,16 +234,23 @@ class _Run:
                 insert_items(conn, self.id, directory, rows, skipped)
 
     def _await_done(self) -> None:
+        """Wait until every user queued by the sweep has an outcome, then finish it. The sweep's
+        status is read at every look (a cancel is seen within a poll) but the lease is written
+        only once a third of it has passed: a renewal is a write transaction, and at every
+        look it would take the writer the syncs record with four times a second."""
+        renew_every = self.sweeps.lease.total_seconds() / 3
+        renewed = -renew_every
         while True:
-            self._renew()
+            if time.monotonic() - renewed >= renew_every:
+                self._renew()
+                renewed = time.monotonic()
             with self.store.read() as conn:
+                self._check(conn)
                 waiting = conn.execute(
                     select(func.count())
                     .select_from(sweep_items)
                     .where(sweep_items.c.sweep_id == self.id, sweep_items.c.outcome.is_(None))
                 ).scalar_one()
-            if self.on_progress:
-                self.on_progress(self.sweeps.summary(self.id))
             if not waiting:
                 break
             time.sleep(0.25)
@@ -257,15 +262,19 @@ class _Run:
             )
 
     def _renew(self) -> None:
+        with self.store.transaction() as conn:
+            self._check(conn)
+            conn.execute(update(sweeps).where(sweeps.c.id == self.id).values(lease_until=utcnow() + self.sweeps.lease))
+
+    def _check(self, conn) -> None:
+        """Go on only while asked to, the sweep still runs and this runner still holds it."""
+        row = conn.execute(select(sweeps.c.status, sweeps.c.lease_owner).where(sweeps.c.id == self.id)).first()
         if self.stop.is_set():
             raise _Stopped()
-        with self.store.transaction() as conn:
-            row = conn.execute(select(sweeps.c.status, sweeps.c.lease_owner).where(sweeps.c.id == self.id)).first()
-            if row is None or row.status != RUNNING:
-                raise _Cancelled()
-            if row.lease_owner != self.owner:
-                raise _TakenOver()
-            conn.execute(update(sweeps).where(sweeps.c.id == self.id).values(lease_until=utcnow() + self.sweeps.lease))
+        if row is None or row.status != RUNNING:
+            raise _Cancelled()
+        if row.lease_owner != self.owner:
+            raise _TakenOver()
 
 
 def _needs_jira_view(user, state) -> bool:

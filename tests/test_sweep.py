@@ -235,6 +235,39 @@ def test_a_runner_stalled_past_its_lease_stops_once_another_process_took_the_swe
     assert "taken over by another process" in caplog.text
 
 
+def test_a_runner_waiting_for_its_users_renews_its_lease_rarely_and_sees_a_cancel_at_once(
+        tmp_path, slapd, ldap_ou, jira, services_for):
+    """While the queued users are synced, the runner looks at the sweep every 0.25 s but
+    writes its lease only once a third of it has passed (each write takes the writer the syncs
+    record with); a cancel still ends it at its next look."""
+    from sqlalchemy import select
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in ("r0", "r1")])
+    for n in ("r0", "r1"):
+        jira.state.add_user(n)
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)  # no workers: they stay queued
+    sweep_id = rig.sweeps.start()
+    assert sweep_run.take_over(rig.services) == sweep_id
+    assert rig.sweeps.lease.total_seconds() >= 3  # so no renewal is due during the look below
+
+    def lease_until():
+        with rig.services.store.read() as conn:
+            return conn.execute(select(sweeps_table.c.lease_until).where(sweeps_table.c.id == sweep_id)).scalar_one()
+    runner = threading.Thread(target=sweep_run.run, args=(rig.services, sweep_id))
+    runner.start()
+    deadline = time.monotonic() + 10
+    while rig.sweeps.summary(sweep_id)["phase"] != "syncing" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rig.sweeps.summary(sweep_id)["phase"] == "syncing"
+    time.sleep(0.1)  # its first look renews the lease
+    renewed = lease_until()
+    time.sleep(0.8)  # three looks or more
+    assert lease_until() == renewed and runner.is_alive()
+    rig.sweeps.cancel(sweep_id)
+    runner.join(2)
+    assert not runner.is_alive()
+    assert rig.sweeps.summary(sweep_id)["status"] == "cancelled"
+
+
 def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira, services_for):
     names = [f"w{i:03d}" for i in range(120)]
     slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names] + [("vip", photos.photo(40, 40))])
@@ -244,7 +277,7 @@ def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira
     jira.state.latency = 0.01
     sweep_id = rig.sweeps.start()
     sweep_run.take_over(rig.services)
-    runner = sweep_run._Run(rig.services, sweep_id, None)
+    runner = sweep_run._Run(rig.services, sweep_id)
     runner.owner = rig.services.queue.owner()  # as take_over() wrote it (run() reads it back)
     runner._scan(dry_run=False)  # everything queued at sweep priority
     pool = WorkerPool(rig.services, threads=2, poll_seconds=0.05).start()
