@@ -127,7 +127,8 @@ class LoginQueue:
 
         An idle poll is a plain read first: it must not take the write lock that webhooks
         wait for. A thread whose last claim found work skips that read (there is likely more),
-        and looks for expired leases, which only a dead worker leaves, at most once a second.
+        and looks for expired leases, which only a dead worker leaves, at most once a second
+        (at once again while the last look found as many as it could take).
         """
         now = utcnow()
         pending, expired = queue_sql.due(limit, min_priority)
@@ -148,6 +149,8 @@ class LoginQueue:
                 pending, expired = (q.with_for_update(skip_locked=True) for q in (pending, expired))
             # a dead worker's job first: it waited longest
             rows = list(tx.execute(expired, {"now": now}).mappings().all()) if look_for_expired else []
+            if len(rows) >= limit:  # a dead worker left more: the next claim looks again, not in a second
+                self._next_expiry_check = 0.0
             if len(rows) < limit:
                 rows += tx.execute(pending, {"now": now}).mappings().all()
             rows = rows[:limit]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 
 import pytest
@@ -160,6 +161,26 @@ def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue,
     clock[0] += 1.5
     retaken = queue.claim(1)[0]
     assert retaken.id == stuck.id and retaken.attempts == 2
+
+
+def test_a_dead_workers_batches_come_back_together_not_one_batch_a_second(queue, monkeypatch):
+    """A helper killed mid-sweep leaves a batch leased on each of its threads: a busy thread
+    that finds a full batch of them looks again at its next claim."""
+    clock = [1000.0]
+    monkeypatch.setattr("app.queue.time.monotonic", lambda: clock[0])
+    for i in range(20):
+        queue.enqueue(f"s{i:02d}", SWEEP, source="sweep")
+    stuck: list = []
+    dead = threading.Thread(target=lambda: stuck.extend(queue.claim(20, min_priority=SWEEP)))  # another worker
+    dead.start()
+    dead.join()
+    with queue.store.transaction() as conn:
+        conn.execute(update(jobs).values(lease_until=utcnow() - _seconds(1)))
+    for i in range(5):
+        queue.enqueue(f"fresh{i}", SWEEP, source="sweep")
+    taken = [j for _ in range(3) for j in queue.claim(8, min_priority=SWEEP)]  # all within one second
+    assert sorted(j.id for j in taken[:20]) == sorted(j.id for j in stuck)
+    assert all(j.attempts == 2 for j in taken[:20]) and {j.username for j in taken[20:]} <= {f"fresh{i}" for i in range(5)}
 
 
 def test_a_login_whose_worker_died_counts_as_waiting(queue, monkeypatch):
