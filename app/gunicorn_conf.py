@@ -14,6 +14,7 @@ This module imports nothing of the package but app.logs (``import app`` itself i
 import glob
 import os
 import tempfile
+import time
 
 bind = os.environ.get("AVATAR_SYNC_BIND", "127.0.0.1:8080")
 worker_class = "gthread"
@@ -69,6 +70,12 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
+    deadline = time.monotonic() + max(1, graceful_timeout - 5)
+    services = worker.wsgi.extensions["avatar_sync"] if getattr(worker, "wsgi", None) else None
+    if services is not None:
+        services.stopping.set()  # an API-started sweep's runner lets go while the pool stops
     pool = getattr(worker, "avatar_sync_pool", None)
     if pool is not None:
-        pool.stop(timeout=max(1, graceful_timeout - 5))
+        pool.stop(timeout=max(0.0, deadline - time.monotonic()))
+    if services is not None:
+        services.stop_runners(max(0.0, deadline - time.monotonic()))

@@ -3,6 +3,8 @@ directories, database and Jira connect lazily, after gunicorn has forked."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,9 +28,20 @@ class Services:
     syncer: Syncer
     queue: LoginQueue
     sweeps: Sweeps = field(init=False, repr=False)
+    # sweep runners this process started outside a WorkerPool (the admin API's); set at the
+    # process's exit, ``stopping`` has them let go of their lease for another process at once
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    runners: list[threading.Thread] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.sweeps = Sweeps(self)
+
+    def stop_runners(self, timeout: float) -> None:
+        """Have the runners in ``runners`` let go of their sweeps, waiting ``timeout`` in all."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for runner in self.runners:
+            runner.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def exclusions(self):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import SECRET, Service, add_users, synced, wait_until
+from tests.helpers import ADMIN, SECRET, Service, add_users, synced, wait_until
 
 
 @pytest.fixture
@@ -90,6 +90,32 @@ def test_sigkill_after_accepting_loses_and_repeats_nothing(service, slapd, ldap_
     assert {n: c for n, c in created.items() if c != 1} == {}
     assert all(len(jira.state.custom_avatars(n)) == 1 for n in names)  # no orphans either
     print(f"{done_before} of {len(names)} synced before the kill; the rest after the restart")
+
+
+def test_stopping_gunicorn_lets_go_of_the_sweep_its_api_started(service, slapd, ldap_ou, jira, tmp_path):
+    """A sweep started through the admin API runs in the web worker that answered; when gunicorn
+    stops (a deploy, a restart), that worker lets go of it, so that another process resumes it
+    at once instead of after its lease."""
+    from sqlalchemy import select
+
+    from app.store import Store, utcnow
+    from app.sweep import sweeps
+    names = [f"g{i:02d}" for i in range(60)]
+    add_users(slapd, ldap_ou, jira, names)
+    jira.state.latency = 0.2  # far from done when gunicorn stops
+    r = service.http.post(service.url + "/admin/sweeps", json={}, headers={"Authorization": f"Bearer {ADMIN}"},
+                          timeout=10)
+    assert r.status_code == 202
+    time.sleep(1)
+    service.stop()
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    try:
+        with store.read() as conn:
+            row = conn.execute(select(sweeps.c.status, sweeps.c.lease_until).where(sweeps.c.id == r.json()["id"])).one()
+    finally:
+        store.dispose()
+    assert row.status == "running", "the sweep ended before the stop: nothing tested"
+    assert row.lease_until.replace(tzinfo=None) <= utcnow().replace(tzinfo=None)
 
 
 def test_jira_answering_503_for_30_seconds(service, slapd, ldap_ou, jira):

@@ -19,7 +19,7 @@ from app.sweep import SweepConflict
 from app.sweep import sweeps as sweeps_table
 from app.worker import WorkerPool
 from tests import photos
-from tests.helpers import JIRA_USER, make_settings, run_sweep, samba_directory, slapd_directory
+from tests.helpers import JIRA_USER, make_settings, run_sweep, samba_directory, slapd_directory, wait_until
 
 N_USERS = 1100  # > 2 pages of 500; the service account may see only 5 entries unpaged
 
@@ -467,6 +467,27 @@ def test_samba_ad_sweep_uses_usn_markers(tmp_path, samba, ad_ou, jira, services_
 
 
 # -- doors: admin API, CLI, schedule ------------------------------------------------------
+
+def test_a_sweep_started_by_the_api_is_let_go_of_when_its_process_exits(tmp_path, slapd, ldap_ou, jira):
+    """The admin API runs the sweep it starts on a thread of the web process; when that process
+    exits (gunicorn's worker_exit calls stop_runners) the runner lets go of the lease, so that
+    another process resumes the sweep at once instead of after the lease."""
+    from app import create_app
+    slapd.add_users(ldap_ou, [("x1", photos.photo(40, 40))])
+    jira.state.add_user("x1")
+    app = create_app(make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)],
+                                   webhook={"secret": "s"}, admin={"token": "t"}))
+    services = app.extensions["avatar_sync"]
+    r = app.test_client().post("/admin/sweeps", json={}, headers={"Authorization": "Bearer t"})
+    sweep_id = r.get_json()["id"]
+    assert r.status_code == 202 and [t.name for t in services.runners] == [f"sweep-{sweep_id}"]
+    wait_until(lambda: services.sweeps.summary(sweep_id)["phase"] == "syncing", 10, "the scan")  # no workers here
+    assert sweep_run.take_over(services) is None  # the runner holds it
+    services.stop_runners(5)
+    assert not services.runners[0].is_alive()
+    assert services.sweeps.summary(sweep_id)["status"] == "running"
+    assert sweep_run.take_over(services) == sweep_id  # free for the next process, now
+
 
 def test_admin_sweep_api(tmp_path, slapd, ldap_ou, jira):
     from app import create_app

@@ -143,7 +143,11 @@ def start_sweep():
         sweep_id = svc.sweeps.start(dry_run=body.get("dry_run", False), full=body.get("full", False))
     except SweepConflict as exc:
         return jsonify({"error": str(exc)}), 409
-    run_in_background(svc)  # here and now; any other process would take it within seconds
+    # here and now (any other process would take it within seconds); let go of at this
+    # process's exit (gunicorn's worker_exit), so that another resumes it without waiting for the lease
+    runner = run_in_background(svc, svc.stopping)
+    if runner is not None:
+        svc.runners[:] = [*(r for r in svc.runners if r.is_alive()), runner]
     return jsonify(svc.sweeps.summary(sweep_id)), 202
 
 
