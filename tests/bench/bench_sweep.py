@@ -28,6 +28,11 @@ does every 3 s) every S seconds during the first sweep, from this process, and r
 each refresh took: what the page costs the database while a sweep writes to it. Compare the
 first sweep's time with and without it.
 
+--separate-cores keeps the emulator (this process) and slapd on the first core and runs the sweep
+(or the rig's client) on the others: Jira and the directory on hardware of their own, as in
+production, where the default shares every core between all three. Compare with the rig alone
+under the same option.
+
 --jira-only measures what the rig alone allows: C threads of another process make the same
 three calls per user through the service's own Jira client (upload, crop-confirm, select),
 with no directory, database or decoding. The emulator shares the cores, so even this stays
@@ -66,8 +71,21 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_sweep(config: Path, *args: str, slapd_pid: int | None = None) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (KiB) and output of one `jira-avatar-sync sweep` process."""
+def separate_cores(*server_pids: int) -> set[int]:
+    """--separate-cores: this process (the emulator) and ``server_pids`` keep the first core;
+    the others, returned, are for the service."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--separate-cores needs two cores or more")
+    for pid in (0, *server_pids):
+        os.sched_setaffinity(pid, cpus[:1])
+    return set(cpus[1:])
+
+
+def run_sweep(config: Path, *args: str, slapd_pid: int | None = None,
+              cores: set[int] | None = None) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (KiB) and output of one `jira-avatar-sync sweep` process (on
+    ``cores`` if given)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
     env["AVATAR_SYNC_CONFIG"] = str(config)
     script = str(Path(sys.executable).parent / "jira-avatar-sync")
@@ -78,10 +96,13 @@ def run_sweep(config: Path, *args: str, slapd_pid: int | None = None) -> tuple[f
         "print('CPU_S', r.ru_utime + r.ru_stime, file=sys.stderr); "
         "print('PEAK_RSS_KB', r.ru_maxrss, file=sys.stderr); "
         "sys.exit(rc)"), *prefix, script, "--log-level", "WARNING", "sweep", *args]
-    helpers = [subprocess.Popen([script, "--log-level", "WARNING", "worker"], env=env)
+    def on_cores():
+        if cores:
+            os.sched_setaffinity(0, cores)
+    helpers = [subprocess.Popen([script, "--log-level", "WARNING", "worker"], env=env, preexec_fn=on_cores)
                for _ in range(int(os.environ.get("BENCH_EXTRA_WORKERS", "0")))]
     started, emulator_cpu, slapd_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(slapd_pid)
-    out = subprocess.run(wrapper, env=env, capture_output=True, text=True)
+    out = subprocess.run(wrapper, env=env, capture_output=True, text=True, preexec_fn=on_cores)
     seconds = time.perf_counter() - started
     helpers_cpu = sum(cpu_seconds(helper.pid) for helper in helpers)  # read before they exit
     for helper in helpers:
@@ -166,9 +187,9 @@ class InFlight(_Every):
         return round(sum(self.samples) / len(self.samples), 2) if self.samples else 0.0
 
 
-def jira_only(url: str, users: int, concurrency: int, png: bytes) -> tuple[float, float]:
+def jira_only(url: str, users: int, concurrency: int, png: bytes, cores: set[int] | None) -> tuple[float, float]:
     """Wall and CPU seconds of the three avatar calls for every user, C at a time (run in a
-    process of its own, as the sweep is)."""
+    process of its own, as the sweep is, on ``cores`` if given)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from app.config import JiraSettings
@@ -177,6 +198,8 @@ def jira_only(url: str, users: int, concurrency: int, png: bytes) -> tuple[float
     client = JiraClient(JiraSettings(url=url, username="avatar-sync", password="pw", max_concurrency=concurrency))
 
     side = png_size(png)[0]
+    if cores:
+        os.sched_setaffinity(0, cores)
 
     def one(i: int) -> None:
         name = f"user{i:06d}"
@@ -197,12 +220,14 @@ def run_jira_only(args) -> None:
     for i in range(args.users):
         state.add_user(f"user{i:06d}")
     png = normalize(photos.photo(args.photo_px, args.photo_px))  # as the sweep sends it
+    cores = separate_cores() if args.separate_cores else None
     with EmulatorServer(state) as jira, ProcessPoolExecutor(1, mp_context=get_context("spawn")) as client:
         emulator_cpu = cpu_seconds()
-        seconds, client_cpu = client.submit(jira_only, jira.url, args.users, args.concurrency, png).result()
+        seconds, client_cpu = client.submit(jira_only, jira.url, args.users, args.concurrency, png, cores).result()
         emulator_cpu = cpu_seconds() - emulator_cpu
     bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
     print(json.dumps({"users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
+                      "separate_cores": args.separate_cores,
                       "bound_3NL_over_C_s": round(bound, 1), "jira_only_s": round(seconds, 1),
                       "jira_only_over_bound": round(seconds / bound, 2) if bound else None,
                       "client_cpu_s": round(client_cpu, 1), "emulator_cpu_s": round(emulator_cpu, 1),
@@ -226,6 +251,8 @@ def main() -> None:
                         help="postgres: a fresh schema in the machine's PostgreSQL, limits_scope = cluster")
     parser.add_argument("--processes", type=int,
                         help="the sweep command's --processes (default: its own, one per core)")
+    parser.add_argument("--separate-cores", action="store_true",
+                        help="the emulator and slapd on the first core, the service (or the rig) on the others")
     parser.add_argument("--jira-only", action="store_true",
                         help="only the three Jira calls per user through the service's client: the rig's own floor")
     args = parser.parse_args()
@@ -280,18 +307,20 @@ def main() -> None:
     """)
             state.latency = args.latency_ms / 1000
             sweep_args = ("--processes", str(args.processes)) if args.processes else ()
+            cores = separate_cores(ldap.proc.pid) if args.separate_cores else None
             with InFlight(state) as in_flight, ExitStack() as polled:
                 poller = (polled.enter_context(DashboardPoller(config, args.dashboard_every))
                           if args.dashboard_every else None)
-                first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
+                first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores)
             dashboard = poller.summary() if poller else None
             writes_after_first = state.writes()
             uploads = state.count("POST /user/avatar/temporary")
-            repeat_s, repeat_rss, repeat_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid)
+            repeat_s, repeat_rss, repeat_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores)
             bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
             result = {
                 "database": args.database, "extra_worker_processes": processes - 1,
                 "sweep_processes": args.processes or "one per core",
+                "separate_cores": args.separate_cores,
                 "jira_version": args.jira_version, "users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
                 "bound_3NL_over_C_s": round(bound, 1),
                 "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2) if bound else None,
