@@ -418,6 +418,39 @@ def test_a_batch_whose_outcomes_cannot_be_recorded_runs_again_without_uploading_
     assert all(queue.job_for(n) is None for n in names)
 
 
+def test_stopping_a_pool_waits_for_its_threads_no_longer_than_its_timeout_in_all(
+        tmp_path, slapd, ldap_ou, jira, services_for, monkeypatch):
+    """gunicorn's worker_exit gives WorkerPool.stop what is left of the graceful timeout: with
+    every thread stuck in a slow sync, stop() returns after that timeout, for all of them
+    together; the jobs keep their leases and run again."""
+    names = ["p0", "p1", "p2", "p3"]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
+    for n in names:
+        jira.state.add_user(n)
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    for n in names:  # logins: taken one a thread
+        rig.services.queue.enqueue(n, LOGIN, source="login")
+    started, release = threading.Semaphore(0), threading.Event()
+    real = rig.services.syncer.attempt
+
+    def slow(username, **kw):
+        started.release()
+        release.wait(30)
+        return real(username, **kw)
+    monkeypatch.setattr(rig.services.syncer, "attempt", slow)
+    pool = WorkerPool(rig.services, threads=4, poll_seconds=0.05).start()
+    try:
+        for _ in names:
+            assert started.acquire(timeout=10)
+        t0 = time.monotonic()
+        pool.stop(timeout=0.5)
+        assert time.monotonic() - t0 < 1.5  # 0.5 s for the four, not 0.5 s each
+        assert {rig.services.queue.job_for(n)["state"] for n in names} == {"running"}
+    finally:
+        release.set()
+    wait_until(lambda: all(rig.services.queue.job_for(n) is None for n in names), 10, "the stuck syncs to end")
+
+
 def test_a_batch_cut_short_by_the_database_still_records_what_it_synced(tmp_path, slapd, ldap_ou, jira,
                                                                          services_for, monkeypatch):
     from sqlalchemy.exc import OperationalError
