@@ -4,6 +4,7 @@ is removed from the directory, and photos served over HTTP."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from PIL import Image
@@ -150,6 +151,57 @@ def test_excluded_users_are_not_touched_by_name_group_or_an_admins_opt_out(contr
     assert jira.state.writes() == 3  # other's upload, crop-confirm, select: nothing else
     services.store.set_excluded("optedout", False)
     assert services.syncer.sync_user("optedout").outcome == "updated"
+
+
+def test_exclude_groups_past_their_age_are_read_by_one_caller_while_the_others_keep_to_the_copy(
+        controls, jira, monkeypatch):
+    """Older than GROUPS_CACHE_SECONDS the groups are read again by one caller; the others keep
+    to the copy meanwhile (a big group's pages hold up one sync, not all), and while Jira cannot
+    answer for up to twice that age. A failed read with no usable copy is raised to every caller
+    for RETRY_SECONDS without asking Jira again, then tried again."""
+    from app import exclusions
+    from app.jira import JiraError
+    jira.state.add_user("grouped", groups=("jira-software-users", "no-avatar-sync"))
+    clock = [1000.0]
+    monkeypatch.setattr("app.exclusions.time.monotonic", lambda: clock[0])
+    groups = controls(exclude_groups=["no-avatar-sync"]).exclusions
+    real_read, reads = groups.read_groups, []
+    entered, release = threading.Event(), threading.Event()
+
+    def read():
+        reads.append(clock[0])
+        entered.set()
+        assert release.wait(10)
+        return real_read()
+    monkeypatch.setattr(groups, "read_groups", read)
+    release.set()
+    assert groups.group_of("grouped") == "no-avatar-sync" and len(reads) == 1  # the first read
+    clock[0] += exclusions.GROUPS_CACHE_SECONDS + 1
+    release.clear()
+    entered.clear()
+    reader = threading.Thread(target=groups.group_of, args=("grouped",))
+    reader.start()
+    assert entered.wait(10)  # one caller reads them again, and is held there...
+    assert groups.group_of("grouped") == "no-avatar-sync"  # ...while this one has the copy at once
+    release.set()
+    reader.join(10)
+    assert len(reads) == 2
+
+    def down():
+        reads.append(clock[0])
+        raise JiraError("Jira answered 503")
+    monkeypatch.setattr(groups, "read_groups", down)
+    clock[0] += exclusions.GROUPS_CACHE_SECONDS + 1  # stale, Jira down: the copy stands
+    assert groups.group_of("grouped") == "no-avatar-sync" and len(reads) == 3
+    clock[0] += exclusions.GROUPS_CACHE_SECONDS  # past twice the age: no guess
+    for _ in range(3):  # one try, its failure for every caller meanwhile
+        with pytest.raises(JiraError, match="503"):
+            groups.group_of("grouped")
+    assert len(reads) == 4
+    clock[0] += exclusions.RETRY_SECONDS
+    with pytest.raises(JiraError):
+        groups.group_of("grouped")
+    assert len(reads) == 5
 
 
 def test_an_excluded_user_keeps_even_our_old_picture(controls, slapd, ldap_ou, jira):
