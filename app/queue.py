@@ -211,6 +211,12 @@ class LoginQueue:
                 tx.execute(queue_sql.GIVE_BACK, [{"job": j.id, "lease_of": owner, "now": now} for j in claimed])
             self.wakeup.set()
 
+    def drop_cancelled(self, job: Job) -> bool:
+        """End unrun a job this thread holds whose sweep was cancelled meanwhile; False (the job
+        runs as asked) when a login, an admin's sync or a user event merged into it."""
+        with self.store.transaction() as tx:
+            return tx.execute(queue_sql.DROP_CANCELLED, {"job": job.id, "lease_of": self.owner()}).rowcount == 1
+
     def fail(self, job: Job, error: str, tx) -> bool:
         """A failed attempt, in the caller's transaction: retry later with back-off, or keep
         as failed. True if it will be retried."""

@@ -90,6 +90,9 @@ LEASE = (
         updated_at=NOW,
     )
 )
+# a job of a worker's batch whose sweep was cancelled meanwhile, unless a login, an admin's sync
+# or a user event merged into it
+DROP_CANCELLED = jobs.delete().where(MINE, jobs.c.state == RUNNING, jobs.c.priority == SWEEP, ~jobs.c.again)
 GIVE_BACK = (  # a claimed job not started: pending again at once, its attempt not counted
     jobs.update()
     .where(MINE, jobs.c.state == RUNNING)

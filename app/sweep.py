@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import Boolean, Column, DateTime, Integer, String, Table, Text, bindparam, func, select, update
@@ -26,6 +28,7 @@ RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = (
     SweepStatus.CANCELLED,
 )
 MAX_LEASE_SECONDS = 30  # a dead runner's sweep is resumed elsewhere within this
+CANCEL_RECHECK_SECONDS = 0.5  # how late a worker holding a batch of sweep jobs may see a cancel
 
 sweeps = Table(
     "sweeps",
@@ -76,6 +79,8 @@ class Sweeps:
         self.services = services
         self.store, self.queue = services.store, services.queue
         self.lease = timedelta(seconds=min(MAX_LEASE_SECONDS, services.settings.worker.lease_seconds))
+        self._seen_lock = threading.Lock()
+        self._cancelled_seen: dict[int, tuple[bool, float]] = {}  # sweep id -> (cancelled, read at)
 
     # -- starting, cancelling, reading -------------------------------------------------
 
@@ -113,7 +118,25 @@ class Sweeps:
             ).rowcount
         if changed:
             self.queue.cancel_sweep(sweep_id)
+            with self._seen_lock:
+                self._cancelled_seen[sweep_id] = (True, time.monotonic())
         return bool(changed)
+
+    def cancelled(self, sweep_id: int) -> bool:
+        """Whether the sweep was cancelled, here or on any replica, as read at most
+        CANCEL_RECHECK_SECONDS ago: a worker holding a batch of its jobs asks before each."""
+        now = time.monotonic()
+        with self._seen_lock:
+            seen = self._cancelled_seen.get(sweep_id)
+        if seen is not None and (seen[0] or now - seen[1] < CANCEL_RECHECK_SECONDS):  # cancelled is for good
+            return seen[0]
+        with self.store.read() as conn:
+            cancelled = conn.execute(select(sweeps.c.status).where(sweeps.c.id == sweep_id)).scalar() == CANCELLED
+        with self._seen_lock:
+            if len(self._cancelled_seen) > 100:  # old sweeps' answers
+                self._cancelled_seen.clear()
+            self._cancelled_seen[sweep_id] = (cancelled, now)
+        return cancelled
 
     def summary(self, sweep_id: int) -> dict | None:
         with self.store.read() as conn:

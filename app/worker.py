@@ -100,7 +100,11 @@ class WorkerPool:
                 if i and self._stop.is_set():  # stopping: the batch's rest goes to other workers now
                     self.queue.give_back(jobs[i:])
                     break
-                if i and self.queue.urgent_waiting():  # jobs after the first are sweep jobs
+                # jobs after the first are sweep jobs: an admin's cancel stops the batch's rest
+                cancelled = i and job.sweep_id is not None and self.sweeps.cancelled(job.sweep_id)
+                if cancelled and self.queue.drop_cancelled(job):
+                    continue
+                if i and self.queue.urgent_waiting():
                     for urgent in self.queue.claim(1):
                         self.process(urgent)
                 if states is not None and time.monotonic() - read_at < PREFETCH_FRESH_SECONDS:  # else read again

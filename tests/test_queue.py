@@ -183,6 +183,17 @@ def test_a_dead_workers_batches_come_back_together_not_one_batch_a_second(queue,
     assert all(j.attempts == 2 for j in taken[:20]) and {j.username for j in taken[20:]} <= {f"fresh{i}" for i in range(5)}
 
 
+def test_a_held_sweep_job_is_dropped_on_cancel_unless_a_login_or_an_event_merged_into_it(queue):
+    for n in ("plain", "logged-in", "updated"):
+        queue.enqueue(n, SWEEP, source="sweep")
+    held = {j.username: j for j in queue.claim(3, min_priority=SWEEP)}
+    queue.enqueue("logged-in", LOGIN, source="login")
+    queue.enqueue("updated", USER_EVENT, source="user_updated")
+    assert [queue.drop_cancelled(held[n]) for n in ("plain", "logged-in", "updated")] == [True, False, False]
+    assert queue.job_for("plain") is None
+    assert queue.job_for("logged-in")["state"] == queue.job_for("updated")["state"] == "running"
+
+
 def test_a_login_whose_worker_died_counts_as_waiting(queue, monkeypatch):
     """A worker busy with sweep batches claims sweep jobs only while no login waits; a login job
     whose worker died (its lease lapsed) must count as waiting, or it would wait for the sweep."""

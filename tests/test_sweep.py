@@ -451,6 +451,33 @@ def test_stopping_a_pool_waits_for_its_threads_no_longer_than_its_timeout_in_all
     wait_until(lambda: all(rig.services.queue.job_for(n) is None for n in names), 10, "the stuck syncs to end")
 
 
+def test_a_cancel_drops_the_rest_of_a_batch_a_worker_holds_but_not_a_login_merged_into_it(
+        tmp_path, slapd, ldap_ou, jira, services_for, monkeypatch):
+    """An admin cancels the sweep on another replica while a worker holds a batch of its jobs:
+    the batch's rest is dropped unsynced, except a job a login merged into, which runs."""
+    names = ["k0", "k1", "k2", "k3"]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
+    for n in names:
+        jira.state.add_user(n)
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    queue, sweep_id = rig.services.queue, rig.sweeps.start()
+    for n in names:
+        queue.enqueue(n, SWEEP, source="sweep", sweep_id=sweep_id)
+    replica = services_for(rig.services.settings)  # its own process, as far as caches go
+    real = rig.services.syncer.attempt
+
+    def attempt(username, **kw):
+        if username == "k0":
+            queue.enqueue("k2", LOGIN, source="login")  # k2 logs in: merged into the held job
+            assert replica.sweeps.cancel(sweep_id)
+        return real(username, **kw)
+    monkeypatch.setattr(rig.services.syncer, "attempt", attempt)
+    assert WorkerPool(rig.services).run_once()
+    assert [jira.state.created_for(n) for n in names] == [1, 0, 1, 0]
+    assert all(queue.job_for(n) is None for n in names)  # nothing left to run, nothing leased
+    assert rig.sweeps.summary(sweep_id)["status"] == "cancelled"
+
+
 def test_a_batch_cut_short_by_the_database_still_records_what_it_synced(tmp_path, slapd, ldap_ou, jira,
                                                                          services_for, monkeypatch):
     from sqlalchemy.exc import OperationalError
