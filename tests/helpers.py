@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,6 +175,15 @@ def wait_until(predicate, seconds: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def module_clock(monkeypatch, module: str, start: float = 1000.0) -> list[float]:
+    """A clock for ``module``'s ``time.monotonic`` alone, moved by hand (``clock[0] += s``).
+    Patching time.monotonic itself moves every thread's clock, the deadline watchdog's too,
+    which then sleeps out the difference long after the test and lets later deadlines pass."""
+    clock = [start]
+    monkeypatch.setattr(f"{module}.time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    return clock
 
 
 def synced(jira, name) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests import photos
-from tests.helpers import make_settings, run_sweep, slapd_directory
+from tests.helpers import make_settings, module_clock, run_sweep, slapd_directory
 from tests.photos import BLUE, GREEN, RED
 from tests.rig.photo_server import PhotoServer
 
@@ -162,8 +162,7 @@ def test_exclude_groups_past_their_age_are_read_by_one_caller_while_the_others_k
     from app import exclusions
     from app.jira import JiraError
     jira.state.add_user("grouped", groups=("jira-software-users", "no-avatar-sync"))
-    clock = [1000.0]
-    monkeypatch.setattr("app.exclusions.time.monotonic", lambda: clock[0])
+    clock = module_clock(monkeypatch, "app.exclusions")
     groups = controls(exclude_groups=["no-avatar-sync"]).exclusions
     real_read, reads = groups.read_groups, []
     entered, release = threading.Event(), threading.Event()

@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from app.queue import LOGIN, SWEEP, USER_EVENT, LoginQueue, RetryPolicy, jobs
 from app.store import Store, utcnow
+from tests.helpers import module_clock
 
 
 @pytest.fixture
@@ -149,8 +150,7 @@ def test_expired_lease_is_taken_again(queue):
 def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue, monkeypatch):
     """A busy thread skips the idle probe and checks for expired leases once a second only;
     a dead worker's job must still come back while a sweep's queue never runs dry."""
-    clock = [1000.0]
-    monkeypatch.setattr("app.queue.time.monotonic", lambda: clock[0])
+    clock = module_clock(monkeypatch, "app.queue")
     queue.enqueue("dead-workers-job")
     stuck = queue.claim(1)[0]
     with queue.store.transaction() as conn:
@@ -166,8 +166,7 @@ def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue,
 def test_a_dead_workers_batches_come_back_together_not_one_batch_a_second(queue, monkeypatch):
     """A helper killed mid-sweep leaves a batch leased on each of its threads: a busy thread
     that finds a full batch of them looks again at its next claim."""
-    clock = [1000.0]
-    monkeypatch.setattr("app.queue.time.monotonic", lambda: clock[0])
+    clock = module_clock(monkeypatch, "app.queue")
     for i in range(20):
         queue.enqueue(f"s{i:02d}", SWEEP, source="sweep")
     stuck: list = []
