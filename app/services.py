@@ -16,6 +16,7 @@ from .queue import LoginQueue, RetryPolicy
 from .readiness import Readiness
 from .store import Store
 from .sweep import Sweeps
+from .sweep_run import run_in_background
 from .sync import Syncer
 
 
@@ -35,6 +36,12 @@ class Services:
 
     def __post_init__(self) -> None:
         self.sweeps = Sweeps(self)
+
+    def start_runner(self) -> None:
+        """Run a sweep whose lease is free on a thread of this process now, until stop_runners()."""
+        runner = run_in_background(self, self.stopping)
+        if runner is not None:
+            self.runners[:] = [*(r for r in self.runners if r.is_alive()), runner]
 
     def stop_runners(self, timeout: float) -> None:
         """Have the runners in ``runners`` let go of their sweeps, waiting ``timeout`` in all."""

@@ -268,9 +268,9 @@ class _Run:
 
     def _check(self, conn) -> None:
         """Go on only while asked to, the sweep still runs and this runner still holds it."""
-        row = conn.execute(select(sweeps.c.status, sweeps.c.lease_owner).where(sweeps.c.id == self.id)).first()
         if self.stop.is_set():
             raise _Stopped()
+        row = conn.execute(select(sweeps.c.status, sweeps.c.lease_owner).where(sweeps.c.id == self.id)).first()
         if row is None or row.status != RUNNING:
             raise _Cancelled()
         if row.lease_owner != self.owner:

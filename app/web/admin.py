@@ -11,7 +11,6 @@ from .. import usernames
 from ..directory import DirectoryUnavailable
 from ..jira import JiraError
 from ..sweep import SweepConflict
-from ..sweep_run import run_in_background
 from ..sync import NoPreview
 from .auth import BadRequest, admin_required, json_body, services
 
@@ -145,9 +144,7 @@ def start_sweep():
         return jsonify({"error": str(exc)}), 409
     # here and now (any other process would take it within seconds); let go of at this
     # process's exit (gunicorn's worker_exit), so that another resumes it without waiting for the lease
-    runner = run_in_background(svc, svc.stopping)
-    if runner is not None:
-        svc.runners[:] = [*(r for r in svc.runners if r.is_alive()), runner]
+    svc.start_runner()
     return jsonify(svc.sweeps.summary(sweep_id)), 202
 
 
