@@ -17,22 +17,23 @@ from sqlalchemy.exc import DisconnectionError
 SQLITE_BUSY_MS = 30000
 
 
-def sqlite_setup(dbapi_conn) -> None:
+def sqlite_setup(dbapi_conn, wal_wait: float = SQLITE_BUSY_MS / 1000) -> None:
     """Every new SQLite connection."""
     dbapi_conn.isolation_level = None  # autocommit: BEGIN is emitted by us (the "begin" event)
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
-    _switch_to_wal(cur)
+    _switch_to_wal(cur, wal_wait)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
-def _switch_to_wal(cur) -> None:
+def _switch_to_wal(cur, wait: float) -> None:
     """WAL mode, waiting for a writer as any statement would. SQLite does not call its busy
     handler for this switch: while another connection holds a write lock on a database not
     yet in WAL (processes starting together on a new file, one already creating the tables),
-    the pragma fails at once with 'database is locked'."""
-    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    the pragma fails at once with 'database is locked'. (A database once in WAL stays so, and
+    the switch is then immediate.)"""
+    deadline = time.monotonic() + wait
     while True:
         try:
             cur.execute("PRAGMA journal_mode=WAL")
@@ -82,8 +83,9 @@ def describe_location(url: str) -> str:
     return f"PostgreSQL {where}" + (f" as {parsed.username}" if parsed.username else "")
 
 
-def make_engine(url: str, **pool) -> Engine:
-    """``pool``: PostgreSQL only, overrides of the pool's settings (the Jira budget's own)."""
+def make_engine(url: str, wal_wait: float = SQLITE_BUSY_MS / 1000, **pool) -> Engine:
+    """``wal_wait``: SQLite only, how long a new connection waits to switch a new file to WAL.
+    ``pool``: PostgreSQL only, overrides of the pool's settings (the Jira budget's own)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -92,7 +94,7 @@ def make_engine(url: str, **pool) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
-            sqlite_setup(dbapi_conn)
+            sqlite_setup(dbapi_conn, wal_wait)
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):

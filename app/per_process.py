@@ -44,13 +44,14 @@ class PerProcess(Generic[T]):
         self._pid: int | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> T:
+    def get(self, make: Callable[[], T] | None = None) -> T:
+        """``make``: builds the value this time, if it must be built, instead of the usual."""
         if self._pid != _pid:
             with self._lock:
                 if self._pid != _pid:
                     if self._value is not None and self._inherited is not None:
                         self._inherited(self._value)
-                    self._value = self._make()
+                    self._value = (make or self._make)()
                     self._pid = _pid
         return self._value  # type: ignore[return-value]
 

@@ -154,10 +154,16 @@ class Store:
         checked: an empty database is created at the current revision (app/schema.py)."""
         return self._engine.get()
 
-    def _make_engine(self) -> Engine:
-        engine = make_engine(self.url)
+    def _engine_within(self, wait: float) -> Engine:
+        """The engine; if this process must make it first, its schema check waits for another
+        writer at most ``wait`` too (a restarted service's first probe or webhook, meeting a
+        held write lock, answers within its own wait, not the schema check's 30 s)."""
+        return self._engine.peek() or self._engine.get(lambda: self._make_engine(wait))
+
+    def _make_engine(self, wait: float = WAIT_SECONDS) -> Engine:
+        engine = make_engine(self.url, wal_wait=wait)
         try:
-            with self._schema_lock(engine) as conn:
+            with self._schema_lock(engine, wait) as conn:
                 schema.ensure(conn)
         except BaseException:
             engine.dispose()
@@ -166,10 +172,10 @@ class Store:
 
     @classmethod
     @contextmanager
-    def _schema_lock(cls, engine: Engine) -> Iterator[Connection]:
+    def _schema_lock(cls, engine: Engine, wait: float = WAIT_SECONDS) -> Iterator[Connection]:
         """A write transaction in which one process at a time (replicas included) looks at the
         schema and changes it: processes starting together must not both create it."""
-        with cls._begin(engine, WAIT_SECONDS) as conn:
+        with cls._begin(engine, wait) as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
             yield conn
@@ -208,7 +214,7 @@ class Store:
         (app/sqlite_writer.py). Any wait lasts at most ``wait`` seconds (StoreBusy, or
         SQLite's 'database is locked' for a writer from outside: a door answers 503).
         """
-        engine = self.engine
+        engine = self._engine_within(wait)
         if self._writer is None:
             with engine.connect() as conn, conn.begin():
                 yield conn
@@ -228,8 +234,9 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reads; what it sees is consistent within one statement."""
-        with self.engine.connect() as conn:
+        """A connection for reads; what it sees is consistent within one statement. (Reads never
+        wait for a writer; the first use in a process waits ``user_wait`` at most.)"""
+        with self._engine_within(self.user_wait).connect() as conn:
             yield conn
 
     def ping(self) -> None:
