@@ -109,6 +109,7 @@ class ClusterBudget:
         self._slots_engine = make_engine(
             store.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_size=max_concurrency, max_overflow=0
         )
+        self._driver_error = self._slots_engine.dialect.loaded_dbapi.Error  # psycopg's, without importing it here
 
     @contextmanager
     def call(self) -> Iterator[None]:
@@ -132,26 +133,35 @@ class ClusterBudget:
             # held for the call: if this process dies, PostgreSQL drops the slot with it
             conn = held.enter_context(self._slots_engine.connect())
             slot = self._take_slot(conn)
-        except UNAVAILABLE as exc:
+        except (*UNAVAILABLE, self._driver_error) as exc:
             raise BudgetUnavailable(f"the cluster's Jira budget cannot be read: {describe_error(exc)}") from None
         held.callback(self._give_back, conn, slot)
 
-    @staticmethod
-    def _give_back(conn, slot: int) -> None:
+    def _run(self, conn, sql: str, params: dict):
+        """One of the two statements every call makes, on the driver's own connection: through
+        SQLAlchemy's execution the pair cost a sweep process 0.5 ms more CPU per Jira call
+        (docs/performance.md, "The cluster's Jira budget"). A driver error drops the connection
+        from the pool, as SQLAlchemy would have."""
         try:
-            conn.execute(_UNLOCK, {"cls": SLOT_CLASS, "slot": slot})
-        except UNAVAILABLE:  # the connection is gone, and its lock with it
+            return conn.connection.dbapi_connection.execute(sql, params).fetchone()
+        except self._driver_error:
+            conn.invalidate()
+            raise
+
+    def _give_back(self, conn, slot: int) -> None:
+        try:
+            self._run(conn, _UNLOCK, {"cls": SLOT_CLASS, "slot": slot})
+        except (*UNAVAILABLE, self._driver_error):  # the connection is gone, and its lock with it
             pass
 
     def _take_slot(self, conn) -> int:
         deadline = time.monotonic() + WAIT_SECONDS
         pause = 0.002
         while True:
-            slot = conn.execute(
-                _TRY_SLOTS, {"cls": SLOT_CLASS, "n": self.slots, "start": random.randrange(self.slots)}
-            ).scalar()
-            if slot is not None:
-                return slot
+            start = random.randrange(self.slots)
+            row = self._run(conn, _TRY_SLOTS, {"cls": SLOT_CLASS, "n": self.slots, "start": start})
+            if row is not None and row[0] is not None:
+                return row[0]
             if time.monotonic() > deadline:
                 raise BudgetUnavailable(
                     f"no Jira call slot free within {WAIT_SECONDS:g}s ({self.slots} for the whole cluster)"
@@ -162,8 +172,9 @@ class ClusterBudget:
 
 # The first free slot, tried from a random one on, in one statement: PostgreSQL evaluates the
 # filter row by row under the LIMIT, so it stops at the first lock it gets and takes no other.
-_TRY_SLOTS = text(
-    "SELECT (s + :start) % :n FROM generate_series(0, :n - 1) AS s "
-    "WHERE pg_try_advisory_lock(:cls, (s + :start) % :n) LIMIT 1"
+# (psycopg's placeholders: %% is the modulo.)
+_TRY_SLOTS = (
+    "SELECT (s + %(start)s) %% %(n)s FROM generate_series(0, %(n)s - 1) AS s "
+    "WHERE pg_try_advisory_lock(%(cls)s, (s + %(start)s) %% %(n)s) LIMIT 1"
 )
-_UNLOCK = text("SELECT pg_advisory_unlock(:cls, :slot)")
+_UNLOCK = "SELECT pg_advisory_unlock(%(cls)s, %(slot)s)"

@@ -373,3 +373,34 @@ def test_a_call_that_finds_no_slot_in_time_fails_and_is_retried_later(monkeypatc
                 pass
     with budget.call():  # the slot came back
         pass
+
+
+def test_the_cluster_budget_takes_and_gives_back_slots_and_drops_a_connection_postgresql_killed(pg_url):
+    """The cluster-wide budget's two statements run on the driver's connection: a slot taken is
+    a PostgreSQL advisory lock until the call ends, and a slot connection that PostgreSQL ended
+    fails one call, then leaves the pool instead of failing every later call."""
+    from sqlalchemy import create_engine
+
+    from app.jira_budget import SLOT_CLASS, BudgetUnavailable, ClusterBudget
+    from app.store import Store
+
+    budget = ClusterBudget(Store(pg_url), max_concurrency=1, per_second=0)
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = %d AND objid = 0" % SLOT_CLASS)
+    try:
+        with admin.connect() as conn:
+            with budget.call():
+                assert conn.exec_driver_sql(held).scalar() == 1
+            assert conn.exec_driver_sql(held).scalar() == 0  # given back
+            with budget._slots_engine.connect() as slot_conn:  # the one pooled slot connection
+                pid = slot_conn.connection.dbapi_connection.info.backend_pid
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        with pytest.raises(BudgetUnavailable, match="cannot be read"):
+            with budget.call():
+                pass
+        with budget.call():  # a new connection
+            pass
+    finally:
+        budget._slots_engine.dispose()
+        admin.dispose()
