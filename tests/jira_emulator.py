@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from cheroot import wsgi
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from PIL import Image
+
+from tests.rig.keepalive_server import KeepAliveServer
 
 SYSTEM_AVATAR_IDS = [str(i) for i in range(10122, 10142)]
 DEFAULT_AVATAR_ID = "10122"          # APKeys.JIRA_DEFAULT_USER_AVATAR_ID (varies per instance)
@@ -653,28 +654,25 @@ def control(app: Flask, state: JiraState) -> None:
 
 
 class EmulatorServer:
-    """The emulator on a loopback port, served by cheroot in background threads.
+    """The emulator on a loopback port, in background threads, one per connection.
 
-    Not werkzeug's dev server: that one closes every connection and starts a thread per
-    connection, while Jira (Tomcat) keeps connections alive; clients would pay a TCP
-    handshake per call that they never pay against the real thing.
+    Connections are kept alive, as Jira's Tomcat keeps them (werkzeug's dev server closes each
+    one, and clients would pay a TCP handshake per call they never pay against the real thing),
+    and the server is lean (tests/rig/keepalive_server.py says why).
     """
 
     def __init__(self, state: JiraState | None = None, host: str = "127.0.0.1", port: int = 0,
-                 threads: int = 32, tls: tuple[str, str] | None = None):
+                 tls: tuple[str, str] | None = None):
         """``tls``: (certificate file, key file) to serve HTTPS at https://localhost:port."""
         self.state = state or JiraState()
         self.app = create_emulator(self.state)
-        self.server = wsgi.Server((host, port), self.app, numthreads=threads, server_name="jira-emulator",
-                                  shutdown_timeout=1)
-        if tls:
-            from cheroot.ssl.builtin import BuiltinSSLAdapter
-            self.server.ssl_adapter = BuiltinSSLAdapter(*tls)
-        self.server.expiration_interval = 0.01  # its loop's tick: how soon stop() is noticed
-        self.server.prepare()  # binds, so the port is known now
-        self.url = f"https://localhost:{self.server.bind_addr[1]}" if tls else f"http://{host}:{self.server.bind_addr[1]}"
+        self.tls = tls
+        self.server = KeepAliveServer((host, port), self.app, tls)  # binds, so the port is known now
+        port = self.server.server_address[1]
+        self.url = f"https://localhost:{port}" if tls else f"http://{host}:{port}"
         self.state.base_url = self.url
-        self.thread = threading.Thread(target=self.server.serve, name="jira-emulator", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="jira-emulator",
+                                       daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -689,12 +687,9 @@ class EmulatorServer:
 
     def come_back(self) -> None:
         """Serve again on the same port, with the same state."""
-        host, port = self.server.bind_addr[:2]
-        self.server = wsgi.Server((host, port), self.app, numthreads=self.server.requests.min,
-                                  server_name="jira-emulator", shutdown_timeout=1)
-        self.server.expiration_interval = 0.01
-        self.server.prepare()
-        self.thread = threading.Thread(target=self.server.serve, name="jira-emulator", daemon=True)
+        self.server = KeepAliveServer(self.server.server_address[:2], self.app, self.tls)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="jira-emulator",
+                                       daemon=True)
         self.thread.start()
 
 
@@ -718,9 +713,9 @@ def main(argv=None) -> None:
     server = EmulatorServer(state, args.host, args.port)
     print(f"Jira {args.version} emulator on {server.url} (admin {name!r}, {len(state.users)} users)", flush=True)
     try:
-        server.server.serve()
+        server.server.serve_forever()
     except KeyboardInterrupt:
-        server.server.stop()
+        server.server.server_close()
 
 
 if __name__ == "__main__":
