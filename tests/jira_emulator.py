@@ -667,10 +667,13 @@ class EmulatorServer:
         self.state = state or JiraState()
         self.app = create_emulator(self.state)
         self.tls = tls
-        self.server = KeepAliveServer((host, port), self.app, tls)  # binds, so the port is known now
+        self._bind(host, port)  # so the port is known now
         port = self.server.server_address[1]
         self.url = f"https://localhost:{port}" if tls else f"http://{host}:{port}"
         self.state.base_url = self.url
+
+    def _bind(self, host: str, port: int) -> None:
+        self.server = KeepAliveServer((host, port), self.app, self.tls)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="jira-emulator",
                                        daemon=True)
 
@@ -687,9 +690,7 @@ class EmulatorServer:
 
     def come_back(self) -> None:
         """Serve again on the same port, with the same state."""
-        self.server = KeepAliveServer(self.server.server_address[:2], self.app, self.tls)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="jira-emulator",
-                                       daemon=True)
+        self._bind(*self.server.server_address[:2])
         self.thread.start()
 
 
