@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 from sqlalchemy import func, select, update
@@ -33,6 +33,7 @@ from .sweep import FAILED_SWEEP, FINISHED, RUNNING, insert_items, sweep_items, s
 
 log = logging.getLogger(__name__)
 PAGE = 500  # directory users compared, reported and queued together
+WAITING_PAGES = 20  # directory pages held while Jira's users are still being read
 
 
 def take_over(services) -> int | None:
@@ -90,7 +91,7 @@ class _Run:
         self.full = False
         self.owner: str | None = None  # the lease holder take_over() wrote: this runner's
         self.dry: ThreadPoolExecutor | None = None  # a dry run syncs (reads only) on these threads
-        self.bulk = jira_users.JiraUsers({}, False, "none")  # read at the start of the scan
+        self.bulk = jira_users.JiraUsers({}, False, "none")  # read while the scan's first pages are
 
     def run(self) -> None:
         try:
@@ -133,34 +134,50 @@ class _Run:
 
     def _scan(self, dry_run: bool) -> None:
         services = self.services
-        self.bulk = jira_users.read_all(services.jira, services.settings.jira.user_groups)
-        log.info("sweep %d: %d Jira users read in bulk (%s)", self.id, len(self.bulk.users), self.bulk.how)
         seen: set[str] = set()
         self.dry = ThreadPoolExecutor(services.settings.jira.max_concurrency) if dry_run else None
+        # Jira's users are read while the directories are paged, so the two reads overlap; pages
+        # read meanwhile wait for Jira's answer (up to WAITING_PAGES of them: name, DN, marker).
+        reader = ThreadPoolExecutor(1, thread_name_prefix=f"sweep-{self.id}-jira-read")
+        reading = reader.submit(jira_users.read_all, services.jira, services.settings.jira.user_groups)
         try:
             for directory in services.directories:
-                page: list = []
+                waiting: list[list] = [[]]
                 for user in directory.iter_users():
                     key = user_key(user.username)
                     if key in seen:  # the first directory holding the user wins
                         continue
                     seen.add(key)
-                    page.append(user)
-                    if len(page) >= PAGE:
-                        self._page(directory.name, page)
-                        page = []
-                self._page(directory.name, page)
+                    waiting[-1].append(user)
+                    if len(waiting[-1]) >= PAGE:
+                        if reading.done() or len(waiting) >= WAITING_PAGES:
+                            self._pages(directory.name, waiting, reading)
+                            waiting = []
+                        waiting.append([])
+                self._pages(directory.name, waiting, reading)
+            self._take_bulk(reading)  # read by now, unless no directory is configured
             # Jira users no directory holds
             rest = [(key, user.name) for key, user in self.bulk.users.items() if key not in seen]
             for i in range(0, len(rest), PAGE):
                 self._items(None, [(key, name, NOT_IN_DIRECTORY, None) for key, name in rest[i : i + PAGE]])
         finally:
+            reader.shutdown(wait=True)  # an error above waits for the read (bounded by its deadlines)
             if self.dry:
                 self.dry.shutdown(wait=True)
         with self.store.transaction() as conn:
             conn.execute(
                 update(sweeps).where(sweeps.c.id == self.id, sweeps.c.status == RUNNING).values(phase="syncing")
             )
+
+    def _take_bulk(self, reading: Future) -> None:
+        if self.bulk.how == "none":
+            self.bulk = reading.result()  # a JiraError from the read fails the sweep, as it should
+            log.info("sweep %d: %d Jira users read in bulk (%s)", self.id, len(self.bulk.users), self.bulk.how)
+
+    def _pages(self, directory: str, pages: list[list], reading: Future) -> None:
+        self._take_bulk(reading)
+        for users in pages:
+            self._page(directory, users)
 
     def _page(self, directory: str, users: list) -> None:
         """Decide a page of users: settled (reported from the store) or queued for a sync."""

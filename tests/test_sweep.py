@@ -105,6 +105,17 @@ def test_first_sweep_pages_everything_and_reports_each_user(big, shape):
     assert {p["outcome"] for p in problems} == {"no_photo", "not_in_jira", "not_in_directory"}
 
 
+def test_a_failed_bulk_read_fails_the_sweep_before_any_user_is_reported_or_queued(big):
+    """Jira's users are read while the directory's first pages come in: those pages wait for
+    the read, and when it fails, nothing was reported or queued and no reader thread is left."""
+    big.state.inject(400, "/rest/api/2/user/list")
+    summary = big.sweep()
+    assert summary["status"] == "failed" and "400" in summary["error"]
+    assert summary["total"] == 0 and big.services.queue.job_for("u0001") is None
+    assert big.state.writes() == 0
+    assert not [t.name for t in threading.enumerate() if "jira-read" in t.name]
+
+
 @every_shape
 def test_repeat_sweep_makes_no_writes_and_reads_no_photo(big, lookups):
     big.sweep()
