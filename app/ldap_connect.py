@@ -105,6 +105,9 @@ def _connect_one(s: DirectorySettings, url: str) -> ldap3.Connection:
         read_only=True,
         raise_exceptions=False,
         auto_referrals=False,
+        # no schema is read (get_info=NONE) and only raw_attributes are used: without this ldap3
+        # formats every value of every entry a second time (4% of a sweep's paging CPU)
+        check_names=False,
     )
     conn.open()
     with deadline(conn, s):
