@@ -82,6 +82,35 @@ def separate_cores(*server_pids: int) -> set[int]:
     return set(cpus[1:])
 
 
+def write_config(work: Path, database_url: str, jira_url: str, ldap, base_dn: str, concurrency: int,
+                 threads: int, limits_scope: str = "process") -> Path:
+    """The service's config for a bench run: the emulator, slapd, C Jira calls, ``threads``."""
+    config = work / "config.toml"
+    config.write_text(f"""
+database_url = "{database_url}"
+[jira]
+url = "{jira_url}"
+username = "avatar-sync"
+password = "pw"
+max_concurrency = {concurrency}
+limits_scope = "{limits_scope}"
+[webhook]
+secret = "bench-webhook-secret-0123"
+[admin]
+token = "{BENCH_ADMIN}"
+[worker]
+threads = {threads}
+poll_seconds = 0.2
+[[directories]]
+name = "openldap"
+urls = ["{ldap.url}"]
+bind_dn = "{slapd_rig.SVC_DN}"
+bind_password = "{slapd_rig.SVC_PW}"
+base_dn = "{base_dn}"
+""")
+    return config
+
+
 def run_sweep(config: Path, *args: str, slapd_pid: int | None = None,
               cores: set[int] | None = None) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (KiB) and output of one `jira-avatar-sync sweep` process (on
@@ -282,29 +311,9 @@ def main() -> None:
             per_process = args.concurrency if cluster else max(1, args.concurrency // processes)
             database_url = (held.enter_context(pg_schema("avbench")) if args.database == "postgres"
                             else f"sqlite:///{work}/state.db")
-            config = work / "config.toml"
-            config.write_text(f"""
-    database_url = "{database_url}"
-    [jira]
-    url = "{jira.url}"
-    username = "avatar-sync"
-    password = "pw"
-    max_concurrency = {per_process}
-    limits_scope = "{'cluster' if cluster else 'process'}"
-    [webhook]
-    secret = "bench-webhook-secret-0123"
-    [admin]
-    token = "{BENCH_ADMIN}"
-    [worker]
-    threads = {os.environ.get("BENCH_THREADS", per_process)}
-    poll_seconds = 0.2
-    [[directories]]
-    name = "openldap"
-    urls = ["{ldap.url}"]
-    bind_dn = "{slapd_rig.SVC_DN}"
-    bind_password = "{slapd_rig.SVC_PW}"
-    base_dn = "{people}"
-    """)
+            threads = int(os.environ.get("BENCH_THREADS", per_process))
+            scope = "cluster" if cluster else "process"
+            config = write_config(work, database_url, jira.url, ldap, people, per_process, threads, scope)
             state.latency = args.latency_ms / 1000
             sweep_args = ("--processes", str(args.processes)) if args.processes else ()
             cores = separate_cores(ldap.proc.pid) if args.separate_cores else None
