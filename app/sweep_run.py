@@ -139,7 +139,7 @@ class _Run:
         # Jira's users are read while the directories are paged, so the two reads overlap; pages
         # read meanwhile wait for Jira's answer (up to WAITING_PAGES of them: name, DN, marker).
         reader = ThreadPoolExecutor(1, thread_name_prefix=f"sweep-{self.id}-jira-read")
-        reading = reader.submit(jira_users.read_all, services.jira, services.settings.jira.user_groups)
+        reading = reader.submit(self._read_jira_in_bulk)
         try:
             for directory in services.directories:
                 waiting: list[list] = [[]]
@@ -155,7 +155,7 @@ class _Run:
                             waiting = []
                         waiting.append([])
                 self._pages(directory.name, waiting, reading)
-            self._take_bulk(reading)  # read by now, unless no directory is configured
+            self.bulk = reading.result()  # a JiraError from the read fails the sweep, as it should
             # Jira users no directory holds
             rest = [(key, user.name) for key, user in self.bulk.users.items() if key not in seen]
             for i in range(0, len(rest), PAGE):
@@ -169,13 +169,13 @@ class _Run:
                 update(sweeps).where(sweeps.c.id == self.id, sweeps.c.status == RUNNING).values(phase="syncing")
             )
 
-    def _take_bulk(self, reading: Future) -> None:
-        if self.bulk.how == "none":
-            self.bulk = reading.result()  # a JiraError from the read fails the sweep, as it should
-            log.info("sweep %d: %d Jira users read in bulk (%s)", self.id, len(self.bulk.users), self.bulk.how)
+    def _read_jira_in_bulk(self) -> jira_users.JiraUsers:
+        bulk = jira_users.read_all(self.services.jira, self.services.settings.jira.user_groups)
+        log.info("sweep %d: %d Jira users read in bulk (%s)", self.id, len(bulk.users), bulk.how)
+        return bulk
 
     def _pages(self, directory: str, pages: list[list], reading: Future) -> None:
-        self._take_bulk(reading)
+        self.bulk = reading.result()  # waits for it the first time; a JiraError fails the sweep
         for users in pages:
             self._page(directory, users)
 
