@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -191,6 +192,48 @@ def test_samba_ad_thumbnail_photo_by_sam_account_name(samba, ad_ou):
     assert d.lookup("dirtest-nophoto").photo is None
     for hostile in ["*", "*)(sAMAccountName=*", "dirtest*", "admin)(|(objectClass=*"]:
         assert d.lookup(hostile) is None
+
+
+@pytest.mark.parametrize("server", ["slapd", "samba"])
+def test_entries_are_decoded_as_ldap3_itself_decodes_them(server, request):
+    """app/ldap_connect.py decodes search entries itself (DN and raw values only): the same
+    search on a connection ldap3 decodes must give the same DNs and raw values."""
+    import ldap3
+
+    from app.ldap_connect import connect
+    raw = photos.photo() + b"\x00\xff\x80"
+    if server == "slapd":
+        rig, base = request.getfixturevalue("slapd"), request.getfixturevalue("ldap_ou")
+        rig.add_user(base, "j\u00f6rg,=+x", jpeg_photo=raw, thumbnail_photo=b"t")  # two objectClass values
+        conf = slapd_directory(rig, base)
+    else:
+        rig, base = request.getfixturevalue("samba"), request.getfixturevalue("ad_ou")
+        rig.add_user(base, "dirtest-j\u00f6rg", thumbnail_photo=raw)
+        conf = samba_directory(base)
+    rig.add_user(base, "dirtest-plain")
+    s = settings_from_dict({"jira": {"url": "http://jira.invalid", "token": "t"}, "directories": [conf]})
+    d = s.directories[0]
+    asked = [d.username_attribute, "jpegPhoto", "thumbnailPhoto", "uSNChanged", "entryCSN", "modifyTimestamp",
+             "whenChanged", "objectClass"]
+
+    def search(conn):
+        conn.search(base, d.user_filter, attributes=asked)
+        return {e["dn"]: {k.lower(): v for k, v in e["raw_attributes"].items() if v}
+                for e in conn.response if e["type"] == "searchResEntry"}
+
+    lean = connect(d)
+    url = urlsplit(d.urls[0])
+    plain = ldap3.Connection(ldap3.Server(url.hostname, url.port, get_info=ldap3.NONE), d.bind_dn, d.bind_password,
+                             auto_bind=True)
+    try:
+        ours, theirs = search(lean), search(plain)
+    finally:
+        lean.unbind()
+        plain.unbind()
+    assert len(ours) == 2 and ours == theirs
+    photo_attribute = "jpegphoto" if server == "slapd" else "thumbnailphoto"
+    assert [raw] in [entry.get(photo_attribute) for entry in ours.values()]
+    assert all(entry.get("modifytimestamp") for entry in ours.values())
 
 
 def test_ldaps_verifies_the_certificate_by_default(slapd, ldap_ou):
