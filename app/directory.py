@@ -142,10 +142,11 @@ class Directory:
         if not entries:
             return None
         entry = entries[0]
-        return self._entry(entry["dn"], {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()})
+        return self._entry(entry["dn"], entry["raw_attributes"])
 
     def _entry(self, dn: str, raw: dict) -> DirectoryEntry:
-        """``raw``: attribute (lower case) -> raw values."""
+        """``raw``: an entry's raw_attributes, attribute (lower case; app/ldap_connect.py's
+        decoding) -> raw values."""
         photos = tuple(
             (attribute, bytes(values[0]))
             for attribute in self.photo_attributes
@@ -173,7 +174,7 @@ class Directory:
         try:
             # paged: a service account's size limit may be below the batch
             for entry in self._paged(search_filter, attributes, page_size=len(wanted)):
-                raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
+                raw = entry["raw_attributes"]
                 names = {v.decode("utf-8", "replace").casefold() for v in raw.get(s.username_attribute.lower(), [])}
                 mine = names & wanted.keys()
                 if not mine:
@@ -198,7 +199,7 @@ class Directory:
         conn = connect(self.settings)
         try:
             for entry in self._pages(conn, s.user_filter, attributes, SWEEP_PAGE_SIZE):
-                raw = {k.lower(): v for k, v in entry.get("raw_attributes", {}).items()}
+                raw = entry["raw_attributes"]
                 names = raw.get(username_attr)
                 if not names:
                     continue

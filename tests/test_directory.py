@@ -4,10 +4,12 @@ from __future__ import annotations
 import threading
 from urllib.parse import urlsplit
 
+import ldap3
 import pytest
 
 from app.config import settings_from_dict
 from app.directory import Directory, DirectoryUnavailable
+from app.ldap_connect import connect
 from tests import photos
 from tests.helpers import samba_directory, slapd_directory
 from tests.rig.slapd import free_port
@@ -198,9 +200,6 @@ def test_samba_ad_thumbnail_photo_by_sam_account_name(samba, ad_ou):
 def test_entries_are_decoded_as_ldap3_itself_decodes_them(server, request):
     """app/ldap_connect.py decodes search entries itself (DN and raw values only): the same
     search on a connection ldap3 decodes must give the same DNs and raw values."""
-    import ldap3
-
-    from app.ldap_connect import connect
     raw = photos.photo() + b"\x00\xff\x80"
     if server == "slapd":
         rig, base = request.getfixturevalue("slapd"), request.getfixturevalue("ldap_ou")
