@@ -248,7 +248,7 @@ def run_jira_only(args) -> None:
     state.add_account("avatar-sync", "pw", admin=True)
     for i in range(args.users):
         state.add_user(f"user{i:06d}")
-    png = normalize(photos.photo(args.photo_px, args.photo_px))  # as the sweep sends it
+    png = normalize(photos.of_kind(args.photo_kind, args.photo_px, args.photo_px))  # as the sweep sends it
     cores = separate_cores() if args.separate_cores else None
     with EmulatorServer(state) as jira, ProcessPoolExecutor(1, mp_context=get_context("spawn")) as client:
         emulator_cpu = cpu_seconds()
@@ -270,6 +270,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--photo-px", type=int, default=96, help="side of the seeded JPEG photos")
+    parser.add_argument("--photo-kind", choices=photos.KINDS, default="portrait",
+                        help="portrait: re-encodes like a real photo; quadrants: flat colour (the figures "
+                             "before 2026-12-03)")
     parser.add_argument("--no-photos", action="store_true",
                         help="users without photos: every user is still paged, queued, looked up and "
                              "reported (memory as in a real sweep), but nothing is uploaded; for RSS at 100k")
@@ -295,7 +298,7 @@ def main() -> None:
         people = ldap.add_ou("people")
         names = [f"user{i:06d}" for i in range(args.users)]
         t = time.perf_counter()
-        photo = None if args.no_photos else photos.photo(args.photo_px, args.photo_px)
+        photo = None if args.no_photos else photos.of_kind(args.photo_kind, args.photo_px, args.photo_px)
         ldap.add_users(people, [(n, photo) for n in names])
         state = JiraState(version=args.jira_version)
         state.add_account("avatar-sync", "pw", admin=True)

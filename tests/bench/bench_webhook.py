@@ -148,6 +148,11 @@ def main() -> None:
     parser.add_argument("--web-workers", default="2", help="gunicorn workers (AVATAR_SYNC_WEB_WORKERS)")
     parser.add_argument("--web-threads", default="2", help="threads per worker (AVATAR_SYNC_WEB_THREADS)")
     parser.add_argument("--skip-workers-on", action="store_true")
+    parser.add_argument("--latency-only", action="store_true", help="only part 2, login -> avatar")
+    parser.add_argument("--photo-kind", choices=photos.KINDS, default="portrait",
+                        help="portrait: re-encodes like a real photo; quadrants: flat colour (earlier figures)")
+    parser.add_argument("--photo-px", type=int, default=96,
+                        help="side of each login's photo: 96 (a thumbnailPhoto) or 256+ (a jpegPhoto)")
     parser.add_argument("--wrk-threads", type=int, default=2,
                         help="wrk's own threads; on 2 cores each one takes CPU from gunicorn")
     args = parser.parse_args()
@@ -160,7 +165,7 @@ def main() -> None:
         people = ldap.add_ou("people")
         state = JiraState(version="10.3.0")
         state.add_account("avatar-sync", "pw", admin=True)
-        thumb = photos.photo(96, 96)
+        thumb = photos.of_kind(args.photo_kind, args.photo_px, args.photo_px)
         names = [f"lat{i}" for i in range(args.logins)]
         for name in names:
             ldap.add_user(people, name, thumbnail_photo=thumb)
@@ -174,7 +179,7 @@ def main() -> None:
                             "AVATAR_SYNC_WEB_THREADS": args.web_threads}
             results["gunicorn"] = {"workers": args.web_workers, "threads": args.web_threads,
                                    "wrk_connections": args.connections, "wrk_threads": args.wrk_threads}
-            for workers_on in (False,) if args.skip_workers_on else (False, True):
+            for workers_on in () if args.latency_only else (False,) if args.skip_workers_on else (False, True):
                 db = work / f"ack-{workers_on}"
                 db.mkdir()
                 config = db / "config.toml"
