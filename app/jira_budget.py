@@ -5,7 +5,9 @@ jira.max_requests_per_second, per process (the default) or for the whole cluster
 replica, so adding replicas never exceeds what the Jira admin allowed:
 - concurrency: a call holds one of ``max_concurrency`` session-level advisory locks
   (pg_try_advisory_lock(class, slot)) on a connection of its own. A replica that dies drops its
-  connections, and PostgreSQL releases their locks at once: no lease to wait for.
+  connections, and PostgreSQL releases their locks at once: no lease to wait for. Advisory
+  locks belong to the whole database, so the class is the installation's schema's own: two
+  installations in one database (staging and production, each in its schema) never share slots.
 - rate: one row, jira_budget, holds when the next call may start, in PostgreSQL's clock (the
   replicas' clocks never disagree). A caller moves it one interval on and waits its turn.
 """
@@ -16,6 +18,7 @@ import queue
 import random
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -24,7 +27,6 @@ from sqlalchemy import Column, Float, String, Table, text
 from .database import describe_error, make_engine
 from .store import UNAVAILABLE, Store, metadata
 
-SLOT_CLASS = 0x6A697261  # pg advisory lock class of the concurrency slots ('jira')
 WAIT_SECONDS = 120.0  # a call waits this long for a slot, then fails (and is retried later)
 
 jira_budget = Table(
@@ -110,6 +112,7 @@ class ClusterBudget:
             store.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_size=max_concurrency, max_overflow=0
         )
         self._driver_error = self._slots_engine.dialect.loaded_dbapi.Error  # psycopg's, without importing it here
+        self.lock_class: int | None = None  # read on the first call: nothing connects while the app is built
 
     @contextmanager
     def call(self) -> Iterator[None]:
@@ -132,6 +135,8 @@ class ClusterBudget:
                     time.sleep(wait)
             # held for the call: if this process dies, PostgreSQL drops the slot with it
             conn = held.enter_context(self._slots_engine.connect())
+            if self.lock_class is None:
+                self.lock_class = slot_class(self._run(conn, "SELECT current_schema()", {})[0])
             slot = self._take_slot(conn)
         except (*UNAVAILABLE, self._driver_error) as exc:
             raise BudgetUnavailable(f"the cluster's Jira budget cannot be read: {describe_error(exc)}") from None
@@ -150,7 +155,7 @@ class ClusterBudget:
 
     def _give_back(self, conn, slot: int) -> None:
         try:
-            self._run(conn, _UNLOCK, {"cls": SLOT_CLASS, "slot": slot})
+            self._run(conn, _UNLOCK, {"cls": self.lock_class, "slot": slot})
         except (*UNAVAILABLE, self._driver_error):  # the connection is gone, and its lock with it
             pass
 
@@ -159,7 +164,7 @@ class ClusterBudget:
         pause = 0.002
         while True:
             start = random.randrange(self.slots)
-            row = self._run(conn, _TRY_SLOTS, {"cls": SLOT_CLASS, "n": self.slots, "start": start})
+            row = self._run(conn, _TRY_SLOTS, {"cls": self.lock_class, "n": self.slots, "start": start})
             if row is not None and row[0] is not None:
                 return row[0]
             if time.monotonic() > deadline:
@@ -168,6 +173,11 @@ class ClusterBudget:
                 )
             time.sleep(pause)
             pause = min(0.05, pause * 2)
+
+
+def slot_class(schema: str) -> int:
+    """The advisory lock class of the concurrency slots of the installation in ``schema``."""
+    return zlib.crc32(f"jira-avatar-sync slots in {schema}".encode()) & 0x7FFFFFFF  # an int4, shown as is in pg_locks
 
 
 # The first free slot, tried from a random one on, in one statement: PostgreSQL evaluates the

@@ -381,15 +381,16 @@ def test_the_cluster_budget_takes_and_gives_back_slots_and_drops_a_connection_po
     fails one call, then leaves the pool instead of failing every later call."""
     from sqlalchemy import create_engine
 
-    from app.jira_budget import SLOT_CLASS, BudgetUnavailable, ClusterBudget
+    from app.jira_budget import BudgetUnavailable, ClusterBudget, slot_class
     from app.store import Store
 
     budget = ClusterBudget(Store(pg_url), max_concurrency=1, per_second=0)
     admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-    held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND classid = %d AND objid = 0" % SLOT_CLASS)
     try:
         with admin.connect() as conn:
+            schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
+            held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND classid = %d AND objid = 0" % slot_class(schema))
             with budget.call():
                 assert conn.exec_driver_sql(held).scalar() == 1
             assert conn.exec_driver_sql(held).scalar() == 0  # given back
@@ -404,3 +405,28 @@ def test_the_cluster_budget_takes_and_gives_back_slots_and_drops_a_connection_po
     finally:
         budget._slots_engine.dispose()
         admin.dispose()
+
+
+def test_the_cluster_budget_is_shared_within_a_schema_and_not_across_schemas(pg_url, fresh_pg_url, monkeypatch):
+    """Advisory locks belong to the whole database: two installations in one database, each in
+    its own schema, must not take each other's Jira slots; two processes of one installation
+    must share them."""
+    from app import jira_budget
+    from app.store import Store
+
+    monkeypatch.setattr(jira_budget, "WAIT_SECONDS", 0.5)
+    one, same, other = (jira_budget.ClusterBudget(Store(url), max_concurrency=1, per_second=0)
+                        for url in (pg_url, pg_url, fresh_pg_url))
+    try:
+        with one.call():
+            with other.call():  # another installation's only slot is free
+                pass
+            with pytest.raises(jira_budget.BudgetUnavailable, match="no Jira call slot free"):
+                with same.call():  # this installation's only slot is taken
+                    pass
+        with same.call():  # and given back
+            pass
+        assert one.lock_class == same.lock_class != other.lock_class
+    finally:
+        for budget in (one, same, other):
+            budget._slots_engine.dispose()
