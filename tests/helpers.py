@@ -25,6 +25,7 @@ from app.worker import WorkerPool
 from tests import photos
 from tests.rig import samba as samba_rig
 from tests.rig import slapd as slapd_rig
+from tests.rig.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET, ADMIN = "gunicorn-hook-secret", "gunicorn-admin-token"
@@ -86,7 +87,7 @@ class Service:
         """``database_url``: default a SQLite file in ``tmp_path``; ``name``: a replica's, for
         its own log and config beside the others'; ``env``: AVATAR_SYNC_* settings on top."""
         self.env = env or {}
-        self.port = slapd_rig.free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"{name}gunicorn.log"
         self.config = tmp_path / f"{name}service.toml"

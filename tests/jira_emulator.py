@@ -29,6 +29,7 @@ from flask import Blueprint, Flask, Response, g, jsonify, request
 from PIL import Image
 
 from tests.rig.keepalive_server import KeepAliveServer
+from tests.rig.ports import free_port
 
 SYSTEM_AVATAR_IDS = [str(i) for i in range(10122, 10142)]
 DEFAULT_AVATAR_ID = "10122"          # APKeys.JIRA_DEFAULT_USER_AVATAR_ID (varies per instance)
@@ -667,7 +668,9 @@ class EmulatorServer:
         self.state = state or JiraState()
         self.app = create_emulator(self.state)
         self.tls = tls
-        self._bind(host, port)  # so the port is known now
+        # not port 0: that is in the kernel's ephemeral range, where, while go_down() lasts, a
+        # client's socket can take the port that come_back() must bind again
+        self._bind(host, port or free_port())  # so the port is known now
         port = self.server.server_address[1]
         self.url = f"https://localhost:{port}" if tls else f"http://{host}:{port}"
         self.state.base_url = self.url

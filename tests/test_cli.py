@@ -15,6 +15,7 @@ from tests import photos
 from tests.helpers import JIRA_PASSWORD, JIRA_USER
 from tests.rig import samba as samba_rig
 from tests.rig import slapd as slapd_rig
+from tests.rig.ports import free_port
 
 SCRIPT = shutil.which("jira-avatar-sync", path=str(Path(sys.executable).parent)) or "jira-avatar-sync"
 
@@ -133,7 +134,7 @@ def test_unreachable_upper_directory_fails_instead_of_falling_through(tmp_path, 
     dead = f"""
 [[directories]]
 name = "dead-ad"
-urls = ["ldap://127.0.0.1:{slapd_rig.free_port()}"]
+urls = ["ldap://127.0.0.1:{free_port()}"]
 base_dn = "DC=corp,DC=example"
 connect_timeout = 1
 """
@@ -201,7 +202,7 @@ def test_each_outcome_is_printed_once_and_expected_failures_have_no_traceback(tm
     dead_directory = (
         write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou))
         .read_text()
-        .replace(slapd.url, f"ldap://127.0.0.1:{slapd_rig.free_port()}")
+        .replace(slapd.url, f"ldap://127.0.0.1:{free_port()}")
     )
     (tmp_path / "dead.toml").write_text(dead_directory)
     failed_sweep = run("sweep", config=tmp_path / "dead.toml")
@@ -211,7 +212,7 @@ def test_each_outcome_is_printed_once_and_expected_failures_have_no_traceback(tm
     down = (
         write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou))
         .read_text()
-        .replace(f"sqlite:///{tmp_path}/state.db", f"postgresql://nobody@127.0.0.1:{slapd_rig.free_port()}/none")
+        .replace(f"sqlite:///{tmp_path}/state.db", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
     )
     (tmp_path / "down.toml").write_text(down)
     for args in (("sync", "jdoe"), ("sweep",), ("check",)):
@@ -303,7 +304,7 @@ def test_env_only_configuration(tmp_path, slapd, ldap_ou, jira):
 @pytest.mark.parametrize("emulator_version", ["9.12.0", "11.0.0"])
 def test_real_cli_against_the_standalone_emulator(tmp_path, slapd, ldap_ou, emulator_version):
     """`python -m tests.jira_emulator` runs on its own and the real CLI works against it."""
-    port = slapd_rig.free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -12,7 +12,7 @@ from app.directory import Directory, DirectoryUnavailable
 from app.ldap_connect import connect
 from tests import photos
 from tests.helpers import samba_directory, slapd_directory
-from tests.rig.slapd import free_port
+from tests.rig.ports import free_port
 
 
 def directory(dir_conf: dict, attributes=("thumbnailPhoto", "jpegPhoto")) -> Directory:

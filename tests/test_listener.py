@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from tests.helpers import make_settings, slapd_directory
 from tests.helpers import unavailable as _unavailable
-from tests.rig.slapd import free_port
+from tests.rig.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent / "listener"

@@ -19,6 +19,7 @@ import requests
 
 from tests import photos
 from tests.rig import slapd as slapd_rig
+from tests.rig.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "jira-avatar-sync"
@@ -67,7 +68,7 @@ bind_password = "{SECRETS['ldap_password']}"
 base_dn = "{ou}"
 [[directories]]
 name = "dead"
-urls = ["ldap://127.0.0.1:{slapd_rig.free_port()}"]
+urls = ["ldap://127.0.0.1:{free_port()}"]
 bind_dn = "cn=nobody"
 bind_password = "{SECRETS['dead_ldap_password']}"
 base_dn = "dc=dead"
@@ -103,7 +104,7 @@ def test_no_secret_in_any_log_line_answer_or_metric(tmp_path, slapd, ldap_ou, ji
     cli("--verbose", "sync", "anna")
     cli("sync", "nobody-at-all", "--json")
 
-    port = slapd_rig.free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "service.log"
     proc = subprocess.Popen([str(SCRIPT), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], cwd=ROOT,

@@ -6,7 +6,7 @@ import pytest
 from tests import photos
 from tests.helpers import make_settings, slapd_directory
 from tests.photos import BLUE, GREEN, RED, YELLOW
-from tests.rig.slapd import free_port
+from tests.rig.ports import free_port
 
 
 @pytest.fixture

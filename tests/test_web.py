@@ -18,7 +18,7 @@ from app.worker import WorkerPool
 from tests import photos
 from tests.helpers import JIRA_USER, make_settings, slapd_directory
 from tests.memory_directory import MemoryDirectory
-from tests.rig.slapd import free_port
+from tests.rig.ports import free_port
 
 SECRET = "hook-secret"
 ADMIN = "admin-token"

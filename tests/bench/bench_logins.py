@@ -34,6 +34,7 @@ from tests.helpers import pg_schema
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
 from tests.rig.haproxy import HAProxy
+from tests.rig.ports import free_port
 
 
 def seed_synced(database_url: str, names: list[str]) -> None:
@@ -72,7 +73,7 @@ def main() -> None:
             for i in range(args.replicas):
                 cfg = work / f"r{i}.toml"
                 write_config(cfg, work, jira.url, ldap, people, workers_on=False, database_url=database_url)
-                ports.append(slapd_rig.free_port())
+                ports.append(free_port())
                 procs.append(start_gunicorn(cfg, ports[-1], work / f"r{i}.log", {"AVATAR_SYNC_LOG_LEVEL": "WARNING"}))
             port = ports[0]
             if args.replicas > 1:

@@ -39,6 +39,7 @@ import requests
 from tests import photos
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
+from tests.rig.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-secret"
@@ -184,7 +185,7 @@ def main() -> None:
                 db.mkdir()
                 config = db / "config.toml"
                 write_config(config, db, jira.url, ldap, people, workers_on)
-                port = slapd_rig.free_port()
+                port = free_port()
                 proc = start_gunicorn(config, port, db / "gunicorn.log", gunicorn_env)
                 try:
                     bodies = db / "bodies.txt"
@@ -203,7 +204,7 @@ def main() -> None:
             db.mkdir()
             config = db / "config.toml"
             write_config(config, db, jira.url, ldap, people, True)
-            port = slapd_rig.free_port()
+            port = free_port()
             proc = start_gunicorn(config, port, db / "gunicorn.log", gunicorn_env)
             original_put = jira.app.view_functions["api.select"]
 

@@ -13,7 +13,7 @@ from app import sweep_run
 from app.worker import WorkerPool
 from tests import photos
 from tests.helpers import ADMIN, Service, add_users, make_settings, slapd_directory, synced, wait_until
-from tests.rig.slapd import free_port
+from tests.rig.ports import free_port
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from tests.rig.slapd import free_port
+from tests.rig.ports import free_port
 
 
 class HAProxy:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import ldap3
 
+from tests.rig.ports import free_port
+
 SUFFIX = "dc=example,dc=org"
 ROOT_DN = f"cn=admin,{SUFFIX}"
 ROOT_PW = "root-secret"
@@ -71,12 +73,6 @@ olcAccess: {{1}}to * by dn.exact="{svc_dn}" read by * none
 olcDbIndex: uid eq
 olcDbIndex: objectClass eq
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_certificates(tls_dir: Path) -> None:
