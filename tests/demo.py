@@ -138,7 +138,7 @@ Try:
   AVATAR_SYNC_CONFIG={config.relative_to(ROOT)} .venv/bin/jira-avatar-sync sync bob --force
   curl -s -H 'Authorization: Bearer demo-admin-token' {service_url}/admin/users/bob
   curl -s -X POST -H 'Authorization: Bearer demo-admin-token' {service_url}/admin/users/bob/sync -d '{{"force": true}}' -H 'Content-Type: application/json'
-  curl -s -X POST '{service_url}/webhooks/jira?token=demo-webhook-secret' -H 'Content-Type: application/json' -d '{{"webhookEvent":"user_updated","user":{{"name":"bob"}}}}'""")
+  curl -s -X POST '{service_url}/webhooks/jira?token=demo-webhook-secret' -H 'Content-Type: application/json' -d '{{"webhookEvent":"user_updated","user":{{"name":"bob"}}}}'""")  # noqa: E501
             jira.thread.join()
     except KeyboardInterrupt:
         pass

@@ -151,7 +151,8 @@ base_dn = "{base_dn}"
             except subprocess.TimeoutExpired:
                 self.kill9()
 
-    def login(self, name: str, signature: str | None = None, session=None, base: str | None = None) -> requests.Response:
+    def login(self, name: str, signature: str | None = None, session=None,
+              base: str | None = None) -> requests.Response:
         """A signed user_login webhook for ``name``, to this service (or to ``base``: a load balancer)."""
         body = json.dumps({"webhookEvent": "user_login", "timestamp": int(time.time() * 1000),
                            "user": {"name": name}}).encode()

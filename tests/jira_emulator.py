@@ -160,7 +160,8 @@ class JiraState:
         with self.lock:
             if (group, inactive) not in self.member_lists:
                 self.member_lists[(group, inactive)] = sorted(
-                    (self.users[n] for n in self.groups[group] if n in self.users and (inactive or self.users[n].active)),
+                    (self.users[n] for n in self.groups[group]
+                     if n in self.users and (inactive or self.users[n].active)),
                     key=lambda u: u.name)
             return self.member_lists[(group, inactive)]
 
@@ -419,7 +420,8 @@ def create_emulator(state: JiraState | None = None) -> Flask:
         side = min(w, h)
         return jsonify({"cropperWidth": 48 + (side - 48) // 3, "cropperOffsetX": (w - 48) // 5,
                         "cropperOffsetY": (h - 48) // 5, "needsCropping": True,
-                        "url": f"{state.base_url}/secure/temporaryavatar?cropped=true&magic={int(time.time()*1000)}"}), 201
+                        "url": f"{state.base_url}/secure/temporaryavatar?cropped=true"
+                               f"&magic={int(time.time() * 1000)}"}), 201
 
     @api.post("/user/avatar")
     def confirm():
@@ -551,7 +553,8 @@ def create_emulator(state: JiraState | None = None) -> Flask:
                     "values": [state.user_bean(u) for u in page]}
             if not last:
                 body["nextCursor"] = str(start + maximum)
-                body["nextPage"] = f"{state.base_url}/rest/api/2/user/list?cursor={start + maximum}&maxResults={maximum}"
+                body["nextPage"] = (f"{state.base_url}/rest/api/2/user/list"
+                                    f"?cursor={start + maximum}&maxResults={maximum}")
             return jsonify(body)
 
     app.register_blueprint(api, url_prefix="/rest/api/2")

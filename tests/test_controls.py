@@ -378,7 +378,8 @@ def test_check_says_whether_the_photo_server_answers_and_takes_the_credentials(
         tmp_path, slapd, ldap_ou, jira, photo_server):
     from tests.test_cli import slapd_toml, write_config
     table = f'[http_photos]\nurl = "{photo_server.url}"\ntoken = "TOKEN"'
-    good = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra=table.replace("TOKEN", photo_server.token))
+    good = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou),
+                        extra=table.replace("TOKEN", photo_server.token))
     checked = cli(good, "check")
     assert checked.exit_code == 0 and "photo server: http://127.0.0.1" in checked.stdout, checked.stdout
     bad = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra=table.replace("TOKEN", "wrong-token"))

@@ -246,7 +246,8 @@ def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
     assert "jira-avatar-sync\n" in result.stdout and "jira-avatar-sync, version" in result.stdout
 
 
-@pytest.mark.parametrize("bench", sorted(p.stem for p in (ROOT / "tests" / "bench").glob("*.py") if p.stem != "__init__"))
+@pytest.mark.parametrize("bench", sorted(p.stem for p in (ROOT / "tests" / "bench").glob("*.py")
+                                         if p.stem != "__init__"))
 def test_every_benchmark_is_still_a_command(bench):
     """Benchmarks run on demand, never in CI: this at least keeps each one a command with its
     options (one lost its `if __name__ == "__main__"` once, and printed nothing for a session)."""

@@ -46,7 +46,8 @@ def test_system_avatar_is_not_custom(jira):
 
 
 def test_avatar_from_urls():
-    assert avatar_from_urls({"48x48": "https://j/secure/useravatar?ownerId=JIRAUSER1&avatarId=10500"}) == ("10500", True)
+    custom = {"48x48": "https://j/secure/useravatar?ownerId=JIRAUSER1&avatarId=10500"}
+    assert avatar_from_urls(custom) == ("10500", True)
     assert avatar_from_urls({"16x16": "https://j/secure/useravatar?size=xsmall&avatarId=10122"}) == ("10122", False)
     assert avatar_from_urls({}) == (None, False)
 
@@ -273,7 +274,7 @@ def test_proxy_credentials_in_the_environment_reach_the_proxy(monkeypatch, caplo
     import threading
 
     seen = []
-    expected = "Basic " + base64.b64encode("proxy-user:p@ss:w0rd".encode()).decode()
+    expected = "Basic " + base64.b64encode(b"proxy-user:p@ss:w0rd").decode()
 
     class AuthenticatingProxy(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -390,7 +391,7 @@ def test_the_cluster_budget_takes_and_gives_back_slots_and_drops_a_connection_po
         with admin.connect() as conn:
             schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
             held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND classid = %d AND objid = 0" % slot_class(schema))
+                    f"AND classid = {slot_class(schema)} AND objid = 0")
             with budget.call():
                 assert conn.exec_driver_sql(held).scalar() == 1
             assert conn.exec_driver_sql(held).scalar() == 0  # given back

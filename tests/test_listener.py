@@ -40,7 +40,8 @@ def listener_for(tmp_path: Path, url: str, account: str = "avatar-sync") -> Path
     secret_file.write_text(SECRET + "\n")
     text = (ROOT / "deploy/jira/LoginListener.groovy").read_text()
     for name, value in (("SERVICE_URL", url), ("SECRET_FILE", str(secret_file)), ("SERVICE_ACCOUNT", account)):
-        text, found = re.subn(rf'^final String {name} = ".*?"', f'final String {name} = "{value}"', text, flags=re.MULTILINE)
+        text, found = re.subn(rf'^final String {name} = ".*?"', f'final String {name} = "{value}"', text,
+                              flags=re.MULTILINE)
         assert found == 1, f"{name} is no longer a setting of the listener"
     path = tmp_path / "LoginListener.groovy"
     path.write_text(text)
@@ -50,7 +51,8 @@ def listener_for(tmp_path: Path, url: str, account: str = "avatar-sync") -> Path
 def run_listener(listener: Path, *users: str, gap_ms: int = 0, wait_ms: int = 3000) -> subprocess.CompletedProcess:
     """Each user logs in once, in order, ``gap_ms`` apart; the JVM exits ``wait_ms`` after."""
     return subprocess.run(["groovy", "-cp", str(HERE / "stubs"), str(HERE / "drive.groovy"), str(listener),
-                           str(gap_ms), str(wait_ms), *users], env=groovy_env(), capture_output=True, text=True, timeout=120, check=False)
+                           str(gap_ms), str(wait_ms), *users], env=groovy_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
 
 
 @pytest.fixture

@@ -693,7 +693,7 @@ def test_sweep_helpers_stop_when_the_command_dies(tmp_path, slapd, ldap_ou, jira
     import subprocess
 
     from tests.test_cli import SCRIPT
-    names = _photo_users(slapd, ldap_ou, jira, "orph", 40, latency=0.05)
+    _photo_users(slapd, ldap_ou, jira, "orph", 40, latency=0.05)
     env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
     sweeping = subprocess.Popen([SCRIPT, "sweep", "--processes", "2"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)

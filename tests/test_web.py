@@ -163,7 +163,8 @@ def test_duplicate_delivery_is_not_queued_twice(web):
 def test_login_storm_is_debounced_without_database_writes(web, monkeypatch):
     post(web, login("jdoe"))
     web.pool.run_once()
-    monkeypatch.setattr(web.services.store, "transaction", lambda **_: pytest.fail("database write on a debounced login"))
+    monkeypatch.setattr(web.services.store, "transaction",
+                        lambda **_: pytest.fail("database write on a debounced login"))
     for _ in range(5):
         r = post(web, login("jdoe"))
         assert r.status_code == 200 and r.get_json()["status"] == "debounced"

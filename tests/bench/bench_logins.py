@@ -23,7 +23,7 @@ import json
 import shutil
 import tempfile
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -40,7 +40,7 @@ from tests.rig.ports import free_port
 def seed_synced(database_url: str, names: list[str]) -> None:
     """Users whose last sync just ended well, as the store keeps them."""
     engine = sqlalchemy.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with engine.begin() as conn:
         table = sqlalchemy.Table("user_state", sqlalchemy.MetaData(), autoload_with=conn)
         value = now if engine.dialect.name == "postgresql" else now.replace(tzinfo=None)

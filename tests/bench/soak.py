@@ -7,7 +7,8 @@ Faults, in turn, one a minute: Jira answering 503 for 10 s; a 429 storm with Ret
 slower than the service's timeout for 10 s; slapd restarted. Reported at the end, after the
 faults stop and the queue drains: logins accepted (202) and whether each accepted login was
 followed by a sync of that user (lost = not), uploads against distinct photos set in the
-directory (a last sweep brings the final changes in, as in production), pictures that do not match the directory, and the service's memory (all gunicorn
+directory (a last sweep brings the final changes in, as in production), pictures that do not match the
+directory, and the service's memory (all gunicorn
 processes, RSS) at the start and the end.
 """
 from __future__ import annotations
@@ -75,7 +76,8 @@ def main() -> None:
             def login(name: str) -> None:
                 body = json.dumps({"webhookEvent": "user_login", "user": {"name": name}}).encode()
                 try:
-                    status = requests.post(svc.url + "/webhooks/jira", data=body, headers=signed(body), timeout=10).status_code
+                    status = requests.post(svc.url + "/webhooks/jira", data=body, headers=signed(body),
+                                           timeout=10).status_code
                 except requests.RequestException:
                     status = 0
                 with lock:

@@ -162,7 +162,8 @@ def test_one_of_a_directorys_two_servers_dead(tmp_path, slapd, ldap_ou, jira):
     add_users(slapd, ldap_ou, jira, ["fo1", "fo2"])
     svc = Service(tmp_path, slapd, ldap_ou, jira.url)
     dead = f"ldap://127.0.0.1:{free_port()}"
-    svc.config.write_text(svc.config.read_text().replace(f'urls = ["{slapd.url}"]', f'urls = ["{dead}", "{slapd.url}"]'))
+    svc.config.write_text(
+        svc.config.read_text().replace(f'urls = ["{slapd.url}"]', f'urls = ["{dead}", "{slapd.url}"]'))
     svc.start()
     try:
         assert svc.login("fo1").status_code == 202 and svc.login("fo2").status_code == 202

@@ -103,7 +103,7 @@ class Slapd:
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def running(cls, workdir: Path, **kwargs) -> "Slapd":
+    def running(cls, workdir: Path, **kwargs) -> Slapd:
         """Configured, started and seeded with the base entries and the service account."""
         server = cls(workdir, **kwargs)
         server.configure()
