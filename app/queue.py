@@ -87,19 +87,18 @@ class LoginQueue:
         the job runs once more afterwards.
         """
         now = utcnow()
-        with self.store.transaction(
-            wait=self.store.user_wait if wait is None else wait
-        ) as tx:  # every first login's one write
-            statements = queue_sql.upserts(tx.dialect.name)
-            seen = (
-                delivery_id
-                and tx.execute(statements.delivery, {"id": delivery_id[:255], "received_at": now}).first() is None
-            )
-            if seen:
-                return False
-            tx.execute(
-                statements.enqueue, queue_sql.upsert_params(username, priority, source, force, sweep_id, now, None)
-            )
+        wait = self.store.user_wait if wait is None else wait
+        params = queue_sql.upsert_params(username, priority, source, force, sweep_id, now, None)
+        if delivery_id is None:  # every first login's one write: one statement
+            with self.store.one_statement(wait) as conn:
+                conn.execute(queue_sql.upserts(conn.dialect.name).enqueue, params)
+        else:
+            with self.store.transaction(wait) as tx:  # the delivery noted, and the job, or neither
+                statements = queue_sql.upserts(tx.dialect.name)
+                delivery = {"id": delivery_id[:255], "received_at": now}
+                if tx.execute(statements.delivery, delivery).first() is None:
+                    return False
+                tx.execute(statements.enqueue, params)
         if priority < SWEEP:
             self._no_urgent_until = 0.0  # this process's threads see it at their next job, not 0.1 s later
         self.wakeup.set()

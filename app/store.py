@@ -222,6 +222,18 @@ class Store:
         with self._writer.hold(wait), self._begin(engine, wait) as conn:
             yield conn
 
+    @contextmanager
+    def one_statement(self, wait: float = WAIT_SECONDS) -> Iterator[Connection]:
+        """For a write that is a single statement: on PostgreSQL in autocommit, where the
+        statement is atomic by itself and BEGIN and COMMIT would be two more round trips (a
+        first login's queue write is its one write); on SQLite a transaction() like any write."""
+        if self.sqlite:
+            with self.transaction(wait) as conn:
+                yield conn
+            return
+        with self._engine_within(wait).connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
     @staticmethod
     @contextmanager
     def _begin(engine: Engine, wait: float) -> Iterator[Connection]:
