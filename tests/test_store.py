@@ -167,6 +167,19 @@ def test_a_failed_transaction_leaves_nothing_and_no_open_transaction(database_ur
     store.dispose()
 
 
+def test_a_transaction_after_a_one_statement_write_is_still_all_or_nothing(store):
+    """A login's queue write runs in autocommit on PostgreSQL (Store.one_statement); the pooled
+    connection it used must come back to the next transaction() transactional again."""
+    queue = LoginQueue(store)
+    for _ in range(3):
+        assert queue.enqueue("first-login")  # one statement
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            store.update(tx, "ghost", lambda state: None)
+            raise RuntimeError("the request died half-way")
+        assert store.get("ghost") is None
+    assert queue.job_for("first-login")["state"] == "pending"
+
+
 def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents(tmp_path):
     import multiprocessing
     store = Store(f"sqlite:///{tmp_path}/state.db")
