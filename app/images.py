@@ -19,6 +19,10 @@ import zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
+# zlib's run-length strategy: a photo's noise leaves little for a search of earlier bytes to
+# find, so level 6 cost 2.4x level 1 for 1% fewer bytes, and Z_RLE takes a fifth to a quarter
+# less time than level 1 at about the same size (bench_normalize, docs/performance.md)
+PNG_OPTIONS = {"optimize": False, "compress_level": 1, "compress_type": zlib.Z_RLE}
 
 
 class InvalidPhoto(ValueError):
@@ -47,10 +51,7 @@ def normalize(
     else:
         im = im.resize((target, target), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     out = io.BytesIO()
-    # zlib's run-length strategy: a photo's noise leaves little for a search of earlier bytes
-    # to find, so level 6 cost 2.4x level 1 for 1% fewer bytes, and Z_RLE takes a fifth to a
-    # quarter less time than level 1 at about the same size (bench_normalize, docs/performance.md)
-    im.save(out, format="PNG", optimize=False, compress_level=1, compress_type=zlib.Z_RLE)
+    im.save(out, format="PNG", **PNG_OPTIONS)
     return out.getvalue()
 
 

@@ -21,7 +21,7 @@ from functools import partial
 
 from PIL import Image
 
-from app.images import normalize
+from app.images import PNG_OPTIONS, normalize
 from tests import photos
 
 
@@ -35,15 +35,15 @@ def median_ms(fn, repeat: int) -> float:
 
 
 ENCODINGS = {  # name: Pillow's PNG save options
-    "level 1": {"compress_level": 1},
-    "level 6": {"compress_level": 6},
-    "Z_RLE": {"compress_level": 1, "compress_type": 3},
+    "level 1": {"optimize": False, "compress_level": 1},
+    "level 6": {"optimize": False, "compress_level": 6},
+    "Z_RLE": PNG_OPTIONS,  # what normalize() uses
 }
 
 
 def png(im: Image.Image, options: dict) -> bytes:
     out = io.BytesIO()
-    im.save(out, format="PNG", optimize=False, **options)
+    im.save(out, format="PNG", **options)
     return out.getvalue()
 
 

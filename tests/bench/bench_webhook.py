@@ -11,7 +11,8 @@ Run on demand (not part of the test suite):
    with them on (the workers compete for the same 2 cores, syncing users not in the directory).
    Reported with how wrk's keep-alive connections landed on the gunicorn workers: when one
    worker holds them all, the run measures that worker alone.
-2. Login -> avatar: one signed login at a time for users with a 96 px thumbnailPhoto; the time
+2. Login -> avatar: one signed login at a time for users with a thumbnailPhoto (96 px, or
+   --photo-px; --latency-only runs this part alone); the time
    from sending the webhook until the emulator has processed the PUT that selects the avatar.
    Reported as measured, and minus the time spent inside the emulator for that user (its added
    latency on the 4 Jira calls of the path, GET user, temporary upload, crop-confirm, select,
