@@ -57,6 +57,8 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
     )
 
     def consider(summary: dict | None) -> None:
+        if helpers.reap():  # a helper died: its Jira slots are back, and its leased jobs come back now
+            services.queue.release_dead_leases()  # (not when their leases lapse, minutes on)
         if helpers.consider(summary["total"] - summary["done"] if summary else 0):
             click.echo(
                 ("\n" if sys.stderr.isatty() else "")

@@ -14,6 +14,10 @@ threads. What stays true with them:
 - No helper outlives the command: each waits on a pipe from the parent. Told to stop, it lets
   its running jobs finish; if the parent dies instead (the pipe's end closes), it gives them a
   few seconds only, since the dead parent's Jira slots never come back to the shared gate.
+- A helper that dies mid-sweep (killed, out of memory) does not take Jira slots with it: each
+  helper counts the slots it holds where the parent can read them, and the parent, looking at
+  its helpers twice a second, gives a dead one's back to the gate (a semaphore has no owner to
+  do that for it). Its jobs come back to the queue at the next claim (a dead process's lease).
 
 Helpers are spawned, not forked: the parent already runs threads and holds connections. By
 default they start once START_FROM users wait: a smaller sweep is over before they could help.
@@ -25,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -82,10 +87,12 @@ class Helpers:
     ):
         self._context = multiprocessing.get_context("spawn")
         self._args = (settings, threads, gate, log_level, verbose)
+        self._gate = gate
         self.count, self.start_from = count, start_from
         self.started = False
         self._processes: list = []
         self._pipes: list[Connection] = []
+        self._held: list = []  # per helper, the Jira slots it holds (a shared int; see CountedGate)
 
     @staticmethod
     def gate(settings: Settings):
@@ -113,7 +120,8 @@ class Helpers:
         self.started = True
         for _ in range(self.count):
             reader, writer = self._context.Pipe(duplex=False)
-            process = self._context.Process(target=_drain, args=(*self._args, reader), daemon=True)
+            held = self._context.RawValue("i", 0)
+            process = self._context.Process(target=_drain, args=(*self._args, held, reader), daemon=True)
             try:
                 process.start()
             except OSError as exc:  # no memory, no processes left: the sweep goes on with fewer
@@ -124,6 +132,26 @@ class Helpers:
                 reader.close()  # the helper's alone: its end closing is how the helper learns we died
             self._processes.append(process)
             self._pipes.append(writer)
+            self._held.append(held)
+
+    def reap(self) -> int:
+        """Give the Jira slots of each helper that died since the last look back to the shared
+        gate, and forget that helper (the sweep goes on with the others). Returns how many died.
+        (With the cluster's budget the slots are PostgreSQL's: they went with its connections.)"""
+        died = [i for i, process in enumerate(self._processes) if process.exitcode is not None]
+        for i in reversed(died):
+            process, held = self._processes.pop(i), self._held.pop(i).value
+            self._pipes.pop(i).close()
+            if self._gate is not None:
+                for _ in range(held):
+                    self._gate.release()
+            log.warning(
+                "sweep helper %d died (exit code %s)%s; its syncs run again in the other processes",
+                process.pid,
+                process.exitcode,
+                f", {held} Jira slots it held given back" if self._gate is not None else "",
+            )
+        return len(died)
 
     def __exit__(self, *exc) -> None:
         for pipe in self._pipes:
@@ -140,7 +168,28 @@ class Helpers:
                 process.join(5)
 
 
-def _drain(settings: Settings, threads: int, gate, log_level: str, verbose: bool, parent: Connection) -> None:
+class CountedGate:
+    """A helper's view of the shared gate: the slots it holds counted in ``held``, which the
+    parent reads if the helper dies. Counted after a slot is taken and before it is given back,
+    so a death between the two steps can leave one slot unreturned, never one too many."""
+
+    def __init__(self, gate, held):
+        self._gate, self._held, self._lock = gate, held, threading.Lock()
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        if not self._gate.acquire(timeout=timeout):
+            return False
+        with self._lock:
+            self._held.value += 1
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._held.value -= 1
+        self._gate.release()
+
+
+def _drain(settings: Settings, threads: int, gate, log_level: str, verbose: bool, held, parent: Connection) -> None:
     """A helper: sync threads on the queue until the parent says stop, or dies."""
     from .services import build_services
     from .worker import WorkerPool
@@ -154,7 +203,7 @@ def _drain(settings: Settings, threads: int, gate, log_level: str, verbose: bool
     logs.setup(log_level, settings.log_format)
     if not verbose:
         logs.quiet_syncs()
-    services = build_services(settings, jira_gate=gate)
+    services = build_services(settings, jira_gate=CountedGate(gate, held) if gate is not None else None)
     pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
     told = False  # else the parent died (or SIGTERM came): its slots may never come back
     try:

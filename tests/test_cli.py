@@ -386,6 +386,56 @@ def test_a_helper_that_cannot_start_leaves_the_sweep_to_the_others(tmp_path, mon
     ]
 
 
+def _hold_two_slots_and_hang(settings, threads, gate, log_level, verbose, held, parent) -> None:
+    """A helper's stand-in (spawned: importable by name) that takes two Jira slots as a
+    helper's syncs would, and keeps them until it is killed."""
+    import time
+
+    from app.sweep_helpers import CountedGate
+
+    slots = CountedGate(gate, held)
+    slots.acquire()
+    slots.acquire()
+    time.sleep(120)
+
+
+def test_a_helper_killed_mid_sweep_gives_its_jira_slots_back(tmp_path, monkeypatch, caplog):
+    """A semaphore has no owner: a helper killed with -9 (or by the OOM killer) while its
+    calls were under way would keep their slots from the rest of the sweep. The command,
+    looking at its helpers, gives them back to the shared gate."""
+    import dataclasses
+    import multiprocessing
+    import signal
+    import time
+
+    from app import sweep_helpers
+    from tests.helpers import make_settings
+
+    directory = [{"name": "d", "urls": ["ldap://127.0.0.1:1"], "base_dn": "dc=x"}]
+    settings = make_settings(tmp_path, "http://127.0.0.1:1", directory)
+    settings = dataclasses.replace(settings, jira=dataclasses.replace(settings.jira, max_concurrency=3))
+    gate = sweep_helpers.Helpers.gate(settings)
+    monkeypatch.setattr(sweep_helpers, "_drain", _hold_two_slots_and_hang)
+    with caplog.at_level("WARNING", logger="app.sweep_helpers"):
+        with sweep_helpers.Helpers(settings, 1, 2, gate, "WARNING", False) as helpers:
+            helpers.start()
+            deadline = time.monotonic() + 30
+            while gate.get_value() != 1:
+                assert time.monotonic() < deadline, "the helper never took its slots"
+                time.sleep(0.05)
+            assert helpers.reap() == 0  # alive: nothing to give back
+            [helper] = [p for p in multiprocessing.active_children() if p.name.startswith("Spawn")]
+            os.kill(helper.pid, signal.SIGKILL)
+            while helpers.reap() == 0:
+                assert time.monotonic() < deadline, "the dead helper was never noticed"
+                time.sleep(0.05)
+            assert helpers.running == 0 and gate.get_value() == 3  # both slots back, none extra
+    assert [r.getMessage() for r in caplog.records] == [
+        f"sweep helper {helper.pid} died (exit code -9), 2 Jira slots it held given back; "
+        "its syncs run again in the other processes"
+    ]
+
+
 def test_default_helpers_start_only_once_enough_users_wait(tmp_path, monkeypatch):
     """A small sweep is over before a spawned interpreter has imported the service: by default
     the helpers start once START_FROM users wait; asked for (start_from 0), at once."""

@@ -711,6 +711,39 @@ def test_sweep_helpers_stop_when_the_command_dies(tmp_path, slapd, ldap_ou, jira
             time.sleep(0.1)
 
 
+def test_a_sweep_goes_on_at_full_concurrency_when_a_helper_is_killed(tmp_path, slapd, ldap_ou, jira):
+    """A helper killed with -9 mid-sweep: the command gives its Jira slots back and says so,
+    the dead helper's users are synced by the command's own threads, each exactly once (the
+    crop-confirm names the upload after the photo), and Jira again gets max_concurrency calls
+    at once from what is left."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.test_cli import SCRIPT
+    names = _photo_users(slapd, ldap_ou, jira, "kill", 80, latency=0.1)
+    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
+    env["AVATAR_SYNC_JIRA_MAX_CONCURRENCY"] = "3"
+    sweeping = subprocess.Popen([SCRIPT, "sweep", "--processes", "2"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    helper = None
+    while helper is None or jira.state.writes() < 30:
+        assert time.monotonic() < deadline and sweeping.poll() is None
+        children = Path(f"/proc/{sweeping.pid}/task/{sweeping.pid}/children").read_text().split()
+        helper = next((int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()), None)
+        time.sleep(0.02)
+    os.kill(helper, signal.SIGKILL)
+    with jira.state.lock:
+        jira.state.peak_in_flight.clear()  # from here on: the command alone
+    out, err = sweeping.communicate(timeout=120)
+    assert sweeping.returncode == 0, err[-3000:]
+    assert re.search(rf"sweep helper {helper} died \(exit code -9\), \d Jira slots it held given back", err), err
+    assert dict(line.split() for line in out.splitlines()[2:4]) == {"not_in_directory": "1", "updated": "80"}
+    assert {n: c for n in names if (c := jira.state.created_for(n)) != 1} == {}
+    assert jira.state.peak("*") == 3  # the dead helper's slots are in use again
+
+
 def _sweep_command_under_way(env, jira, names: list[str], **popen):
     """`sweep` started, once 20 of ``names`` have their picture."""
     import subprocess
