@@ -36,7 +36,10 @@ under the same option.
 --jira-only measures what the rig alone allows: C threads of another process make the same
 three calls per user through the service's own Jira client (upload, crop-confirm, select),
 with no directory, database or decoding. The emulator shares the cores, so even this stays
-above the bound.
+above the bound. A sweep run measures the rig too, just before and just after its first sweep
+(`rig_alone_s`), and reports `first_over_rig`: what the service costs over this machine's floor
+of that moment, which a figure against the bound alone cannot tell from the machine's drift.
+--no-rig skips it (and --no-photos, which uploads nothing, never has it).
 """
 from __future__ import annotations
 
@@ -239,7 +242,9 @@ def jira_only(url: str, users: int, concurrency: int, png: bytes, cores: set[int
     return time.perf_counter() - started, cpu_seconds() - cpu
 
 
-def run_jira_only(args) -> None:
+def measure_rig(args, cores: set[int] | None) -> dict:
+    """The rig alone (what --jira-only prints): the three avatar calls per user from a bare
+    client, against an emulator of its own with the same latency, C and photo."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -249,18 +254,22 @@ def run_jira_only(args) -> None:
     for i in range(args.users):
         state.add_user(f"user{i:06d}")
     png = normalize(photos.of_kind(args.photo_kind, args.photo_px, args.photo_px))  # as the sweep sends it
-    cores = separate_cores() if args.separate_cores else None
     with EmulatorServer(state) as jira, ProcessPoolExecutor(1, mp_context=get_context("spawn")) as client:
         emulator_cpu = cpu_seconds()
         seconds, client_cpu = client.submit(jira_only, jira.url, args.users, args.concurrency, png, cores).result()
         emulator_cpu = cpu_seconds() - emulator_cpu
+    return {"seconds": seconds, "client_cpu_s": round(client_cpu, 1), "emulator_cpu_s": round(emulator_cpu, 1),
+            "avatars_created": sum(state.created_for(f"user{i:06d}") for i in range(args.users))}
+
+
+def run_jira_only(args) -> None:
+    rig = measure_rig(args, separate_cores() if args.separate_cores else None)
     bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
+    seconds = rig.pop("seconds")
     print(json.dumps({"users": args.users, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
                       "separate_cores": args.separate_cores,
                       "bound_3NL_over_C_s": round(bound, 1), "jira_only_s": round(seconds, 1),
-                      "jira_only_over_bound": round(seconds / bound, 2) if bound else None,
-                      "client_cpu_s": round(client_cpu, 1), "emulator_cpu_s": round(emulator_cpu, 1),
-                      "avatars_created": sum(state.created_for(f"user{i:06d}") for i in range(args.users))},
+                      "jira_only_over_bound": round(seconds / bound, 2) if bound else None, **rig},
                      indent=2))
 
 
@@ -287,6 +296,9 @@ def main() -> None:
                         help="the emulator and slapd on the first core, the service (or the rig) on the others")
     parser.add_argument("--jira-only", action="store_true",
                         help="only the three Jira calls per user through the service's client: the rig's own floor")
+    parser.add_argument("--no-rig", action="store_true",
+                        help="skip the rig alone (--jira-only) that otherwise runs just before and just after "
+                             "the first sweep")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     if args.jira_only:
@@ -320,11 +332,16 @@ def main() -> None:
             state.latency = args.latency_ms / 1000
             sweep_args = ("--processes", str(args.processes)) if args.processes else ()
             cores = separate_cores(ldap.proc.pid) if args.separate_cores else None
+            # the rig alone, right before and right after the first sweep: the machine's floor in
+            # this very run (it drifts by 10-20 % within an hour on these machines)
+            rig_s = [] if args.no_rig or args.no_photos else [measure_rig(args, cores)["seconds"]]
             with InFlight(state) as in_flight, ExitStack() as polled:
                 poller = (polled.enter_context(DashboardPoller(config, args.dashboard_every))
                           if args.dashboard_every else None)
                 first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores)
             dashboard = poller.summary() if poller else None
+            if rig_s:
+                rig_s.append(measure_rig(args, cores)["seconds"])
             writes_after_first = state.writes()
             uploads = state.count("POST /user/avatar/temporary")
             repeat_s, repeat_rss, repeat_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores)
@@ -337,6 +354,8 @@ def main() -> None:
                 "concurrency": args.concurrency,
                 "bound_3NL_over_C_s": round(bound, 1),
                 "first_sweep_s": round(first_s, 1), "first_over_bound": round(first_s / bound, 2) if bound else None,
+                "rig_alone_s": [round(r, 1) for r in rig_s],
+                "first_over_rig": round(first_s / (sum(rig_s) / len(rig_s)), 3) if rig_s else None,
                 "first_uploads": uploads, "first_peak_rss_mb": round(first_rss / 1024),
                 "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
                 "repeat_peak_rss_mb": round(repeat_rss / 1024),
