@@ -671,7 +671,9 @@ def test_cli_sweep_in_two_processes_shares_jira_concurrency_and_does_each_user_o
     import subprocess
 
     from tests.test_cli import SCRIPT
-    names = _photo_users(slapd, ldap_ou, jira, "two", 60, latency=0.02)
+    # 80 users at 100 ms a call on 3 slots take 8 s: time enough for the helper, whose spawn and
+    # imports take 2-3 s on a loaded 2-core machine, to join (at 20 ms the command could finish first)
+    names = _photo_users(slapd, ldap_ou, jira, "two", 80, latency=0.1)
     env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
     env["AVATAR_SYNC_JIRA_MAX_CONCURRENCY"] = "3"
     done = subprocess.run([SCRIPT, "-v", "sweep", "--processes", "2"], env=env, capture_output=True, text=True,
@@ -682,7 +684,7 @@ def test_cli_sweep_in_two_processes_shares_jira_concurrency_and_does_each_user_o
     assert len(syncing) == 2, done.stderr[-3000:]
     assert jira.state.peak("*") == 3  # reached, never passed, by the two processes together
     assert {n: c for n in names if (c := jira.state.created_for(n)) != 1} == {}
-    assert dict(line.split() for line in done.stdout.splitlines()[2:4]) == {"not_in_directory": "1", "updated": "60"}
+    assert dict(line.split() for line in done.stdout.splitlines()[2:4]) == {"not_in_directory": "1", "updated": "80"}
 
 
 def test_sweep_helpers_stop_when_the_command_dies(tmp_path, slapd, ldap_ou, jira):
