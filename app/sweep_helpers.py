@@ -9,15 +9,15 @@ threads. What stays true with them:
   processes share one semaphore (with ``limits_scope = "cluster"`` they already share
   PostgreSQL's slots), and ``max_requests_per_second`` is split between them.
 - Nothing is lost or done twice: a helper is only another queue worker. Its jobs are leased like
-  any worker's; if it dies, the lease lapses and the job runs again (a second upload of the
-  same photo is avoided by the pending mark, as after any crash).
+  any worker's; if it dies, the job runs again (a second upload of the same photo is avoided
+  by the pending mark, as after any crash).
 - No helper outlives the command: each waits on a pipe from the parent. Told to stop, it lets
   its running jobs finish; if the parent dies instead (the pipe's end closes), it gives them a
   few seconds only, since the dead parent's Jira slots never come back to the shared gate.
 - A helper that dies mid-sweep (killed, out of memory) does not take Jira slots with it: each
   helper counts the slots it holds where the parent can read them, and the parent, looking at
   its helpers twice a second, gives a dead one's back to the gate (a semaphore has no owner to
-  do that for it). Its jobs come back to the queue at the next claim (a dead process's lease).
+  do that for it), and takes its leased jobs back at once, not when their leases lapse.
 
 Helpers are spawned, not forked: the parent already runs threads and holds connections. By
 default they start once START_FROM users wait: a smaller sweep is over before they could help.
@@ -30,9 +30,10 @@ import multiprocessing
 import os
 import signal
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -90,9 +91,7 @@ class Helpers:
         self._gate = gate
         self.count, self.start_from = count, start_from
         self.started = False
-        self._processes: list = []
-        self._pipes: list[Connection] = []
-        self._held: list = []  # per helper, the Jira slots it holds (a shared int; see CountedGate)
+        self._helpers: list[_Helper] = []
 
     @staticmethod
     def gate(settings: Settings):
@@ -114,7 +113,7 @@ class Helpers:
 
     @property
     def running(self) -> int:
-        return len(self._processes)
+        return len(self._helpers)
 
     def start(self) -> None:
         self.started = True
@@ -130,42 +129,48 @@ class Helpers:
                 break
             finally:
                 reader.close()  # the helper's alone: its end closing is how the helper learns we died
-            self._processes.append(process)
-            self._pipes.append(writer)
-            self._held.append(held)
+            self._helpers.append(_Helper(process, writer, held))
 
     def reap(self) -> int:
         """Give the Jira slots of each helper that died since the last look back to the shared
         gate, and forget that helper (the sweep goes on with the others). Returns how many died.
         (With the cluster's budget the slots are PostgreSQL's: they went with its connections.)"""
-        died = [i for i, process in enumerate(self._processes) if process.exitcode is not None]
-        for i in reversed(died):
-            process, held = self._processes.pop(i), self._held.pop(i).value
-            self._pipes.pop(i).close()
+        died = [helper for helper in self._helpers if helper.process.exitcode is not None]
+        for helper in died:
+            self._helpers.remove(helper)
+            helper.pipe.close()
+            held = helper.held.value
             if self._gate is not None:
                 for _ in range(held):
                     self._gate.release()
             log.warning(
                 "sweep helper %d died (exit code %s)%s; its syncs run again in the other processes",
-                process.pid,
-                process.exitcode,
+                helper.process.pid,
+                helper.process.exitcode,
                 f", {held} Jira slots it held given back" if self._gate is not None else "",
             )
         return len(died)
 
     def __exit__(self, *exc) -> None:
-        for pipe in self._pipes:
+        for helper in self._helpers:
             try:
-                pipe.send("stop")
+                helper.pipe.send("stop")
             except OSError:  # that helper is gone already
                 pass
-            pipe.close()
-        for process in self._processes:
+            helper.pipe.close()
+        for process in (helper.process for helper in self._helpers):
             process.join(STOP_SECONDS)
             if process.is_alive():  # its jobs' leases lapse and they run again
                 log.warning("sweep helper %d did not stop in %gs: killed", process.pid, STOP_SECONDS)
                 process.kill()
                 process.join(5)
+
+
+@dataclass(frozen=True)
+class _Helper:
+    process: multiprocessing.process.BaseProcess
+    pipe: Connection  # the parent's end: "stop", or its closing when the parent dies
+    held: Any  # the Jira slots the helper holds, a shared int (CountedGate counts them)
 
 
 class CountedGate:
