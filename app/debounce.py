@@ -13,7 +13,8 @@ from cachetools import TTLCache
 
 from .config import Settings
 from .outcomes import DEBOUNCED, DISABLED, IGNORED
-from .store import Store, user_key
+from .store import Store
+from .tables import user_key
 
 
 class LoginDebounce:

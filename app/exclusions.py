@@ -13,7 +13,8 @@ import time
 from . import jira_users
 from .config import Settings
 from .jira import JiraClient, JiraError
-from .store import UserState, user_key
+from .states import UserState
+from .tables import user_key
 
 log = logging.getLogger(__name__)
 

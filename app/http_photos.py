@@ -21,7 +21,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from .config import HttpPhotoSettings
 from .directory import DirectoryUnavailable
 from .jira_http import JiraHttp
-from .store import Store, metadata, user_key
+from .store import Store
+from .tables import metadata, user_key
 
 SOURCE = "http_photos"  # its name in the chain, in reasons and in the dashboard
 

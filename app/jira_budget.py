@@ -25,7 +25,8 @@ from contextlib import ExitStack, contextmanager
 from sqlalchemy import Column, Float, String, Table, text
 
 from .database import describe_error, make_engine
-from .store import UNAVAILABLE, Store, metadata
+from .store import UNAVAILABLE, Store
+from .tables import metadata
 
 WAIT_SECONDS = 120.0  # a call waits this long for a slot, then fails (and is retried later)
 

@@ -27,7 +27,8 @@ from .jira import JiraUser
 from .queue_sql import FAILED, LOGIN, PENDING, RUNNING, SWEEP, deliveries, jobs
 from .queue_sql import MANUAL as MANUAL  # the priorities and tables, for the queue's users
 from .queue_sql import USER_EVENT as USER_EVENT
-from .store import Store, aware, user_key, utcnow
+from .store import Store
+from .tables import aware, user_key, utcnow
 
 URGENT_RECHECK = 0.1  # seconds a worker trusts "no login is waiting" (see urgent_waiting)
 

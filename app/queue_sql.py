@@ -32,7 +32,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from .jira import JiraUser
 from .outcomes import JobState
-from .store import metadata, user_key
+from .tables import metadata, user_key
 
 LOGIN, USER_EVENT, MANUAL, SWEEP = 0, 1, 2, 10  # priorities: lower runs first
 PENDING, RUNNING, FAILED = JobState.PENDING, JobState.RUNNING, JobState.FAILED

@@ -27,7 +27,7 @@ from .outcomes import (
     UPDATED,
     Outcome,
 )
-from .store import UserState
+from .states import UserState
 
 
 class Unknown(Enum):

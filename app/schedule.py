@@ -14,8 +14,8 @@ from sqlalchemy import Column, DateTime, String, Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .store import aware, metadata, utcnow
 from .sweep import SweepConflict
+from .tables import aware, metadata, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ class SchemaMismatch(RuntimeError):
 
 def target_metadata():
     """Every table the service uses (their modules add them to one MetaData)."""
-    from . import http_photos, jira_budget, queue, schedule, store, sweep  # noqa: F401 - each defines its tables
+    from . import http_photos, jira_budget, queue, schedule, states, sweep, tables  # noqa: F401 - each defines its tables
 
-    return store.metadata
+    return tables.metadata
 
 
 def _config(conn: Connection | None) -> Config:

@@ -3,117 +3,30 @@
 SQLite by default (WAL, so readers never wait for the one writer), PostgreSQL when several
 replicas share the state. The engine is created lazily and again after a fork: a pooled
 connection must never be shared between gunicorn workers. The tables are defined beside the
-code that uses them (here, queue, sweep, schedule); their schema's history is Alembic's
+code that uses them (app/states.py, queue, sweep, schedule); their schema's history is Alembic's
 (app/schema.py, app/migrations).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import overload
+from datetime import datetime
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    bindparam,
-    func,
-    select,
-    text,
-)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql.elements import BindParameter, TextClause
 
-from . import schema
+from . import schema, states
 from .database import make_engine, set_busy_timeout
 from .per_process import PerProcess
 from .schema import SchemaMismatch
 from .sqlite_writer import WriterBusy, WriterLock
+from .states import UserState, user_state
+from .tables import aware, user_key
 
-metadata = MetaData()
 SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is created ('avat')
-
-user_state = Table(
-    "user_state",
-    metadata,
-    Column("username", String(255), primary_key=True),
-    Column("photo_sha256", String(64)),  # of the raw directory bytes, set after Jira confirmed
-    Column("avatar_id", String(32)),  # the avatar this service selected
-    Column("created_avatar_ids", Text, nullable=False, default="[]"),  # ours, not yet deleted
-    # Uploaded for this photo but not yet confirmed selected: a re-run after a crash finishes
-    # the job with it instead of uploading the same photo twice.
-    Column("pending_avatar_id", String(32)),
-    Column("pending_sha256", String(64)),
-    Column("directory", String(255)),
-    Column("marker", String(255)),  # the entry's change marker when last settled
-    Column("last_outcome", String(32)),
-    Column("last_error", Text),
-    Column("last_attempt_at", DateTime(timezone=True)),
-    Column("last_success_at", DateTime(timezone=True)),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("last_source", String(16)),  # login, created, updated, sweep, admin
-    Column("last_duration_ms", Integer),
-    Column("excluded", Boolean),  # an admin's opt-out: the user keeps their own picture (null: no)
-    Index("user_state_last_attempt", "last_attempt_at"),  # the dashboard's recent syncs
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@overload
-def aware(value: datetime) -> datetime: ...
-@overload
-def aware(value: None) -> None: ...
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without their zone; they were stored in UTC."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-def user_key(username: str) -> str:
-    """How a user is keyed in every table. LDAP matches names case-insensitively and Jira
-    looks usernames up the same way, so 'JDoe' in AD and 'jdoe' in Jira are one user."""
-    return username.lower()
-
-
-@dataclass
-class UserState:
-    username: str
-    photo_sha256: str | None = None
-    avatar_id: str | None = None
-    created_avatar_ids: list[str] = field(default_factory=list)
-    pending_avatar_id: str | None = None
-    pending_sha256: str | None = None
-    directory: str | None = None
-    marker: str | None = None
-    last_outcome: str | None = None
-    last_error: str | None = None
-    last_attempt_at: datetime | None = None
-    last_success_at: datetime | None = None  # last sync that ended in a settled outcome (not failed)
-    last_source: str | None = None
-    last_duration_ms: int | None = None
-    excluded: bool = False  # an admin's opt-out (PUT /admin/users/<u>/exclusion)
-
-    def as_dict(self) -> dict:
-        d = dict(self.__dict__)
-        for k in ("last_attempt_at", "last_success_at"):
-            d[k] = d[k].isoformat() if d[k] else None
-        return d
 
 
 # How long a write waits for another writer. One user's write (a webhook's queue insert, a
@@ -269,13 +182,13 @@ class Store:
 
     def get(self, username: str) -> UserState | None:
         with self.read() as conn:
-            row = conn.execute(_GET, {"p_username": user_key(username)}).mappings().first()
-        return None if row is None else _state(row)
+            row = conn.execute(states.GET, {"p_username": user_key(username)}).mappings().first()
+        return None if row is None else states.from_row(row)
 
     def last_success(self, username: str) -> datetime | None:
         """Only the time of the user's last settled sync: the login debounce's one read."""
         with self.read() as conn:
-            value = conn.execute(_LAST_SUCCESS, {"p_username": user_key(username)}).scalar()
+            value = conn.execute(states.LAST_SUCCESS, {"p_username": user_key(username)}).scalar()
         return aware(value)
 
     def get_many(self, usernames) -> dict[str, UserState]:
@@ -285,7 +198,7 @@ class Store:
             return {}
         with self.read() as conn:
             rows = conn.execute(select(user_state).where(user_state.c.username.in_(names))).mappings().all()
-        return {row["username"]: _state(row) for row in rows}
+        return {row["username"]: states.from_row(row) for row in rows}
 
     def recent(self, limit: int = 20) -> list[UserState]:
         """The users whose sync ended last, newest first (the dashboard's list)."""
@@ -296,7 +209,7 @@ class Store:
             .limit(limit)
         )
         with self.read() as conn:
-            return [_state(row) for row in conn.execute(query).mappings()]
+            return [states.from_row(row) for row in conn.execute(query).mappings()]
 
     def search(self, prefix: str, limit: int = 20) -> list[UserState]:
         """Users whose name starts with ``prefix`` (case-insensitive), by name."""
@@ -308,7 +221,7 @@ class Store:
             .limit(limit)
         )
         with self.read() as conn:
-            return [_state(row) for row in conn.execute(query).mappings()]
+            return [states.from_row(row) for row in conn.execute(query).mappings()]
 
     def last_success_at(self) -> datetime | None:
         with self.read() as conn:
@@ -327,15 +240,13 @@ class Store:
         One statement, the id appended to the list in SQL (update()'s read, change and write
         was three, and on PostgreSQL BEGIN and COMMIT two round trips more: a sweep notes every
         new avatar here, between crop-confirm and select)."""
-        values = {"key": user_key(username), "id": avatar_id, "sha": photo_sha256, "now": utcnow()}
-        values["ids"] = json.dumps([avatar_id] if avatar_id is not None else [])
         with self.one_statement(wait=self.user_wait) as conn:
-            conn.execute(_REMEMBER[conn.dialect.name], values)
+            states.remember_created(conn, username, avatar_id, photo_sha256)
 
     def forget_created(self, username: str, avatar_ids) -> None:
         gone = set(avatar_ids)
         with self.transaction(wait=self.user_wait) as tx:
-            self.update(
+            states.update(
                 tx,
                 username,
                 lambda s: setattr(s, "created_avatar_ids", [a for a in s.created_avatar_ids if a not in gone]),
@@ -346,133 +257,9 @@ class Store:
         sweep looks at the user again instead of trusting what was settled before."""
         key = user_key(username)
         with self.transaction(wait=self.user_wait) as tx:
-            tx.execute(_ensure(tx.dialect.name), {"p_username": key})
+            states.ensure(tx, key)
             tx.execute(user_state.update().where(user_state.c.username == key).values(excluded=excluded, marker=None))
 
     def delete(self, username: str) -> None:
         with self.transaction(wait=self.user_wait) as tx:
             tx.execute(user_state.delete().where(user_state.c.username == user_key(username)))
-
-    def update(self, tx: Connection, username: str, change: Callable[[UserState], None]) -> None:
-        """Read-modify-write one user's row in the caller's transaction, the row locked
-        against others (FOR UPDATE on PostgreSQL; SQLite's writer holds the whole database).
-        Two statements, whether the row is new or not (a sweep writes twice per new avatar)."""
-        key = user_key(username)
-        locked = _GET.with_for_update() if tx.dialect.name == "postgresql" else _GET
-        row = tx.execute(locked, {"p_username": key}).mappings().first()
-        if row is None:
-            state = UserState(key, last_attempt_at=utcnow())
-            change(state)
-            # another transaction may have created it meanwhile (PostgreSQL): then it is updated below
-            if tx.execute(_INSERT[tx.dialect.name], _values(state) | {"p_attempts": 1}).first():
-                return  # (RETURNING, not rowcount: psycopg 3 gives -1 for this statement)
-            row = tx.execute(locked, {"p_username": key}).mappings().one()
-        state = _state(row)
-        state.last_attempt_at = utcnow()
-        change(state)
-        tx.execute(_SAVE, _values(state))
-
-    def update_many(self, tx: Connection, changes: list[tuple[str, Callable[[UserState], None]]]) -> None:
-        """update() for many users in the caller's transaction: their rows read in one statement
-        and written in one (a worker records a sweep batch's outcomes together). A user without
-        a row yet, or named twice, goes through update(), as does a single user (a login's job:
-        no read more than update() makes)."""
-        if len(changes) == 1:
-            self.update(tx, *changes[0])
-            return
-        keys = [user_key(username) for username, _ in changes]
-        query = select(user_state).where(user_state.c.username.in_(keys)).order_by(user_state.c.username)
-        if tx.dialect.name == "postgresql":
-            query = query.with_for_update()  # locked in one order: two batches cannot deadlock
-        stored = {row["username"]: _state(row) for row in tx.execute(query).mappings()}
-        now, saves, later = utcnow(), [], []
-        for key, (username, change) in zip(keys, changes, strict=True):
-            state = stored.pop(key, None)
-            if state is None:  # new, or already changed above
-                later.append((username, change))
-                continue
-            state.last_attempt_at = now
-            change(state)
-            saves.append(_values(state))
-        if saves:
-            tx.execute(_SAVE, saves)
-        for username, change in later:
-            self.update(tx, username, change)
-
-
-def _values(state: UserState) -> dict:
-    values = {f"p_{k}": v for k, v in state.__dict__.items()}
-    values["p_created_avatar_ids"] = json.dumps(state.created_avatar_ids)
-    return values
-
-
-_NAME: BindParameter[str] = bindparam("p_username")
-_GET = select(user_state).where(user_state.c.username == _NAME)
-_LAST_SUCCESS = select(user_state.c.last_success_at).where(user_state.c.username == _NAME)
-_SAVE = (
-    user_state.update()
-    .where(user_state.c.username == _NAME)
-    .values(
-        {
-            **{c.name: bindparam(f"p_{c.name}") for c in user_state.columns if c.name not in ("username", "attempts")},
-            "attempts": user_state.c.attempts + 1,
-        }
-    )
-)
-_ENSURE = {
-    dialect: insert(user_state)
-    .values(username=_NAME, created_avatar_ids="[]", attempts=0)
-    .on_conflict_do_nothing(index_elements=["username"])
-    for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
-}
-_INSERT = {  # a whole new row; nothing when it exists
-    dialect: insert(user_state)
-    .values({c.name: bindparam(f"p_{c.name}") for c in user_state.columns})
-    .on_conflict_do_nothing(index_elements=["username"])
-    .returning(user_state.c.username)
-    for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
-}
-
-# remember_created(): a new row as update() would insert it, or the row's id list with the id
-# appended once (a JSON array in a text column: SQLite's json1, PostgreSQL's jsonb)
-_REMEMBER_SQL = (
-    "INSERT INTO user_state (username, created_avatar_ids, pending_avatar_id, pending_sha256, "
-    "last_attempt_at, attempts, excluded) VALUES (:key, :ids, :id, :sha, :now, 1, false) "
-    "ON CONFLICT (username) DO UPDATE SET pending_avatar_id = :id, pending_sha256 = :sha, "
-    "last_attempt_at = :now, attempts = user_state.attempts + 1, created_avatar_ids = CASE "
-    "WHEN {id} IS NULL OR {holds} THEN user_state.created_avatar_ids ELSE {appended} END"
-)
-_IDS = "coalesce(nullif(user_state.created_avatar_ids, ''), '[]')"
-
-
-def _remember(id_: str, holds: str, appended: str) -> TextClause:
-    sql = _REMEMBER_SQL.format(id=id_, holds=holds, appended=appended)
-    return text(sql).bindparams(bindparam("now", type_=DateTime(timezone=True)))
-
-
-_REMEMBER = {
-    "sqlite": _remember(
-        ":id",
-        holds=f"EXISTS (SELECT 1 FROM json_each({_IDS}) WHERE value = :id)",
-        appended=f"json_insert({_IDS}, '$[#]', :id)",
-    ),
-    "postgresql": _remember(
-        "CAST(:id AS text)",
-        holds=f"CAST({_IDS} AS jsonb) @> jsonb_build_array(CAST(:id AS text))",
-        appended=f"CAST(CAST({_IDS} AS jsonb) || jsonb_build_array(CAST(:id AS text)) AS text)",
-    ),
-}
-
-
-def _ensure(dialect: str):
-    return _ENSURE[dialect]
-
-
-def _state(row) -> UserState:
-    data = dict(row)
-    data.pop("attempts", None)
-    data["created_avatar_ids"] = json.loads(data["created_avatar_ids"] or "[]")
-    data["excluded"] = bool(data["excluded"])
-    for k in ("last_attempt_at", "last_success_at"):
-        data[k] = aware(data[k])
-    return UserState(**data)

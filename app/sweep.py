@@ -17,8 +17,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .outcomes import SUCCESSES, SweepStatus
-from .store import aware, metadata, user_key, utcnow
 from .sync import SyncResult
+from .tables import aware, metadata, user_key, utcnow
 
 log = logging.getLogger(__name__)
 RUNNING, FINISHED, FAILED_SWEEP, CANCELLED = (

@@ -28,8 +28,8 @@ from .directory import DirectoryUnavailable
 from .jira import JiraError, JiraUser
 from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .store import user_key, utcnow
 from .sweep import FAILED_SWEEP, FINISHED, RUNNING, insert_items, sweep_items, sweeps
+from .tables import user_key, utcnow
 
 log = logging.getLogger(__name__)
 PAGE = 500  # directory users compared, reported and queued together

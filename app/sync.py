@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from sqlalchemy.engine import Connection
 
-from . import metrics
+from . import metrics, states
 from .config import Settings
 from .database import describe_error
 from .debounce import LoginDebounce
@@ -39,8 +39,9 @@ from .outcomes import (
 )
 from .photo_sources import PhotoSources
 from .rules import UNKNOWN, Facts, Need, Plan, Unknown, decide, stale_after
+from .states import UserState
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .store import Store, UserState
+from .store import Store
 from .usernames import loggable
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Syncer:
 
     def record(self, verdicts: list[Verdict], tx: Connection) -> None:
         """The users' outcomes, in the caller's transaction (the worker's also ends the jobs)."""
-        self.store.update_many(tx, [(v.result.username, self._change(v)) for v in verdicts if self.needs_record(v)])
+        states.update_many(tx, [(v.result.username, self._change(v)) for v in verdicts if self.needs_record(v)])
 
     @staticmethod
     def _change(verdict: Verdict) -> Callable[[UserState], None]:

@@ -17,10 +17,11 @@ from .directory import DirectoryEntry
 from .outcomes import FAILED
 from .queue import SWEEP, Job
 from .rules import UNKNOWN, Unknown
+from .states import UserState
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .store import UserState, user_key
 from .sweep_run import run_in_background
 from .sync import Verdict
+from .tables import user_key
 from .usernames import loggable
 
 log = logging.getLogger(__name__)

@@ -104,8 +104,9 @@ def test_stopping_gunicorn_lets_go_of_the_sweep_its_api_started(service, slapd, 
     at once instead of after its lease."""
     from sqlalchemy import select
 
-    from app.store import Store, utcnow
+    from app.store import Store
     from app.sweep import sweeps
+    from app.tables import utcnow
     names = [f"g{i:02d}" for i in range(60)]
     add_users(slapd, ldap_ou, jira, names)
     jira.state.latency = 0.2  # far from done when gunicorn stops

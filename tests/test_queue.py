@@ -8,8 +8,10 @@ import time
 import pytest
 from sqlalchemy import update
 
+from app import states
 from app.queue import LOGIN, SWEEP, USER_EVENT, LoginQueue, RetryPolicy, jobs
-from app.store import Store, utcnow
+from app.store import Store
+from app.tables import utcnow
 from tests.helpers import module_clock
 
 
@@ -306,12 +308,12 @@ def test_a_job_ends_in_the_transaction_that_records_the_outcome(queue):
     def settled(state):
         state.last_outcome = "no_photo"
     with store.transaction() as tx:
-        store.update(tx, "alice", settled)
+        states.update(tx, "alice", settled)
         queue.complete([alice], tx)
     assert queue.job_for("alice") is None and store.get("alice").last_outcome == "no_photo"
 
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        store.update(tx, "bob", settled)
+        states.update(tx, "bob", settled)
         queue.complete([bob], tx)
         raise RuntimeError("killed")
     assert queue.job_for("bob")["state"] == "running" and store.get("bob") is None  # neither happened

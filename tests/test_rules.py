@@ -10,7 +10,7 @@ import pytest
 from app.directory import DirectoryEntry
 from app.jira import JiraUser
 from app.rules import UNKNOWN, Facts, Need, Plan, decide
-from app.store import UserState
+from app.states import UserState
 
 PHOTO, OTHER_PHOTO = b"\xff\xd8 a photo", b"\xff\xd8 another photo"
 HASH = hashlib.sha256(PHOTO).hexdigest()

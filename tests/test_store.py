@@ -7,8 +7,11 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from app import states
 from app.queue import LoginQueue, deliveries, jobs
-from app.store import Store, user_state, utcnow
+from app.states import user_state
+from app.store import Store
+from app.tables import utcnow
 
 
 @pytest.fixture
@@ -20,7 +23,7 @@ def store(database_url):
 
 def set_fields(store, user, **fields):
     with store.transaction() as tx:
-        store.update(tx, user, lambda state: state.__dict__.update(fields))
+        states.update(tx, user, lambda state: state.__dict__.update(fields))
 
 
 def test_an_update_writes_the_whole_state_and_counts_attempts(store):
@@ -87,13 +90,42 @@ def test_concurrent_updates_lose_nothing(store):
     assert sorted(store.get(user).created_avatar_ids, key=int) == [str(i) for i in range(20)]
 
 
+def test_updates_racing_to_create_a_users_row_each_keep_their_change(store):
+    """Transactions that each find no row for a new user all insert it at once: one insert
+    wins, the others change the row it made (on PostgreSQL; SQLite's one writer serialises
+    them), so every change and every attempt is kept."""
+    user = f"r-{uuid.uuid4().hex[:8]}"
+    barrier, errors = threading.Barrier(8), []
+
+    def change(i):
+        try:
+            if store.sqlite:  # its transactions take the write lock at BEGIN, one at a time
+                barrier.wait(timeout=10)
+            with store.transaction() as tx:
+                if not store.sqlite:  # all inside, each about to find no row
+                    barrier.wait(timeout=10)
+                states.update(tx, user, lambda s: s.created_avatar_ids.append(str(i)))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=change, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(store.get(user).created_avatar_ids, key=int) == [str(i) for i in range(8)]
+    with store.read() as conn:
+        attempts = conn.execute(select(user_state.c.attempts).where(user_state.c.username == user)).scalar_one()
+    assert attempts == 8
+
+
 def test_many_updates_in_one_transaction_write_each_users_change(store):
     """A worker records a sweep batch's outcomes together: users with a row and without, and
     a user named twice, each get their change, as one update() at a time would give them."""
     known, new = f"k-{uuid.uuid4().hex[:8]}", f"N-{uuid.uuid4().hex[:8]}"
     store.remember_created(known, "1")
     with store.transaction() as tx:
-        store.update_many(tx, [
+        states.update_many(tx, [
             (known, lambda s: setattr(s, "last_outcome", "updated")),
             (new, lambda s: setattr(s, "avatar_id", "7")),
             (known.upper(), lambda s: s.created_avatar_ids.append("2")),
@@ -195,7 +227,7 @@ def test_a_transaction_after_a_one_statement_write_is_still_all_or_nothing(store
     for _ in range(3):
         assert queue.enqueue("first-login")  # one statement
         with pytest.raises(RuntimeError), store.transaction() as tx:
-            store.update(tx, "ghost", lambda state: None)
+            states.update(tx, "ghost", lambda state: None)
             raise RuntimeError("the request died half-way")
         assert store.get("ghost") is None
     assert queue.job_for("first-login")["state"] == "pending"

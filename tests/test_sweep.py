@@ -223,7 +223,7 @@ def test_a_runner_stalled_past_its_lease_stops_once_another_process_took_the_swe
 
     from sqlalchemy import select
 
-    from app.store import utcnow
+    from app.tables import utcnow
     slapd.add_users(ldap_ou, [("t0", photos.photo(40, 40))])
     jira.state.add_user("t0")
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
@@ -361,7 +361,7 @@ def test_a_worker_in_a_sweep_takes_a_dead_workers_login_before_its_next_batch(tm
     from datetime import timedelta
 
     from app.queue import jobs
-    from app.store import utcnow
+    from app.tables import utcnow
     names = [f"d{i}" for i in range(5)]
     rig = _users_and_a_vip(tmp_path, slapd, ldap_ou, jira, services_for, monkeypatch, names)
     queue, syncer = rig.services.queue, rig.services.syncer
@@ -607,7 +607,7 @@ def test_schedule_starts_exactly_one_sweep(tmp_path, slapd, ldap_ou, jira, servi
     from datetime import timedelta
 
     from app import schedule
-    from app.store import utcnow
+    from app.tables import utcnow
     url = request.getfixturevalue("fresh_pg_url") if database == "postgres" else f"sqlite:///{tmp_path}/state.db"
     settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)], sweep={"schedule": "01:11"},
                              database_url=url)
@@ -879,7 +879,7 @@ def test_ctrl_c_cancels_the_command_lines_sweep(tmp_path, slapd, ldap_ou, jira):
 def test_old_sweep_reports_are_pruned(tmp_path, slapd, ldap_ou, jira, services_for):
     from datetime import timedelta
 
-    from app.store import utcnow
+    from app.tables import utcnow
     slapd.add_users(ldap_ou, [("p1", None)])
     rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
     ids = [rig.sweep()["id"] for _ in range(3)]
