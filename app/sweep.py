@@ -9,9 +9,9 @@ import csv
 import io
 import logging
 import threading
-import time
 from datetime import timedelta
 
+from cachetools import TTLCache
 from sqlalchemy import Boolean, Column, DateTime, Integer, String, Table, Text, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -79,8 +79,9 @@ class Sweeps:
         self.services = services
         self.store, self.queue = services.store, services.queue
         self.lease = timedelta(seconds=min(MAX_LEASE_SECONDS, services.settings.worker.lease_seconds))
-        self._seen_lock = threading.Lock()
-        self._cancelled_seen: dict[int, tuple[bool, float]] = {}  # sweep id -> (cancelled, read at)
+        self._seen_lock = threading.Lock()  # cachetools caches are not thread-safe
+        # sweep id -> whether it was cancelled, as read at most CANCEL_RECHECK_SECONDS ago
+        self._cancelled_seen: TTLCache[int, bool] = TTLCache(maxsize=64, ttl=CANCEL_RECHECK_SECONDS)
 
     # -- starting, cancelling, reading -------------------------------------------------
 
@@ -119,23 +120,20 @@ class Sweeps:
         if changed:
             self.queue.cancel_sweep(sweep_id)
             with self._seen_lock:
-                self._cancelled_seen[sweep_id] = (True, time.monotonic())
+                self._cancelled_seen[sweep_id] = True
         return bool(changed)
 
     def cancelled(self, sweep_id: int) -> bool:
         """Whether the sweep was cancelled, here or on any replica, as read at most
         CANCEL_RECHECK_SECONDS ago: a worker holding a batch of its jobs asks before each."""
-        now = time.monotonic()
         with self._seen_lock:
             seen = self._cancelled_seen.get(sweep_id)
-        if seen is not None and (seen[0] or now - seen[1] < CANCEL_RECHECK_SECONDS):  # cancelled is for good
-            return seen[0]
+        if seen is not None:
+            return seen
         with self.store.read() as conn:
             cancelled = conn.execute(select(sweeps.c.status).where(sweeps.c.id == sweep_id)).scalar() == CANCELLED
         with self._seen_lock:
-            if len(self._cancelled_seen) > 100:  # old sweeps' answers
-                self._cancelled_seen.clear()
-            self._cancelled_seen[sweep_id] = (cancelled, now)
+            self._cancelled_seen[sweep_id] = cancelled
         return cancelled
 
     def summary(self, sweep_id: int) -> dict | None:
