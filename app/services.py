@@ -29,7 +29,7 @@ class Services:
     syncer: Syncer
     queue: LoginQueue
     sweeps: Sweeps = field(init=False, repr=False)
-    # sweep runners this process started outside a WorkerPool (the admin API's); set at the
+    # the sweep runners this process started (a WorkerPool's, the admin API's); set at the
     # process's exit, ``stopping`` has them let go of their lease for another process at once
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     runners: list[threading.Thread] = field(default_factory=list, repr=False)
@@ -38,7 +38,8 @@ class Services:
         self.sweeps = Sweeps(self)
 
     def start_runner(self) -> None:
-        """Run a sweep whose lease is free on a thread of this process now, until stop_runners()."""
+        """Run a sweep whose lease is free on a thread of this process now, until stop_runners():
+        the one way a sweep starts running (a WorkerPool's look for one, the admin API's start)."""
         runner = run_in_background(self, self.stopping)
         if runner is not None:
             self.runners[:] = [*(r for r in self.runners if r.is_alive()), runner]

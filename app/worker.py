@@ -19,7 +19,6 @@ from .queue import SWEEP, Job
 from .rules import UNKNOWN, Unknown
 from .states import UserState
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .sweep_run import run_in_background
 from .sync import Verdict
 from .tables import user_key
 from .usernames import loggable
@@ -41,7 +40,6 @@ class WorkerPool:
         self._next_maintenance = 0.0
         self._next_sweep_check = 0.0
         self.sweeps = services.sweeps
-        self._sweep_runner: threading.Thread | None = None  # a sweep this pool took over
         self._local = threading.local()  # each thread's: whether its last claim was a sweep batch
 
     def start(self) -> WorkerPool:
@@ -60,14 +58,17 @@ class WorkerPool:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Let running jobs finish (their leases would otherwise have to expire), give back the
-        rest of each thread's batch, and have a sweep this pool runs let go of its lease: other
-        processes take up both at once."""
+        rest of each thread's batch, and have the sweeps this process runs let go of their
+        leases (Services.stop_runners): other processes take up both at once. A pool stops
+        when its process ends."""
         self._stop.set()
         self.queue.wakeup.set()
+        self.services.stopping.set()
         deadline = time.monotonic() + timeout  # for them all, not each
-        for t in [*self._threads, *([self._sweep_runner] if self._sweep_runner else [])]:
+        for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        self.services.stop_runners(max(0.0, deadline - time.monotonic()))
 
     def run_once(self) -> bool:
         """Claim a few due jobs and process them in turn; False when none was due.
@@ -177,9 +178,7 @@ class WorkerPool:
                 self._next_maintenance = now + MAINTENANCE_SECONDS
         if check_sweeps:
             schedule.start_if_due(self.services)
-            runner = run_in_background(self.services, self._stop)
-            if runner is not None:
-                self._sweep_runner = runner
+            self.services.start_runner()
         if housekeeping:
             self.queue.prune_deliveries()
             self.sweeps.prune()
