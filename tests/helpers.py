@@ -24,8 +24,8 @@ from app.config import settings_from_dict
 from app.worker import WorkerPool
 from tests import photos
 from tests.rig import samba as samba_rig
-from tests.rig import slapd as slapd_rig
 from tests.rig.ports import free_port
+from tests.rig.service_config import slapd_section, write_service_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET, ADMIN = "gunicorn-hook-secret", "gunicorn-admin-token"
@@ -57,10 +57,8 @@ def unavailable(what: str):
 
 
 def slapd_directory(slapd, base_dn, **extra) -> dict:
-    return {"name": "openldap", "urls": [slapd.url], "bind_dn": slapd_rig.SVC_DN,
-            "bind_password": slapd_rig.SVC_PW, "base_dn": base_dn,
-            "user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid",
-            "timeout": 5, "connect_timeout": 2, **extra}
+    return slapd_section(slapd.url, base_dn, user_filter="(objectClass=inetOrgPerson)", username_attribute="uid",
+                         timeout=5, connect_timeout=2, **extra)
 
 
 def samba_directory(base_dn, **extra) -> dict:
@@ -91,33 +89,14 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"{name}gunicorn.log"
         self.config = tmp_path / f"{name}service.toml"
-        self.config.write_text(f"""
-database_url = "{database_url or f'sqlite:///{tmp_path}/state.db'}"
-photo_attributes = ["jpegPhoto"]
-[jira]
-url = "{jira_url}"
-username = "{JIRA_USER}"
-password = "{JIRA_PASSWORD}"
-max_retries = 1
-timeout = 5
-[webhook]
-secret = "{SECRET}"
-[admin]
-token = "{ADMIN}"
-[worker]
-threads = 4
-poll_seconds = 0.2
-lease_seconds = 5
-max_attempts = 100
-retry_base_seconds = 0.5
-retry_max_seconds = 3
-[[directories]]
-name = "openldap"
-urls = ["{slapd.url}"]
-bind_dn = "{slapd_rig.SVC_DN}"
-bind_password = "{slapd_rig.SVC_PW}"
-base_dn = "{base_dn}"
-""")
+        write_service_config(
+            self.config, database_url=database_url or f"sqlite:///{tmp_path}/state.db",
+            photo_attributes=["jpegPhoto"],
+            jira={"url": jira_url, "username": JIRA_USER, "password": JIRA_PASSWORD, "max_retries": 1, "timeout": 5},
+            webhook={"secret": SECRET}, admin={"token": ADMIN},
+            worker={"threads": 4, "poll_seconds": 0.2, "lease_seconds": 5, "max_attempts": 100,
+                    "retry_base_seconds": 0.5, "retry_max_seconds": 3},
+            directories=[slapd_section(slapd.url, base_dn)])
         self.proc: subprocess.Popen | None = None
         self.http = requests.Session()
 

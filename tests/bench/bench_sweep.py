@@ -60,6 +60,7 @@ from tests import photos
 from tests.helpers import pg_schema
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
+from tests.rig.service_config import slapd_section, write_service_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_ADMIN = "bench-admin-token-0123456789"
@@ -88,30 +89,12 @@ def separate_cores(*server_pids: int) -> set[int]:
 def write_config(work: Path, database_url: str, jira_url: str, ldap, base_dn: str, concurrency: int,
                  threads: int, limits_scope: str = "process") -> Path:
     """The service's config for a bench run: the emulator, slapd, C Jira calls, ``threads``."""
-    config = work / "config.toml"
-    config.write_text(f"""
-database_url = "{database_url}"
-[jira]
-url = "{jira_url}"
-username = "avatar-sync"
-password = "pw"
-max_concurrency = {concurrency}
-limits_scope = "{limits_scope}"
-[webhook]
-secret = "bench-webhook-secret-0123"
-[admin]
-token = "{BENCH_ADMIN}"
-[worker]
-threads = {threads}
-poll_seconds = 0.2
-[[directories]]
-name = "openldap"
-urls = ["{ldap.url}"]
-bind_dn = "{slapd_rig.SVC_DN}"
-bind_password = "{slapd_rig.SVC_PW}"
-base_dn = "{base_dn}"
-""")
-    return config
+    return write_service_config(
+        work / "config.toml", database_url=database_url,
+        jira={"url": jira_url, "username": "avatar-sync", "password": "pw", "max_concurrency": concurrency,
+              "limits_scope": limits_scope},
+        webhook={"secret": "bench-webhook-secret-0123"}, admin={"token": BENCH_ADMIN},
+        worker={"threads": threads, "poll_seconds": 0.2}, directories=[slapd_section(ldap.url, base_dn)])
 
 
 def run_sweep(config: Path, *args: str, slapd_pid: int | None = None,

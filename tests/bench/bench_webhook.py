@@ -41,6 +41,7 @@ from tests import photos
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
 from tests.rig.ports import free_port
+from tests.rig.service_config import slapd_section, write_service_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-secret"
@@ -77,26 +78,11 @@ def start_gunicorn(config: Path, port: int, log: Path, env_extra: dict) -> subpr
 def write_config(path: Path, work: Path, jira_url: str, ldap, base_dn: str, workers_on: bool,
                  database_url: str | None = None) -> None:
     """``database_url``: default a SQLite file in ``work``."""
-    path.write_text(f"""
-database_url = "{database_url or f'sqlite:///{work}/state.db'}"
-login_debounce_seconds = 600
-[jira]
-url = "{jira_url}"
-username = "avatar-sync"
-password = "pw"
-[webhook]
-secret = "{SECRET}"
-[worker]
-threads = 2
-poll_seconds = 0.5
-start_in_web = {"true" if workers_on else "false"}
-[[directories]]
-name = "openldap"
-urls = ["{ldap.url}"]
-bind_dn = "{slapd_rig.SVC_DN}"
-bind_password = "{slapd_rig.SVC_PW}"
-base_dn = "{base_dn}"
-""")
+    write_service_config(
+        path, database_url=database_url or f"sqlite:///{work}/state.db", login_debounce_seconds=600,
+        jira={"url": jira_url, "username": "avatar-sync", "password": "pw"}, webhook={"secret": SECRET},
+        worker={"threads": 2, "poll_seconds": 0.5, "start_in_web": workers_on},
+        directories=[slapd_section(ldap.url, base_dn)])
 
 
 def signed_bodies(path: Path, count: int, prefix: str) -> None:
