@@ -57,8 +57,9 @@ def unavailable(what: str):
 
 
 def slapd_directory(slapd, base_dn, **extra) -> dict:
-    return slapd_section(slapd.url, base_dn, user_filter="(objectClass=inetOrgPerson)", username_attribute="uid",
-                         timeout=5, connect_timeout=2, **extra)
+    defaults = {"user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid", "timeout": 5,
+                "connect_timeout": 2}
+    return slapd_section(slapd.url, base_dn, **(defaults | extra))
 
 
 def samba_directory(base_dn, **extra) -> dict:
