@@ -33,6 +33,8 @@ class Services:
     # process's exit, ``stopping`` has them let go of their lease for another process at once
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     runners: list[threading.Thread] = field(default_factory=list, repr=False)
+    # a pool's thread and an admin request may start runners at once: neither may drop the other's
+    _runners_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.sweeps = Sweeps(self)
@@ -42,13 +44,16 @@ class Services:
         the one way a sweep starts running (a WorkerPool's look for one, the admin API's start)."""
         runner = run_in_background(self, self.stopping)
         if runner is not None:
-            self.runners[:] = [*(r for r in self.runners if r.is_alive()), runner]
+            with self._runners_lock:
+                self.runners[:] = [*(r for r in self.runners if r.is_alive()), runner]
 
     def stop_runners(self, timeout: float) -> None:
         """Have the runners in ``runners`` let go of their sweeps, waiting ``timeout`` in all."""
         self.stopping.set()
         deadline = time.monotonic() + timeout
-        for runner in self.runners:
+        with self._runners_lock:
+            runners = list(self.runners)
+        for runner in runners:
             runner.join(max(0.0, deadline - time.monotonic()))
 
     @property
