@@ -72,10 +72,8 @@ def post_worker_init(worker):
 def worker_exit(server, worker):
     deadline = time.monotonic() + max(1, graceful_timeout - 5)
     services = worker.wsgi.extensions["avatar_sync"] if getattr(worker, "wsgi", None) else None
-    if services is not None:
-        services.stopping.set()  # an API-started sweep's runner lets go while the pool stops
     pool = getattr(worker, "avatar_sync_pool", None)
-    if pool is not None:
+    if pool is not None:  # its threads, and every sweep runner of this process (WorkerPool.stop)
         pool.stop(timeout=max(0.0, deadline - time.monotonic()))
-    if services is not None:
+    elif services is not None:  # no pool here: an API-started sweep's runner lets go
         services.stop_runners(max(0.0, deadline - time.monotonic()))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from sqlalchemy.engine import Connection
@@ -179,7 +178,7 @@ class Syncer:
         states.update_many(tx, [(v.result.username, self._change(v)) for v in verdicts if self.needs_record(v)])
 
     @staticmethod
-    def _change(verdict: Verdict) -> Callable[[UserState], None]:
+    def _change(verdict: Verdict) -> states.Change:
         """What recording the verdict changes in the user's stored state."""
         r = verdict.result
 

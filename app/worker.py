@@ -63,7 +63,7 @@ class WorkerPool:
         when its process ends."""
         self._stop.set()
         self.queue.wakeup.set()
-        self.services.stopping.set()
+        self.services.stopping.set()  # the runners let go of their sweeps while the threads finish
         deadline = time.monotonic() + timeout  # for them all, not each
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
