@@ -192,14 +192,26 @@ class InFlight(_Every):
 
     def __init__(self, state: JiraState):
         super().__init__(0.005)
-        self.state, self.samples = state, []
+        self.state, self.samples, self.times = state, [], []
 
     def tick(self) -> None:
         with self.state.lock:
             self.samples.append(sum(self.state.in_flight.values()))
+        self.times.append(time.perf_counter())
 
     def mean(self) -> float:
         return round(sum(self.samples) / len(self.samples), 2) if self.samples else 0.0
+
+    def timeline(self, started: float, ended: float, full: int) -> dict:
+        """Seconds from the command's start to its first Jira call in flight and to ``full``
+        calls in flight, and from its last call in flight to the command's exit."""
+        busy = [t for t, n in zip(self.times, self.samples) if n]
+        first_full = next((t for t, n in zip(self.times, self.samples) if n >= full), None)
+        if not busy:
+            return {}
+        return {"to_first_call_s": round(busy[0] - started, 2),
+                "to_all_slots_busy_s": round(first_full - started, 2) if first_full else None,
+                "last_call_to_exit_s": round(ended - busy[-1], 2)}
 
 
 def jira_only(url: str, users: int, concurrency: int, png: bytes, cores: set[int] | None) -> tuple[float, float]:
@@ -321,7 +333,9 @@ def main() -> None:
             with InFlight(state) as in_flight, ExitStack() as polled:
                 poller = (polled.enter_context(DashboardPoller(config, args.dashboard_every))
                           if args.dashboard_every else None)
+                sweep_started = time.perf_counter()
                 first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores)
+                timeline = in_flight.timeline(sweep_started, sweep_started + first_s, per_process * processes)
             dashboard = poller.summary() if poller else None
             if rig_s:
                 rig_s.append(measure_rig(args, cores)["seconds"])
@@ -346,6 +360,7 @@ def main() -> None:
                 "peak_jira_calls_in_flight": state.peak("*"),  # never above --concurrency
                 # over the whole first sweep (start-up and tail included); --concurrency at best
                 "mean_jira_calls_in_flight": in_flight.mean(),
+                "first_sweep_timeline": timeline,  # its start-up and its tail, which the rig has not
                 "first_summary": first_out.splitlines()[:8], "repeat_summary": repeat_out.splitlines()[:6],
             }
     finally:
