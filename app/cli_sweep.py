@@ -160,6 +160,7 @@ def _follow(sweeps, sweep_id: int, on_summary, signals: _Signals) -> dict:
             raise KeyboardInterrupt
         if signals.received == "SIGTERM":
             raise _Terminated()
+        ended = sweeps.runs_ended  # read before the summary: an end after it cuts the wait below short
         summary = sweeps.summary(sweep_id)
         on_summary(summary)
         line = (
@@ -177,7 +178,7 @@ def _follow(sweeps, sweep_id: int, on_summary, signals: _Signals) -> dict:
         elif time.monotonic() - last_line > 10:
             click.echo(line, err=True)
             last_line = time.monotonic()
-        time.sleep(0.5)
+        sweeps.wait_for_run_end(ended, 0.5)  # this process's pool usually runs it
 
 
 def _print_summary(summary: dict, problems: list[dict]) -> None:

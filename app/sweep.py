@@ -82,6 +82,10 @@ class Sweeps:
         self._seen_lock = threading.Lock()  # cachetools caches are not thread-safe
         # sweep id -> whether it was cancelled, as read at most CANCEL_RECHECK_SECONDS ago
         self._cancelled_seen: TTLCache[int, bool] = TTLCache(maxsize=64, ttl=CANCEL_RECHECK_SECONDS)
+        # how many runs of sweeps ended in this process: the command line's progress line wakes
+        # at an end instead of seeing it a poll later
+        self._runs_ended = 0
+        self._run_ended = threading.Condition()
 
     # -- starting, cancelling, reading -------------------------------------------------
 
@@ -135,6 +139,22 @@ class Sweeps:
         with self._seen_lock:
             self._cancelled_seen[sweep_id] = cancelled
         return cancelled
+
+    @property
+    def runs_ended(self) -> int:
+        return self._runs_ended
+
+    def run_ended(self) -> None:
+        """A runner in this process stopped running a sweep (it ended, or was let go of)."""
+        with self._run_ended:
+            self._runs_ended += 1
+            self._run_ended.notify_all()
+
+    def wait_for_run_end(self, seen: int, timeout: float) -> None:
+        """Sleep ``timeout`` seconds, or less if a runner in this process stops running a sweep
+        meanwhile or stopped since ``runs_ended`` was ``seen``."""
+        with self._run_ended:
+            self._run_ended.wait_for(lambda: self._runs_ended != seen, timeout)
 
     def summary(self, sweep_id: int) -> dict | None:
         with self.store.read() as conn:

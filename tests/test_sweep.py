@@ -250,7 +250,8 @@ def test_a_runner_waiting_for_its_users_renews_its_lease_rarely_and_sees_a_cance
         tmp_path, slapd, ldap_ou, jira, services_for):
     """While the queued users are synced, the runner looks at the sweep every 0.25 s but
     writes its lease only once a third of it has passed (each write takes the writer the syncs
-    record with); a cancel still ends it at its next look."""
+    record with); a cancel still ends it at its next look, and whoever waits in its process for
+    a run's end wakes then."""
     from sqlalchemy import select
     slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in ("r0", "r1")])
     for n in ("r0", "r1"):
@@ -273,10 +274,15 @@ def test_a_runner_waiting_for_its_users_renews_its_lease_rarely_and_sees_a_cance
     renewed = lease_until()
     time.sleep(0.8)  # three looks or more
     assert lease_until() == renewed and runner.is_alive()
+    # the command line's progress line waits on the runner's end, not a poll's timeout
+    follower = threading.Thread(target=rig.sweeps.wait_for_run_end, args=(rig.sweeps.runs_ended, 60))
+    follower.start()
     rig.sweeps.cancel(sweep_id)
     runner.join(2)
     assert not runner.is_alive()
     assert rig.sweeps.summary(sweep_id)["status"] == "cancelled"
+    follower.join(5)
+    assert not follower.is_alive()
 
 
 def test_a_login_during_a_sweep_is_synced_at_once(tmp_path, slapd, ldap_ou, jira, services_for):
