@@ -40,6 +40,12 @@ above the bound. A sweep run measures the rig too, just before and just after it
 (`rig_alone_s`), and reports `first_over_rig`: what the service costs over this machine's floor
 of that moment, which a figure against the bound alone cannot tell from the machine's drift.
 --no-rig skips it (and --no-photos, which uploads nothing, never has it).
+
+--via-api starts each sweep with POST /admin/sweeps on the service under gunicorn (two workers,
+deploy/gunicorn.conf.py, C split between them, worker.threads = BENCH_THREADS or the service's
+default 2), already up as in production, and follows it with GET /admin/sweeps/<id>: what the
+dashboard's Start button and the nightly schedule get, where the command line brings its own
+processes and threads.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,6 +138,59 @@ def run_sweep(config: Path, *args: str, slapd_pid: int | None = None,
     if out.returncode != 0:
         raise SystemExit(out.stdout + out.stderr[-3000:])
     return seconds, rss, out.stdout
+
+
+def api_sweep(config: Path, gunicorn_workers: int) -> tuple[float, int, str]:
+    """--via-api: one sweep started with POST /admin/sweeps on the service under gunicorn
+    (deploy/gunicorn.conf.py), already up as in production, followed until it ends; wall
+    seconds from the POST, the workers' largest peak RSS (KiB) and the summary."""
+    import requests
+
+    from tests.rig.ports import free_port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+    env.update(AVATAR_SYNC_CONFIG=str(config), AVATAR_SYNC_LOG_LEVEL="WARNING")
+    url = f"http://127.0.0.1:{free_port()}"
+    log = config.with_suffix(".gunicorn.log")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind", url[7:],
+         "--workers", str(gunicorn_workers), "app:create_app()"],
+        cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    admin = {"Authorization": f"Bearer {BENCH_ADMIN}"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the service did not come up:\n" + log.read_text()[-3000:])
+            time.sleep(0.1)
+        time.sleep(1)  # every worker's pool up
+        pids = [proc.pid, *map(int, Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())]
+        cpu = sum(cpu_seconds(pid) for pid in pids)
+        started = time.perf_counter()
+        r = requests.post(url + "/admin/sweeps", json={"dry_run": False}, headers=admin, timeout=10)
+        assert r.status_code == 202, r.text
+        while True:
+            summary = requests.get(f"{url}/admin/sweeps/{r.json()['id']}", headers=admin, timeout=10).json()
+            if summary["status"] != "running":
+                break
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
+        rss = max(int(line.split()[1]) for pid in pids[1:]
+                  for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    print(f"sweep via the API: {seconds:.1f}s wall, {cpu:.1f}s CPU in gunicorn's {len(pids)} processes, "
+          f"largest peak RSS {rss / 1024:.0f} MB", file=sys.stderr)
+    if summary["status"] != "finished":
+        raise SystemExit(json.dumps(summary, indent=2)[:3000])
+    counts = "\n".join(f"{k} {v}" for k, v in summary["counts"].items())
+    return seconds, rss, f"sweep {summary['id']}: {summary['status']}\n{counts}\ntotal {summary['total']}"
 
 
 class _Every:
@@ -294,6 +354,10 @@ def main() -> None:
     parser.add_argument("--no-rig", action="store_true",
                         help="skip the rig alone (--jira-only) that otherwise runs just before and just after "
                              "the first sweep")
+    parser.add_argument("--via-api", action="store_true",
+                        help="start each sweep with POST /admin/sweeps on the service under gunicorn (2 workers, "
+                             "worker.threads as configured: BENCH_THREADS, default the service's 2) instead of "
+                             "the command line")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     if args.jira_only:
@@ -315,13 +379,13 @@ def main() -> None:
 
         with EmulatorServer(state) as jira, ExitStack() as held:
             # C calls in flight in all: split between the sweep and any extra worker processes
-            processes = 1 + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
+            processes = (2 if args.via_api else 1) + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
             # on PostgreSQL the processes share C (limits_scope = cluster) unless BENCH_LIMITS_SCOPE=process
             cluster = args.database == "postgres" and os.environ.get("BENCH_LIMITS_SCOPE", "cluster") == "cluster"
             per_process = args.concurrency if cluster else max(1, args.concurrency // processes)
             database_url = (held.enter_context(pg_schema("avbench")) if args.database == "postgres"
                             else f"sqlite:///{work}/state.db")
-            threads = int(os.environ.get("BENCH_THREADS", per_process))
+            threads = int(os.environ.get("BENCH_THREADS", 2 if args.via_api else per_process))
             scope = "cluster" if cluster else "process"
             config = write_config(work, database_url, jira.url, ldap, people, per_process, threads, scope)
             state.latency = args.latency_ms / 1000
@@ -334,18 +398,22 @@ def main() -> None:
                 poller = (polled.enter_context(DashboardPoller(config, args.dashboard_every))
                           if args.dashboard_every else None)
                 sweep_started = time.perf_counter()
-                first_s, first_rss, first_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores)
+                first_s, first_rss, first_out = (api_sweep(config, 2) if args.via_api else
+                                                 run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores))
                 timeline = in_flight.timeline(sweep_started, sweep_started + first_s, per_process * processes)
             dashboard = poller.summary() if poller else None
             if rig_s:
                 rig_s.append(measure_rig(args, cores)["seconds"])
             writes_after_first = state.writes()
             uploads = state.count("POST /user/avatar/temporary")
-            repeat_s, repeat_rss, repeat_out = run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores)
+            repeat_s, repeat_rss, repeat_out = (api_sweep(config, 2) if args.via_api else
+                                                run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores))
             bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
             result = {
                 "database": args.database, "extra_worker_processes": processes - 1,
-                "sweep_processes": args.processes or "one per core",
+                "sweep_processes": ("2 gunicorn workers (--via-api)" if args.via_api
+                                    else args.processes or "one per core"),
+                "worker_threads": threads,
                 "separate_cores": args.separate_cores,
                 "jira_version": args.jira_version, "users": args.users, "latency_ms": args.latency_ms,
                 "concurrency": args.concurrency,
