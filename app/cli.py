@@ -23,7 +23,7 @@ from .jira import JiraError
 from .schema import SchemaMismatch
 from .services import Services, build_services
 from .weak_settings import require_webhook_auth, weak_settings
-from .worker import WorkerPool
+from .worker import WorkerPool, sweep_threads
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -237,7 +237,8 @@ def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
     services = _services(ctx)
     _require_schema(ctx)
     w = services.settings.worker
-    pool = WorkerPool(services, threads if threads is not None else max(1, w.threads), w.poll_seconds)
+    threads = threads if threads is not None else max(1, w.threads)
+    pool = WorkerPool(services, threads, w.poll_seconds, sweep_threads(services.settings))
     if once:
         while pool.run_once():
             pass
@@ -246,7 +247,11 @@ def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     pool.start()
-    click.echo(f"worker: {pool.threads} threads draining the queue; SIGTERM to stop", err=True)
+    click.echo(
+        f"worker: {pool.threads} threads draining the queue, up to {pool.sweep_threads} while a sweep runs; "
+        "SIGTERM to stop",
+        err=True,
+    )
     stop.wait()
     pool.stop()
 

@@ -16,7 +16,7 @@ from . import sweep_helpers
 from .cli import _log_level, _print_json, _services, _settings, main
 from .outcomes import SweepStatus
 from .sweep import SweepConflict
-from .worker import WorkerPool
+from .worker import WorkerPool, sweep_threads
 
 
 @main.command()
@@ -46,10 +46,8 @@ def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processe
             ctx.exit(1)
         sweep_id = resumed
     # This process (and its helpers) drain the queue too, so the sweep finishes with or without
-    # the service. Twice as many threads as Jira slots: a sync spends part of its time off Jira
-    # (directory, decode, database), and the client's gate still holds calls in flight to
-    # max_concurrency.
-    threads = -(-max(settings.worker.threads, 2 * settings.jira.max_concurrency) // processes)
+    # the service; sweep_threads says how many threads, split between the processes.
+    threads = -(-sweep_threads(settings) // processes)
     # asked for: at once; by default only once enough users wait for a helper to be worth its start
     start_from = 0 if requested else sweep_helpers.START_FROM
     helpers = sweep_helpers.Helpers(

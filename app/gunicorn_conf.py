@@ -61,12 +61,13 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    from app.worker import WorkerPool
+    from app.worker import WorkerPool, sweep_threads
 
     services = worker.wsgi.extensions["avatar_sync"]
     w = services.settings.worker
     if w.start_in_web and w.threads > 0:
-        worker.avatar_sync_pool = WorkerPool(services, w.threads, w.poll_seconds).start()
+        pool = WorkerPool(services, w.threads, w.poll_seconds, sweep_threads(services.settings))
+        worker.avatar_sync_pool = pool.start()
 
 
 def worker_exit(server, worker):

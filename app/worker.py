@@ -30,12 +30,25 @@ CLAIM_BATCH = 8  # each thread's claim; a login waits for at most one job of a b
 PREFETCH_FRESH_SECONDS = 5  # a batch's directory entries and states are read again after this
 
 
+def sweep_threads(settings) -> int:
+    """A process's sync threads while a sweep's users wait: twice its Jira slots. A sync holds
+    at most one Jira call at a time and spends part of its time off Jira (directory, decode,
+    database), so fewer threads than slots would leave slots idle; the client's gate still
+    keeps the calls in flight to jira.max_concurrency."""
+    return max(settings.worker.threads, 2 * settings.jira.max_concurrency)
+
+
 class WorkerPool:
-    def __init__(self, services, threads: int = 2, poll_seconds: float = 1.0):
+    def __init__(self, services, threads: int = 2, poll_seconds: float = 1.0, sweep_threads: int = 0):
+        """``sweep_threads``: how many threads the pool grows to while a sweep's jobs wait (the
+        ones beyond ``threads`` end once they find no job); at most ``threads`` by default."""
         self.services, self.threads, self.poll_seconds = services, threads, poll_seconds
+        self.sweep_threads = max(threads, sweep_threads)
         self.queue = services.queue
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()  # any thread may add one (_grow_for_sweep)
+        self._extra = 0  # threads running beyond ``threads``
         self._maintenance_lock = threading.Lock()
         self._next_maintenance = 0.0
         self._next_sweep_check = 0.0
@@ -49,12 +62,26 @@ class WorkerPool:
                 log.info("took back %d jobs from workers that died", released)
         except Exception:
             log.exception("could not check for dead workers' jobs")
-        for i in range(self.threads):
-            t = threading.Thread(target=self._run, name=f"avatar-sync-worker-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        with self._threads_lock:
+            for i in range(self.threads):
+                self._start_thread(f"avatar-sync-worker-{i}", extra=False)
         log.info("%d sync worker threads started", self.threads)
         return self
+
+    def _start_thread(self, name: str, extra: bool) -> None:
+        t = threading.Thread(target=self._run, args=(extra,), name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _grow_for_sweep(self) -> None:
+        """A thread claimed sweep jobs: one more thread, up to ``sweep_threads`` (each new one
+        that claims sweep jobs too adds the next, so the pool grows within a few claims)."""
+        with self._threads_lock:
+            if not self._threads or self._stop.is_set() or self.threads + self._extra >= self.sweep_threads:
+                return  # not started (run_once called alone), stopping, or grown
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._extra += 1
+            self._start_thread(f"avatar-sync-sweep-{len(self._threads)}", extra=True)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Let running jobs finish (their leases would otherwise have to expire), give back the
@@ -65,9 +92,10 @@ class WorkerPool:
         self.queue.wakeup.set()
         self.services.stopping.set()  # the runners let go of their sweeps while the threads finish
         deadline = time.monotonic() + timeout  # for them all, not each
-        for t in self._threads:
+        with self._threads_lock:  # no thread starts once _stop is set
+            threads, self._threads = self._threads, []
+        for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        self._threads.clear()
         self.services.stop_runners(max(0.0, deadline - time.monotonic()))
 
     def run_once(self) -> bool:
@@ -91,6 +119,8 @@ class WorkerPool:
             if jobs and jobs[0].priority >= SWEEP:
                 jobs += self.queue.claim(CLAIM_BATCH - 1, min_priority=SWEEP)
         self._local.in_sweep = bool(jobs) and jobs[-1].priority >= SWEEP
+        if self._local.in_sweep and self.sweep_threads > self.threads:
+            self._grow_for_sweep()
         entries, states = {}, None
         if len(jobs) > 1:
             names = [j.username for j in jobs]
@@ -183,20 +213,30 @@ class WorkerPool:
             self.queue.prune_deliveries()
             self.sweeps.prune()
 
-    def _run(self) -> None:
+    def _run(self, extra: bool = False) -> None:
+        """``extra``: a thread added for a sweep (_grow_for_sweep), which ends at its first
+        look that finds no job, or its first error."""
         wakeup = self.queue.wakeup
-        while not self._stop.is_set():
-            wakeup.clear()
-            try:
-                self.maintain()
-                if self.run_once():
+        try:
+            while not self._stop.is_set():
+                wakeup.clear()
+                try:
+                    self.maintain()
+                    if self.run_once():
+                        continue
+                except DATABASE_UNAVAILABLE as exc:  # locked, full, down
+                    log.warning("worker waits, the database cannot be used now: %s", describe_error(exc))
+                except Exception:
+                    log.exception("worker loop error")
+                else:
+                    if extra:
+                        return
+                    wakeup.wait(self.poll_seconds)
                     continue
-            except DATABASE_UNAVAILABLE as exc:  # locked, full, down
-                log.warning("worker waits, the database cannot be used now: %s", describe_error(exc))
+                if extra:
+                    return
                 self._stop.wait(self.poll_seconds)
-                continue
-            except Exception:
-                log.exception("worker loop error")
-                self._stop.wait(self.poll_seconds)
-                continue
-            wakeup.wait(self.poll_seconds)
+        finally:
+            if extra:
+                with self._threads_lock:
+                    self._extra -= 1

@@ -17,7 +17,7 @@ from app.queue import LOGIN, SWEEP
 from app.rules import UNKNOWN
 from app.sweep import SweepConflict
 from app.sweep import sweeps as sweeps_table
-from app.worker import WorkerPool
+from app.worker import WorkerPool, sweep_threads
 from tests import photos
 from tests.helpers import JIRA_USER, make_settings, run_sweep, samba_directory, slapd_directory, wait_until
 
@@ -173,6 +173,35 @@ def test_users_without_application_access_are_read_one_by_one_concurrently(tmp_p
     assert jira.state.count("GET /user") - reads == 40
     assert jira.state.peak("GET /user") == 4  # max_concurrency calls in flight, never more
     assert jira.state.count("GET /user/search") == 0
+
+
+def test_a_pool_grows_to_its_sweep_threads_while_a_sweeps_users_wait_and_back_after(tmp_path, slapd, ldap_ou, jira,
+                                                                                  services_for):
+    """A service's pool (worker.threads = 1, for logins) syncs a sweep started by the API on up
+    to sweep_threads threads, twice jira.max_concurrency: Jira gets max_concurrency calls at
+    once, where the one thread would give it one; the added threads end once no job is left."""
+    names = [f"w{i:03d}" for i in range(96)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
+    for n in names:
+        jira.state.add_user(n)
+    settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)], worker={"threads": 1})
+    settings = dataclasses.replace(settings, jira=dataclasses.replace(settings.jira, max_concurrency=4))
+    services = services_for(settings)
+    jira.state.latency = 0.02
+
+    def pool_threads():
+        return sum(t.name.startswith("avatar-sync-") for t in threading.enumerate())
+    pool = WorkerPool(services, settings.worker.threads, 0.05, sweep_threads(settings)).start()
+    try:
+        assert pool_threads() == 1
+        sweep_id = services.sweeps.start()
+        assert sweep_run.take_over(services) == sweep_id
+        sweep_run.run(services, sweep_id)
+        wait_until(lambda: pool_threads() == 1, 5, "the added threads to end")
+    finally:
+        pool.stop()
+    assert services.sweeps.summary(sweep_id)["counts"]["updated"] == 96
+    assert jira.state.peak("*") == 4  # max_concurrency calls in flight (one thread: 1), never more
 
 
 def test_only_one_sweep_at_a_time_and_cancel(big):
