@@ -8,7 +8,8 @@ are stopped, letting running jobs finish, in worker_exit.
 Metrics: every worker counts in files under PROMETHEUS_MULTIPROC_DIR (a private temporary
 directory unless set), so a scrape of any worker adds up all of them (app/metrics.py). It is
 set here, in the master, before any worker imports prometheus_client, which reads it once.
-This module imports nothing of the package but app.logs (``import app`` itself is light).
+This module imports nothing of the package but app.logs (``import app`` itself is light), and
+in the master app.config and app.shared_slots: the Jira call slots that every worker shares.
 """
 
 import glob
@@ -45,25 +46,68 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 def on_starting(server):
     """Files of processes gone since an earlier run would add their counts in (a separate
-    `jira-avatar-sync worker` sharing the directory keeps its own)."""
+    `jira-avatar-sync worker` sharing the directory keeps its own). The workers' shared Jira
+    slots are made here, before the first fork."""
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for path in glob.glob(os.path.join(directory, "*.db")):
         pid = os.path.basename(path).rsplit("_", 1)[-1].removesuffix(".db")
         if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
             os.remove(path)
+    server.avatar_sync_gate = _shared_jira_slots()
+
+
+def on_reload(server):
+    server.avatar_sync_gate = _shared_jira_slots()  # jira.max_concurrency may have changed
+
+
+def _shared_jira_slots():
+    """One semaphore of jira.max_concurrency for all the workers (app/shared_slots.py), so that
+    Jira sees no more calls at once from the replica than the setting says; None with
+    limits_scope = "cluster" (PostgreSQL's slots), or when the configuration does not load
+    (each worker then stops with the reason)."""
+    import multiprocessing
+
+    from app import shared_slots
+    from app.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return None
+    return shared_slots.make_gate(settings, multiprocessing.get_context("fork"))
+
+
+def pre_fork(server, worker):
+    import multiprocessing
+
+    from app import shared_slots
+
+    gate = getattr(server, "avatar_sync_gate", None)
+    count = shared_slots.make_count(multiprocessing.get_context("fork"))
+    worker.avatar_sync_slots = (gate, count) if gate is not None else None
 
 
 def child_exit(server, worker):
-    from prometheus_client import multiprocess  # the master: only now, and only this
+    from prometheus_client import multiprocess  # the master: only now
+
+    from app import shared_slots
 
     multiprocess.mark_process_dead(worker.pid)
+    slots = getattr(worker, "avatar_sync_slots", None)
+    if slots is not None:  # a worker killed while it had Jira calls in flight: theirs come back
+        given = shared_slots.give_back(*slots)
+        if given:
+            server.log.warning("worker %s exited holding %d Jira call slots: given back", worker.pid, given)
 
 
 def post_worker_init(worker):
+    from app.shared_slots import CountedGate
     from app.worker import WorkerPool, sweep_threads
 
     services = worker.wsgi.extensions["avatar_sync"]
+    if getattr(worker, "avatar_sync_slots", None) is not None:  # before any Jira call of this process
+        services.jira.share_slots(CountedGate(*worker.avatar_sync_slots))
     w = services.settings.worker
     if w.start_in_web and w.threads > 0:
         pool = WorkerPool(services, w.threads, w.poll_seconds, sweep_threads(services.settings))

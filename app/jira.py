@@ -91,6 +91,12 @@ class JiraClient:
         self._auth_block_reason = ""
         self._version: tuple[int, ...] | None = None
 
+    def share_slots(self, gate) -> None:
+        """Take this process's Jira slots from ``gate``, a semaphore shared with other processes
+        (app/shared_slots.py), instead of slots of its own. Before the process's first call."""
+        s = self.settings
+        self._budget = PerProcess(lambda: ProcessBudget(s.max_concurrency, s.max_requests_per_second, gate=gate))
+
     # -- users and avatars -------------------------------------------------------------
 
     def get_user(self, username: str) -> JiraUser | None:

@@ -11,7 +11,7 @@ from functools import cached_property
 from .config import Settings
 from .directory import UserDirectory, build_directories
 from .jira import JiraClient
-from .jira_budget import ClusterBudget, ProcessBudget
+from .jira_budget import ClusterBudget
 from .queue import LoginQueue, RetryPolicy
 from .readiness import Readiness
 from .store import Store
@@ -73,7 +73,7 @@ class Services:
 
 
 def build_services(settings: Settings, jira_gate=None) -> Services:
-    """``jira_gate``: the semaphore of Jira calls, when processes share one (app/sweep_helpers.py)."""
+    """``jira_gate``: the semaphore of Jira calls, when processes share one (app/shared_slots.py)."""
     store = Store(settings.database_url)
     directories = build_directories(settings)
     j = settings.jira
@@ -81,8 +81,10 @@ def build_services(settings: Settings, jira_gate=None) -> Services:
         j,
         budget=(lambda: ClusterBudget(store, j.max_concurrency, j.max_requests_per_second))
         if j.limits_scope == "cluster"
-        else (lambda: ProcessBudget(j.max_concurrency, j.max_requests_per_second, gate=jira_gate)),
+        else None,  # each process's own slots (JiraClient's default), or shared ones (below)
     )
+    if jira_gate is not None:
+        jira.share_slots(jira_gate)
     w = settings.worker
     queue = LoginQueue(store, RetryPolicy(w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.lease_seconds))
     return Services(settings, store, directories, jira, Syncer(settings, directories, jira, store), queue)

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from . import logs
+from . import logs, shared_slots
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -96,9 +95,7 @@ class Helpers:
     @staticmethod
     def gate(settings: Settings):
         """The semaphore the command's processes share (None: the cluster's budget does it)."""
-        if settings.jira.limits_scope == "cluster":
-            return None
-        return multiprocessing.get_context("spawn").BoundedSemaphore(settings.jira.max_concurrency)
+        return shared_slots.make_gate(settings, multiprocessing.get_context("spawn"))
 
     def __enter__(self) -> Helpers:
         return self
@@ -119,7 +116,7 @@ class Helpers:
         self.started = True
         for _ in range(self.count):
             reader, writer = self._context.Pipe(duplex=False)
-            held = self._context.RawValue("i", 0)
+            held = shared_slots.make_count(self._context)
             process = self._context.Process(target=_drain, args=(*self._args, held, reader), daemon=True)
             try:
                 process.start()
@@ -139,10 +136,7 @@ class Helpers:
         for helper in died:
             self._helpers.remove(helper)
             helper.pipe.close()
-            held = helper.held.value
-            if self._gate is not None:
-                for _ in range(held):
-                    self._gate.release()
+            held = shared_slots.give_back(self._gate, helper.held) if self._gate is not None else 0
             log.warning(
                 "sweep helper %d died (exit code %s)%s; its syncs run again in the other processes",
                 helper.process.pid,
@@ -173,27 +167,6 @@ class _Helper:
     held: Any  # the Jira slots the helper holds, a shared int (CountedGate counts them)
 
 
-class CountedGate:
-    """A helper's view of the shared gate: the slots it holds counted in ``held``, which the
-    parent reads if the helper dies. Counted after a slot is taken and before it is given back,
-    so a death between the two steps can leave one slot unreturned, never one too many."""
-
-    def __init__(self, gate, held):
-        self._gate, self._held, self._lock = gate, held, threading.Lock()
-
-    def acquire(self, timeout: float | None = None) -> bool:
-        if not self._gate.acquire(timeout=timeout):
-            return False
-        with self._lock:
-            self._held.value += 1
-        return True
-
-    def release(self) -> None:
-        with self._lock:
-            self._held.value -= 1
-        self._gate.release()
-
-
 def _drain(settings: Settings, threads: int, gate, log_level: str, verbose: bool, held, parent: Connection) -> None:
     """A helper: sync threads on the queue until the parent says stop, or dies."""
     from .services import build_services
@@ -208,7 +181,7 @@ def _drain(settings: Settings, threads: int, gate, log_level: str, verbose: bool
     logs.setup(log_level, settings.log_format)
     if not verbose:
         logs.quiet_syncs()
-    services = build_services(settings, jira_gate=CountedGate(gate, held) if gate is not None else None)
+    services = build_services(settings, jira_gate=shared_slots.CountedGate(gate, held) if gate is not None else None)
     pool = WorkerPool(services, threads, settings.worker.poll_seconds).start()
     told = False  # else the parent died (or SIGTERM came): its slots may never come back
     try:

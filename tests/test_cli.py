@@ -391,7 +391,7 @@ def _hold_two_slots_and_hang(settings, threads, gate, log_level, verbose, held, 
     helper's syncs would, and keeps them until it is killed."""
     import time
 
-    from app.sweep_helpers import CountedGate
+    from app.shared_slots import CountedGate
 
     slots = CountedGate(gate, held)
     slots.acquire()

@@ -125,6 +125,70 @@ def test_stopping_gunicorn_lets_go_of_the_sweep_its_api_started(service, slapd, 
     assert row.lease_until.replace(tzinfo=None) <= utcnow().replace(tzinfo=None)
 
 
+def _api_sweep(svc: Service) -> int:
+    r = svc.http.post(svc.url + "/admin/sweeps", json={}, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def _sweep_summary(svc: Service, sweep_id: int) -> dict:
+    return svc.http.get(f"{svc.url}/admin/sweeps/{sweep_id}", headers={"Authorization": f"Bearer {ADMIN}"},
+                        timeout=10).json()
+
+
+def _service_for_a_sweep(tmp_path, slapd, ldap_ou, jira, names: list[str], max_concurrency: int) -> Service:
+    add_users(slapd, ldap_ou, jira, names)
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url, env={"AVATAR_SYNC_JIRA_MAX_CONCURRENCY": str(max_concurrency)})
+    svc.start()
+    return svc
+
+
+def _ended(svc: Service, sweep_id: int) -> dict:
+    wait_until(lambda: _sweep_summary(svc, sweep_id)["status"] != "running", 60, "the sweep to end")
+    return _sweep_summary(svc, sweep_id)
+
+
+def _workers(svc: Service) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{svc.proc.pid}/task/{svc.proc.pid}/children").read_text().split()]
+
+
+def test_the_workers_share_jira_max_concurrency_in_a_sweep(tmp_path, slapd, ldap_ou, jira):
+    """The two workers take their Jira slots from one semaphore the master made: a sweep the
+    API started keeps jira.max_concurrency calls in flight from both together, not twice that,
+    though each worker grows to twice the slots' threads while the sweep's users wait."""
+    names = [f"c{i:03d}" for i in range(150)]  # more than one worker's threads claim at once
+    svc = _service_for_a_sweep(tmp_path, slapd, ldap_ou, jira, names, max_concurrency=3)
+    try:
+        jira.state.latency = 0.03
+        summary = _ended(svc, _api_sweep(svc))
+    finally:
+        svc.stop()
+    assert summary["status"] == "finished" and summary["counts"]["updated"] == 150
+    assert jira.state.peak("*") == 3
+
+
+def test_a_killed_workers_jira_slots_come_back_to_the_workers_after_it(tmp_path, slapd, ldap_ou, jira):
+    """Both workers killed (SIGKILL) while they hold every Jira slot: the master gives the slots
+    they held back, so the workers it starts instead can call Jira and finish the sweep (their
+    calls would otherwise wait for slots nobody will ever give back)."""
+    svc = _service_for_a_sweep(tmp_path, slapd, ldap_ou, jira, [f"d{i:02d}" for i in range(30)], max_concurrency=2)
+    try:
+        jira.state.latency = 1.0
+        sweep_id = _api_sweep(svc)
+        wait_until(lambda: sum(jira.state.in_flight.values()) == 2, 20, "both slots in use")
+        killed = _workers(svc)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        jira.state.latency = 0.01
+        wait_until(lambda: len(set(_workers(svc)) - set(killed)) == 2, 30, "two new workers")
+        summary = _ended(svc, sweep_id)
+        log = svc.log.read_text()
+    finally:
+        svc.stop()
+    assert summary["status"] == "finished" and summary["counts"]["updated"] == 30
+    assert re.search(r"exited holding [12] Jira call slots: given back", log), log[-3000:]
+
+
 def test_jira_answering_503_for_30_seconds(service, slapd, ldap_ou, jira):
     names = [f"o{i:02d}" for i in range(20)]
     add_users(slapd, ldap_ou, jira, names)

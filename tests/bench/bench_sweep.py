@@ -42,8 +42,8 @@ of that moment, which a figure against the bound alone cannot tell from the mach
 --no-rig skips it (and --no-photos, which uploads nothing, never has it).
 
 --via-api starts each sweep with POST /admin/sweeps on the service under gunicorn (two workers,
-deploy/gunicorn.conf.py, C split between them, worker.threads = BENCH_THREADS or the service's
-default 2), already up as in production, and follows it with GET /admin/sweeps/<id>: what the
+deploy/gunicorn.conf.py, sharing the master's C slots, worker.threads = BENCH_THREADS or the
+service's default 2), already up as in production, and follows it with GET /admin/sweeps/<id>: what the
 dashboard's Start button and the nightly schedule get, where the command line brings its own
 processes and threads.
 """
@@ -355,9 +355,9 @@ def main() -> None:
                         help="skip the rig alone (--jira-only) that otherwise runs just before and just after "
                              "the first sweep")
     parser.add_argument("--via-api", action="store_true",
-                        help="start each sweep with POST /admin/sweeps on the service under gunicorn (2 workers, "
-                             "worker.threads as configured: BENCH_THREADS, default the service's 2) instead of "
-                             "the command line")
+                        help="start each sweep with POST /admin/sweeps on the service under gunicorn (2 workers "
+                             "sharing C, worker.threads as configured: BENCH_THREADS, default the service's 2) "
+                             "instead of the command line")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     if args.jira_only:
@@ -379,7 +379,8 @@ def main() -> None:
 
         with EmulatorServer(state) as jira, ExitStack() as held:
             # C calls in flight in all: split between the sweep and any extra worker processes
-            processes = (2 if args.via_api else 1) + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
+            # (under gunicorn, --via-api, the two workers share the master's C slots)
+            processes = 1 + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
             # on PostgreSQL the processes share C (limits_scope = cluster) unless BENCH_LIMITS_SCOPE=process
             cluster = args.database == "postgres" and os.environ.get("BENCH_LIMITS_SCOPE", "cluster") == "cluster"
             per_process = args.concurrency if cluster else max(1, args.concurrency // processes)
