@@ -215,28 +215,33 @@ class WorkerPool:
 
     def _run(self, extra: bool = False) -> None:
         """``extra``: a thread added for a sweep (_grow_for_sweep), which ends at its first
-        look that finds no job, or its first error."""
+        look that finds no job, or fails."""
         wakeup = self.queue.wakeup
         try:
             while not self._stop.is_set():
                 wakeup.clear()
-                try:
-                    self.maintain()
-                    if self.run_once():
-                        continue
-                except DATABASE_UNAVAILABLE as exc:  # locked, full, down
-                    log.warning("worker waits, the database cannot be used now: %s", describe_error(exc))
-                except Exception:
-                    log.exception("worker loop error")
-                else:
-                    if extra:
-                        return
-                    wakeup.wait(self.poll_seconds)
+                found = self._look()
+                if found:
                     continue
                 if extra:
                     return
-                self._stop.wait(self.poll_seconds)
+                if found is None:  # the error is logged: not again at once
+                    self._stop.wait(self.poll_seconds)
+                else:
+                    wakeup.wait(self.poll_seconds)
         finally:
             if extra:
                 with self._threads_lock:
                     self._extra -= 1
+
+    def _look(self) -> bool | None:
+        """One turn of a thread: True when it did a job, False when none was due, None when it
+        failed (logged)."""
+        try:
+            self.maintain()
+            return self.run_once()
+        except DATABASE_UNAVAILABLE as exc:  # locked, full, down
+            log.warning("worker waits, the database cannot be used now: %s", describe_error(exc))
+        except Exception:
+            log.exception("worker loop error")
+        return None
