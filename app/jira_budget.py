@@ -75,8 +75,8 @@ class ProcessBudget:
     """Per process: a semaphore and an even spacing of starts."""
 
     def __init__(self, max_concurrency: int, per_second: float, gate=None):
-        """``gate``: a semaphore shared with other processes instead of this one's own (a CLI
-        sweep's helpers, app/sweep_helpers.py)."""
+        """``gate``: a semaphore shared with other processes instead of this one's own (a
+        replica's gunicorn workers, a CLI sweep's helpers: app/shared_slots.py)."""
         self._gate = gate or _Slots(max_concurrency)
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
         self._next = 0.0

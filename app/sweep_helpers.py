@@ -17,7 +17,8 @@ threads. What stays true with them:
 - A helper that dies mid-sweep (killed, out of memory) does not take Jira slots with it: each
   helper counts the slots it holds where the parent can read them, and the parent, looking at
   its helpers twice a second, gives a dead one's back to the gate (a semaphore has no owner to
-  do that for it), and takes its leased jobs back at once, not when their leases lapse.
+  do that for it; app/shared_slots.py), and takes its leased jobs back at once, not when their
+  leases lapse.
 
 Helpers are spawned, not forked: the parent already runs threads and holds connections. By
 default they start once START_FROM users wait: a smaller sweep is over before they could help.
