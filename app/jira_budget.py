@@ -49,6 +49,57 @@ class BudgetUnavailable(Exception):
     """No call slot within WAIT_SECONDS, or the database that keeps the budget is down."""
 
 
+_background = threading.local()
+
+
+@contextmanager
+def in_background() -> Iterator[None]:
+    """The Jira calls this thread makes inside wait for their slot behind the process's other
+    calls: a sweep's, so that a login's calls take one of the next slots freed although a
+    sweep keeps twice as many threads as slots, all of them waiting for one."""
+    _background.on = True
+    try:
+        yield
+    finally:
+        _background.on = False
+
+
+class _Order:
+    """The order in which a process's calls wait for a slot of ``gate``. Calls in the background
+    (in_background) go to the gate one at a time, and only while no other call waits there: a
+    login's call waits behind the one sweep call already at the gate at most, not behind every
+    sweep thread, and a slot given back cannot be taken by a sweep call arriving meanwhile."""
+
+    def __init__(self, gate):
+        self.gate = gate
+        self._turnstile = threading.Lock()  # the one background call that may go to the gate
+        self._cond = threading.Condition()
+        self._waiting = 0  # calls not in the background waiting at the gate
+
+    def take(self) -> bool:
+        """A slot within WAIT_SECONDS."""
+        if not getattr(_background, "on", False):
+            with self._cond:
+                self._waiting += 1
+            try:
+                return self.gate.acquire(timeout=WAIT_SECONDS)
+            finally:
+                with self._cond:
+                    self._waiting -= 1
+                    if not self._waiting:
+                        self._cond.notify_all()
+        deadline = time.monotonic() + WAIT_SECONDS
+        if not self._turnstile.acquire(timeout=WAIT_SECONDS):
+            return False
+        try:
+            with self._cond:
+                if not self._cond.wait_for(lambda: not self._waiting, max(0.0, deadline - time.monotonic())):
+                    return False
+            return self.gate.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            self._turnstile.release()
+
+
 class _Slots:
     """A semaphore of ``n`` tokens in a SimpleQueue: taken, waited for and given back in C.
     threading's Semaphore is Python code around a Condition, and cost 3 % of a sweep process's
@@ -77,7 +128,7 @@ class ProcessBudget:
     def __init__(self, max_concurrency: int, per_second: float, gate=None):
         """``gate``: a semaphore shared with other processes instead of this one's own (a
         replica's gunicorn workers, a CLI sweep's helpers: app/shared_slots.py)."""
-        self._gate = gate or _Slots(max_concurrency)
+        self._slots = _Order(gate or _Slots(max_concurrency))
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
         self._next = 0.0
         self._lock = threading.Lock()
@@ -91,12 +142,12 @@ class ProcessBudget:
                 self._next = at + self.interval
             if at > now:
                 time.sleep(at - now)
-        if not self._gate.acquire(timeout=WAIT_SECONDS):
+        if not self._slots.take():
             raise BudgetUnavailable(f"no Jira call slot free within {WAIT_SECONDS:g}s")
         try:
             yield
         finally:
-            self._gate.release()
+            self._slots.gate.release()
 
 
 class ClusterBudget:
@@ -106,7 +157,7 @@ class ClusterBudget:
         self.store, self.slots = store, max_concurrency
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
         # a process never uses more slots than there are: its extra callers wait here, not on PostgreSQL
-        self._local_gate = _Slots(max_concurrency)
+        self._local_gate = _Order(_Slots(max_concurrency))
         # the slots' own connections, one per call in flight, in autocommit (a lock and an unlock
         # are a statement each) and not pinged first (a dead one fails the call, which is retried)
         self._slots_engine = make_engine(
@@ -117,14 +168,14 @@ class ClusterBudget:
 
     @contextmanager
     def call(self) -> Iterator[None]:
-        if not self._local_gate.acquire(timeout=WAIT_SECONDS):
+        if not self._local_gate.take():
             raise BudgetUnavailable(f"no Jira call slot free within {WAIT_SECONDS:g}s")
         try:
             with ExitStack() as held:
                 self._hold_a_slot(held)
                 yield
         finally:
-            self._local_gate.release()
+            self._local_gate.gate.release()
 
     def _hold_a_slot(self, held: ExitStack) -> None:
         """Wait for this call's turn and a free slot; the slot goes back when ``held`` closes."""

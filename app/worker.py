@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import nullcontext
 
-from . import schedule
+from . import jira_budget, schedule
 from .database import describe_error
 from .directory import DirectoryEntry
 from .outcomes import FAILED
@@ -157,15 +158,17 @@ class WorkerPool:
     def _attempt(
         self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN
     ) -> Verdict:
-        return self.services.syncer.attempt(
-            job.username,
-            force=job.force,
-            jira_user=job.jira_user,
-            attempt=job.attempts,
-            entry=entry,
-            source=job.source,
-            state=state,
-        )
+        # a sweep's job waits for its Jira slots behind any login's (app/jira_budget.py)
+        with jira_budget.in_background() if job.priority >= SWEEP else nullcontext():
+            return self.services.syncer.attempt(
+                job.username,
+                force=job.force,
+                jira_user=job.jira_user,
+                attempt=job.attempts,
+                entry=entry,
+                source=job.source,
+                state=state,
+            )
 
     def _record(self, done: list[tuple[Job, Verdict]]) -> None:
         """One transaction for the jobs' syncs: it records each user's outcome, counts it in the

@@ -1,6 +1,8 @@
 """JiraClient against the emulator, and the emulator's fidelity where a client could cheat."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 from urllib3.exceptions import InsecureRequestWarning
@@ -374,6 +376,38 @@ def test_a_call_that_finds_no_slot_in_time_fails_and_is_retried_later(monkeypatc
                 pass
     with budget.call():  # the slot came back
         pass
+
+
+def test_a_logins_call_waits_for_a_slot_behind_one_sweep_call_at_most():
+    """A sweep keeps twice as many threads as Jira slots, all waiting for one; a login's call
+    (not in the background) waits behind the one sweep call at the gate, not behind all of
+    them: five sweep calls queued before it, it still gets one of the next two slots freed."""
+    import threading
+    from contextlib import nullcontext
+
+    from app import jira_budget
+
+    budget = jira_budget.ProcessBudget(1, 0)
+    order: list[str] = []
+    give_back = threading.Semaphore(0)  # each holder keeps its slot until told
+
+    def call(name: str, background: bool) -> None:
+        with jira_budget.in_background() if background else nullcontext(), budget.call():
+            order.append(name)
+            give_back.acquire()
+
+    def start(name: str, background: bool) -> threading.Thread:
+        thread = threading.Thread(target=call, args=(name, background))
+        thread.start()
+        time.sleep(0.1)  # queued before the next one
+        return thread
+    threads = [start("holder", False), *(start(f"sweep-{i}", True) for i in range(5)), start("login", False)]
+    for _ in threads:
+        give_back.release()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(5)
+    assert order[0] == "holder" and order.index("login") <= 2, order
 
 
 def test_the_cluster_budget_takes_and_gives_back_slots_and_drops_a_connection_postgresql_killed(pg_url):

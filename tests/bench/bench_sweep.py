@@ -71,6 +71,7 @@ from tests.rig.service_config import slapd_section, write_service_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_ADMIN = "bench-admin-token-0123456789"
+BENCH_WEBHOOK_SECRET = "bench-webhook-secret-0123"
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -100,7 +101,7 @@ def write_config(work: Path, database_url: str, jira_url: str, ldap, base_dn: st
         work / "config.toml", database_url=database_url,
         jira={"url": jira_url, "username": "avatar-sync", "password": "pw", "max_concurrency": concurrency,
               "limits_scope": limits_scope},
-        webhook={"secret": "bench-webhook-secret-0123"}, admin={"token": BENCH_ADMIN},
+        webhook={"secret": BENCH_WEBHOOK_SECRET}, admin={"token": BENCH_ADMIN},
         worker={"threads": threads, "poll_seconds": 0.2}, directories=[slapd_section(ldap.url, base_dn)])
 
 
@@ -140,10 +141,11 @@ def run_sweep(config: Path, *args: str, slapd_pid: int | None = None,
     return seconds, rss, out.stdout
 
 
-def api_sweep(config: Path, gunicorn_workers: int) -> tuple[float, int, str]:
+def api_sweep(config: Path, gunicorn_workers: int, logins=None) -> tuple[float, int, str]:
     """--via-api: one sweep started with POST /admin/sweeps on the service under gunicorn
     (deploy/gunicorn.conf.py), already up as in production, followed until it ends; wall
-    seconds from the POST, the workers' largest peak RSS (KiB) and the summary."""
+    seconds from the POST, the workers' largest peak RSS (KiB) and the summary. ``logins``:
+    (state, names, every) for LoginsDuringSweep, whose summary is printed."""
     import requests
 
     from tests.rig.ports import free_port
@@ -173,12 +175,16 @@ def api_sweep(config: Path, gunicorn_workers: int) -> tuple[float, int, str]:
         started = time.perf_counter()
         r = requests.post(url + "/admin/sweeps", json={"dry_run": False}, headers=admin, timeout=10)
         assert r.status_code == 202, r.text
-        while True:
-            summary = requests.get(f"{url}/admin/sweeps/{r.json()['id']}", headers=admin, timeout=10).json()
-            if summary["status"] != "running":
-                break
-            time.sleep(0.05)
+        with ExitStack() as during:
+            in_sweep = during.enter_context(LoginsDuringSweep(url, *logins)) if logins else None
+            while True:
+                summary = requests.get(f"{url}/admin/sweeps/{r.json()['id']}", headers=admin, timeout=10).json()
+                if summary["status"] != "running":
+                    break
+                time.sleep(0.05)
         seconds = time.perf_counter() - started
+        if in_sweep:
+            print(f"logins during the sweep: {json.dumps(in_sweep.summary())}", file=sys.stderr)
         cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
         rss = max(int(line.split()[1]) for pid in pids[1:]
                   for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
@@ -274,6 +280,39 @@ class InFlight(_Every):
                 "last_call_to_exit_s": round(ended - busy[-1], 2)}
 
 
+class LoginsDuringSweep(_Every):
+    """--logins-every S: during a sweep, one signed user_login webhook every S seconds for a user
+    the sweep has not reached yet (from the end of ``names``), and the time from the webhook to
+    the user's new avatar selected in the emulator: what a login costs while a sweep runs."""
+
+    def __init__(self, url: str, state: JiraState, names: list[str], every: float):
+        super().__init__(every)
+        self.url, self.state, self.names = url, state, list(names)
+        self.ms: list[float] = []
+
+    def tick(self) -> None:
+        import requests
+
+        from tests.helpers import signed
+        name = self.names.pop()
+        if self.state.selected_avatar(name).owner is not None:
+            return  # the sweep got there first
+        body = json.dumps({"webhookEvent": "user_login", "user": {"name": name}}).encode()
+        started = time.perf_counter()
+        r = requests.post(self.url + "/webhooks/jira", data=body, headers=signed(body, BENCH_WEBHOOK_SECRET),
+                          timeout=10)
+        assert r.status_code == 202, r.text
+        while self.state.selected_avatar(name).owner is None and time.perf_counter() - started < 30:
+            time.sleep(0.002)
+        self.ms.append((time.perf_counter() - started) * 1000)
+
+    def summary(self) -> dict:
+        ms = sorted(self.ms)
+        if not ms:
+            return {"logins": 0}
+        return {"logins": len(ms), "p50_ms": round(ms[len(ms) // 2], 1), "max_ms": round(ms[-1], 1)}
+
+
 def jira_only(url: str, users: int, concurrency: int, png: bytes, cores: set[int] | None) -> tuple[float, float]:
     """Wall and CPU seconds of the three avatar calls for every user, C at a time (run in a
     process of its own, as the sweep is, on ``cores`` if given)."""
@@ -358,6 +397,9 @@ def main() -> None:
                         help="start each sweep with POST /admin/sweeps on the service under gunicorn (2 workers "
                              "sharing C, worker.threads as configured: BENCH_THREADS, default the service's 2) "
                              "instead of the command line")
+    parser.add_argument("--logins-every", type=float, default=0.0,
+                        help="with --via-api: a login every S seconds during the first sweep, for a user it has not "
+                             "reached yet, timed to the avatar selected (0: none)")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     if args.jira_only:
@@ -399,7 +441,8 @@ def main() -> None:
                 poller = (polled.enter_context(DashboardPoller(config, args.dashboard_every))
                           if args.dashboard_every else None)
                 sweep_started = time.perf_counter()
-                first_s, first_rss, first_out = (api_sweep(config, 2) if args.via_api else
+                logins = (state, names, args.logins_every) if args.logins_every else None
+                first_s, first_rss, first_out = (api_sweep(config, 2, logins) if args.via_api else
                                                  run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores))
                 timeline = in_flight.timeline(sweep_started, sweep_started + first_s, per_process * processes)
             dashboard = poller.summary() if poller else None
