@@ -69,11 +69,11 @@ def _shared_jira_slots():
     import multiprocessing
 
     from app import shared_slots
-    from app.config import ConfigError, load_settings
+    from app.config import load_settings
 
     try:
         settings = load_settings()
-    except ConfigError:
+    except Exception:  # noqa: BLE001 - the workers say what is wrong, in the service's own words
         return None
     return shared_slots.make_gate(settings, multiprocessing.get_context("fork"))
 
