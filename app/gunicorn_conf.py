@@ -84,8 +84,9 @@ def pre_fork(server, worker):
     from app import shared_slots
 
     gate = getattr(server, "avatar_sync_gate", None)
-    count = shared_slots.make_count(multiprocessing.get_context("fork"))
-    worker.avatar_sync_slots = (gate, count) if gate is not None else None
+    worker.avatar_sync_slots = (
+        None if gate is None else (gate, shared_slots.make_count(multiprocessing.get_context("fork")))
+    )
 
 
 def child_exit(server, worker):

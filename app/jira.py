@@ -81,9 +81,8 @@ class JiraClient:
         """``budget()``: makes the limiter of calls for a process (default: per process,
         app/jira_budget.py), after each fork."""
         self.settings = settings
-        self._budget = PerProcess(
-            budget or (lambda: ProcessBudget(settings.max_concurrency, settings.max_requests_per_second))
-        )
+        self._shared_gate = None  # share_slots()
+        self._budget = PerProcess(budget or self._process_budget)
         self.api = settings.url.rstrip("/") + "/rest/api/2"
         self._sleep = sleep
         self._http = JiraHttp(settings)
@@ -94,8 +93,11 @@ class JiraClient:
     def share_slots(self, gate) -> None:
         """Take this process's Jira slots from ``gate``, a semaphore shared with other processes
         (app/shared_slots.py), instead of slots of its own. Before the process's first call."""
+        self._shared_gate = gate
+
+    def _process_budget(self) -> ProcessBudget:
         s = self.settings
-        self._budget = PerProcess(lambda: ProcessBudget(s.max_concurrency, s.max_requests_per_second, gate=gate))
+        return ProcessBudget(s.max_concurrency, s.max_requests_per_second, gate=self._shared_gate)
 
     # -- users and avatars -------------------------------------------------------------
 
