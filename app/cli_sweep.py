@@ -32,10 +32,9 @@ from .worker import WorkerPool, sweep_threads
 @click.pass_context
 def sweep(ctx: click.Context, dry_run: bool, full: bool, as_json: bool, processes: int | None) -> None:
     """Sync every directory user now, with a progress bar and a summary at the end."""
-    requested = processes
-    processes = sweep_helpers.how_many(_settings(ctx), requested, dry_run)
-    settings = sweep_helpers.shared_settings(_settings(ctx), processes)  # what each process keeps to
-    gate = sweep_helpers.Helpers.gate(settings) if processes > 1 else None
+    requested, settings = processes, _settings(ctx)
+    processes = sweep_helpers.how_many(settings, requested, dry_run)
+    gate = sweep_helpers.Helpers.gate(settings) if processes > 1 else None  # the processes' Jira budget
     services = _services(ctx, settings, gate)
     sweeps = services.sweeps
     try:

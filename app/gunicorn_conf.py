@@ -9,7 +9,7 @@ Metrics: every worker counts in files under PROMETHEUS_MULTIPROC_DIR (a private 
 directory unless set), so a scrape of any worker adds up all of them (app/metrics.py). It is
 set here, in the master, before any worker imports prometheus_client, which reads it once.
 This module imports nothing of the package but app.logs (``import app`` itself is light), and
-in the master app.config and app.shared_slots: the Jira call slots that every worker shares.
+in the master app.config and app.shared_slots: the Jira budget that every worker shares.
 """
 
 import glob
@@ -47,7 +47,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 def on_starting(server):
     """Files of processes gone since an earlier run would add their counts in (a separate
     `jira-avatar-sync worker` sharing the directory keeps its own). The workers' shared Jira
-    slots are made here, before the first fork."""
+    budget is made here, before the first fork."""
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for path in glob.glob(os.path.join(directory, "*.db")):
@@ -58,14 +58,15 @@ def on_starting(server):
 
 
 def on_reload(server):
-    server.avatar_sync_gate = _shared_jira_slots()  # jira.max_concurrency may have changed
+    server.avatar_sync_gate = _shared_jira_slots()  # the Jira limits may have changed
 
 
 def _shared_jira_slots():
-    """One semaphore of jira.max_concurrency for all the workers (app/shared_slots.py), so that
-    Jira sees no more calls at once from the replica than the setting says; None with
-    limits_scope = "cluster" (PostgreSQL's slots), or when the configuration does not load
-    (each worker then stops with the reason)."""
+    """One semaphore of jira.max_concurrency and one spacing of call starts for
+    jira.max_requests_per_second for all the workers (app/shared_slots.py), so that Jira sees
+    no more calls at once, nor a second, from the replica than the settings say; None with
+    limits_scope = "cluster" (PostgreSQL's), or when the configuration does not load (each
+    worker then stops with the reason)."""
     import multiprocessing
 
     from app import shared_slots

@@ -91,8 +91,9 @@ class JiraClient:
         self._version: tuple[int, ...] | None = None
 
     def share_slots(self, gate) -> None:
-        """Take this process's Jira slots from ``gate``, a semaphore shared with other processes
-        (app/shared_slots.py), instead of slots of its own. Before the process's first call."""
+        """Take this process's Jira slots from ``gate``, the budget shared with other processes
+        (app/shared_slots.py), instead of slots of its own, and space the calls' starts on its
+        clock. Before the process's first call."""
         self._shared_gate = gate
 
     def _process_budget(self) -> ProcessBudget:

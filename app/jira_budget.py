@@ -14,6 +14,7 @@ replica, so adding replicas never exceeds what the Jira admin allowed:
 
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import threading
@@ -27,6 +28,8 @@ from sqlalchemy import Column, Float, String, Table, text
 from .database import describe_error, make_engine
 from .store import UNAVAILABLE, Store
 from .tables import metadata
+
+log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 120.0  # a call waits this long for a slot, then fails (and is retried later)
 
@@ -126,28 +129,42 @@ class ProcessBudget:
     """Per process: a semaphore and an even spacing of starts."""
 
     def __init__(self, max_concurrency: int, per_second: float, gate=None):
-        """``gate``: a semaphore shared with other processes instead of this one's own (a
-        replica's gunicorn workers, a CLI sweep's helpers: app/shared_slots.py)."""
+        """``gate``: the budget shared with other processes instead of this one's own (a
+        replica's gunicorn workers, a CLI sweep's helpers: app/shared_slots.py): its slots, and
+        its spacing of starts where it has one."""
         self._slots = _Order(gate or _Slots(max_concurrency))
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._shared_pace = gate if self.interval and getattr(gate, "paced", False) else None
         self._next = 0.0
         self._lock = threading.Lock()
 
     @contextmanager
     def call(self) -> Iterator[None]:
         if self.interval:
-            with self._lock:
-                now = time.monotonic()
-                at = max(now, self._next)
-                self._next = at + self.interval
-            if at > now:
-                time.sleep(at - now)
+            wait = self._start_at() - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
         if not self._slots.take():
             raise BudgetUnavailable(f"no Jira call slot free within {WAIT_SECONDS:g}s")
         try:
             yield
         finally:
             self._slots.gate.release()
+
+    def _start_at(self) -> float:
+        if self._shared_pace is not None:
+            at = self._shared_pace.start_at(time.monotonic(), self.interval)
+            if at is not None:
+                return at
+            self._shared_pace = None
+            log.error(
+                "a process died while it held the Jira call pace shared by this replica's processes: "
+                "this process paces its own calls until it restarts"
+            )
+        with self._lock:
+            at = max(time.monotonic(), self._next)
+            self._next = at + self.interval
+        return at
 
 
 class ClusterBudget:

@@ -73,7 +73,7 @@ class Services:
 
 
 def build_services(settings: Settings, jira_gate=None) -> Services:
-    """``jira_gate``: the semaphore of Jira calls, when processes share one (app/shared_slots.py)."""
+    """``jira_gate``: the Jira budget, when processes share one (app/shared_slots.py)."""
     store = Store(settings.database_url)
     directories = build_directories(settings)
     j = settings.jira

@@ -1,8 +1,10 @@
-"""Jira slots shared by several processes: a replica's gunicorn workers (app/gunicorn_conf.py)
-and a command-line sweep with its helpers (app/sweep_helpers.py).
+"""The Jira budget shared by several processes: a replica's gunicorn workers
+(app/gunicorn_conf.py) and a command-line sweep with its helpers (app/sweep_helpers.py).
 
 The parent makes one semaphore of ``jira.max_concurrency`` before its children start, so that
-Jira sees no more calls at once from all of them than from one process. A semaphore has no
+Jira sees no more calls at once from all of them than from one process, and one clock of call
+starts spaced for ``jira.max_requests_per_second``, so that Jira sees no more calls a second
+either (a share of the rate per process would leave an idle process's share unused). A semaphore has no
 owner: a child that dies holding slots (killed, out of memory) would take them with it. Each
 child therefore counts the slots it holds in memory the parent can read, and the parent gives a
 dead child's slots back (give_back). With ``limits_scope = "cluster"`` there is nothing to share
@@ -16,13 +18,53 @@ from typing import Any
 
 from .config import Settings
 
+PACE_LOCK_WAIT = 5.0  # the pace's lock is held for a few instructions: longer means its holder died in them
 
-def make_gate(settings: Settings, context) -> Any | None:
-    """The semaphore the processes share, from a multiprocessing ``context`` (None: the
-    cluster's budget does it)."""
+
+def make_gate(settings: Settings, context) -> SharedBudget | None:
+    """The budget the processes share, from a multiprocessing ``context`` (None: the cluster's
+    budget does it)."""
     if settings.jira.limits_scope == "cluster":
         return None
-    return context.BoundedSemaphore(settings.jira.max_concurrency)
+    return SharedBudget(settings.jira.max_concurrency, settings.jira.max_requests_per_second > 0, context)
+
+
+class SharedBudget:
+    """A semaphore of Jira call slots (acquire, release) and, if ``paced``, the time the next
+    call may start (start_at), in memory every process that inherits it or is spawned with it
+    sees. time.monotonic() is one clock for every process of the machine."""
+
+    def __init__(self, max_concurrency: int, paced: bool, context):
+        self._slots = context.BoundedSemaphore(max_concurrency)
+        self._pace = (context.RawValue("d", 0.0), context.Lock()) if paced else None
+
+    @property
+    def paced(self) -> bool:
+        return self._pace is not None
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        return self._slots.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def free(self) -> int:
+        """Slots no process holds now."""
+        return self._slots.get_value()
+
+    def start_at(self, now: float, interval: float) -> float | None:
+        """When a call that could start at ``now`` may start, ``interval`` after the one before
+        it in any process; None when the clock could not be had (its lock's holder died)."""
+        assert self._pace is not None
+        next_at, lock = self._pace
+        if not lock.acquire(timeout=PACE_LOCK_WAIT):
+            return None
+        try:
+            at = max(now, next_at.value)
+            next_at.value = at + interval
+        finally:
+            lock.release()
+        return at
 
 
 def make_count(context) -> Any:
@@ -58,3 +100,10 @@ class CountedGate:
         with self._lock:
             self._held.value -= 1
         self._gate.release()
+
+    @property
+    def paced(self) -> bool:
+        return self._gate.paced
+
+    def start_at(self, now: float, interval: float) -> float | None:
+        return self._gate.start_at(now, interval)

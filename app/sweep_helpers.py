@@ -5,9 +5,10 @@ a sweep's own CPU, not Jira's latency, set its pace (docs/performance.md, "A swe
 one core"). The CLI therefore starts helper processes that drain the same queue beside its own
 threads. What stays true with them:
 
-- Jira sees no more than ``jira.max_concurrency`` calls at once from the whole command: the
-  processes share one semaphore (with ``limits_scope = "cluster"`` they already share
-  PostgreSQL's slots), and ``max_requests_per_second`` is split between them.
+- Jira sees no more than ``jira.max_concurrency`` calls at once, nor more than
+  ``max_requests_per_second`` a second, from the whole command: the processes share one
+  semaphore and one spacing of call starts (app/shared_slots.py; with ``limits_scope =
+  "cluster"`` they already share PostgreSQL's).
 - Nothing is lost or done twice: a helper is only another queue worker. Its jobs are leased like
   any worker's; if it dies, the job runs again (a second upload of the same photo is avoided
   by the pending mark, as after any crash).
@@ -30,7 +31,7 @@ import logging
 import multiprocessing
 import os
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -69,15 +70,6 @@ def cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     return max(1, min(usable, allowed))
 
 
-def shared_settings(settings: Settings, processes: int) -> Settings:
-    """Each process's settings: the rate limit split between the processes (the concurrency
-    limit is kept whole: the processes share its one semaphore)."""
-    j = settings.jira
-    if processes == 1 or j.limits_scope == "cluster" or j.max_requests_per_second <= 0:
-        return settings
-    return replace(settings, jira=replace(j, max_requests_per_second=j.max_requests_per_second / processes))
-
-
 class Helpers:
     """``count`` helper processes, each with ``threads`` sync threads, sharing ``gate``, started
     by start() or once ``start_from`` users wait (consider()): a small sweep is over before a
@@ -95,7 +87,7 @@ class Helpers:
 
     @staticmethod
     def gate(settings: Settings):
-        """The semaphore the command's processes share (None: the cluster's budget does it)."""
+        """The Jira budget the command's processes share (None: the cluster's budget does it)."""
         return shared_slots.make_gate(settings, multiprocessing.get_context("spawn"))
 
     def __enter__(self) -> Helpers:

@@ -105,6 +105,7 @@ class JiraState:
     member_lists: dict = field(default_factory=dict)  # group -> its members sorted by name (a cache)
     in_flight: dict = field(default_factory=dict)     # "METHOD endpoint" -> calls being answered now
     peak_in_flight: dict = field(default_factory=dict)
+    arrivals: list = field(default_factory=list)      # time.monotonic() of each call's arrival, in order
     accounts: dict = field(default_factory=dict)      # username -> {"password", "admin"}
     tokens: dict = field(default_factory=dict)        # personal access token -> username
     users: dict = field(default_factory=dict)         # name -> User
@@ -269,6 +270,7 @@ def create_emulator(state: JiraState | None = None) -> Flask:
         g.started = time.perf_counter()
         endpoint = _endpoint_name(path)
         with state.lock:
+            state.arrivals.append(time.monotonic())
             key = g.in_flight_key = f"{request.method} {endpoint}"
             state.counts[key] = state.counts.get(key, 0) + 1
             state.in_flight[key] = state.in_flight.get(key, 0) + 1

@@ -359,9 +359,6 @@ def test_a_sweep_takes_one_process_per_core_within_the_containers_cpu_quota(tmp_
     assert (
         sweep_helpers.how_many(dataclasses.replace(settings, database_url="sqlite:///:memory:"), 2, dry_run=False) == 1
     )
-    rated = dataclasses.replace(settings, jira=dataclasses.replace(settings.jira, max_requests_per_second=10.0))
-    assert sweep_helpers.shared_settings(rated, 2).jira.max_requests_per_second == 5.0
-    assert sweep_helpers.shared_settings(rated, 2).jira.max_concurrency == rated.jira.max_concurrency
 
 
 def test_a_helper_that_cannot_start_leaves_the_sweep_to_the_others(tmp_path, monkeypatch, caplog):
@@ -420,7 +417,7 @@ def test_a_helper_killed_mid_sweep_gives_its_jira_slots_back(tmp_path, monkeypat
         with sweep_helpers.Helpers(settings, 1, 2, gate, "WARNING", False) as helpers:
             helpers.start()
             deadline = time.monotonic() + 30
-            while gate.get_value() != 1:
+            while gate.free() != 1:
                 assert time.monotonic() < deadline, "the helper never took its slots"
                 time.sleep(0.05)
             assert helpers.reap() == 0  # alive: nothing to give back
@@ -429,7 +426,7 @@ def test_a_helper_killed_mid_sweep_gives_its_jira_slots_back(tmp_path, monkeypat
             while helpers.reap() == 0:
                 assert time.monotonic() < deadline, "the dead helper was never noticed"
                 time.sleep(0.05)
-            assert helpers.running == 0 and gate.get_value() == 3  # both slots back, none extra
+            assert helpers.running == 0 and gate.free() == 3  # both slots back, none extra
     assert [r.getMessage() for r in caplog.records] == [
         f"sweep helper {helper.pid} died (exit code -9), 2 Jira slots it held given back; "
         "its syncs run again in the other processes"

@@ -3,6 +3,7 @@ loopback, real slapd, the Jira emulator. Deadlines here are generous upper bound
 CI stable; the latency targets are measured by tests/bench/, not asserted."""
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import signal
@@ -136,9 +137,11 @@ def _sweep_summary(svc: Service, sweep_id: int) -> dict:
                         timeout=10).json()
 
 
-def _service_for_a_sweep(tmp_path, slapd, ldap_ou, jira, names: list[str], max_concurrency: int) -> Service:
+def _service_for_a_sweep(tmp_path, slapd, ldap_ou, jira, names: list[str], max_concurrency: int,
+                         per_second: float = 0) -> Service:
     add_users(slapd, ldap_ou, jira, names)
-    svc = Service(tmp_path, slapd, ldap_ou, jira.url, env={"AVATAR_SYNC_JIRA_MAX_CONCURRENCY": str(max_concurrency)})
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url, env={"AVATAR_SYNC_JIRA_MAX_CONCURRENCY": str(max_concurrency),
+                                                           "AVATAR_SYNC_JIRA_MAX_REQUESTS_PER_SECOND": str(per_second)})
     svc.start()
     return svc
 
@@ -165,6 +168,22 @@ def test_the_workers_share_jira_max_concurrency_in_a_sweep(tmp_path, slapd, ldap
         svc.stop()
     assert summary["status"] == "finished" and summary["counts"]["updated"] == 150
     assert jira.state.peak("*") == 3
+
+
+def test_the_workers_share_jira_max_requests_per_second_in_a_sweep(tmp_path, slapd, ldap_ou, jira):
+    """The two workers space their Jira calls on one clock the master made: in no second of an
+    API sweep does Jira see more calls than jira.max_requests_per_second (one more at most, where
+    the second starts with a call), where each worker pacing alone would start twice that."""
+    names = [f"p{i:02d}" for i in range(40)]
+    svc = _service_for_a_sweep(tmp_path, slapd, ldap_ou, jira, names, max_concurrency=8, per_second=20)
+    try:
+        summary = _ended(svc, _api_sweep(svc))
+    finally:
+        svc.stop()
+    assert summary["status"] == "finished" and summary["counts"]["updated"] == 40
+    arrivals = jira.state.arrivals
+    busiest = max(bisect.bisect_left(arrivals, t + 1.0) - i for i, t in enumerate(arrivals))
+    assert len(arrivals) > 100 and busiest <= 21 + 1, busiest  # +1: a call's way to Jira varies by a little
 
 
 def test_a_killed_workers_jira_slots_come_back_to_the_workers_after_it(tmp_path, slapd, ldap_ou, jira):

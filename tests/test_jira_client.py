@@ -410,6 +410,61 @@ def test_a_logins_call_waits_for_a_slot_behind_one_sweep_call_at_most():
     assert order[0] == "holder" and order.index("login") <= 2, order
 
 
+def _paced_calls(budget, n: int, starts) -> None:
+    """A forked process's calls: ``n`` through ``budget``, each start noted in ``starts``."""
+    for _ in range(n):
+        with budget.call():
+            with starts.get_lock():
+                starts[int(starts[0]) + 1] = time.monotonic()
+                starts[0] += 1
+
+
+def test_processes_sharing_a_budget_keep_to_max_requests_per_second_together():
+    """A replica's gunicorn workers (and a CLI sweep's processes) space their Jira calls on one
+    clock: two processes at 50 calls a second each would start 100 a second; together they
+    start 50, whichever of them has the work."""
+    import multiprocessing
+
+    from app import jira_budget, shared_slots
+
+    fork = multiprocessing.get_context("fork")
+    shared = shared_slots.SharedBudget(4, True, fork)
+    starts = fork.Array("d", 1 + 20)  # [count, start times...]
+    children = [fork.Process(target=_paced_calls, args=(jira_budget.ProcessBudget(4, 50, gate=shared), 10, starts))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(10)
+    times = sorted(starts[1:])
+    assert starts[0] == 20 and all(child.exitcode == 0 for child in children)
+    assert min(b - a for a, b in zip(times, times[1:])) >= 0.02 * 0.9, times
+
+
+def test_a_process_that_cannot_have_the_shared_pace_paces_its_own_calls(monkeypatch, caplog):
+    """The shared pace's lock held by a process that died holding it (killed between two
+    instructions): after PACE_LOCK_WAIT the process says so, once, and spaces its own calls."""
+    import logging
+    import multiprocessing
+
+    from app import jira_budget, shared_slots
+
+    monkeypatch.setattr(shared_slots, "PACE_LOCK_WAIT", 0.05)
+    shared = shared_slots.SharedBudget(2, True, multiprocessing.get_context("fork"))
+    shared._pace[1].acquire()  # as the dead process left it
+    budget = jira_budget.ProcessBudget(2, 20, gate=shared)
+    starts = []
+    with caplog.at_level(logging.ERROR, logger="app.jira_budget"):
+        for _ in range(4):
+            with budget.call():
+                starts.append(time.monotonic())
+    assert [r.getMessage() for r in caplog.records] == [
+        "a process died while it held the Jira call pace shared by this replica's processes: "
+        "this process paces its own calls until it restarts"
+    ]
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.05 * 0.9, starts
+
+
 def test_the_cluster_budget_takes_and_gives_back_slots_and_drops_a_connection_postgresql_killed(pg_url):
     """The cluster-wide budget's two statements run on the driver's connection: a slot taken is
     a PostgreSQL advisory lock until the call ends, and a slot connection that PostgreSQL ended
