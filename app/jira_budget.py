@@ -20,8 +20,9 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TypeVar
 
 from sqlalchemy import Column, Float, String, Table, text
 
@@ -30,6 +31,7 @@ from .store import UNAVAILABLE, Store
 from .tables import metadata
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WAIT_SECONDS = 120.0  # a call waits this long for a slot, then fails (and is retried later)
 
@@ -65,6 +67,18 @@ def in_background() -> Iterator[None]:
         yield
     finally:
         _background.on = False
+
+
+def carried(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` for another thread (a pool's) to run, in the background if this thread is."""
+    if not getattr(_background, "on", False):
+        return fn
+
+    def in_the_background(*args, **kwargs) -> T:
+        with in_background():
+            return fn(*args, **kwargs)
+
+    return in_the_background
 
 
 class _Order:

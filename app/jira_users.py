@@ -14,7 +14,8 @@ ours. Read one by one that is a round trip per user; these calls read fifty to t
    (Atlassian's workaround for its cap, JRASERVER-65089). A prefix whose answer reaches the
    version's cap (1000 on 8.x-9.x, 100 on 10.x) is split into longer ones. Not complete either.
 
-Every strategy makes at most ``jira.max_concurrency`` calls at once (the client's gate).
+Every strategy makes at most ``jira.max_concurrency`` calls at once (the client's gate), in
+the background when its caller is (a sweep's reads wait behind logins: app/jira_budget.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .jira import JiraClient, JiraError, user_from_bean
+from .jira_budget import carried
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ def group_members(jira: JiraClient, groups: list[str], inactive: bool = False) -
     users: dict = {}
     unknown: list[str] = []
     with ThreadPoolExecutor(max(1, jira.settings.max_concurrency)) as pool:
-        firsts = list(zip(groups, pool.map(lambda g: page(g, 0), groups)))
+        firsts = list(zip(groups, pool.map(carried(lambda g: page(g, 0)), groups)))
         rest = []  # (group, start) of every later page, known from the first page's total
         for group, body in firsts:
             if body is None:
@@ -118,7 +120,7 @@ def group_members(jira: JiraClient, groups: list[str], inactive: bool = False) -
                 highest[group] = max(start, highest.get(group, start))
             more = []
             # answers are taken in as they come: 100,000 users' pages are never held at once
-            for (group, start), body in zip(rest, pool.map(lambda gs: page(*gs), rest)):
+            for (group, start), body in zip(rest, pool.map(carried(lambda gs: page(*gs)), rest)):
                 values = _collect(users, body.get("values") if body else None)
                 # the last page of a group that grew meanwhile says so: read on from there
                 if start == highest[group] and body and not body.get("isLast", True) and values:
@@ -141,7 +143,7 @@ def search_by_prefix(jira: JiraClient) -> dict:
     with ThreadPoolExecutor(max(1, jira.settings.max_concurrency)) as pool:
         while prefixes:
             split = []
-            for prefix, found in pool.map(search, prefixes):
+            for prefix, found in pool.map(carried(search), prefixes):
                 _collect(users, found)
                 if len(found) >= cap and len(prefix) < MAX_PREFIX:
                     split += [prefix + c for c in PREFIX_ALPHABET]

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from sqlalchemy import func, select, update
 
-from . import jira_users
+from . import jira_budget, jira_users
 from .database import describe_error
 from .directory import DirectoryUnavailable
 from .jira import JiraError, JiraUser
@@ -95,6 +95,10 @@ class _Run:
         self.bulk = jira_users.JiraUsers({}, False, "none")  # read while the scan's first pages are
 
     def run(self) -> None:
+        with jira_budget.in_background():  # every Jira call of the sweep's waits behind logins
+            self._run()
+
+    def _run(self) -> None:
         try:
             with self.store.read() as conn:
                 row = conn.execute(select(sweeps).where(sweeps.c.id == self.id)).mappings().one()
@@ -142,7 +146,7 @@ class _Run:
         # Jira's users are read while the directories are paged, so the two reads overlap; pages
         # read meanwhile wait for Jira's answer (up to WAITING_PAGES of them: name, DN, marker).
         reader = ThreadPoolExecutor(1, thread_name_prefix=f"sweep-{self.id}-jira-read")
-        reading = reader.submit(self._read_jira_in_bulk)
+        reading = reader.submit(jira_budget.carried(self._read_jira_in_bulk))
         try:
             for directory in services.directories:
                 waiting: list[list] = [[]]
@@ -233,7 +237,9 @@ class _Run:
         """What a real run would do to each user, found by syncing with dry_run (reads only)."""
         assert self.dry is not None
         syncer = self.services.syncer
-        results = self.dry.map(lambda w: syncer.sync_user(w[0], dry_run=True, jira_user=w[2], source="sweep"), work)
+        results = self.dry.map(
+            jira_budget.carried(lambda w: syncer.sync_user(w[0], dry_run=True, jira_user=w[2], source="sweep")), work
+        )
         for i, result in enumerate(results, 1):
             self.sweeps.record(self.id, result)
             if i % 50 == 0:
@@ -245,7 +251,7 @@ class _Run:
         if not names:
             return {}
         with ThreadPoolExecutor(self.services.settings.jira.max_concurrency) as pool:
-            found = pool.map(self.services.jira.get_user, names)
+            found = pool.map(jira_budget.carried(self.services.jira.get_user), names)
             return {name: user for name, user in zip(names, found) if user is not None}
 
     def _items(self, directory, rows, skipped=False) -> None:

@@ -195,8 +195,9 @@ class WorkerPool:
             for _, verdict in done:
                 syncer.finish(syncer.unrecorded(verdict, exc), recorded=False)
             return
-        for _, verdict in done:
-            syncer.finish(verdict, recorded=True)
+        for job, verdict in done:  # (a sweep's old avatars are deleted behind logins' calls)
+            with jira_budget.in_background() if job.priority >= SWEEP else nullcontext():
+                syncer.finish(verdict, recorded=True)
 
     def maintain(self) -> None:
         """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:

@@ -175,6 +175,36 @@ def test_users_without_application_access_are_read_one_by_one_concurrently(tmp_p
     assert jira.state.count("GET /user/search") == 0
 
 
+def test_every_jira_call_a_sweep_makes_waits_behind_logins(tmp_path, slapd, ldap_ou, jira, services_for,
+                                                         monkeypatch):
+    """A sweep's Jira calls wait for their slots behind any login's (in_background), not only
+    its syncs': its bulk read (9.12: group pages), the per-user reads of users in no application
+    group, a dry run's reads, and the deletes of the old avatars that changed photos leave."""
+    from app import jira_budget
+
+    jira.state.version = "9.12.0"
+    names = [f"q{i:02d}" for i in range(12)]
+    slapd.add_users(ldap_ou, [(n, photos.photo(40, 40)) for n in names])
+    for i, n in enumerate(names):
+        jira.state.add_user(n, groups=() if i % 3 == 0 else ("jira-software-users",))
+    calls: list[bool] = []  # each call at the gate: whether in the background
+    take = jira_budget._Order.take
+
+    def noted(self) -> bool:
+        calls.append(getattr(jira_budget._background, "on", False))
+        return take(self)
+    monkeypatch.setattr(jira_budget._Order, "take", noted)
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    assert rig.sweep()["counts"]["updated"] == 12
+    for n in names[:4]:
+        slapd.set_photo(f"uid={n},{ldap_ou}", "jpegPhoto", photos.solid(photos.RED, 64))
+    assert rig.sweep(dry_run=True)["counts"] == {"updated": 4, "unchanged": 8, "not_in_directory": 1}
+    assert rig.sweep()["counts"]["updated"] == 4
+    assert jira.state.count("GET /group/member") and jira.state.count("GET /user") >= 4
+    assert jira.state.count("DELETE /user/avatar/{id}") == 4
+    assert len(calls) > 50 and calls.count(False) == 0, calls.count(False)
+
+
 def test_a_pool_grows_to_its_sweep_threads_while_a_sweeps_users_wait_and_back_after(tmp_path, slapd, ldap_ou, jira,
                                                                                   services_for):
     """A service's pool (worker.threads = 1, for logins) syncs a sweep started by the API on up
