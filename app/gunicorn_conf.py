@@ -58,7 +58,13 @@ def on_starting(server):
 
 
 def on_reload(server):
-    server.avatar_sync_gate = _shared_jira_slots()  # the Jira limits may have changed
+    """A HUP: the new workers start while the old ones finish their syncs. With the same Jira
+    limits they keep the one budget, so that the two sets together still keep to it; with new
+    limits the new workers take a new budget, and for those moments both are in use."""
+    gate = _shared_jira_slots()
+    old = getattr(server, "avatar_sync_gate", None)
+    if old is None or gate is None or old.limits != gate.limits:
+        server.avatar_sync_gate = gate
 
 
 def _shared_jira_slots():

@@ -189,6 +189,39 @@ def test_the_workers_share_jira_max_requests_per_second_in_a_sweep(tmp_path, sla
     assert busiest <= 30, busiest
 
 
+def test_a_reload_keeps_the_workers_jira_budget_unless_the_limits_changed(tmp_path, monkeypatch):
+    """gunicorn's HUP starts new workers while the old ones finish: with the same Jira limits
+    both take their slots from the one budget (a new one would let them have twice the slots
+    between them); new limits make a new budget."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))  # else importing the hooks sets one
+    from app import gunicorn_conf
+    from tests.rig.service_config import write_service_config
+
+    def configure(max_concurrency: int, per_second: float) -> None:
+        write_service_config(tmp_path / "service.toml", database_url=f"sqlite:///{tmp_path}/state.db",
+                             jira={"url": "http://127.0.0.1:1", "username": "svc", "password": "pw",
+                                   "max_concurrency": max_concurrency, "max_requests_per_second": per_second},
+                             webhook={"secret": SECRET}, admin={"token": ADMIN},
+                             directories=[{"name": "d", "urls": ["ldap://127.0.0.1:1"], "base_dn": "dc=x"}])
+    monkeypatch.setenv("AVATAR_SYNC_CONFIG", str(tmp_path / "service.toml"))
+    configure(4, 0)
+    server = SimpleNamespace()
+    gunicorn_conf.on_starting(server)
+    first = server.avatar_sync_gate
+    assert first is not None and first.limits == (4, False)
+    gunicorn_conf.on_reload(server)
+    assert server.avatar_sync_gate is first
+    configure(4, 10)
+    gunicorn_conf.on_reload(server)
+    assert server.avatar_sync_gate is not first and server.avatar_sync_gate.limits == (4, True)
+    configure(6, 10)
+    second = server.avatar_sync_gate
+    gunicorn_conf.on_reload(server)
+    assert server.avatar_sync_gate is not second and server.avatar_sync_gate.free() == 6
+
+
 def test_a_killed_workers_jira_slots_come_back_to_the_workers_after_it(tmp_path, slapd, ldap_ou, jira):
     """Both workers killed (SIGKILL) while they hold every Jira slot: the master gives the slots
     they held back, so the workers it starts instead can call Jira and finish the sweep (their
