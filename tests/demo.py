@@ -166,7 +166,7 @@ def _wait_for(url: str) -> None:
 def _answers(url: str) -> bool:
     try:
         return requests.get(url, timeout=1).ok
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # not up yet, or its workers still booting
         return False
 
 
