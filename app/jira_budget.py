@@ -62,11 +62,11 @@ def in_background() -> Iterator[None]:
     """The Jira calls this thread makes inside wait for their slot behind the process's other
     calls: a sweep's, so that a login's calls take one of the next slots freed although a
     sweep keeps twice as many threads as slots, all of them waiting for one."""
-    _background.on = True
+    was, _background.on = getattr(_background, "on", False), True
     try:
         yield
     finally:
-        _background.on = False
+        _background.on = was  # (nested in the runner's own: still in the background after)
 
 
 def carried(fn: Callable[..., T]) -> Callable[..., T]:

@@ -37,7 +37,8 @@ class SharedBudget:
     def __init__(self, max_concurrency: int, paced: bool, context):
         self._slots = context.BoundedSemaphore(max_concurrency)
         self._pace = (context.RawValue("d", 0.0), context.Lock()) if paced else None
-        self.limits = (max_concurrency, paced)  # (the rate itself is each process's to space by)
+        self.limits = (max_concurrency, paced)  # a reload keeps the budget while these stay (the rate
+        # itself is each process's to space its calls by)
 
     @property
     def paced(self) -> bool:

@@ -410,6 +410,21 @@ def test_a_logins_call_waits_for_a_slot_behind_one_sweep_call_at_most():
     assert order[0] == "holder" and order.index("login") <= 2, order
 
 
+def test_a_thread_stays_in_the_background_after_a_nested_in_background_and_its_pools_follow_it():
+    """The sweep's runner runs in the background as a whole; an inner in_background() ending
+    must not bring its later calls forward. Its pools' threads follow it (carried)."""
+    from app import jira_budget
+
+    with jira_budget.in_background():
+        with jira_budget.in_background():
+            pass
+        carried = jira_budget.carried(lambda: getattr(jira_budget._background, "on", False))
+    assert carried is not None and jira_budget.carried(len) is len
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(carried).result() is True
+
+
 def _paced_calls(budget, n: int, starts) -> None:
     """A forked process's calls: ``n`` through ``budget``, each start noted in ``starts``."""
     for _ in range(n):
