@@ -453,7 +453,9 @@ def test_processes_sharing_a_budget_keep_to_max_requests_per_second_together():
         child.join(10)
     times = sorted(starts[1:])
     assert starts[0] == 20 and all(child.exitcode == 0 for child in children)
-    assert min(b - a for a, b in zip(times, times[1:])) >= 0.02 * 0.9, times
+    # 19 intervals of 20 ms from the first start to the last (apart: 9, each process's own);
+    # a start can be late by a wake-up's jitter, never early
+    assert times[-1] - times[0] >= 19 * 0.02 * 0.9, times
 
 
 def test_a_process_that_cannot_have_the_shared_pace_paces_its_own_calls(monkeypatch, caplog):
@@ -477,7 +479,7 @@ def test_a_process_that_cannot_have_the_shared_pace_paces_its_own_calls(monkeypa
         "a process died while it held the Jira call pace shared by this replica's processes: "
         "this process paces its own calls until it restarts"
     ]
-    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.05 * 0.9, starts
+    assert starts[-1] - starts[0] >= 3 * 0.05 * 0.9, starts
 
 
 def test_the_cluster_budget_takes_and_gives_back_slots_and_drops_a_connection_postgresql_killed(pg_url):
