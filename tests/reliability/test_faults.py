@@ -49,13 +49,14 @@ def test_jira_slower_than_the_timeout_frees_the_threads_and_converges(service, s
     add_users(slapd, ldap_ou, jira, names)
     jira.state.latency = 6  # the service's jira.timeout is 5 s
     started = time.monotonic()
-    assert all(service.login(n).status_code == 202 for n in names)
+    assert [service.login(n).status_code for n in names] == [202] * len(names)
     assert time.monotonic() - started < 5  # the webhook never waits for Jira
     time.sleep(8)
     assert service.login("late-login").status_code in (200, 202)  # threads are not all stuck
     jira.state.latency = 0
     wait_until(lambda: all(synced(jira, n) for n in names), 60, "every login to land once Jira is quick")
-    assert all(jira.state.created_for(n) == 1 for n in names)
+    # (it failed once under load, its cause unseen: the counts say whether an upload was doubled)
+    assert {n: jira.state.created_for(n) for n in names} == dict.fromkeys(names, 1)
 
 
 def test_slapd_restarted_mid_sweep(tmp_path, slapd, ldap_ou, jira, services_for):
