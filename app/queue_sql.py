@@ -78,6 +78,12 @@ deliveries = Table(
 # The statements, built once (SQLAlchemy caches their compiled form).
 NOW: BindParameter[datetime] = bindparam("now")
 MINE = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
+# the leases of every job one process runs (lease_owner "host:pid:thread"; "/" escapes the host's name)
+RENEW = (
+    jobs.update()
+    .where(jobs.c.state == RUNNING, jobs.c.lease_owner.like(bindparam("process"), escape="/"))
+    .values(lease_until=bindparam("until"))
+)
 LEASE = (
     jobs.update()
     .where(jobs.c.id == bindparam("job"))

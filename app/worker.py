@@ -66,8 +66,21 @@ class WorkerPool:
         with self._threads_lock:
             for i in range(self.threads):
                 self._start_thread(f"avatar-sync-worker-{i}", extra=False)
+            # a thread of its own: the sync threads may all be in slow Jira calls
+            keeper = threading.Thread(target=self._keep_leases, name="job-leases", daemon=True)
+            keeper.start()
+            self._threads.append(keeper)
         log.info("%d sync worker threads started", self.threads)
         return self
+
+    def _keep_leases(self) -> None:
+        """Renew this process's job leases every third of a lease while the pool runs
+        (LoginQueue.renew_leases says why)."""
+        while not self._stop.wait(self.queue.policy.lease_seconds / 3):
+            try:
+                self.queue.renew_leases()
+            except Exception as exc:  # noqa: BLE001 - the next turn tries again; a lease lasts three
+                log.warning("could not renew the leases of this process's jobs: %s", describe_error(exc))
 
     def _start_thread(self, name: str, extra: bool) -> None:
         t = threading.Thread(target=self._run, args=(extra,), name=name, daemon=True)

@@ -59,6 +59,25 @@ def test_jira_slower_than_the_timeout_frees_the_threads_and_converges(service, s
     assert {n: jira.state.created_for(n) for n in names} == dict.fromkeys(names, 1)
 
 
+def test_a_sync_slower_than_its_lease_keeps_its_job_and_uploads_once(tmp_path, slapd, ldap_ou, jira):
+    """Jira answering each call in 1.5 s makes a login's sync last about 6 s, three times the
+    job's 2 s lease: the worker renews the leases of the jobs its process runs, so no other
+    worker takes the job over while it runs (which would upload the same photo again)."""
+    names = [f"k{i}" for i in range(4)]
+    add_users(slapd, ldap_ou, jira, names)
+    jira.state.version = "9.12.0"  # lists no file names: a second upload could not be told from a user's own
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url, env={"AVATAR_SYNC_WORKER_LEASE_SECONDS": "2"})
+    svc.start()
+    try:
+        jira.state.latency = 1.5
+        assert [svc.login(n).status_code for n in names] == [202] * len(names)
+        wait_until(lambda: all(synced(jira, n) for n in names), 60, "every login to land")
+        time.sleep(3)  # a second sync that took a lapsed job over would land meanwhile
+    finally:
+        svc.stop()
+    assert {n: jira.state.created_for(n) for n in names} == dict.fromkeys(names, 1)
+
+
 def test_slapd_restarted_mid_sweep(tmp_path, slapd, ldap_ou, jira, services_for):
     users = [(f"w{i:03d}", photos.photo(40, 40)) for i in range(300)]
     slapd.add_users(ldap_ou, users)
