@@ -237,17 +237,18 @@ class LoginQueue:
         tx.execute(queue_sql.FRESH, {"job": job.id, "now": now})
         return retry
 
-    def renew_leases(self) -> int:
-        """Extend the leases of every job this process runs: a sync may outlast its lease (Jira
-        slow, its calls retried; a sweep batch of slow syncs), and a lapsed lease would give the
-        job to another worker while this one still runs it: the same upload twice. Renewed
-        every third of a lease (WorkerPool), a lease lapses only when its process is gone or
+    def renew_leases(self, job_ids: list[int]) -> int:
+        """Extend the leases of the jobs this process's threads are running (``job_ids``, while
+        this process still holds them): a sync may outlast its lease (Jira slow, its calls
+        retried; a sweep batch of slow syncs), and a lapsed lease would give the job to another
+        worker while this one still runs it: the same upload twice. Renewed every third of a
+        lease (WorkerPool), a running job's lease lapses only when its process is gone or
         stalled. How many were renewed."""
         process = f"{self.owner_prefix}{per_process.pid()}:"
         pattern = process.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
         until = utcnow() + timedelta(seconds=self.policy.lease_seconds)
         with self.store.one_statement() as conn:
-            return conn.execute(queue_sql.RENEW, {"process": pattern, "until": until}).rowcount
+            return conn.execute(queue_sql.RENEW, {"jobs": job_ids, "process": pattern, "until": until}).rowcount
 
     def release_dead_leases(self) -> int:
         """Free leases held by processes of this host that no longer exist (after a kill -9)."""

@@ -78,10 +78,14 @@ deliveries = Table(
 # The statements, built once (SQLAlchemy caches their compiled form).
 NOW: BindParameter[datetime] = bindparam("now")
 MINE = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
-# the leases of every job one process runs (lease_owner "host:pid:thread"; "/" escapes the host's name)
+# the leases of jobs one process runs (lease_owner "host:pid:thread"; "/" escapes the host's name)
 RENEW = (
     jobs.update()
-    .where(jobs.c.state == RUNNING, jobs.c.lease_owner.like(bindparam("process"), escape="/"))
+    .where(
+        jobs.c.id.in_(bindparam("jobs", expanding=True)),
+        jobs.c.state == RUNNING,
+        jobs.c.lease_owner.like(bindparam("process"), escape="/"),
+    )
     .values(lease_until=bindparam("until"))
 )
 LEASE = (

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 from . import jira_budget, schedule
 from .database import describe_error
@@ -55,6 +56,8 @@ class WorkerPool:
         self._next_sweep_check = 0.0
         self.sweeps = services.sweeps
         self._local = threading.local()  # each thread's: whether its last claim was a sweep batch
+        self._running_jobs: set[int] = set()  # the jobs this pool's threads hold now: their leases are renewed
+        self._running_lock = threading.Lock()
 
     def start(self) -> WorkerPool:
         try:
@@ -74,13 +77,29 @@ class WorkerPool:
         return self
 
     def _keep_leases(self) -> None:
-        """Renew this process's job leases every third of a lease while the pool runs
-        (LoginQueue.renew_leases says why)."""
+        """Renew the leases of the jobs the threads hold every third of a lease while the pool
+        runs (LoginQueue.renew_leases says why). Only those: a job a thread let go of without
+        ending it (its outcome could not be recorded, the database away) must lapse and run
+        again, although its process lives on."""
         while not self._stop.wait(self.queue.policy.lease_seconds / 3):
+            with self._running_lock:
+                held = list(self._running_jobs)
             try:
-                self.queue.renew_leases()
+                if held:
+                    self.queue.renew_leases(held)
             except Exception as exc:  # noqa: BLE001 - the next turn tries again; a lease lasts three
                 log.warning("could not renew the leases of this process's jobs: %s", describe_error(exc))
+
+    @contextmanager
+    def _running(self, jobs: list[Job]) -> Iterator[None]:
+        ids = [job.id for job in jobs]
+        with self._running_lock:
+            self._running_jobs.update(ids)
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                self._running_jobs.difference_update(ids)
 
     def _start_thread(self, name: str, extra: bool) -> None:
         t = threading.Thread(target=self._run, args=(extra,), name=name, daemon=True)
@@ -135,6 +154,11 @@ class WorkerPool:
         self._local.in_sweep = bool(jobs) and jobs[-1].priority >= SWEEP
         if self._local.in_sweep and self.sweep_threads > self.threads:
             self._grow_for_sweep()
+        with self._running(jobs):
+            self._run_batch(jobs)
+        return bool(jobs)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
         entries, states = {}, None
         if len(jobs) > 1:
             names = [j.username for j in jobs]
@@ -160,13 +184,13 @@ class WorkerPool:
                     done.append((job, self._attempt(job)))
         finally:  # what was synced is recorded, even if the loop was cut short (the database away)
             self._record(done)
-        return bool(jobs)
 
     def process(
         self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN
     ) -> None:
         """One job: the sync, then the transaction that records it (_record)."""
-        self._record([(job, self._attempt(job, entry, state))])
+        with self._running([job]):
+            self._record([(job, self._attempt(job, entry, state))])
 
     def _attempt(
         self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN

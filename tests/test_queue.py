@@ -150,29 +150,31 @@ def test_expired_lease_is_taken_again(queue):
 
 
 def test_a_process_renews_the_leases_of_the_jobs_it_runs_and_no_others(queue):
-    """A sync slower than its lease keeps its job: the process renews its leases, so no other
-    worker takes the job while it runs. Another process's lease (same host, a pid that starts
-    alike; a host whose name matches ours but for a LIKE wildcard) lapses as it would."""
+    """A sync slower than its lease keeps its job: the process renews the leases of the jobs its
+    threads run, so no other worker takes one while it runs. Another process's lease (same
+    host, a pid that starts alike; a host whose name matches ours but for a LIKE wildcard), and
+    a job of ours that no thread runs any more (its outcome could not be recorded), lapse."""
     from sqlalchemy import select
 
     from app import per_process
 
     queue.owner_prefix = "host_a:"  # "_" is LIKE's any-character
-    for name in ("mine", "other-pid", "other-host", "done"):
+    for name in ("mine", "other-pid", "other-host", "done", "let-go"):
         queue.enqueue(name)
-    held = {j.username: j for j in queue.claim(4)}
+    held = {j.username: j for j in queue.claim(5)}
     complete(queue, held["done"])
     pid = per_process.pid()
     with queue.store.transaction() as conn:
         conn.execute(update(jobs).values(lease_until=utcnow() - _seconds(1)))
         for name, owner in {"other-pid": f"host_a:{pid}0:1", "other-host": f"hostxa:{pid}:1"}.items():
             conn.execute(update(jobs).where(jobs.c.username == name).values(lease_owner=owner))
-    assert queue.renew_leases() == 1
+    running = [j.id for name, j in held.items() if name != "let-go"]
+    assert queue.renew_leases(running) == 1
     with queue.store.read() as conn:
         until = dict(conn.execute(select(jobs.c.username, jobs.c.lease_until)).all())
     assert states.aware(until["mine"]) > utcnow() + _seconds(25)  # a lease of 30 s from now
     queue._next_expiry_check = 0.0  # (a claim looks for lapsed leases once a second)
-    assert sorted(j.username for j in queue.claim(4)) == ["other-host", "other-pid"]  # theirs lapsed
+    assert sorted(j.username for j in queue.claim(5)) == ["let-go", "other-host", "other-pid"]  # lapsed
 
 
 def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue, monkeypatch):
