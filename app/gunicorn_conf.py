@@ -54,20 +54,20 @@ def on_starting(server):
         pid = os.path.basename(path).rsplit("_", 1)[-1].removesuffix(".db")
         if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
             os.remove(path)
-    server.avatar_sync_gate = _shared_jira_slots()
+    server.avatar_sync_gate = _shared_jira_budget()
 
 
 def on_reload(server):
     """A HUP: the new workers start while the old ones finish their syncs. With the same Jira
     limits they keep the one budget, so that the two sets together still keep to it; with new
     limits the new workers take a new budget, and for those moments both are in use."""
-    gate = _shared_jira_slots()
+    gate = _shared_jira_budget()
     old = getattr(server, "avatar_sync_gate", None)
     if old is None or gate is None or old.limits != gate.limits:
         server.avatar_sync_gate = gate
 
 
-def _shared_jira_slots():
+def _shared_jira_budget():
     """One semaphore of jira.max_concurrency and one spacing of call starts for
     jira.max_requests_per_second for all the workers (app/shared_slots.py), so that Jira sees
     no more calls at once, nor a second, from the replica than the settings say; None with

@@ -139,6 +139,21 @@ class _Slots:
         self._tokens.put(None)
 
 
+class _Pace:
+    """This process's own spacing of call starts (SharedBudget's, app/shared_slots.py, has the
+    same start_at for processes that share one)."""
+
+    def __init__(self):
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def start_at(self, now: float, interval: float) -> float:
+        with self._lock:
+            at = max(now, self._next)
+            self._next = at + interval
+        return at
+
+
 class ProcessBudget:
     """Per process: a semaphore and an even spacing of starts."""
 
@@ -148,9 +163,7 @@ class ProcessBudget:
         its spacing of starts where it has one."""
         self._slots = _Order(gate or _Slots(max_concurrency))
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
-        self._shared_pace = gate if self.interval and getattr(gate, "paced", False) else None
-        self._next = 0.0
-        self._lock = threading.Lock()
+        self._pace = gate if self.interval and getattr(gate, "paced", False) else _Pace()
 
     @contextmanager
     def call(self) -> Iterator[None]:
@@ -166,18 +179,14 @@ class ProcessBudget:
             self._slots.gate.release()
 
     def _start_at(self) -> float:
-        if self._shared_pace is not None:
-            at = self._shared_pace.start_at(time.monotonic(), self.interval)
-            if at is not None:
-                return at
-            self._shared_pace = None
+        at = self._pace.start_at(time.monotonic(), self.interval)
+        if at is None:  # the shared pace's lock went with a process that died holding it
             log.error(
                 "a process died while it held the Jira call pace shared by this replica's processes: "
                 "this process paces its own calls until it restarts"
             )
-        with self._lock:
-            at = max(time.monotonic(), self._next)
-            self._next = at + self.interval
+            self._pace = _Pace()
+            at = self._pace.start_at(time.monotonic(), self.interval)
         return at
 
 

@@ -40,6 +40,12 @@ def sweep_threads(settings) -> int:
     return max(settings.worker.threads, 2 * settings.jira.max_concurrency)
 
 
+def _jira_order(job: Job):
+    """Where the job's Jira calls wait for their slots: a sweep's behind any login's
+    (app/jira_budget.py)."""
+    return jira_budget.in_background() if job.priority >= SWEEP else nullcontext()
+
+
 class WorkerPool:
     def __init__(self, services, threads: int = 2, poll_seconds: float = 1.0, sweep_threads: int = 0):
         """``sweep_threads``: how many threads the pool grows to while a sweep's jobs wait (the
@@ -195,8 +201,7 @@ class WorkerPool:
     def _attempt(
         self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN
     ) -> Verdict:
-        # a sweep's job waits for its Jira slots behind any login's (app/jira_budget.py)
-        with jira_budget.in_background() if job.priority >= SWEEP else nullcontext():
+        with _jira_order(job):
             return self.services.syncer.attempt(
                 job.username,
                 force=job.force,
@@ -232,8 +237,8 @@ class WorkerPool:
             for _, verdict in done:
                 syncer.finish(syncer.unrecorded(verdict, exc), recorded=False)
             return
-        for job, verdict in done:  # (a sweep's old avatars are deleted behind logins' calls)
-            with jira_budget.in_background() if job.priority >= SWEEP else nullcontext():
+        for job, verdict in done:  # (finish deletes old avatars: Jira calls too)
+            with _jira_order(job):
                 syncer.finish(verdict, recorded=True)
 
     def maintain(self) -> None:
