@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from . import usernames
+from . import job_run, usernames
 from .cli import _print_json, _services, main
 from .directory import DirectoryUnavailable
 from .outcomes import FAILED
@@ -29,7 +29,7 @@ def _user(username: str) -> str:
 @click.pass_context
 def sync(ctx: click.Context, username: str, force: bool, dry_run: bool, as_json: bool) -> None:
     """Sync one user's picture now and print the outcome."""
-    result = _services(ctx).syncer.sync_user(_user(username), force=force, dry_run=dry_run, source="admin")
+    result = job_run.sync_now(_services(ctx), _user(username), force=force, dry_run=dry_run)
     if as_json:
         _print_json(result.as_dict())
     else:

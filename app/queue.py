@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 
 from . import per_process, queue_sql
 from .jira import JiraUser
+from .leases import LeaseKeeper
 from .queue_sql import FAILED, LOGIN, PENDING, RUNNING, SWEEP, deliveries, jobs
 from .queue_sql import MANUAL as MANUAL  # the priorities and tables, for the queue's users
 from .queue_sql import USER_EVENT as USER_EVENT
@@ -66,6 +67,7 @@ class LoginQueue:
         self._busy = threading.local()  # this thread's last claim found work
         self._next_expiry_check = 0.0  # time.monotonic(); see claim
         self._no_urgent_until = 0.0  # time.monotonic(); see urgent_waiting
+        self.leases = LeaseKeeper(self.renew_leases, policy.lease_seconds / 3)
 
     # -- producers ---------------------------------------------------------------------
 
@@ -161,21 +163,33 @@ class LoginQueue:
             tx.execute(
                 queue_sql.LEASE, [{"job": r["id"], "lease_of": self.owner(), "now": now, "until": until} for r in rows]
             )
-        return [
-            Job(
-                r["id"],
-                r["username"],
-                r["priority"],
-                bool(r["force"]),
-                r["source"],
-                r["attempts"] + 1,
-                r["sweep_id"],
-                JiraUser(r["username"], r["jira_key"], r["jira_avatar_id"], bool(r["jira_avatar_custom"]))
-                if r["jira_key"]
-                else None,
+        return [_job(r, attempts=r["attempts"] + 1) for r in rows]
+
+    def take(self, username: str, force: bool = False, source: str = "admin") -> Job | None:
+        """The user's own job for this thread to run now (an admin's sync now): merged at
+        MANUAL priority like an enqueue, and leased at once, so that no worker syncs the user
+        meanwhile. A login or sweep job already queued for the user is the one taken: this
+        sync does their work too (and counts in the sweep). None while another worker holds the
+        job: the merge has marked it to run once more after that worker's run (see enqueue)."""
+        now = utcnow()
+        with self.store.transaction(self.store.user_wait) as tx:  # an admin waits as a webhook would
+            tx.execute(
+                queue_sql.upserts(tx.dialect.name).enqueue,
+                queue_sql.upsert_params(username, MANUAL, source, force, None, now, None),
             )
-            for r in rows
-        ]
+            row = tx.execute(queue_sql.FREE_JOB, {"username": user_key(username), "now": now}).mappings().first()
+            if row is None:
+                return None
+            until = now + timedelta(seconds=self.policy.lease_seconds)
+            tx.execute(queue_sql.LEASE, {"job": row["id"], "lease_of": self.owner(), "now": now, "until": until})
+        return _job(row, attempts=row["attempts"] + 1)
+
+    def held_by_another(self, username: str) -> bool:
+        """A worker is running the user's job now (a plain read: take() writes)."""
+        with self.store.read() as conn:
+            return (
+                conn.execute(queue_sql.HELD_JOB, {"username": user_key(username), "now": utcnow()}).first() is not None
+            )
 
     def urgent_waiting(self) -> bool:
         """A job above sweep priority (a login...) is due: a worker holding a batch of sweep
@@ -239,11 +253,8 @@ class LoginQueue:
 
     def renew_leases(self, job_ids: list[int]) -> int:
         """Extend the leases of the jobs this process's threads are running (``job_ids``, while
-        this process still holds them): a sync may outlast its lease (Jira slow, its calls
-        retried; a sweep batch of slow syncs), and a lapsed lease would give the job to another
-        worker while this one still runs it: the same upload twice. Renewed every third of a
-        lease (WorkerPool), a running job's lease lapses only when its process is gone or
-        stalled. How many were renewed."""
+        this process still holds them); ``leases`` (app/leases.py) calls it, and says why. How
+        many were renewed."""
         process = f"{self.owner_prefix}{per_process.pid()}:"
         pattern = process.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
         until = utcnow() + timedelta(seconds=self.policy.lease_seconds)
@@ -299,6 +310,22 @@ class LoginQueue:
     def prune_deliveries(self, older_than: timedelta = timedelta(days=2)) -> None:
         with self.store.transaction() as conn:
             conn.execute(deliveries.delete().where(deliveries.c.received_at < utcnow() - older_than))
+
+
+def _job(row, attempts: int) -> Job:
+    hint = row["jira_key"] and JiraUser(
+        row["username"], row["jira_key"], row["jira_avatar_id"], bool(row["jira_avatar_custom"])
+    )
+    return Job(
+        row["id"],
+        row["username"],
+        row["priority"],
+        bool(row["force"]),
+        row["source"],
+        attempts,
+        row["sweep_id"],
+        hint or None,
+    )
 
 
 def _pid_alive(pid: int) -> bool:

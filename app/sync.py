@@ -1,9 +1,10 @@
 """Syncing one user: app/rules.py decides, this module reads what the decision needs, carries
 it out against Jira and records the outcome.
 
-Syncer.sync_user(username) does all of it for the admin API, the CLI and a dry-run sweep; a
-queue worker runs the same three steps (attempt, record, finish) itself, recording in the
-transaction that ends its job. None of the doors holds a rule.
+Syncer.sync_user(username) does all of it for a dry run (the admin API's, the CLI's, a dry-run
+sweep's); a user's job (app/job_run.py: a queue worker's, an admin's sync now) runs the same
+three steps (attempt, record, finish) itself, recording in the transaction that ends the job.
+None of the doors holds a rule.
 
 Outcomes: updated, restored, unchanged, no_photo, photo_removed, not_in_directory,
 not_in_jira, invalid_photo, disabled, excluded, failed (with a reason).

@@ -1,4 +1,4 @@
-"""WorkerPool: threads that drain the LoginQueue through Syncer.sync_user.
+"""WorkerPool: threads that drain the LoginQueue, each job run by app/job_run.py.
 
 Started after fork (gunicorn's post_worker_init hook, or ``jira-avatar-sync worker``), never in
 create_app(). An enqueue in the same process wakes the threads at once; other processes' work
@@ -10,20 +10,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 
-from . import jira_budget, schedule
+from . import job_run, schedule
 from .database import describe_error
 from .directory import DirectoryEntry
-from .outcomes import FAILED
 from .queue import SWEEP, Job
 from .rules import UNKNOWN, Unknown
 from .states import UserState
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .sync import Verdict
 from .tables import user_key
-from .usernames import loggable
 
 log = logging.getLogger(__name__)
 MAINTENANCE_SECONDS = 3600
@@ -38,12 +34,6 @@ def sweep_threads(settings) -> int:
     database), so fewer threads than slots would leave slots idle; the client's gate still
     keeps the calls in flight to jira.max_concurrency."""
     return max(settings.worker.threads, 2 * settings.jira.max_concurrency)
-
-
-def _jira_order(job: Job):
-    """Where the job's Jira calls wait for their slots: a sweep's behind any login's
-    (app/jira_budget.py)."""
-    return jira_budget.in_background() if job.priority >= SWEEP else nullcontext()
 
 
 class WorkerPool:
@@ -62,8 +52,6 @@ class WorkerPool:
         self._next_sweep_check = 0.0
         self.sweeps = services.sweeps
         self._local = threading.local()  # each thread's: whether its last claim was a sweep batch
-        self._running_jobs: set[int] = set()  # the jobs this pool's threads hold now: their leases are renewed
-        self._running_lock = threading.Lock()
 
     def start(self) -> WorkerPool:
         try:
@@ -75,37 +63,8 @@ class WorkerPool:
         with self._threads_lock:
             for i in range(self.threads):
                 self._start_thread(f"avatar-sync-worker-{i}", extra=False)
-            # a thread of its own: the sync threads may all be in slow Jira calls
-            keeper = threading.Thread(target=self._keep_leases, name="job-leases", daemon=True)
-            keeper.start()
-            self._threads.append(keeper)
         log.info("%d sync worker threads started", self.threads)
         return self
-
-    def _keep_leases(self) -> None:
-        """Renew the leases of the jobs the threads hold every third of a lease while the pool
-        runs (LoginQueue.renew_leases says why). Only those: a job a thread let go of without
-        ending it (its outcome could not be recorded, the database away) must lapse and run
-        again, although its process lives on."""
-        while not self._stop.wait(self.queue.policy.lease_seconds / 3):
-            with self._running_lock:
-                held = list(self._running_jobs)
-            try:
-                if held:
-                    self.queue.renew_leases(held)
-            except Exception as exc:  # noqa: BLE001 - the next turn tries again; a lease lasts three
-                log.warning("could not renew the leases of this process's jobs: %s", describe_error(exc))
-
-    @contextmanager
-    def _running(self, jobs: list[Job]) -> Iterator[None]:
-        ids = [job.id for job in jobs]
-        with self._running_lock:
-            self._running_jobs.update(ids)
-        try:
-            yield
-        finally:
-            with self._running_lock:
-                self._running_jobs.difference_update(ids)
 
     def _start_thread(self, name: str, extra: bool) -> None:
         t = threading.Thread(target=self._run, args=(extra,), name=name, daemon=True)
@@ -144,7 +103,7 @@ class WorkerPool:
         in one search per directory instead of one each (the sweep process's CPU a tenth lower,
         the directory's halved), and their stored states in one query; both are read again for
         a job whose turn comes more than PREFETCH_FRESH_SECONDS later; their outcomes are
-        recorded together when the batch is done (_record). Logins are taken one by
+        recorded together when the batch is done (job_run.record). Logins are taken one by
         one, so that every idle thread takes one at once, and a login that comes due meanwhile
         goes before the batch's rest.
         """
@@ -160,7 +119,7 @@ class WorkerPool:
         self._local.in_sweep = bool(jobs) and jobs[-1].priority >= SWEEP
         if self._local.in_sweep and self.sweep_threads > self.threads:
             self._grow_for_sweep()
-        with self._running(jobs):
+        with self.queue.leases.held([job.id for job in jobs]):
             self._run_batch(jobs)
         return bool(jobs)
 
@@ -185,61 +144,18 @@ class WorkerPool:
                         self.process(urgent)
                 if states is not None and time.monotonic() - read_at < PREFETCH_FRESH_SECONDS:  # else read again
                     entry, state = entries.get(job.username), states.get(user_key(job.username))
-                    done.append((job, self._attempt(job, entry, state)))
+                    done.append((job, job_run.attempt(self.services, job, entry, state)))
                 else:
-                    done.append((job, self._attempt(job)))
+                    done.append((job, job_run.attempt(self.services, job)))
         finally:  # what was synced is recorded, even if the loop was cut short (the database away)
-            self._record(done)
+            job_run.record(self.services, done)
 
     def process(
         self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN
     ) -> None:
-        """One job: the sync, then the transaction that records it (_record)."""
-        with self._running([job]):
-            self._record([(job, self._attempt(job, entry, state))])
-
-    def _attempt(
-        self, job: Job, entry: DirectoryEntry | None = None, state: UserState | None | Unknown = UNKNOWN
-    ) -> Verdict:
-        with _jira_order(job):
-            return self.services.syncer.attempt(
-                job.username,
-                force=job.force,
-                jira_user=job.jira_user,
-                attempt=job.attempts,
-                entry=entry,
-                source=job.source,
-                state=state,
-            )
-
-    def _record(self, done: list[tuple[Job, Verdict]]) -> None:
-        """One transaction for the jobs' syncs: it records each user's outcome, counts it in the
-        job's sweep and ends the job (or schedules its retry). A crash can therefore never
-        leave an outcome recorded with its job still open, or the reverse; if that transaction
-        cannot be written, the jobs keep their leases until they expire and run again (an
-        upload made meanwhile is found by its pending mark, app/sync.py). A sweep's batch is
-        recorded at its end, in one transaction instead of one per user: the database work
-        per user is what, after Jira's own latency, sets a sweep's pace."""
-        if not done:
-            return
-        syncer = self.services.syncer
-        try:
-            with self.services.store.transaction(wait=self.services.store.user_wait) as tx:
-                syncer.record([verdict for _, verdict in done], tx)
-                # a failed attempt counts: the job retries apart
-                self.sweeps.record_many([(j.sweep_id, v.result) for j, v in done if j.sweep_id is not None], tx)
-                self.queue.complete([j for j, v in done if v.result.outcome != FAILED], tx)
-                for job, result in ((j, v.result) for j, v in done if v.result.outcome == FAILED):
-                    if not self.queue.fail(job, result.reason or "failed", tx):
-                        user = loggable(job.username)
-                        log.error("giving up on %s after %d attempts: %s", user, job.attempts, result.reason)
-        except Exception as exc:  # noqa: BLE001 - the jobs keep their leases and run again
-            for _, verdict in done:
-                syncer.finish(syncer.unrecorded(verdict, exc), recorded=False)
-            return
-        for job, verdict in done:  # (finish deletes old avatars: Jira calls too)
-            with _jira_order(job):
-                syncer.finish(verdict, recorded=True)
+        """One job: the sync, then the transaction that records it (job_run.record)."""
+        with self.queue.leases.held([job.id]):
+            job_run.record(self.services, [(job, job_run.attempt(self.services, job, entry, state))])
 
     def maintain(self) -> None:
         """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:

@@ -177,6 +177,54 @@ def test_a_process_renews_the_leases_of_the_jobs_it_runs_and_no_others(queue):
     assert sorted(j.username for j in queue.claim(5)) == ["let-go", "other-host", "other-pid"]  # lapsed
 
 
+def test_the_lease_keeper_renews_while_a_job_is_held_and_its_thread_ends_after():
+    from app.leases import LeaseKeeper
+
+    renewed = []
+    keeper = LeaseKeeper(renewed.append, every=0.05)
+    with keeper.held([7, 8]):
+        time.sleep(0.3)
+        assert any(t.name == "job-leases" for t in threading.enumerate())
+    assert renewed and all(sorted(ids) == [7, 8] for ids in renewed)
+    count = len(renewed)
+    time.sleep(0.3)
+    assert len(renewed) == count  # nothing held: nothing renewed, and no thread kept
+    assert not any(t.name == "job-leases" and t.is_alive() for t in threading.enumerate())
+
+
+def test_an_admins_take_runs_the_users_own_job_and_never_beside_a_worker(queue):
+    """An admin's sync now takes the user's job: a fresh row, or the queued one (a sweep's keeps
+    its sweep, to be counted there, and loses the sweep's stale view of Jira); while a worker
+    holds the job it gets none, and the worker's run is followed by one more."""
+    from app.jira import JiraUser
+    from app.queue import MANUAL
+
+    fresh = queue.take("Ann", force=True)
+    assert (fresh.username, fresh.priority, fresh.force, fresh.attempts) == ("ann", MANUAL, True, 1)
+    assert queue.claim(1) == [] and queue.held_by_another("ann")  # no worker takes it meanwhile
+    complete(queue, fresh)
+    assert queue.job_for("ann") is None
+
+    with queue.store.transaction() as tx:
+        queue.enqueue_sweep(tx, 5, [("bob", JiraUser("bob", "JIRAUSER1", "10", False))])
+    taken = queue.take("bob")
+    assert (taken.sweep_id, taken.priority, taken.jira_user) == (5, MANUAL, None)
+
+    queue.enqueue("cid")
+    worker = queue.claim(1)[0]
+    assert queue.take("cid") is None and queue.held_by_another("cid")
+    complete(queue, worker)
+    assert not queue.held_by_another("cid")
+    again = queue.take("cid")  # the run the admin asked for
+    assert again is not None and again.id == worker.id
+
+    queue.enqueue("dead")
+    queue.claim(1)
+    with queue.store.transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.username == "dead").values(lease_until=utcnow() - _seconds(1)))
+    assert queue.take("dead") is not None  # a dead worker's job is free
+
+
 def test_a_worker_that_keeps_finding_work_still_takes_over_expired_leases(queue, monkeypatch):
     """A busy thread skips the idle probe and checks for expired leases once a second only;
     a dead worker's job must still come back while a sweep's queue never runs dry."""

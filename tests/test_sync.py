@@ -338,6 +338,33 @@ def test_the_outcome_and_the_jobs_end_commit_together_or_neither_does(rig, monke
     assert rig.state.count("POST /user/avatar") == uploads  # the avatar made before is used
 
 
+def test_an_admins_sync_now_meeting_a_worker_still_running_the_user_answers_failed_and_runs_after(rig):
+    """A sync now waits for a worker's run of the user; if that outlasts the wait, the admin is
+    told so (failed, retryable), nothing is uploaded beside the worker's run, and the sync the
+    admin asked for runs after it. Without a worker in the way, it runs and ends its job."""
+    import threading
+
+    from app import job_run
+    rig.user("jdoe", photos.solid(RED))
+    queue = rig.services.queue
+    queue.enqueue("jdoe")
+    claimed = []
+    worker = threading.Thread(target=lambda: claimed.extend(queue.claim(1)))  # another thread's lease
+    worker.start()
+    worker.join()
+    result = job_run.sync_now(rig.services, "jdoe", wait=0.5)
+    assert (result.outcome, result.retryable) == ("failed", True) and "worker" in result.reason
+    assert rig.state.writes() == 0
+    with queue.store.transaction() as tx:  # the worker's run ends (its lease, its thread)
+        worker = threading.Thread(target=lambda: queue.complete(claimed, tx))
+        worker.start()
+        worker.join()
+    assert queue.job_for("jdoe")["state"] == "pending"  # the run the admin asked for, still to come
+    result = job_run.sync_now(rig.services, "JDoe")
+    assert (result.username, result.outcome, result.source) == ("JDoe", "updated", "admin")
+    assert queue.job_for("jdoe") is None and rig.services.store.get("jdoe").last_outcome == "updated"
+
+
 def test_a_dry_run_writes_nothing(rig):
     rig.user("jdoe", photos.solid(RED))
     assert rig.sync("jdoe", dry_run=True).outcome == "updated"

@@ -7,7 +7,7 @@ import threading
 from cachetools import TTLCache
 from flask import Blueprint, Response, jsonify, request
 
-from .. import usernames
+from .. import job_run, usernames
 from ..directory import DirectoryUnavailable
 from ..jira import JiraError
 from ..sweep import SweepConflict
@@ -50,8 +50,8 @@ def _limit(default: int) -> int:
 @admin_required
 def sync_user(username: str):
     body = json_body({"force": bool, "dry_run": bool})
-    result = services().syncer.sync_user(
-        _username(username), force=body.get("force", False), dry_run=body.get("dry_run", False), source="admin"
+    result = job_run.sync_now(
+        services(), _username(username), force=body.get("force", False), dry_run=body.get("dry_run", False)
     )
     return jsonify(result.as_dict())
 
