@@ -98,6 +98,8 @@ def sync_now(
     deadline = time.monotonic() + (services.settings.jira.timeout if wait is None else wait)
     try:
         job = queue.take(username, force, source)
+        if job is None and queue.release_dead_leases():  # its holder was killed (kill -9): free at once
+            job = queue.take(username, force, source)
         while job is None and time.monotonic() < deadline:
             time.sleep(BUSY_POLL_SECONDS)
             if not queue.held_by_another(username):

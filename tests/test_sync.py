@@ -365,6 +365,20 @@ def test_an_admins_sync_now_meeting_a_worker_still_running_the_user_answers_fail
     assert queue.job_for("jdoe") is None and rig.services.store.get("jdoe").last_outcome == "updated"
 
 
+def test_an_admins_sync_now_takes_at_once_the_job_of_a_killed_worker(rig):
+    from sqlalchemy import update
+
+    from app import job_run
+    from app.queue import jobs
+    rig.user("jdoe", photos.solid(RED))
+    queue = rig.services.queue
+    queue.enqueue("jdoe")
+    queue.claim(1)
+    with queue.store.transaction() as conn:  # its worker's process is gone; its lease runs on
+        conn.execute(update(jobs).values(lease_owner=queue.owner_prefix + "999999:1"))
+    assert job_run.sync_now(rig.services, "jdoe", wait=0).outcome == "updated"
+
+
 def test_a_dry_run_writes_nothing(rig):
     rig.user("jdoe", photos.solid(RED))
     assert rig.sync("jdoe", dry_run=True).outcome == "updated"
