@@ -41,6 +41,11 @@ above the bound. A sweep run measures the rig too, just before and just after it
 of that moment, which a figure against the bound alone cannot tell from the machine's drift.
 --no-rig skips it (and --no-photos, which uploads nothing, never has it).
 
+--photos-from http serves the photos from a photo server in this process ([http_photos],
+first in the chain; slapd holds none), as a company's HR system would: a photo server's changes
+move no directory marker, so every sweep asks it about every user (the repeat sweep, one 304
+each), and the repeat sweep queues each user instead of settling them from their markers.
+
 --via-api starts each sweep with POST /admin/sweeps on the service under gunicorn (two workers,
 deploy/gunicorn.conf.py, sharing the master's C slots, worker.threads = BENCH_THREADS or the
 service's default 2), already up as in production, and follows it with GET /admin/sweeps/<id>: what the
@@ -60,6 +65,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -67,6 +73,7 @@ from tests import photos
 from tests.helpers import pg_schema
 from tests.jira_emulator import EmulatorServer, JiraState
 from tests.rig import slapd as slapd_rig
+from tests.rig.photo_server import PhotoServer
 from tests.rig.service_config import slapd_section, write_service_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,14 +102,16 @@ def separate_cores(*server_pids: int) -> set[int]:
 
 
 def write_config(work: Path, database_url: str, jira_url: str, ldap, base_dn: str, concurrency: int,
-                 threads: int, limits_scope: str = "process") -> Path:
-    """The service's config for a bench run: the emulator, slapd, C Jira calls, ``threads``."""
+                 threads: int, limits_scope: str = "process", photo_url: str | None = None) -> Path:
+    """The service's config for a bench run: the emulator, slapd, C Jira calls, ``threads``;
+    ``photo_url``: a photo server first in the chain."""
     return write_service_config(
         work / "config.toml", database_url=database_url,
         jira={"url": jira_url, "username": "avatar-sync", "password": "pw", "max_concurrency": concurrency,
               "limits_scope": limits_scope},
         webhook={"secret": BENCH_WEBHOOK_SECRET}, admin={"token": BENCH_ADMIN},
-        worker={"threads": threads, "poll_seconds": 0.2}, directories=[slapd_section(ldap.url, base_dn)])
+        worker={"threads": threads, "poll_seconds": 0.2}, directories=[slapd_section(ldap.url, base_dn)],
+        **({"http_photos": {"url": photo_url, "position": "first"}} if photo_url else {}))
 
 
 def run_sweep(config: Path, *args: str, slapd_pid: int | None = None,
@@ -397,6 +406,9 @@ def main() -> None:
                         help="start each sweep with POST /admin/sweeps on the service under gunicorn (2 workers "
                              "sharing C, worker.threads as configured: BENCH_THREADS, default the service's 2) "
                              "instead of the command line")
+    parser.add_argument("--photos-from", choices=["ldap", "http"], default="ldap",
+                        help="http: the photos on a photo server ([http_photos], first in the chain), none in "
+                             "slapd; every sweep asks the server about every user")
     parser.add_argument("--logins-every", type=float, default=0.0,
                         help="with --via-api: a login every S seconds during the first sweep, for a user it has not "
                              "reached yet, timed to the avatar selected (0: none)")
@@ -412,14 +424,20 @@ def main() -> None:
         names = [f"user{i:06d}" for i in range(args.users)]
         t = time.perf_counter()
         photo = None if args.no_photos else photos.of_kind(args.photo_kind, args.photo_px, args.photo_px)
-        ldap.add_users(people, [(n, photo) for n in names])
+        from_http = args.photos_from == "http"
+        ldap.add_users(people, [(n, None if from_http else photo) for n in names])
         state = JiraState(version=args.jira_version)
         state.add_account("avatar-sync", "pw", admin=True)
         for n in names:
             state.add_user(n)
         print(f"seeded {args.users} users in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 
+        photo_server = PhotoServer()
+        if from_http and photo is not None:
+            photo_server.photos = dict.fromkeys(names, photo)
         with EmulatorServer(state) as jira, ExitStack() as held:
+            if from_http:
+                held.enter_context(photo_server)
             # C calls in flight in all: split between the sweep and any extra worker processes
             # (under gunicorn, --via-api, the two workers share the master's C slots)
             processes = 1 + int(os.environ.get("BENCH_EXTRA_WORKERS", "0"))
@@ -430,7 +448,8 @@ def main() -> None:
                             else f"sqlite:///{work}/state.db")
             threads = int(os.environ.get("BENCH_THREADS", 2 if args.via_api else per_process))
             scope = "cluster" if cluster else "process"
-            config = write_config(work, database_url, jira.url, ldap, people, per_process, threads, scope)
+            config = write_config(work, database_url, jira.url, ldap, people, per_process, threads, scope,
+                                  photo_server.url if from_http else None)
             state.latency = args.latency_ms / 1000
             sweep_args = ("--processes", str(args.processes)) if args.processes else ()
             cores = separate_cores(ldap.proc.pid) if args.separate_cores else None
@@ -449,6 +468,8 @@ def main() -> None:
             if rig_s:
                 rig_s.append(measure_rig(args, cores)["seconds"])
             writes_after_first = state.writes()
+            photo_answers_first = dict(Counter(status for _, status in photo_server.seen.elements()))
+            photo_server.seen.clear()
             uploads = state.count("POST /user/avatar/temporary")
             repeat_s, repeat_rss, repeat_out = (api_sweep(config, 2) if args.via_api else
                                                 run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores))
@@ -468,6 +489,11 @@ def main() -> None:
                 "first_uploads": uploads, "first_peak_rss_mb": round(first_rss / 1024),
                 "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
                 "repeat_peak_rss_mb": round(repeat_rss / 1024),
+                "photos_from": args.photos_from,
+                # the photo server's answers by status: 200 each user once, then 304 each
+                **({"photo_server_first": photo_answers_first,
+                    "photo_server_repeat": dict(Counter(status for _, status in photo_server.seen.elements()))}
+                   if from_http else {}),
                 "dashboard_during_first": dashboard,
                 "peak_jira_calls_in_flight": state.peak("*"),  # never above --concurrency
                 # over the whole first sweep (start-up and tail included); --concurrency at best
