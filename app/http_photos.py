@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -25,6 +26,7 @@ from .store import Store
 from .tables import metadata, user_key
 
 SOURCE = "http_photos"  # its name in the chain, in reasons and in the dashboard
+CHECKS_AT_ONCE = 8  # a sweep's conditional GETs in flight (unchanged())
 
 http_photos = Table(
     "http_photos",
@@ -84,6 +86,34 @@ class HttpPhotos:
         if remember and etag and len(etag) <= 255 and (known is None or known.etag != etag):
             self._remember(key, etag, photo)
         return photo
+
+    def unchanged(self, shown: dict[str, str]) -> set[str]:
+        """Of the users in ``shown`` (user key -> the hash of the photo their picture was made
+        from), those whose photo here is still that one: the tag stored for them names those
+        bytes, and the server answers 304 to it: what a sweep asks instead of a directory
+        marker, which a photo server's changes do not move. One conditional GET each,
+        CHECKS_AT_ONCE at a time; any other answer, or none, proves nothing: that user is
+        synced (and the sync reports a failing server)."""
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(http_photos.c.username, http_photos.c.etag, http_photos.c.photo_sha256).where(
+                    http_photos.c.username.in_(list(shown))
+                )
+            ).all()
+        asked = [(row.username, row.etag) for row in rows if row.photo_sha256 == shown[row.username]]
+        if not asked:
+            return set()
+        with ThreadPoolExecutor(min(CHECKS_AT_ONCE, len(asked))) as pool:
+            answers = pool.map(self._not_modified, asked)
+            return {key for (key, _), same in zip(asked, answers) if same}
+
+    def _not_modified(self, key_and_tag: tuple[str, str]) -> bool:
+        key, etag = key_and_tag
+        try:
+            resp = self.http.request("GET", self.url_for(key), headers={"Accept": "image/*", "If-None-Match": etag})
+        except (urllib3.exceptions.HTTPError, OSError):
+            return False
+        return resp.status == 304
 
     def _known(self, key: str):
         with self.store.read() as conn:

@@ -7,7 +7,9 @@ need work queued at low priority (logins keep priority). Per-user outcomes form 
   restarted one) resumes: users already in the report are not read or queued again.
 - Incremental: a user whose directory entry carries the same change marker as at its last
   settled sync, and whose Jira picture is still ours, is not even read (no photo transferred).
-  ``full`` ignores the markers.
+  ``full`` ignores the markers. With a photo server ([http_photos]), whose changes move no
+  marker, such a user whose picture came from the server is settled only when it answers 304
+  to the stored tag (HttpPhotos.unchanged); the others are synced.
 - Dry run: the same scan; the users needing work are synced with dry_run=True by the runner
   itself (reads only), so the report says exactly what a real run would do.
 """
@@ -18,7 +20,6 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 
 from sqlalchemy import func, select, update
 
@@ -191,8 +192,6 @@ class _Run:
         self._renew()
         if not users:
             return
-        if self.services.settings.http_photos:  # a photo server's changes move no directory marker
-            users = [replace(u, marker=None) for u in users]  # each is asked (a 304 when unchanged)
         # Report rows, jobs and states are all keyed by user_key: 'JDoe' in AD is Jira's 'jdoe'.
         keyed = [(user_key(u.username), u) for u in users]
         with self.store.read() as conn:
@@ -209,18 +208,27 @@ class _Run:
         if not self.bulk.complete:  # read alone the users the bulk read missed whose Jira view decides it
             asked = {k for k, u in keyed if k not in known and _needs_jira_view(u, states.get(k))}
         read_alone = self._read_jira_users(sorted(asked))
-        settled, work = [], []
+        settled, work, ask_photos = [], [], []
+        http = self.services.syncer.photos.http
         for key, user in keyed:
             jira_user = known.get(key) or read_alone.get(key)
             if jira_user is None and (self.bulk.complete or key in asked):
                 settled.append((key, user.username, NOT_IN_JIRA, None))
                 continue
             state = states.get(key)
-            if not self.full and _still_settled(user, state, jira_user):
+            if self.full or not _still_settled(user, state, jira_user):
+                work.append((key, user.username, jira_user))
+            elif http is None:
                 outcome = UNCHANGED if state.last_outcome in SUCCESSES else state.last_outcome
                 settled.append((key, user.username, outcome, state.last_error))
-            else:
+            elif state.last_outcome in SUCCESSES:  # a photo server's changes move no marker: ask it
+                ask_photos.append((key, user.username, jira_user))
+            else:  # no photo, an invalid one: the server may have one now, only a sync tells
                 work.append((key, user.username, jira_user))
+        if ask_photos:
+            same = http.unchanged({key: states[key].photo_sha256 for key, _, _ in ask_photos})
+            settled += [(key, name, UNCHANGED, None) for key, name, _ in ask_photos if key in same]
+            work += [w for w in ask_photos if w[0] not in same]
         self._items(directory, settled, skipped=True)
         queued = [(key, name, None, None) for key, name, _ in work]
         if self.dry is not None:

@@ -359,19 +359,33 @@ def test_a_failing_or_refusing_photo_server_fails_the_sync_and_writes_nothing(
 
 def test_a_repeat_sweep_asks_the_server_once_per_user_and_writes_nothing(
         controls, slapd, ldap_ou, jira, photo_server):
+    """A photo server's changes move no directory marker: the sweep asks it about each user
+    whose picture came from it (one 304 each when nothing changed, and no job), and syncs the
+    users whose photo changed there, and those it had no photo of (it may have one now)."""
+    from sqlalchemy import select
+
+    from app.sweep import sweep_items
     names = [f"hr{i}" for i in range(6)]
-    for name in names:
+    for name in [*names, "never"]:
         slapd.add_user(ldap_ou, name)
         jira.state.add_user(name)
+    for name in names:
         photo_server.photos[name] = photos.photo(200, 200)
     services = controls(http_photos=http_photos(photo_server))
-    assert sweep_counts(services)["updated"] == 6
+    assert sweep_counts(services) == {"updated": 6, "no_photo": 1, "not_in_directory": 1}  # (the service account)
     writes = jira.state.writes()
     photo_server.photos["hr0"] = photos.solid(GREEN, 200)  # changed on the server, not in the directory
-    counts = sweep_counts(services)
-    assert counts["unchanged"] == 5 and counts["updated"] == 1
-    assert all(photo_server.count(n, 304) == 1 for n in names[1:]) and photo_server.count("hr0", 200) == 2
-    assert jira.state.writes() == writes + 3 + 1  # hr0: upload, crop-confirm, select; its old avatar deleted
+    photo_server.photos["never"] = photos.solid(BLUE, 200)  # and a photo for a user it had none of
+    summary = run_sweep(services)
+    assert summary["counts"] == {"unchanged": 5, "updated": 2, "not_in_directory": 1}
+    with services.store.read() as conn:
+        synced = set(conn.execute(select(sweep_items.c.username).where(
+            sweep_items.c.sweep_id == summary["id"], ~sweep_items.c.skipped)).scalars())
+    assert synced & {*names, "never"} == {"hr0", "never"}  # the others settled by their 304 alone
+    assert all(photo_server.count(n, 304) == 1 for n in names[1:])
+    assert photo_server.count("hr0", 200) == 3  # the first sync, the sweep's question, the sync
+    assert jira.state.writes() == writes + 3 + 1 + 3  # hr0: upload, crop-confirm, select, its old avatar
+    # deleted; never: the three
 
 
 def test_check_says_whether_the_photo_server_answers_and_takes_the_credentials(
