@@ -313,8 +313,11 @@ class LoginQueue:
 
 
 def _job(row, attempts: int) -> Job:
-    hint = row["jira_key"] and JiraUser(
-        row["username"], row["jira_key"], row["jira_avatar_id"], bool(row["jira_avatar_custom"])
+    """A job row as its runner sees it (the sweep's view of the user in Jira, if it left one)."""
+    hint = (
+        JiraUser(row["username"], row["jira_key"], row["jira_avatar_id"], bool(row["jira_avatar_custom"]))
+        if row["jira_key"]
+        else None
     )
     return Job(
         row["id"],
@@ -324,7 +327,7 @@ def _job(row, attempts: int) -> Job:
         row["source"],
         attempts,
         row["sweep_id"],
-        hint or None,
+        hint,
     )
 
 
