@@ -386,6 +386,12 @@ def test_a_repeat_sweep_asks_the_server_once_per_user_and_writes_nothing(
     assert photo_server.count("hr0", 200) == 3  # the first sync, the sweep's question, the sync
     assert jira.state.writes() == writes + 3 + 1 + 3  # hr0: upload, crop-confirm, select, its old avatar
     # deleted; never: the three
+    photo_server.failing = 503  # a server that cannot answer proves nothing: each user is synced, and fails
+    writes = jira.state.writes()
+    assert run_sweep(services)["counts"] == {"failed": 7, "not_in_directory": 1}
+    assert jira.state.writes() == writes
+    photo_server.failing = None  # back: each is synced again and finds its photo unchanged (a 304)
+    assert run_sweep(services)["counts"] == {"unchanged": 7, "not_in_directory": 1}
 
 
 def test_check_says_whether_the_photo_server_answers_and_takes_the_credentials(
