@@ -51,6 +51,8 @@ class DirectoryEntry:
     photos: tuple[tuple[str, bytes], ...] = ()  # every photo attribute with a value, in order
     # set where a source knows the photo unchanged without sending it (HTTP 304): photo is None
     photo_sha256: str | None = None
+    # the photo server's new ETag, to store with the sync's outcome: (etag, photo_sha256, pixels)
+    photo_tag: tuple[str, str, int] | None = None
 
     @property
     def has_photo(self) -> bool:

@@ -1,7 +1,7 @@
 """Photos from an HTTP server ([http_photos]): ``GET url`` with the user's name in it. A 404 is
 "no photo here"; 200 is the photo. Each photo's ETag is kept in the database with the hash of
-the bytes it named, so an unchanged photo costs one ``304 Not Modified`` and no transfer, after
-a restart too. Any other answer, or none, makes the sync fail and be retried (as an
+the bytes it named (written with the sync's outcome, remember()), so an unchanged photo costs
+one ``304 Not Modified`` and no transfer, after a restart too. Any other answer, or none, makes the sync fail and be retried (as an
 unreachable directory does): a guess could replace a photo with an older one.
 """
 
@@ -43,6 +43,7 @@ class HttpPhoto:
     photo: bytes | None  # None: not modified since the tag (the bytes were not sent again)
     photo_sha256: str
     pixels: int
+    new_tag: str | None = None  # an ETag to store for these bytes, with the sync's outcome (remember)
 
 
 def pixels_of(photo: bytes) -> int:
@@ -64,7 +65,8 @@ class HttpPhotos:
 
     def fetch(self, username: str, conditional: bool = True, remember: bool = True) -> HttpPhoto | None:
         """The user's photo, or None (404). ``conditional``: ask with the stored ETag (a 304
-        gives the stored hash and no bytes); ``remember``: store the new tag (a preview does not)."""
+        gives the stored hash and no bytes); ``remember``: a new tag comes back in ``new_tag``,
+        for the sync to store with its outcome (remember(); a preview keeps none)."""
         key = user_key(username)
         known = self._known(key) if conditional else None
         headers = {"Accept": "image/*"}
@@ -81,11 +83,9 @@ class HttpPhotos:
             return None
         if resp.status != 200 or not resp.body:
             raise DirectoryUnavailable(SOURCE, f"GET {url} answered {resp.status} {resp.reason}".strip())
-        photo = HttpPhoto(resp.body, hashlib.sha256(resp.body).hexdigest(), pixels_of(resp.body))
         etag = resp.headers.get("ETag")
-        if remember and etag and len(etag) <= 255 and (known is None or known.etag != etag):
-            self._remember(key, etag, photo)
-        return photo
+        new = remember and etag and len(etag) <= 255 and (known is None or known.etag != etag)
+        return HttpPhoto(resp.body, hashlib.sha256(resp.body).hexdigest(), pixels_of(resp.body), etag if new else None)
 
     def unchanged(self, shown: dict[str, str]) -> set[str]:
         """Of the users in ``shown`` (user key -> the hash of the photo their picture was made
@@ -119,9 +119,18 @@ class HttpPhotos:
         with self.store.read() as conn:
             return conn.execute(select(http_photos).where(http_photos.c.username == key)).first()
 
-    def _remember(self, key: str, etag: str, photo: HttpPhoto) -> None:
-        values = {"username": key, "etag": etag, "photo_sha256": photo.photo_sha256, "pixels": photo.pixels}
-        with self.store.transaction(wait=self.store.user_wait) as tx:
-            insert = pg_insert if tx.dialect.name == "postgresql" else sqlite_insert
-            stmt = insert(http_photos).values(values)
-            tx.execute(stmt.on_conflict_do_update(index_elements=["username"], set_=values))
+    @staticmethod
+    def remember(tx, tags: list[tuple[str, str, str, int]]) -> None:
+        """Store (username, etag, photo_sha256, pixels) rows in the caller's transaction: the
+        one that records the syncs' outcomes, so that a tag and the state made from its photo
+        are written together (and a sweep's batch writes its tags in its one transaction)."""
+        if not tags:
+            return
+        insert = pg_insert if tx.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(http_photos)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["username"],
+            set_={c: stmt.excluded[c] for c in ("etag", "photo_sha256", "pixels")},
+        )
+        rows = [{"username": user_key(u), "etag": e, "photo_sha256": h, "pixels": p} for u, e, h, p in tags]
+        tx.execute(stmt, rows)

@@ -37,11 +37,11 @@ class PhotoSources:
         entry = entry or self._directory_entry(username)
         if entry is None or (self.http is None and self.settings.prefer == "first"):
             return entry  # the directory's own choice: its first attribute with a value
-        chosen = self._choose(username, entry, fresh)
+        chosen, tag = self._choose(username, entry, fresh)
         if chosen is None:
-            return replace(entry, photo=None, photo_attribute=None, photo_sha256=None)
+            return replace(entry, photo=None, photo_attribute=None, photo_sha256=None, photo_tag=tag)
         sha = chosen.photo_sha256 if chosen.photo is None else None
-        return replace(entry, photo=chosen.photo, photo_attribute=chosen.source, photo_sha256=sha)
+        return replace(entry, photo=chosen.photo, photo_attribute=chosen.source, photo_sha256=sha, photo_tag=tag)
 
     def download(self, username: str, entry: DirectoryEntry) -> DirectoryEntry:
         """The entry with the photo's bytes, where the chain had only its hash (a 304)."""
@@ -78,16 +78,19 @@ class PhotoSources:
                 return entry
         return None
 
-    def _choose(self, username: str, entry: DirectoryEntry, fresh: bool) -> _Candidate | None:
+    def _choose(self, username: str, entry: DirectoryEntry, fresh: bool):
+        """The candidate the chain chooses (None: no photo anywhere), and the photo server's new
+        tag if it sent one."""
         ldap = [_Candidate(attribute, photo) for attribute, photo in entry.photos]
         if self.settings.prefer == "first" and ldap and not self.http_first:
-            return ldap[0]  # the server is not asked: a photo comes before it
+            return ldap[0], None  # the server is not asked: a photo comes before it
         got = self.http.fetch(username, conditional=not fresh, remember=not fresh) if self.http else None
         web = [_Candidate(SOURCE, got.photo, got.photo_sha256, got.pixels)] if got else []
+        tag = (got.new_tag, got.photo_sha256, got.pixels) if got and got.new_tag else None
         chain = web + ldap if self.http_first else ldap + web
         if not chain:
-            return None
+            return None, tag
         if self.settings.prefer == "first":
-            return chain[0]
+            return chain[0], tag
         sizes = [c.pixels if c.pixels is not None else pixels_of(c.photo or b"") for c in chain]
-        return chain[max(range(len(chain)), key=lambda i: (sizes[i], -i))]
+        return chain[max(range(len(chain)), key=lambda i: (sizes[i], -i))], tag

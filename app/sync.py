@@ -89,6 +89,7 @@ class Verdict:
     marker: str | None = None  # the directory entry's change marker
     photo_hash: str | None = None
     stale: list[str] = field(default_factory=list)  # avatars of ours to delete once the new one is recorded
+    photo_tag: tuple[str, str, int] | None = None  # the photo server's new ETag, stored with the outcome
 
 
 class Syncer:
@@ -177,6 +178,9 @@ class Syncer:
     def record(self, verdicts: list[Verdict], tx: Connection) -> None:
         """The users' outcomes, in the caller's transaction (the worker's also ends the jobs)."""
         states.update_many(tx, [(v.result.username, self._change(v)) for v in verdicts if self.needs_record(v)])
+        if self.photos.http is not None:
+            tags = [(v.result.username, *v.photo_tag) for v in verdicts if v.photo_tag and self.needs_record(v)]
+            self.photos.http.remember(tx, tags)
 
     @staticmethod
     def _change(verdict: Verdict) -> states.Change:
@@ -299,6 +303,7 @@ class Syncer:
             entry.marker if entry else None,
             plan.photo_hash,
             list(plan.stale),
+            entry.photo_tag if entry else None,
         )
 
     def _carry_out(self, username: str, facts: Facts, plan: Plan, dry_run: bool, mark: bool) -> Plan:

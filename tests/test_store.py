@@ -257,3 +257,19 @@ def _child_enqueues(store, queue, parents, errors):
         assert store.engine is not parents
     except Exception as exc:  # noqa: BLE001 - reported to the test
         errors.put(f"{type(exc).__name__}: {exc}"[:300])
+
+
+def test_photo_server_tags_are_stored_in_the_callers_transaction_and_replaced(store):
+    from sqlalchemy import select
+
+    from app.http_photos import HttpPhotos, http_photos
+    with store.transaction() as tx:
+        HttpPhotos.remember(tx, [("JDoe", '"a"', "sha-a", 100), ("ann", '"n"', "sha-n", 4)])
+    with store.transaction() as tx:
+        HttpPhotos.remember(tx, [("jdoe", '"b"', "sha-b", 200)])
+        tx.rollback()  # a batch whose outcomes are not written keeps no tag either
+    with store.transaction() as tx:
+        HttpPhotos.remember(tx, [("jdoe", '"c"', "sha-c", 300)])
+    with store.read() as conn:
+        rows = {r.username: (r.etag, r.photo_sha256, r.pixels) for r in conn.execute(select(http_photos))}
+    assert rows == {"jdoe": ('"c"', "sha-c", 300), "ann": ('"n"', "sha-n", 4)}
