@@ -1,8 +1,9 @@
 """Photos from an HTTP server ([http_photos]): ``GET url`` with the user's name in it. A 404 is
 "no photo here"; 200 is the photo. Each photo's ETag is kept in the database with the hash of
 the bytes it named (written with the sync's outcome, remember()), so an unchanged photo costs
-one ``304 Not Modified`` and no transfer, after a restart too. Any other answer, or none, makes the sync fail and be retried (as an
-unreachable directory does): a guess could replace a photo with an older one.
+one ``304 Not Modified`` and no transfer, after a restart too. Any other answer, or none, makes
+the sync fail and be retried (as an unreachable directory does): a guess could replace a photo
+with an older one.
 """
 
 from __future__ import annotations
