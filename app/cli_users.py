@@ -11,7 +11,7 @@ from . import job_run, usernames
 from .cli import _print_json, _services, main
 from .directory import DirectoryUnavailable
 from .outcomes import FAILED
-from .sync import NoPreview
+from .sync_result import NoPreview
 
 
 def _user(username: str) -> str:

@@ -22,7 +22,7 @@ from .queue import SWEEP, Job
 from .rules import UNKNOWN, Unknown
 from .states import UserState
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .sync import SyncResult, Verdict
+from .sync_result import SyncResult, Verdict
 from .usernames import loggable
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .outcomes import SUCCESSES, SweepStatus
-from .sync import SyncResult
+from .sync_result import SyncResult
 from .tables import aware, metadata, user_key, utcnow
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from .queue import SWEEP, Job
 from .rules import UNKNOWN, Unknown
 from .states import UserState
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .sync import Verdict
+from .sync_result import Verdict
 from .tables import user_key
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from .. import job_run, usernames
 from ..directory import DirectoryUnavailable
 from ..jira import JiraError
 from ..sweep import SweepConflict
-from ..sync import NoPreview
+from ..sync_result import NoPreview
 from .auth import BadRequest, admin_required, json_body, services
 
 bp = Blueprint("admin", __name__)
