@@ -184,12 +184,14 @@ def test_the_lease_keeper_renews_while_a_job_is_held_and_its_thread_ends_after()
     keeper = LeaseKeeper(renewed.append, every=0.05)
     with keeper.held([7, 8]):
         time.sleep(0.3)
-        assert any(t.name == "job-leases" for t in threading.enumerate())
+        thread = keeper._held.get().keeper  # (other tests' keepers may run in this process too)
+        assert thread is not None and thread.is_alive()
     assert renewed and all(sorted(ids) == [7, 8] for ids in renewed)
     count = len(renewed)
-    time.sleep(0.3)
+    thread.join(1)
+    time.sleep(0.1)
     assert len(renewed) == count  # nothing held: nothing renewed, and no thread kept
-    assert not any(t.name == "job-leases" and t.is_alive() for t in threading.enumerate())
+    assert not thread.is_alive() and keeper._held.get().keeper is None
 
 
 def test_an_admins_take_runs_the_users_own_job_and_never_beside_a_worker(queue):
