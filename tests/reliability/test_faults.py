@@ -78,21 +78,27 @@ def test_a_sync_slower_than_its_lease_keeps_its_job_and_uploads_once(tmp_path, s
     assert {n: jira.state.created_for(n) for n in names} == dict.fromkeys(names, 1)
 
 
-def test_an_admins_sync_now_waits_for_a_workers_sync_of_the_user_and_uploads_once(service, slapd, ldap_ou, jira):
+def test_an_admins_sync_now_waits_for_a_workers_sync_of_the_user_and_uploads_once(tmp_path, slapd, ldap_ou, jira):
     """Jira answering each call in 0.5 s: a login's sync lasts about 2 s. An admin's "sync now"
-    of that user meanwhile waits for it, then finds the picture in place, instead of uploading
-    the same photo a second time beside it."""
+    of that user meanwhile waits for it (up to jira.timeout, 20 s here so that a loaded machine
+    cannot make it give up), then finds the picture in place, instead of uploading the same
+    photo a second time beside it."""
     add_users(slapd, ldap_ou, jira, ["busy"])
     jira.state.version = "9.12.0"  # lists no file names: a second upload could not be told from a user's own
-    jira.state.latency = 0.5
-    assert service.login("busy").status_code == 202
-    wait_until(lambda: (service.user("busy").json().get("queue") or {}).get("state") == "running",
-               10, "a worker to run the login's job")
-    answer = requests.post(service.url + "/admin/users/busy/sync", json={},
-                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
-    assert answer.status_code == 200 and answer.json()["outcome"] == "unchanged", answer.json()
-    assert jira.state.created_for("busy") == 1
-    assert service.user("busy").json()["queue"] is None  # the admin's job ended with its sync
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url, env={"AVATAR_SYNC_JIRA_TIMEOUT": "20"})
+    svc.start()
+    try:
+        jira.state.latency = 0.5
+        assert svc.login("busy").status_code == 202
+        wait_until(lambda: (svc.user("busy").json().get("queue") or {}).get("state") == "running",
+                   10, "a worker to run the login's job")
+        answer = requests.post(svc.url + "/admin/users/busy/sync", json={},
+                               headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["outcome"] == "unchanged", answer.json()
+        assert jira.state.created_for("busy") == 1
+        assert svc.user("busy").json()["queue"] is None  # the admin's job ended with its sync
+    finally:
+        svc.stop()
 
 
 def test_slapd_restarted_mid_sweep(tmp_path, slapd, ldap_ou, jira, services_for):
