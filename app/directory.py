@@ -41,6 +41,9 @@ MARKER_ATTRIBUTES = ("uSNChanged", "entryCSN", "modifyTimestamp", "whenChanged")
 SWEEP_PAGE_SIZE = 500  # <= AD's MaxPageSize (1000) and OpenLDAP's usual size.pr
 
 
+PhotoTag = tuple[str, str, int]  # a photo server's ETag, the hash of the bytes it names, their pixels
+
+
 @dataclass(frozen=True)
 class DirectoryEntry:
     directory: str
@@ -51,8 +54,7 @@ class DirectoryEntry:
     photos: tuple[tuple[str, bytes], ...] = ()  # every photo attribute with a value, in order
     # set where a source knows the photo unchanged without sending it (HTTP 304): photo is None
     photo_sha256: str | None = None
-    # the photo server's new ETag, to store with the sync's outcome: (etag, photo_sha256, pixels)
-    photo_tag: tuple[str, str, int] | None = None
+    photo_tag: PhotoTag | None = None  # the photo server's new ETag, to store with the sync's outcome
 
     @property
     def has_photo(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .config import Settings
-from .directory import DirectoryEntry, UserDirectory
+from .directory import DirectoryEntry, PhotoTag, UserDirectory
 from .http_photos import SOURCE, HttpPhotos, pixels_of
 from .store import Store
 
@@ -78,7 +78,7 @@ class PhotoSources:
                 return entry
         return None
 
-    def _choose(self, username: str, entry: DirectoryEntry, fresh: bool):
+    def _choose(self, username: str, entry: DirectoryEntry, fresh: bool) -> tuple[_Candidate | None, PhotoTag | None]:
         """The candidate the chain chooses (None: no photo anywhere), and the photo server's new
         tag if it sent one."""
         ldap = [_Candidate(attribute, photo) for attribute, photo in entry.photos]

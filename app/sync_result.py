@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .directory import PhotoTag
 from .usernames import loggable
 
 
@@ -44,4 +45,4 @@ class Verdict:
     marker: str | None = None  # the directory entry's change marker
     photo_hash: str | None = None
     stale: list[str] = field(default_factory=list)  # avatars of ours to delete once the new one is recorded
-    photo_tag: tuple[str, str, int] | None = None  # the photo server's new ETag, stored with the outcome
+    photo_tag: PhotoTag | None = None  # the photo server's new ETag, stored with the outcome
