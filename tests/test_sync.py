@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests import photos
-from tests.helpers import make_settings, slapd_directory
+from tests.helpers import make_settings, slapd_directory, wait_until
 from tests.photos import BLUE, GREEN, RED, YELLOW
 from tests.rig.ports import free_port
 
@@ -348,17 +348,21 @@ def test_an_admins_sync_now_meeting_a_worker_still_running_the_user_answers_fail
     rig.user("jdoe", photos.solid(RED))
     queue = rig.services.queue
     queue.enqueue("jdoe")
-    claimed = []
-    worker = threading.Thread(target=lambda: claimed.extend(queue.claim(1)))  # another thread's lease
-    worker.start()
-    worker.join()
+    claimed, done = [], threading.Event()
+
+    def worker():  # another thread's lease: it claims, and ends the job once told (its owner is the thread)
+        claimed.extend(queue.claim(1))
+        done.wait(30)
+        with queue.store.transaction() as tx:
+            queue.complete(claimed, tx)
+    running = threading.Thread(target=worker)
+    running.start()
+    wait_until(lambda: claimed, 10, "the worker to claim the job")
     result = job_run.sync_now(rig.services, "jdoe", wait=0.5)
     assert (result.outcome, result.retryable) == ("failed", True) and "worker" in result.reason
     assert rig.state.writes() == 0
-    with queue.store.transaction() as tx:  # the worker's run ends (its lease, its thread)
-        worker = threading.Thread(target=lambda: queue.complete(claimed, tx))
-        worker.start()
-        worker.join()
+    done.set()  # the worker's run ends
+    running.join()
     assert queue.job_for("jdoe")["state"] == "pending"  # the run the admin asked for, still to come
     result = job_run.sync_now(rig.services, "JDoe")
     assert (result.username, result.outcome, result.source) == ("JDoe", "updated", "admin")
