@@ -93,7 +93,7 @@ def sync_now(
     worker runs it, this waits up to ``wait`` (default jira.timeout) for that run to end, then
     answers failed (retryable): the job runs once more after the worker's run, in the background."""
     if dry_run:
-        return services.syncer.sync_user(username, force=force, dry_run=True, source=source)
+        return services.syncer.dry_run(username, force=force, source=source)
     queue = services.queue
     deadline = time.monotonic() + (services.settings.jira.timeout if wait is None else wait)
     try:

@@ -129,11 +129,11 @@ def _insert_or_update(tx: Connection, key: str, change: Change, now: datetime) -
     tx.execute(_SAVE, _values(state))
 
 
-def remember_created(conn: Connection, username: str, avatar_id: str | None, photo_sha256: str | None) -> None:
-    """Note an avatar this service created (``avatar_id`` None: an upload of that photo is about
-    to start) in one statement that appends the id to the row's list in SQL."""
+def remember_created(conn: Connection, username: str, avatar_id: str, photo_sha256: str | None) -> None:
+    """Note an avatar this service created in one statement that appends the id to the row's
+    list in SQL."""
     values = {"key": user_key(username), "id": avatar_id, "sha": photo_sha256, "now": utcnow()}
-    values["ids"] = json.dumps([avatar_id] if avatar_id is not None else [])
+    values["ids"] = json.dumps([avatar_id])
     conn.execute(_REMEMBER[conn.dialect.name], values)
 
 
@@ -193,24 +193,22 @@ _REMEMBER_SQL = (
     "last_attempt_at, attempts, excluded) VALUES (:key, :ids, :id, :sha, :now, 1, false) "
     "ON CONFLICT (username) DO UPDATE SET pending_avatar_id = :id, pending_sha256 = :sha, "
     "last_attempt_at = :now, attempts = user_state.attempts + 1, created_avatar_ids = CASE "
-    "WHEN {id} IS NULL OR {holds} THEN user_state.created_avatar_ids ELSE {appended} END"
+    "WHEN {holds} THEN user_state.created_avatar_ids ELSE {appended} END"
 )
 _IDS = "coalesce(nullif(user_state.created_avatar_ids, ''), '[]')"
 
 
-def _remember(id_: str, holds: str, appended: str) -> TextClause:
-    sql = _REMEMBER_SQL.format(id=id_, holds=holds, appended=appended)
+def _remember(holds: str, appended: str) -> TextClause:
+    sql = _REMEMBER_SQL.format(holds=holds, appended=appended)
     return text(sql).bindparams(bindparam("now", type_=DateTime(timezone=True)))
 
 
 _REMEMBER = {
     "sqlite": _remember(
-        ":id",
         holds=f"EXISTS (SELECT 1 FROM json_each({_IDS}) WHERE value = :id)",
         appended=f"json_insert({_IDS}, '$[#]', :id)",
     ),
     "postgresql": _remember(
-        "CAST(:id AS text)",
         holds=f"CAST({_IDS} AS jsonb) @> jsonb_build_array(CAST(:id AS text))",
         appended=f"CAST(CAST({_IDS} AS jsonb) || jsonb_build_array(CAST(:id AS text)) AS text)",
     ),

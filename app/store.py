@@ -233,9 +233,8 @@ class Store:
                 conn.execute(select(user_state.c.last_outcome, func.count()).group_by(user_state.c.last_outcome)).all()
             )
 
-    def remember_created(self, username: str, avatar_id: str | None, photo_sha256: str | None = None) -> None:
-        """Note an avatar this service created, before selecting it, so it is never orphaned
-        (``avatar_id`` None: an upload of that photo is about to start).
+    def remember_created(self, username: str, avatar_id: str, photo_sha256: str | None = None) -> None:
+        """Note an avatar this service created, before selecting it, so it is never orphaned.
 
         One statement, the id appended to the list in SQL (update()'s read, change and write
         was three, and on PostgreSQL BEGIN and COMMIT two round trips more: a sweep notes every

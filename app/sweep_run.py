@@ -246,7 +246,7 @@ class _Run:
         assert self.dry is not None
         syncer = self.services.syncer
         results = self.dry.map(
-            jira_budget.carried(lambda w: syncer.sync_user(w[0], dry_run=True, jira_user=w[2], source="sweep")), work
+            jira_budget.carried(lambda w: syncer.dry_run(w[0], jira_user=w[2], source="sweep")), work
         )
         for i, result in enumerate(results, 1):
             self.sweeps.record(self.id, result)

@@ -1,10 +1,10 @@
 """Syncing one user: app/rules.py decides, this module reads what the decision needs, carries
 it out against Jira and records the outcome.
 
-Syncer.sync_user(username) does all of it for a dry run (the admin API's, the CLI's, a dry-run
-sweep's); a user's job (app/job_run.py: a queue worker's, an admin's sync now) runs the same
-three steps (attempt, record, finish) itself, recording in the transaction that ends the job.
-None of the doors holds a rule.
+A real sync is always a user's job (app/job_run.py: a queue worker's, an admin's sync now): it
+runs Syncer.attempt, then Syncer.record in the transaction that ends the job, then
+Syncer.finish. Syncer.dry_run is the same attempt with its writes left out (the admin API's,
+the CLI's, a dry-run sweep's). None of the doors holds a rule.
 
 Outcomes: updated, restored, unchanged, no_photo, photo_removed, not_in_directory,
 not_in_jira, invalid_photo, disabled, excluded, failed (with a reason).
@@ -62,28 +62,13 @@ class Syncer:
         self.debounce = LoginDebounce(settings, store)  # login storms
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
-    def sync_user(
-        self,
-        username: str,
-        force: bool = False,
-        dry_run: bool = False,
-        jira_user: JiraUser | None = None,
-        entry: DirectoryEntry | None = None,
-        source: str = "admin",
+    def dry_run(
+        self, username: str, force: bool = False, jira_user: JiraUser | None = None, source: str = "admin"
     ) -> SyncResult:
-        """Bring one user's Jira picture in step with the directory, and record the outcome in
-        a transaction of its own. Never raises. (A queued job's worker does the same three
-        steps itself, recording in the transaction that also ends the job.)"""
-        verdict = self.attempt(username, force=force, dry_run=dry_run, jira_user=jira_user, entry=entry, source=source)
-        recorded = False
-        if self.needs_record(verdict):
-            try:
-                with self.store.transaction(wait=self.store.user_wait) as tx:
-                    self.record([verdict], tx)
-                recorded = True
-            except Exception as exc:  # noqa: BLE001 - never raises: an unwritten outcome is a failure
-                verdict = self.unrecorded(verdict, exc)
-        return self.finish(verdict, recorded)
+        """What a sync of the user would do, found by reading only: nothing is uploaded or
+        recorded. Never raises. (A real sync is a job's: app/job_run.py.)"""
+        verdict = self.attempt(username, force=force, dry_run=True, jira_user=jira_user, source=source)
+        return self.finish(verdict, recorded=False)
 
     def attempt(
         self,
@@ -91,7 +76,7 @@ class Syncer:
         force: bool = False,
         dry_run: bool = False,
         jira_user: JiraUser | None = None,
-        attempt: int | None = None,
+        attempt: int = 1,
         entry: DirectoryEntry | None = None,
         source: str = "admin",
         state: UserState | None | Unknown = UNKNOWN,
@@ -105,10 +90,10 @@ class Syncer:
         UNKNOWN: read it here.
         ``source``: what asked for it (login, created, updated, sweep, admin), for the log
         line and the dashboard.
-        ``attempt``: a queued job's attempt number. A job's next attempt (like any sync after a
-        failed one) is itself the sign that an upload may have been cut short, so a queued
-        first attempt skips the write that marks an upload as begun (one transaction fewer per
-        new avatar in a sweep).
+        ``attempt``: the job's attempt number. A later attempt (like any sync after a failed
+        one) is itself the sign that an upload may have been cut short, so nothing is written to
+        mark an upload as begun: the only write before the outcome's is the new avatar's id
+        (Store.remember_created), between crop-confirm and select.
         """
         started = time.perf_counter()
         try:
@@ -223,7 +208,7 @@ class Syncer:
         force: bool,
         dry_run: bool,
         jira_user: JiraUser | None,
-        attempt: int | None,
+        attempt: int,
         prefetched: DirectoryEntry | None,
         stored: UserState | None | Unknown,
     ) -> Verdict:
@@ -242,7 +227,7 @@ class Syncer:
             state=state,
             hinted=jira_user is not None,
             force=force,
-            retried=(attempt is not None and attempt > 1) or (state is not None and state.last_outcome == FAILED),
+            retried=attempt > 1 or (state is not None and state.last_outcome == FAILED),
             disabled=disabled,
             excluded=excluded,
             photo_removed=self.settings.photo_removed,
@@ -254,7 +239,7 @@ class Syncer:
             facts = replace(facts, jira_user=self.jira.get_user(username), hinted=False)
             plan = decide(facts)
         if plan.upload:
-            plan = self._carry_out(username, facts, plan, dry_run, mark=attempt is None)
+            plan = self._carry_out(username, facts, plan, dry_run)
         elif plan.reset:
             plan = self._reset(username, plan, dry_run)
         assert plan.outcome is not None  # a plan that needs nothing more has its outcome
@@ -268,7 +253,7 @@ class Syncer:
             entry.photo_tag if entry else None,
         )
 
-    def _carry_out(self, username: str, facts: Facts, plan: Plan, dry_run: bool, mark: bool) -> Plan:
+    def _carry_out(self, username: str, facts: Facts, plan: Plan, dry_run: bool) -> Plan:
         """A plan that writes: select ours again if Jira still has it, else finish an upload
         a killed run left, else decode, upload and select. Returns what was done."""
         state = facts.state if isinstance(facts.state, UserState) else None
@@ -298,7 +283,7 @@ class Syncer:
             return Plan(INVALID_PHOTO, reason=f"{entry.photo_attribute} in {entry.directory}: {exc}")
         if dry_run:
             return done
-        new_id = self._upload_and_select(username, png, photo_hash, mark=mark)
+        new_id = self._upload_and_select(username, png, photo_hash)
         return replace(done, avatar_id=new_id, stale=stale_after(state, new_id))
 
     def _reset(self, username: str, plan: Plan, dry_run: bool) -> Plan:
@@ -355,10 +340,8 @@ class Syncer:
         name, ours = upload_filename(photo_hash), state.created_avatar_ids if state else []
         return next((i for i, f in custom.items() if f == name and i not in ours), None)
 
-    def _upload_and_select(self, username: str, png: bytes, photo_hash: str, mark: bool) -> str:
+    def _upload_and_select(self, username: str, png: bytes, photo_hash: str) -> str:
         side, _ = png_size(png)
-        if mark:
-            self.store.remember_created(username, None, photo_hash)  # "an upload of this photo began"
         new_id = self.jira.upload_avatar(username, png, side, upload_filename(photo_hash))
         # Remember it before selecting: a crash in between must not orphan it in Jira.
         self.store.remember_created(username, new_id, photo_hash)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cheroot import wsgi
 
-from app import create_app
+from app import create_app, job_run
 from app.worker import WorkerPool
 from tests import photos
 from tests.helpers import make_settings, slapd_directory
@@ -69,7 +69,7 @@ def service(tmp_path, slapd, ldap_ou, jira):
                              webhook={"secret": "browser-webhook-secret-0123"}, admin={"token": ADMIN})
     app = create_app(settings)
     services = app.extensions["avatar_sync"]
-    assert services.syncer.sync_user("alice").outcome == "updated"  # a picture to show
+    assert job_run.sync_now(services, "alice").outcome == "updated"  # a picture to show
     pool = WorkerPool(services, 2, 0.2).start()
     served = Served(app)
     yield served, services
@@ -130,7 +130,7 @@ def test_dashboard_in_a_real_browser(service, jira):
             page.locator("#users tr.user button.exclusion").click()
             expect(page.locator("#answer")).to_have_text("alice: excluded (opted out by an admin)")
             expect(page.locator("#users tr.user td.excluded")).to_have_text("opted out")
-            assert services.syncer.sync_user("alice", force=True).outcome == "excluded"
+            assert job_run.sync_now(services, "alice", force=True).outcome == "excluded"
             page.locator("#users tr.user button.exclusion", has_text="include again").click()
             expect(page.locator("#answer")).to_have_text("alice: not excluded")
             page.screenshot(path=str(ARTIFACTS / "dashboard-user.png"), full_page=True)

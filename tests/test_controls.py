@@ -9,6 +9,7 @@ import threading
 import pytest
 from PIL import Image
 
+from app import job_run
 from tests import photos
 from tests.helpers import make_settings, module_clock, run_sweep, slapd_directory
 from tests.photos import BLUE, GREEN, RED
@@ -43,10 +44,10 @@ def test_upper_crop_uploads_the_top_of_a_tall_portrait(controls, slapd, ldap_ou,
     jira.state.add_user("tall")
     jira.state.add_user("wide")
     services = controls(crop="upper")
-    assert services.syncer.sync_user("tall").outcome == "updated"
+    assert job_run.sync_now(services, "tall").outcome == "updated"
     shown = jira.state.selected_avatar("tall").image.convert("RGB")
     assert photos.close(shown.getpixel((100, 20)), WHITE) and photos.close(shown.getpixel((50, 195)), RED)
-    assert services.syncer.sync_user("wide").outcome == "updated"
+    assert job_run.sync_now(services, "wide").outcome == "updated"
     c = photos.corners(jira.state.selected_avatar("wide").png)  # a wide photo: centred as ever
     assert photos.close(c["bl"], BLUE)
 
@@ -59,7 +60,7 @@ def synced_then_removed(controls, slapd, ldap_ou, jira, name="jdoe", own_upload=
     jira.state.add_user(name)
     own = jira.state.upload_as_user(name, photos.solid(BLUE, 64, "PNG")) if own_upload else None
     services = controls(**settings)
-    assert services.syncer.sync_user(name).outcome in ("updated", "restored")
+    assert job_run.sync_now(services, name).outcome in ("updated", "restored")
     ours = jira.state.selected_avatar(name).id
     slapd.set_photo(dn, "jpegPhoto", None)
     return services, ours, own
@@ -68,20 +69,20 @@ def synced_then_removed(controls, slapd, ldap_ou, jira, name="jdoe", own_upload=
 def test_photo_removed_keep_leaves_our_picture_as_it_always_did(controls, slapd, ldap_ou, jira):
     services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira)
     writes = jira.state.writes()
-    assert services.syncer.sync_user("jdoe").outcome == "no_photo"
+    assert job_run.sync_now(services, "jdoe").outcome == "no_photo"
     assert jira.state.writes() == writes and jira.state.selected_avatar("jdoe").id == ours
 
 
 def test_photo_removed_default_selects_jiras_default_then_deletes_ours(controls, slapd, ldap_ou, jira):
     services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira, photo_removed="default")
-    result = services.syncer.sync_user("jdoe")
+    result = job_run.sync_now(services, "jdoe")
     assert (result.outcome, result.reason) == ("photo_removed", "default: Jira's default avatar selected")
     # selected explicitly (Jira's stored choice is "none", not a dangling id it falls back from)
     assert jira.state.users["jdoe"].avatar_property is None
     assert ours not in jira.state.avatars  # ours deleted, after the default was selected
     assert jira.state.count("PUT /user/avatar") == 2  # our upload's select, then the default's
     writes = jira.state.writes()
-    assert services.syncer.sync_user("jdoe", force=True).outcome == "no_photo"  # and then nothing
+    assert job_run.sync_now(services, "jdoe", force=True).outcome == "no_photo"  # and then nothing
     assert jira.state.writes() == writes
 
 
@@ -91,17 +92,17 @@ def test_photo_removed_user_upload_goes_back_to_the_users_latest_own_upload(cont
     older = own
     newer = jira.state.upload_as_user("jdoe", photos.solid(RED, 64, "PNG"))  # then picked ours again
     jira.state.users["jdoe"].avatar_property = ours
-    result = services.syncer.sync_user("jdoe")
+    result = job_run.sync_now(services, "jdoe")
     assert result.outcome == "photo_removed" and result.reason == f"user_upload: the user's own avatar {newer} selected"
     assert jira.state.users["jdoe"].avatar_property == newer
     assert ours not in jira.state.avatars and older in jira.state.avatars  # theirs are never deleted
     writes = jira.state.writes()
-    assert services.syncer.sync_user("jdoe", force=True).outcome == "no_photo" and jira.state.writes() == writes
+    assert job_run.sync_now(services, "jdoe", force=True).outcome == "no_photo" and jira.state.writes() == writes
 
 
 def test_photo_removed_user_upload_without_one_selects_the_default(controls, slapd, ldap_ou, jira):
     services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira, photo_removed="user_upload")
-    result = services.syncer.sync_user("jdoe")
+    result = job_run.sync_now(services, "jdoe")
     assert result.outcome == "photo_removed" and "Jira's default avatar selected" in result.reason
     assert jira.state.users["jdoe"].avatar_property is None and ours not in jira.state.avatars
 
@@ -109,7 +110,7 @@ def test_photo_removed_user_upload_without_one_selects_the_default(controls, sla
 def test_photo_removed_keeps_a_picture_the_user_chose_and_deletes_only_ours(controls, slapd, ldap_ou, jira):
     services, ours, _ = synced_then_removed(controls, slapd, ldap_ou, jira, photo_removed="default")
     theirs = jira.state.upload_as_user("jdoe", photos.solid(RED, 64, "PNG"))
-    result = services.syncer.sync_user("jdoe")
+    result = job_run.sync_now(services, "jdoe")
     assert result.outcome == "photo_removed" and result.reason == f"kept: the user's own choice, avatar {theirs}"
     assert jira.state.users["jdoe"].avatar_property == theirs and ours not in jira.state.avatars
 
@@ -127,10 +128,10 @@ def test_photo_removed_from_active_directory(tmp_path, samba, ad_ou, jira, servi
     dn = samba.add_user(ad_ou, "adremoved", thumbnail_photo=photos.photo(96, 96))
     jira.state.add_user("adremoved")
     services = services_for(make_settings(tmp_path, jira.url, [samba_directory(ad_ou)], photo_removed="default"))
-    assert services.syncer.sync_user("adremoved").outcome == "updated"
+    assert job_run.sync_now(services, "adremoved").outcome == "updated"
     ours = jira.state.selected_avatar("adremoved").id
     samba.set_photo(dn, "thumbnailPhoto", None)
-    assert services.syncer.sync_user("adremoved").outcome == "photo_removed"
+    assert job_run.sync_now(services, "adremoved").outcome == "photo_removed"
     assert jira.state.users["adremoved"].avatar_property is None and ours not in jira.state.avatars
 
 
@@ -143,14 +144,14 @@ def test_excluded_users_are_not_touched_by_name_group_or_an_admins_opt_out(contr
                             else ("jira-software-users",))
     services = controls(exclude_users=["LISTED"], exclude_groups=["no-avatar-sync", "no-such-group"])
     services.store.set_excluded("optedout", True)
-    reasons = {name: services.syncer.sync_user(name) for name in ("listed", "grouped", "optedout", "other")}
+    reasons = {name: job_run.sync_now(services, name) for name in ("listed", "grouped", "optedout", "other")}
     assert {n: r.outcome for n, r in reasons.items()} == {
         "listed": "excluded", "grouped": "excluded", "optedout": "excluded", "other": "updated"}
     assert reasons["grouped"].reason == "member of the Jira group no-avatar-sync (exclude_groups)"
     assert reasons["optedout"].reason == "opted out by an admin"
     assert jira.state.writes() == 3  # other's upload, crop-confirm, select: nothing else
     services.store.set_excluded("optedout", False)
-    assert services.syncer.sync_user("optedout").outcome == "updated"
+    assert job_run.sync_now(services, "optedout").outcome == "updated"
 
 
 def test_exclude_groups_past_their_age_are_read_by_one_caller_while_the_others_keep_to_the_copy(
@@ -207,12 +208,12 @@ def test_an_excluded_user_keeps_even_our_old_picture(controls, slapd, ldap_ou, j
     dn = slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
     jira.state.add_user("jdoe")
     services = controls(photo_removed="default")
-    assert services.syncer.sync_user("jdoe").outcome == "updated"
+    assert job_run.sync_now(services, "jdoe").outcome == "updated"
     ours = jira.state.selected_avatar("jdoe").id
     services.store.set_excluded("jdoe", True)
     slapd.set_photo(dn, "jpegPhoto", None)  # would be photo_removed, were they not excluded
     writes = jira.state.writes()
-    assert services.syncer.sync_user("jdoe", force=True).outcome == "excluded"
+    assert job_run.sync_now(services, "jdoe", force=True).outcome == "excluded"
     assert jira.state.writes() == writes and jira.state.selected_avatar("jdoe").id == ours
 
 
@@ -286,7 +287,7 @@ def test_an_hr_photo_server_first_in_the_chain_wins(controls, slapd, ldap_ou, ji
     jira.state.add_user("jdoe")
     photo_server.photos["jdoe"] = photos.solid(GREEN, 400)
     services = controls(http_photos=http_photos(photo_server, position="first"))
-    result = services.syncer.sync_user("jdoe")
+    result = job_run.sync_now(services, "jdoe")
     assert result.outcome == "updated"
     assert photos.close(photos.dominant(jira.state.selected_avatar("jdoe").png), GREEN)
     assert jira.state.selected_avatar("jdoe").image.size == (256, 256)
@@ -301,7 +302,7 @@ def test_last_in_the_chain_the_server_is_asked_only_for_users_without_a_director
         jira.state.add_user(name)
     photo_server.photos["withphoto"] = photo_server.photos["without"] = photos.solid(GREEN, 200)
     services = controls(http_photos=http_photos(photo_server))  # position = "last"
-    outcomes = {n: services.syncer.sync_user(n) for n in ("withphoto", "without", "nowhere")}
+    outcomes = {n: job_run.sync_now(services, n) for n in ("withphoto", "without", "nowhere")}
     assert photos.close(photos.dominant(jira.state.selected_avatar("withphoto").png), RED)
     assert photo_server.count("withphoto") == 0  # a photo came before the server in the chain
     assert photos.close(photos.dominant(jira.state.selected_avatar("without").png), GREEN)
@@ -314,10 +315,10 @@ def test_prefer_largest_across_attributes_and_the_server(controls, slapd, ldap_o
     jira.state.add_user("jdoe")
     photo_server.photos["jdoe"] = photos.solid(GREEN, 200)
     services = controls(prefer="largest", http_photos=http_photos(photo_server, position="first"))
-    assert services.syncer.sync_user("jdoe").outcome == "updated"
+    assert job_run.sync_now(services, "jdoe").outcome == "updated"
     assert photos.close(photos.dominant(jira.state.selected_avatar("jdoe").png), BLUE)  # 300 px beats 200, 96
     photo_server.photos["jdoe"] = photos.solid(GREEN, 480)
-    assert services.syncer.sync_user("jdoe").outcome == "updated"
+    assert job_run.sync_now(services, "jdoe").outcome == "updated"
     assert photos.close(photos.dominant(jira.state.selected_avatar("jdoe").png), GREEN)
 
 
@@ -325,10 +326,10 @@ def test_an_unchanged_photo_costs_one_304_even_after_a_restart(controls, slapd, 
     slapd.add_user(ldap_ou, "jdoe")
     jira.state.add_user("jdoe")
     photo_server.photos["jdoe"] = photos.photo(300, 300)
-    assert controls(http_photos=http_photos(photo_server)).syncer.sync_user("jdoe").outcome == "updated"
+    assert job_run.sync_now(controls(http_photos=http_photos(photo_server)), "jdoe").outcome == "updated"
     writes = jira.state.writes()
     restarted = controls(http_photos=http_photos(photo_server))  # a new process: the tag is in the database
-    assert restarted.syncer.sync_user("jdoe").outcome == "unchanged"
+    assert job_run.sync_now(restarted, "jdoe").outcome == "unchanged"
     assert photo_server.count("jdoe", 304) == 1 and photo_server.count("jdoe", 200) == 1
     assert jira.state.writes() == writes
     # Jira lost our avatar: the bytes are fetched again (the 304 carried none) and uploaded
@@ -336,10 +337,10 @@ def test_an_unchanged_photo_costs_one_304_even_after_a_restart(controls, slapd, 
     for avatar_id in list(jira.state.avatars):
         if jira.state.avatars[avatar_id].owner == jira.state.users["jdoe"].key:
             del jira.state.avatars[avatar_id]
-    assert restarted.syncer.sync_user("jdoe").outcome == "restored"
+    assert job_run.sync_now(restarted, "jdoe").outcome == "restored"
     assert photo_server.count("jdoe", 200) == 2
     photo_server.photos["jdoe"] = photos.solid(GREEN, 300)  # a new photo on the server
-    assert restarted.syncer.sync_user("jdoe").outcome == "updated"
+    assert job_run.sync_now(restarted, "jdoe").outcome == "updated"
     assert photos.close(photos.dominant(jira.state.selected_avatar("jdoe").png), GREEN)
 
 
@@ -349,10 +350,10 @@ def test_a_failing_or_refusing_photo_server_fails_the_sync_and_writes_nothing(
     jira.state.add_user("jdoe")
     photo_server.photos["jdoe"] = photos.photo()
     photo_server.failing = 503
-    result = controls(http_photos=http_photos(photo_server)).syncer.sync_user("jdoe")
+    result = job_run.sync_now(controls(http_photos=http_photos(photo_server)), "jdoe")
     assert result.outcome == "failed" and result.retryable and "answered 503" in result.reason
     photo_server.failing = None
-    refused = controls(http_photos=http_photos(photo_server, token="wrong")).syncer.sync_user("jdoe")
+    refused = job_run.sync_now(controls(http_photos=http_photos(photo_server, token="wrong")), "jdoe")
     assert refused.outcome == "failed" and "answered 401" in refused.reason and "wrong" not in refused.reason
     assert jira.state.writes() == 0
 
@@ -437,5 +438,5 @@ def test_active_directorys_96_px_thumbnail_loses_to_the_hr_server(tmp_path, samb
     photo_server.photos["adhr"] = photos.solid(GREEN, 400)
     settings = make_settings(tmp_path, jira.url, [samba_directory(ad_ou)], prefer="largest",
                              http_photos=http_photos(photo_server))
-    assert services_for(settings).syncer.sync_user("adhr").outcome == "updated"
+    assert job_run.sync_now(services_for(settings), "adhr").outcome == "updated"
     assert photos.close(photos.dominant(jira.state.selected_avatar("adhr").png), GREEN)

@@ -46,15 +46,15 @@ def test_remembering_an_avatar_appends_it_once_and_leaves_the_rest_of_the_row(st
     insert, a known id is not added twice (nor taken for a prefix of another), and the
     columns it does not own stay as they were."""
     user = f"u-{uuid.uuid4().hex[:8]}"
-    store.remember_created(user, None, "aa")  # an upload of photo aa began, nothing created yet
+    store.remember_created(user, "7", "aa")  # Jira made avatar 7 of photo aa; not selected yet
     state = store.get(user)
-    assert (state.created_avatar_ids, state.pending_avatar_id, state.pending_sha256) == ([], None, "aa")
+    assert (state.created_avatar_ids, state.pending_avatar_id, state.pending_sha256) == (["7"], "7", "aa")
     assert state.excluded is False and state.last_attempt_at.tzinfo is not None
     set_fields(store, user, photo_sha256="bb", avatar_id="9", last_outcome="updated", marker="m")
     for avatar_id, photo in (("10", "cc"), ("10", "cc"), ("1", "dd")):
         store.remember_created(user, avatar_id, photo)
     state = store.get(user)
-    assert state.created_avatar_ids == ["10", "1"]
+    assert state.created_avatar_ids == ["7", "10", "1"]
     assert (state.pending_avatar_id, state.pending_sha256) == ("1", "dd")
     assert (state.photo_sha256, state.avatar_id, state.last_outcome, state.marker) == ("bb", "9", "updated", "m")
     with store.read() as conn:

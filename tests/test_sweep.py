@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from app import sweep_run
+from app import job_run, sweep_run
 from app.directory import Directory
 from app.queue import LOGIN, SWEEP
 from app.rules import UNKNOWN
@@ -993,7 +993,7 @@ def test_a_photo_replaced_within_the_second_of_its_sync_is_seen(tmp_path, slapd,
     for _ in range(5):  # the three steps must fall within one second of slapd's clock
         time.sleep(1.02 - time.time() % 1)
         slapd.set_photo(dn, "jpegPhoto", photos.solid(photos.RED, 64))
-        assert rig.services.syncer.sync_user("quick", force=True).outcome == "updated"
+        assert job_run.sync_now(rig.services, "quick", force=True).outcome == "updated"
         slapd.set_photo(dn, "jpegPhoto", photos.solid(photos.BLUE, 64))
         if _timestamp(slapd, dn) in rig.services.store.get("quick").marker:
             break

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import update
 
+from app import job_run
+from app.queue import jobs
 from tests import photos
 from tests.helpers import make_settings, slapd_directory, wait_until
 from tests.photos import BLUE, GREEN, RED, YELLOW
@@ -23,15 +26,24 @@ def rig(tmp_path, slapd, ldap_ou, jira, services_for):
                 self.state.add_user(name)
             return dn
 
-        def sync(self, name, attempt=None, **kw):
-            """As a door syncs (attempt None), or as a worker runs a queued job's attempt."""
+        def sync(self, name, attempt=None, dry_run=False, **kw):
+            """As an admin's sync now runs (the user's own job; attempt None), as a worker runs
+            a queued job's attempt, or as a dry run (nothing written)."""
             syncer = self.services.syncer
-            if attempt is None:
-                return syncer.sync_user(name, **kw)
-            verdict = syncer.attempt(name, attempt=attempt, **kw)
+            if dry_run:
+                return syncer.dry_run(name, **kw)
+            if attempt is None and not kw.keys() - {"force"}:
+                return job_run.sync_now(self.services, name, **kw)
+            verdict = syncer.attempt(name, attempt=attempt or 1, **kw)
             with self.services.store.transaction() as tx:
                 syncer.record([verdict], tx)
             return syncer.finish(verdict, recorded=True)
+
+        def process_died(self):
+            """The process that held the jobs is gone (kill -9): their leases are a dead pid's."""
+            queue = self.services.queue
+            with queue.store.transaction() as conn:
+                conn.execute(update(jobs).values(lease_owner=queue.owner_prefix + "999999:1"))
 
         def shown(self, name):
             return self.state.selected_avatar(name)
@@ -153,7 +165,7 @@ def test_per_directory_attribute_override(tmp_path, slapd, ldap_ou, jira, servic
                              [slapd_directory(slapd, ldap_ou, photo_attributes=["jpegPhoto"])])
     slapd.add_user(ldap_ou, "both", jpeg_photo=photos.solid(RED), thumbnail_photo=photos.solid(BLUE))
     jira.state.add_user("both")
-    services_for(settings).syncer.sync_user("both")
+    job_run.sync_now(services_for(settings), "both")
     assert photos.close(photos.dominant(jira.state.selected_avatar("both").png), RED)
 
 
@@ -162,7 +174,7 @@ def test_disabled_when_attribute_list_is_empty(tmp_path, slapd, ldap_ou, jira, s
                              photo_attributes=[])
     slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
     jira.state.add_user("jdoe")
-    assert services_for(settings).syncer.sync_user("jdoe").outcome == "disabled"
+    assert job_run.sync_now(services_for(settings), "jdoe").outcome == "disabled"
     assert jira.state.writes() == 0
 
 
@@ -224,6 +236,7 @@ def _killed_after_select(rig, monkeypatch):
     monkeypatch.setattr(syncer, "record", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
     assert rig.sync("jdoe").outcome == "failed"
     monkeypatch.setattr(syncer, "record", real_record)
+    rig.process_died()  # with the job it ran: the next sync takes it at once
 
 
 def test_crash_after_select_before_recording_does_not_upload_again(rig, monkeypatch):
@@ -250,12 +263,12 @@ def test_odd_but_real_usernames_find_exactly_that_user(rig):
 
 
 @pytest.mark.parametrize("first, then", [(None, None), (1, 2), (1, 1)],
-                         ids=["inline", "queued job", "queued job started afresh by a new event"])
+                         ids=["sync now", "queued job", "queued job started afresh by a new event"])
 def test_crash_between_confirm_and_noting_the_id_does_not_upload_again(rig, monkeypatch, first, then):
     """Jira created the avatar but the process died before writing its id down.
 
-    Inline, a note "upload began" written first tells the next run to look; a queued job
-    writes no such note, its retry (or the failure it recorded) is the sign."""
+    No note "upload began" is written first: the retry (or the failure it recorded) is the
+    sign to look. An admin's sync now is the user's job too, so its next run is a retry."""
     rig.user("jdoe", photos.solid(RED))
     store = rig.services.store
     real = store.remember_created
@@ -268,7 +281,7 @@ def test_crash_between_confirm_and_noting_the_id_does_not_upload_again(rig, monk
         real(username, avatar_id, photo_hash)
     monkeypatch.setattr(store, "remember_created", dies_after_jira_answered)
     assert rig.sync("jdoe", attempt=first).outcome == "failed"
-    assert notes[:-1] == ([None] if first is None else []) and notes[-1] is not None
+    assert len(notes) == 1 and notes[0] is not None  # the id, the one write before the outcome's
     monkeypatch.setattr(store, "remember_created", real)
     created = rig.state.count("POST /user/avatar")
     result = rig.sync("jdoe", attempt=then)
@@ -309,9 +322,7 @@ def test_stale_view_after_a_crash_past_select_makes_no_second_select(rig, monkey
 def test_the_outcome_and_the_jobs_end_commit_together_or_neither_does(rig, monkeypatch):
     """The worker records the outcome and ends the job in one transaction: when that cannot be
     written, neither happened, the job keeps its lease, and its next run uploads nothing new."""
-    from sqlalchemy import update
-
-    from app.queue import LoginQueue, jobs
+    from app.queue import LoginQueue
     from app.worker import WorkerPool
     rig.user("jdoe", photos.solid(RED))
     services = rig.services
@@ -344,7 +355,6 @@ def test_an_admins_sync_now_meeting_a_worker_still_running_the_user_answers_fail
     admin asked for runs after it. Without a worker in the way, it runs and ends its job."""
     import threading
 
-    from app import job_run
     rig.user("jdoe", photos.solid(RED))
     queue = rig.services.queue
     queue.enqueue("jdoe")
@@ -370,16 +380,11 @@ def test_an_admins_sync_now_meeting_a_worker_still_running_the_user_answers_fail
 
 
 def test_an_admins_sync_now_takes_at_once_the_job_of_a_killed_worker(rig):
-    from sqlalchemy import update
-
-    from app import job_run
-    from app.queue import jobs
     rig.user("jdoe", photos.solid(RED))
     queue = rig.services.queue
     queue.enqueue("jdoe")
     queue.claim(1)
-    with queue.store.transaction() as conn:  # its worker's process is gone; its lease runs on
-        conn.execute(update(jobs).values(lease_owner=queue.owner_prefix + "999999:1"))
+    rig.process_died()  # its worker's process is gone; its lease runs on
     assert job_run.sync_now(rig.services, "jdoe", wait=0).outcome == "updated"
 
 
