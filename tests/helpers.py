@@ -24,6 +24,7 @@ from app.config import settings_from_dict
 from app.worker import WorkerPool
 from tests import photos
 from tests.rig import samba as samba_rig
+from tests.rig.children import DIE_WITH_PARENT
 from tests.rig.ports import free_port
 from tests.rig.service_config import slapd_section, write_service_config
 
@@ -106,7 +107,7 @@ class Service:
         env["AVATAR_SYNC_CONFIG"] = str(self.config)
         env.update(self.env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind",
+            [*DIE_WITH_PARENT, sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind",
              f"127.0.0.1:{self.port}", "--workers", "2", "app:create_app()"],
             cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30

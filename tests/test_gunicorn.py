@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.helpers import ADMIN, SECRET, Service, add_users, synced, wait_until
+from tests.rig.children import DIE_WITH_PARENT
 
 
 @pytest.fixture
@@ -266,8 +267,8 @@ def test_serve_and_a_separate_worker_process(tmp_path, slapd, ldap_ou, jira):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
     env["AVATAR_SYNC_CONFIG"] = str(svc.config)
     script = str(Path(sys.executable).parent / "jira-avatar-sync")
-    web = subprocess.Popen([script, "serve", "--bind", f"127.0.0.1:{svc.port}"], env=env, cwd=tmp_path,
-                           stdout=open(svc.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    web = subprocess.Popen([*DIE_WITH_PARENT, script, "serve", "--bind", f"127.0.0.1:{svc.port}"], env=env,
+                           cwd=tmp_path, stdout=open(svc.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     svc.proc = web
     worker = None
     try:
@@ -275,8 +276,8 @@ def test_serve_and_a_separate_worker_process(tmp_path, slapd, ldap_ou, jira):
         assert svc.login("sep").status_code == 202
         time.sleep(1)
         assert not synced(jira, "sep")  # no worker threads in the web process
-        worker = subprocess.Popen([script, "worker"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen([*DIE_WITH_PARENT, script, "worker"], env=env, cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: synced(jira, "sep"), 20, "the worker process to sync")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 0

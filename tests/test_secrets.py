@@ -19,6 +19,7 @@ import requests
 
 from tests import photos
 from tests.rig import slapd as slapd_rig
+from tests.rig.children import DIE_WITH_PARENT
 from tests.rig.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,8 +108,8 @@ def test_no_secret_in_any_log_line_answer_or_metric(tmp_path, slapd, ldap_ou, ji
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "service.log"
-    proc = subprocess.Popen([str(SCRIPT), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], cwd=ROOT,
-                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([*DIE_WITH_PARENT, str(SCRIPT), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+                            cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_up(url, proc, log)
         admin = {"Authorization": f"Bearer {SECRETS['admin']}"}

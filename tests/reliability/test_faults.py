@@ -13,6 +13,7 @@ from app import sweep_run
 from app.worker import WorkerPool
 from tests import photos
 from tests.helpers import ADMIN, Service, add_users, make_settings, slapd_directory, synced, wait_until
+from tests.rig.children import DIE_WITH_PARENT
 from tests.rig.ports import free_port
 
 
@@ -230,7 +231,7 @@ def test_the_separate_worker_killed_mid_batch(tmp_path, slapd, ldap_ou, jira):
     svc.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
     env["AVATAR_SYNC_CONFIG"] = str(svc.config)
-    script = [str(Path(sys.executable).parent / "jira-avatar-sync"), "worker"]
+    script = [*DIE_WITH_PARENT, str(Path(sys.executable).parent / "jira-avatar-sync"), "worker"]
     worker = None
     try:
         with ThreadPoolExecutor(8) as pool:

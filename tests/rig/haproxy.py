@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 
+from tests.rig.children import DIE_WITH_PARENT
 from tests.rig.ports import free_port
 
 
@@ -42,8 +43,8 @@ backend replicas
 {servers}
 """)
         self.log = work / "haproxy.log"
-        self.proc = subprocess.Popen([binary, "-db", "-f", str(self.config)], stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*DIE_WITH_PARENT, binary, "-db", "-f", str(self.config)],
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
 
     def wait_until_serving(self, seconds: float = 20) -> None:
         deadline = time.monotonic() + seconds

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import ldap3
 
+from tests.rig.children import DIE_WITH_PARENT
+
 REALM = "AVSYNC.TEST"
 BASE_DN = "DC=avsync,DC=test"
 ADMIN_DN = f"CN=Administrator,CN=Users,{BASE_DN}"
@@ -63,7 +65,7 @@ class SambaDC:
         if port_in_use(389):
             raise RuntimeError("port 389 on 127.0.0.1 is taken; cannot start the Samba AD DC test server")
         log = open(self.dir / "samba.out", "ab")
-        self.proc = subprocess.Popen(["/usr/sbin/samba", "-s", str(self.conf), "-i", "-M", "single"],
+        self.proc = subprocess.Popen([*DIE_WITH_PARENT, "/usr/sbin/samba", "-s", str(self.conf), "-i", "-M", "single"],
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

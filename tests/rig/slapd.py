@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ldap3
 
+from tests.rig.children import DIE_WITH_PARENT
 from tests.rig.ports import free_port
 
 SUFFIX = "dc=example,dc=org"
@@ -127,7 +128,7 @@ class Slapd:
     def start(self) -> None:
         log = open(self.dir / "slapd.log", "ab")
         self.proc = subprocess.Popen(
-            ["/usr/sbin/slapd", "-F", str(self.dir / "slapd.d"), "-h",
+            [*DIE_WITH_PARENT, "/usr/sbin/slapd", "-F", str(self.dir / "slapd.d"), "-h",
              f"{self.url}/ ldaps://127.0.0.1:{self.tls_port}/", "-d", "0"],
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
