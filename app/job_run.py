@@ -91,25 +91,35 @@ def sync_now(
     """An admin's sync of one user, run in this thread, its outcome returned. A dry run uploads
     nothing and holds no job. Otherwise the user's job is taken (LoginQueue.take); while a
     worker runs it, this waits up to ``wait`` (default jira.timeout) for that run to end, then
-    answers failed (retryable): the job runs once more after the worker's run, in the background."""
+    answers failed (retryable): the job runs once more after the worker's run, in the background.
+    (A sync whose outcome could not be recorded holds the job too, until its lease lapses; the
+    answer cannot tell the two apart, so it names both, and when the lease lapses.)"""
     if dry_run:
         return services.syncer.dry_run(username, force=force, source=source)
     queue = services.queue
     deadline = time.monotonic() + (services.settings.jira.timeout if wait is None else wait)
+    held_until = None
     try:
         job = queue.take(username, force, source)
         if job is None and queue.release_dead_leases():  # its holder was killed (kill -9): free at once
             job = queue.take(username, force, source)
         while job is None and time.monotonic() < deadline:
             time.sleep(BUSY_POLL_SECONDS)
-            if not queue.held_by_another(username):
+            held_until = queue.held_until(username)
+            if held_until is None:
                 job = queue.take(username, force, source)
+        if job is None and held_until is None:
+            held_until = queue.held_until(username)
     except DATABASE_UNAVAILABLE as exc:
         reason = f"database: {describe_error(exc)}"
         return SyncResult(username, FAILED, reason, retryable=True, source=source)
     if job is None:
-        log.warning("sync now of %s: a worker is syncing that user; it runs again after", loggable(username))
-        reason = "a worker is syncing this user now; the sync runs again once it is done"
+        log.warning("sync now of %s: another run holds the user's job; it runs again after", loggable(username))
+        lapses = f" (its lease lapses at {held_until:%H:%M:%S} UTC)" if held_until else ""
+        reason = (
+            "another run holds this user's job: a worker syncing the user, or an earlier sync whose outcome"
+            f" could not be recorded{lapses}; this sync runs after it, in the background"
+        )
         return SyncResult(username, FAILED, reason, retryable=True, source=source)
     job = replace(job, username=username, source=source)  # as the admin wrote it, whatever job it merged into
     with queue.leases.held([job.id]):

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -184,12 +184,14 @@ class LoginQueue:
             tx.execute(queue_sql.LEASE, {"job": row["id"], "lease_of": self.owner(), "now": now, "until": until})
         return _job(row, attempts=row["attempts"] + 1)
 
-    def held_by_another(self, username: str) -> bool:
-        """A worker is running the user's job now (a plain read: take() writes)."""
+    def held_until(self, username: str) -> datetime | None:
+        """While another thread holds the user's job, when its lease lapses unless renewed (a
+        plain read: take() writes). The holder is a worker syncing the user, or a run let go of
+        without the job being ended (its outcome could not be recorded): that job runs again
+        once the lease lapses."""
         with self.store.read() as conn:
-            return (
-                conn.execute(queue_sql.HELD_JOB, {"username": user_key(username), "now": utcnow()}).first() is not None
-            )
+            until = conn.execute(queue_sql.HELD_JOB, {"username": user_key(username), "now": utcnow()}).scalar()
+        return aware(until)
 
     def urgent_waiting(self) -> bool:
         """A job above sweep priority (a login...) is due: a worker holding a batch of sweep

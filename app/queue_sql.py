@@ -104,7 +104,7 @@ LEASE = (
 # or held by a worker now
 _HELD = and_(jobs.c.state == RUNNING, jobs.c.lease_until >= NOW)
 FREE_JOB = select(jobs).where(jobs.c.username == bindparam("username"), ~_HELD)
-HELD_JOB = select(jobs.c.id).where(jobs.c.username == bindparam("username"), _HELD)
+HELD_JOB = select(jobs.c.lease_until).where(jobs.c.username == bindparam("username"), _HELD)
 # a job of a worker's batch whose sweep was cancelled meanwhile, unless a login, an admin's sync
 # or a user event merged into it
 DROP_CANCELLED = jobs.delete().where(MINE, jobs.c.state == RUNNING, jobs.c.priority == SWEEP, ~jobs.c.again)

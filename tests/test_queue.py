@@ -203,7 +203,7 @@ def test_an_admins_take_runs_the_users_own_job_and_never_beside_a_worker(queue):
 
     fresh = queue.take("Ann", force=True)
     assert (fresh.username, fresh.priority, fresh.force, fresh.attempts) == ("ann", MANUAL, True, 1)
-    assert queue.claim(1) == [] and queue.held_by_another("ann")  # no worker takes it meanwhile
+    assert queue.claim(1) == [] and queue.held_until("ann")  # no worker takes it meanwhile
     complete(queue, fresh)
     assert queue.job_for("ann") is None
 
@@ -214,9 +214,9 @@ def test_an_admins_take_runs_the_users_own_job_and_never_beside_a_worker(queue):
 
     queue.enqueue("cid")
     worker = queue.claim(1)[0]
-    assert queue.take("cid") is None and queue.held_by_another("cid")
+    assert queue.take("cid") is None and queue.held_until("cid")
     complete(queue, worker)
-    assert not queue.held_by_another("cid")
+    assert queue.held_until("cid") is None
     again = queue.take("cid")  # the run the admin asked for
     assert again is not None and again.id == worker.id
 

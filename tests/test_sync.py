@@ -1,11 +1,14 @@
 """The sync rules (the README's table "The rules") end to end: real slapd, the Jira emulator."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import update
 
 from app import job_run
 from app.queue import jobs
+from app.tables import utcnow
 from tests import photos
 from tests.helpers import make_settings, slapd_directory, wait_until
 from tests.photos import BLUE, GREEN, RED, YELLOW
@@ -44,6 +47,11 @@ def rig(tmp_path, slapd, ldap_ou, jira, services_for):
             queue = self.services.queue
             with queue.store.transaction() as conn:
                 conn.execute(update(jobs).values(lease_owner=queue.owner_prefix + "999999:1"))
+
+        def lease_lapsed(self):
+            """The jobs' leases ran out, nobody having renewed them."""
+            with self.services.queue.store.transaction() as conn:
+                conn.execute(update(jobs).values(lease_until=utcnow() - timedelta(seconds=1)))
 
         def shown(self, name):
             return self.state.selected_avatar(name)
@@ -377,6 +385,26 @@ def test_an_admins_sync_now_meeting_a_worker_still_running_the_user_answers_fail
     result = job_run.sync_now(rig.services, "JDoe")
     assert (result.username, result.outcome, result.source) == ("JDoe", "updated", "admin")
     assert queue.job_for("jdoe") is None and rig.services.store.get("jdoe").last_outcome == "updated"
+
+
+def test_a_sync_now_not_recorded_holds_the_job_until_its_lease_lapses_and_says_so(rig, monkeypatch):
+    """Its outcome could not be written (the database away): the job stays leased, so that it
+    runs again once the lease lapses and not at once (no loop of uploads). Meanwhile another
+    sync now answers when that is, without uploading beside it."""
+    rig.user("jdoe", photos.solid(RED))
+    syncer = rig.services.syncer
+    real_record = syncer.record
+    monkeypatch.setattr(syncer, "record", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("database gone")))
+    assert rig.sync("jdoe").outcome == "failed"
+    monkeypatch.setattr(syncer, "record", real_record)
+    writes = rig.state.writes()
+    until = rig.services.queue.held_until("jdoe")
+    result = job_run.sync_now(rig.services, "jdoe", wait=0)
+    assert (result.outcome, result.retryable) == ("failed", True) and rig.state.writes() == writes
+    assert "could not be recorded" in result.reason and f"lapses at {until:%H:%M:%S} UTC" in result.reason
+    rig.lease_lapsed()
+    assert rig.sync("jdoe").outcome == "updated"  # Jira shows it already: only recorded now
+    assert rig.state.writes() == writes and rig.services.queue.job_for("jdoe") is None
 
 
 def test_an_admins_sync_now_takes_at_once_the_job_of_a_killed_worker(rig):
