@@ -45,6 +45,9 @@ of that moment, which a figure against the bound alone cannot tell from the mach
 first in the chain; slapd holds none), as a company's HR system would: a photo server's changes
 move no directory marker, so every sweep asks it about every user (the repeat sweep, one 304
 each), and the repeat sweep queues each user instead of settling them from their markers.
+Its floor is measured just before the repeat sweep (`photo_rig_alone_s`): one conditional GET
+per user through the service's own HTTP client, as many at a time as a sweep asks, in a
+process of its own, with no directory, Jira or database.
 
 --via-api starts each sweep with POST /admin/sweeps on the service under gunicorn (two workers,
 deploy/gunicorn.conf.py, sharing the master's C slots, worker.threads = BENCH_THREADS or the
@@ -345,6 +348,41 @@ def jira_only(url: str, users: int, concurrency: int, png: bytes, cores: set[int
     return time.perf_counter() - started, cpu_seconds() - cpu
 
 
+def photo_checks_only(url: str, users: int, etag: str) -> tuple[float, float]:
+    """Wall and CPU seconds of one conditional GET per user (each answered 304) through the
+    service's own HTTP client, CHECKS_AT_ONCE at a time as a sweep asks them (run in a process
+    of its own, as the sweep's runner is)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.config import HttpPhotoSettings
+    from app.http_photos import CHECKS_AT_ONCE
+    from app.jira_http import JiraHttp
+    http = JiraHttp(HttpPhotoSettings(url=url), name="the photo server")
+
+    def one(i: int) -> None:
+        resp = http.request("GET", url.replace("{username}", f"user{i:06d}"),
+                            headers={"Accept": "image/*", "If-None-Match": etag})
+        assert resp.status == 304, resp.status
+    started, cpu = time.perf_counter(), cpu_seconds()
+    with ThreadPoolExecutor(CHECKS_AT_ONCE) as pool:
+        list(pool.map(one, range(users)))
+    return time.perf_counter() - started, cpu_seconds() - cpu
+
+
+def measure_photo_rig(photo_server: PhotoServer, users: int) -> dict:
+    """The floor of a repeat sweep whose photos come from the photo server: its checks alone."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    etag = photo_server.answer("user000000", {})[2]["ETag"]
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as client:
+        server_cpu = cpu_seconds()
+        seconds, client_cpu = client.submit(photo_checks_only, photo_server.url, users, etag).result()
+        server_cpu = cpu_seconds() - server_cpu
+    photo_server.seen.clear()
+    return {"seconds": round(seconds, 1), "client_cpu_s": round(client_cpu, 1), "server_cpu_s": round(server_cpu, 1)}
+
+
 def measure_rig(args, cores: set[int] | None) -> dict:
     """The rig alone (what --jira-only prints): the three avatar calls per user from a bare
     client, against an emulator of its own with the same latency, C and photo."""
@@ -470,6 +508,8 @@ def main() -> None:
             writes_after_first = state.writes()
             photo_answers_first = dict(Counter(status for _, status in photo_server.seen.elements()))
             photo_server.seen.clear()
+            photo_rig = (measure_photo_rig(photo_server, args.users)
+                         if from_http and photo is not None and not args.no_rig else None)
             uploads = state.count("POST /user/avatar/temporary")
             repeat_s, repeat_rss, repeat_out = (api_sweep(config, 2) if args.via_api else
                                                 run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores))
@@ -494,6 +534,8 @@ def main() -> None:
                 **({"photo_server_first": photo_answers_first,
                     "photo_server_repeat": dict(Counter(status for _, status in photo_server.seen.elements()))}
                    if from_http else {}),
+                **({"photo_rig_alone": photo_rig,
+                    "repeat_over_photo_rig": round(repeat_s / photo_rig["seconds"], 2)} if photo_rig else {}),
                 "dashboard_during_first": dashboard,
                 "peak_jira_calls_in_flight": state.peak("*"),  # never above --concurrency
                 # over the whole first sweep (start-up and tail included); --concurrency at best
