@@ -102,6 +102,46 @@ def test_an_admins_sync_now_waits_for_a_workers_sync_of_the_user_and_uploads_onc
         svc.stop()
 
 
+def test_an_admins_sync_now_killed_mid_upload_is_finished_by_a_worker_uploading_once(tmp_path, slapd, ldap_ou, jira):
+    """The CLI's `sync` holds the user's job as a worker would: killed (kill -9) as its
+    crop-confirm reaches Jira, it leaves the job leased to a dead process. Once that lease
+    lapses the service's worker runs the job, and finds the avatar the dead sync made (by its
+    upload's file name, which Jira lists from 10.0: the emulator's default 10.3 here; README,
+    "Never twice", says what 9.x leaves), or uploads if Jira never made it: one avatar in all,
+    selected."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    add_users(slapd, ldap_ou, jira, ["kx"])
+    lease = {"AVATAR_SYNC_WORKER_LEASE_SECONDS": "3"}
+    svc = Service(tmp_path, slapd, ldap_ou, jira.url, env=lease)
+    svc.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
+    env.update(lease, AVATAR_SYNC_CONFIG=str(svc.config))
+    cli = [*DIE_WITH_PARENT, str(Path(sys.executable).parent / "jira-avatar-sync"), "sync", "kx"]
+    admin = None
+    try:
+        jira.state.latency = 1.0
+        admin = subprocess.Popen(cli, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: jira.state.count("POST /user/avatar", "kx") >= 1, 30, "the crop-confirm to reach Jira")
+        admin.send_signal(signal.SIGKILL)
+        admin.wait(10)
+        assert (svc.user("kx").json().get("queue") or {}).get("state") == "running"  # the dead sync's lease
+        jira.state.latency = 0.0
+        wait_until(lambda: synced(jira, "kx") and svc.user("kx").json()["queue"] is None, 60,
+                   "a worker to finish the killed sync's job")
+        assert svc.user("kx").json()["state"]["last_outcome"] == "updated"
+        assert jira.state.created_for("kx") == 1
+        assert [a.id for a in jira.state.custom_avatars("kx")] == [jira.state.selected_avatar("kx").id]
+    finally:
+        if admin and admin.poll() is None:
+            admin.kill()
+        svc.stop()
+
+
 def test_slapd_restarted_mid_sweep(tmp_path, slapd, ldap_ou, jira, services_for):
     users = [(f"w{i:03d}", photos.photo(40, 40)) for i in range(300)]
     slapd.add_users(ldap_ou, users)
