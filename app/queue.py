@@ -257,28 +257,34 @@ class LoginQueue:
         """Extend the leases of the jobs this process's threads are running (``job_ids``, while
         this process still holds them); ``leases`` (app/leases.py) calls it, and says why. How
         many were renewed."""
-        process = f"{self.owner_prefix}{per_process.pid()}:"
-        pattern = process.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+        pattern = _like_prefix(f"{self.owner_prefix}{per_process.pid()}:")
         until = utcnow() + timedelta(seconds=self.policy.lease_seconds)
         with self.store.one_statement() as conn:
             return conn.execute(queue_sql.RENEW, {"jobs": job_ids, "process": pattern, "until": until}).rowcount
 
     def release_dead_leases(self) -> int:
-        """Free leases held by processes of this host that no longer exist (after a kill -9)."""
-        with self.store.transaction() as conn:
+        """Free leases held by processes of this host that no longer exist (after a kill -9).
+        Workers look every few seconds (WorkerPool.maintain): a read, and a write only when a
+        dead process's job is found, so that it runs again at once rather than when its lease
+        lapses (lease_seconds, minutes on)."""
+        with self.store.read() as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.lease_owner).where(
-                    jobs.c.state == RUNNING, jobs.c.lease_owner.like(self.owner_prefix + "%")
+                    jobs.c.state == RUNNING, jobs.c.lease_owner.like(_like_prefix(self.owner_prefix), escape="/")
                 )
             ).all()
-            dead = [r.id for r in rows if not _pid_alive(int(r.lease_owner.split(":")[1]))]
-            if dead:
-                conn.execute(
+        dead = [r for r in rows if not _pid_alive(int(r.lease_owner.split(":")[1]))]
+        if not dead:
+            return 0
+        freed = 0
+        with self.store.transaction() as conn:
+            for r in dead:  # unless another process freed or took it since the read
+                freed += conn.execute(
                     jobs.update()
-                    .where(jobs.c.id.in_(dead))
+                    .where(jobs.c.id == r.id, jobs.c.state == RUNNING, jobs.c.lease_owner == r.lease_owner)
                     .values(state=PENDING, lease_owner=None, lease_until=None, next_try_at=utcnow())
-                )
-        return len(dead)
+                ).rowcount
+        return freed
 
     # -- reading -----------------------------------------------------------------------
 
@@ -331,6 +337,12 @@ def _job(row, attempts: int) -> Job:
         row["sweep_id"],
         hint,
     )
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern (escape "/") for the values that start with ``prefix``: a host name's
+    "_" must not stand for any character (another host's leases)."""
+    return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
 
 
 def _pid_alive(pid: int) -> bool:

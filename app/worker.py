@@ -55,9 +55,7 @@ class WorkerPool:
 
     def start(self) -> WorkerPool:
         try:
-            released = self.queue.release_dead_leases()
-            if released:
-                log.info("took back %d jobs from workers that died", released)
+            self._take_back_dead_jobs()
         except Exception:
             log.exception("could not check for dead workers' jobs")
         with self._threads_lock:
@@ -158,8 +156,10 @@ class WorkerPool:
             job_run.record(self.services, [(job, job_run.attempt(self.services, job, entry, state))])
 
     def maintain(self) -> None:
-        """Run a sweep nobody runs (new, scheduled, or its runner died); hourly housekeeping:
-        old webhook delivery ids and old sweep reports are forgotten."""
+        """Every few seconds: take back the jobs of this host's processes that died (a worker,
+        an admin's CLI sync killed mid-way), run a sweep nobody runs (new, scheduled, or its
+        runner died); hourly housekeeping: old webhook delivery ids and old sweep reports are
+        forgotten."""
         now = time.monotonic()
         with self._maintenance_lock:
             check_sweeps = now >= self._next_sweep_check
@@ -169,11 +169,17 @@ class WorkerPool:
             if housekeeping:
                 self._next_maintenance = now + MAINTENANCE_SECONDS
         if check_sweeps:
+            self._take_back_dead_jobs()
             schedule.start_if_due(self.services)
             self.services.start_runner()
         if housekeeping:
             self.queue.prune_deliveries()
             self.sweeps.prune()
+
+    def _take_back_dead_jobs(self) -> None:
+        released = self.queue.release_dead_leases()
+        if released:
+            log.info("took back %d jobs from processes of this host that died", released)
 
     def _run(self, extra: bool = False) -> None:
         """``extra``: a thread added for a sweep (_grow_for_sweep), which ends at its first

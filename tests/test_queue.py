@@ -307,6 +307,19 @@ def test_dead_process_leases_are_released(queue):
     assert queue.claim(1)[0].username == "bob"
 
 
+def test_leases_of_live_processes_and_other_hosts_are_kept(queue):
+    """A "_" in the host name is no wildcard: another host's pid means nothing here."""
+    queue.enqueue("bob")
+    queue.enqueue("eve")
+    queue.claim(2)
+    assert queue.release_dead_leases() == 0  # this process's, alive
+    queue.owner_prefix = "host_a:"
+    with queue.store.transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.username == "eve").values(lease_owner="hostXa:999999:1"))
+    assert queue.release_dead_leases() == 0
+    assert [queue.job_for(n)["state"] for n in ("bob", "eve")] == ["running", "running"]
+
+
 def test_a_zombie_workers_lease_is_released(queue):
     """Workers killed together with their master stay zombies until reaped: dead all the same."""
     import subprocess

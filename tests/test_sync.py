@@ -9,6 +9,7 @@ from sqlalchemy import update
 from app import job_run
 from app.queue import jobs
 from app.tables import utcnow
+from app.worker import WorkerPool
 from tests import photos
 from tests.helpers import make_settings, slapd_directory, wait_until
 from tests.photos import BLUE, GREEN, RED, YELLOW
@@ -331,7 +332,6 @@ def test_the_outcome_and_the_jobs_end_commit_together_or_neither_does(rig, monke
     """The worker records the outcome and ends the job in one transaction: when that cannot be
     written, neither happened, the job keeps its lease, and its next run uploads nothing new."""
     from app.queue import LoginQueue
-    from app.worker import WorkerPool
     rig.user("jdoe", photos.solid(RED))
     services = rig.services
     pool, queue = WorkerPool(services, threads=1), services.queue
@@ -414,6 +414,21 @@ def test_an_admins_sync_now_takes_at_once_the_job_of_a_killed_worker(rig):
     queue.claim(1)
     rig.process_died()  # its worker's process is gone; its lease runs on
     assert job_run.sync_now(rig.services, "jdoe", wait=0).outcome == "updated"
+
+
+def test_a_running_worker_takes_back_at_once_the_job_of_a_killed_process(rig):
+    """An admin's CLI sync, or a worker, killed mid-way: the service's running workers see its
+    process gone within seconds and sync the user, instead of waiting for the lease to lapse."""
+    rig.user("jdoe", photos.solid(RED))
+    queue = rig.services.queue
+    queue.enqueue("jdoe")
+    queue.claim(1)
+    pool = WorkerPool(rig.services, threads=1)  # running already: its start looked before the kill
+    assert not pool.run_once()
+    rig.process_died()
+    pool.maintain()
+    assert pool.run_once() and queue.job_for("jdoe") is None
+    assert rig.shown("jdoe") is not None and rig.state.writes() > 0
 
 
 def test_a_dry_run_writes_nothing(rig):
