@@ -4,8 +4,8 @@
   priority wins; an event arriving while the job runs marks it to run once more).
 - Priorities: login work (0) before sweep work (10), so logins stay immediate during a sweep.
 - A claim takes a lease; a worker that dies leaves its lease to expire and the job is taken
-  again. Claims are atomic across processes: BEGIN IMMEDIATE on SQLite, FOR UPDATE SKIP LOCKED
-  on PostgreSQL.
+  again (on its own host, at once: release_dead_leases). Claims are atomic across processes:
+  BEGIN IMMEDIATE on SQLite, FOR UPDATE SKIP LOCKED on PostgreSQL.
 - A failed attempt is retried with exponential back-off and jitter; after the last attempt the
   row stays, state ``failed``, with its reason, until the next event for that user.
 """
@@ -64,6 +64,9 @@ class LoginQueue:
         self.store, self.policy = store, policy
         self.wakeup = threading.Event()  # set by enqueue: this process's workers start at once
         self.owner_prefix = f"{socket.gethostname()}:"
+        # when this process started: a restarted container (same host name, PIDs counted from
+        # 1 again) may give a new process the PID of a killed one, whose leases must not look alive
+        self._started = per_process.PerProcess(lambda: _started(per_process.pid()) or "0")
         self._busy = threading.local()  # this thread's last claim found work
         self._next_expiry_check = 0.0  # time.monotonic(); see claim
         self._no_urgent_until = 0.0  # time.monotonic(); see urgent_waiting
@@ -119,7 +122,11 @@ class LoginQueue:
     # -- consumers ---------------------------------------------------------------------
 
     def owner(self) -> str:
-        return f"{self.owner_prefix}{per_process.pid()}:{threading.get_ident()}"
+        """This thread's name on its leases: "host:pid:start:thread" (start: see _started)."""
+        return f"{self._process()}{threading.get_ident()}"
+
+    def _process(self) -> str:
+        return f"{self.owner_prefix}{per_process.pid()}:{self._started.get()}:"
 
     def claim(self, limit: int = 1, min_priority: int = LOGIN) -> list[Job]:
         """Lease up to ``limit`` due jobs, highest priority first; atomic across processes.
@@ -257,7 +264,7 @@ class LoginQueue:
         """Extend the leases of the jobs this process's threads are running (``job_ids``, while
         this process still holds them); ``leases`` (app/leases.py) calls it, and says why. How
         many were renewed."""
-        pattern = _like_prefix(f"{self.owner_prefix}{per_process.pid()}:")
+        pattern = _like_prefix(self._process())
         until = utcnow() + timedelta(seconds=self.policy.lease_seconds)
         with self.store.one_statement() as conn:
             return conn.execute(queue_sql.RENEW, {"jobs": job_ids, "process": pattern, "until": until}).rowcount
@@ -273,7 +280,7 @@ class LoginQueue:
                     jobs.c.state == RUNNING, jobs.c.lease_owner.like(_like_prefix(self.owner_prefix), escape="/")
                 )
             ).all()
-        dead = [r for r in rows if not _pid_alive(int(r.lease_owner.split(":")[1]))]
+        dead = [r for r in rows if not _holder_alive(r.lease_owner)]
         if not dead:
             return 0
         freed = 0
@@ -345,18 +352,44 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
 
 
-def _pid_alive(pid: int) -> bool:
+def _holder_alive(owner: str) -> bool:
+    """Whether the process of this host named in a lease's owner still runs: its PID exists,
+    is no zombie, and (where the owner records it; older releases did not) started when that
+    process did, so that a new process given the same PID is not taken for it."""
+    fields = owner.split(":")
+    try:
+        pid = int(fields[1])
+    except (IndexError, ValueError):
+        return True  # not a lease this code wrote: left to lapse
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    stat = _stat(pid)
+    if stat is None:
+        return True  # no /proc here: trust kill(0)
     # A worker killed with its master stays a zombie until someone reaps it, and a zombie
     # answers kill(0): its job would wait for the lease to expire instead of being taken back.
+    if stat[0] in (b"Z", b"X"):
+        return False
+    recorded = fields[2] if len(fields) == 4 else "0"
+    return recorded == "0" or recorded == stat[19].decode()
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc/<pid>/stat, field 22)."""
+    stat = _stat(pid)
+    return stat[19].decode() if stat is not None else None
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command's name (the state first); None when
+    it cannot be read. The name, in parentheses, may itself hold spaces and ")"."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
+            fields = fh.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return True  # no /proc here: trust kill(0)
-    return state not in (b"Z", b"X")
+        return None
+    return fields if len(fields) > 19 else None

@@ -8,6 +8,7 @@ import time
 import pytest
 from sqlalchemy import update
 
+from app import queue as queue_mod
 from app import states
 from app.queue import LOGIN, SWEEP, USER_EVENT, LoginQueue, RetryPolicy, jobs
 from app.store import Store
@@ -318,6 +319,25 @@ def test_leases_of_live_processes_and_other_hosts_are_kept(queue):
         conn.execute(update(jobs).where(jobs.c.username == "eve").values(lease_owner="hostXa:999999:1"))
     assert queue.release_dead_leases() == 0
     assert [queue.job_for(n)["state"] for n in ("bob", "eve")] == ["running", "running"]
+
+
+def test_a_lease_of_an_earlier_process_with_a_reused_pid_is_released(queue):
+    """A restarted container keeps its host name and counts PIDs from 1 again: the killed
+    worker's PID may be this live process's. Its start time tells them apart."""
+    import os
+
+    queue.enqueue("bob")
+    queue.enqueue("eve")
+    queue.claim(2)
+    mine = queue.owner()
+    host, pid, started, thread = mine.split(":")
+    assert (pid, started) == (str(os.getpid()), queue_mod._started(os.getpid()))
+    earlier = f"{host}:{pid}:{int(started) - 500}:{thread}"
+    with queue.store.transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.username == "eve").values(lease_owner=earlier))
+    assert queue.release_dead_leases() == 1
+    assert [queue.job_for(n)["state"] for n in ("bob", "eve")] == ["running", "pending"]
+    assert queue.renew_leases([j.id for j in queue.claim(1)]) == 1  # eve, now this process's
 
 
 def test_a_zombie_workers_lease_is_released(queue):
