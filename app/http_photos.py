@@ -27,7 +27,7 @@ from .store import Store
 from .tables import metadata, user_key
 
 SOURCE = "http_photos"  # its name in the chain, in reasons and in the dashboard
-CHECKS_AT_ONCE = 8  # a sweep's conditional GETs in flight (unchanged())
+CHECKS_AT_ONCE = 8  # a sweep's conditional HEADs in flight (unchanged())
 
 http_photos = Table(
     "http_photos",
@@ -60,6 +60,7 @@ class HttpPhotos:
     def __init__(self, settings: HttpPhotoSettings, store: Store, max_bytes: int):
         self.settings, self.store = settings, store
         self.http = JiraHttp(settings, max_body=max_bytes, name="the photo server")
+        self._check_method = "HEAD"  # see _not_modified
 
     def url_for(self, username: str) -> str:
         return self.settings.url.replace("{username}", quote(username, safe=""))
@@ -92,9 +93,10 @@ class HttpPhotos:
         """Of the users in ``shown`` (user key -> the hash of the photo their picture was made
         from), those whose photo here is still that one: the tag stored for them names those
         bytes, and the server answers 304 to it: what a sweep asks instead of a directory
-        marker, which a photo server's changes do not move. One conditional GET each,
-        CHECKS_AT_ONCE at a time; any other answer, or none, proves nothing: that user is
-        synced (and the sync reports a failing server)."""
+        marker, which a photo server's changes do not move. One conditional HEAD each (a
+        changed photo is then downloaded once, by its sync), CHECKS_AT_ONCE at a time; any
+        other answer, or none, proves nothing: that user is synced (and the sync reports a
+        failing server)."""
         with self.store.read() as conn:
             rows = conn.execute(
                 select(http_photos.c.username, http_photos.c.etag, http_photos.c.photo_sha256).where(
@@ -110,8 +112,13 @@ class HttpPhotos:
 
     def _not_modified(self, key_and_tag: tuple[str, str]) -> bool:
         key, etag = key_and_tag
+        headers = {"Accept": "image/*", "If-None-Match": etag}
+        method = self._check_method
         try:
-            resp = self.http.request("GET", self.url_for(key), headers={"Accept": "image/*", "If-None-Match": etag})
+            resp = self.http.request(method, self.url_for(key), headers=headers)
+            if resp.status in (405, 501) and method == "HEAD":
+                self._check_method = "GET"  # a server that knows no HEAD: the whole answer, then
+                resp = self.http.request("GET", self.url_for(key), headers=headers)
         except (urllib3.exceptions.HTTPError, OSError):
             return False
         return resp.status == 304

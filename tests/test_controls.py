@@ -383,8 +383,9 @@ def test_a_repeat_sweep_asks_the_server_once_per_user_and_writes_nothing(
         synced = set(conn.execute(select(sweep_items.c.username).where(
             sweep_items.c.sweep_id == summary["id"], ~sweep_items.c.skipped)).scalars())
     assert synced & {*names, "never"} == {"hr0", "never"}  # the others settled by their 304 alone
-    assert all(photo_server.count(n, 304) == 1 for n in names[1:])
-    assert photo_server.count("hr0", 200) == 3  # the first sync, the sweep's question, the sync
+    assert all(photo_server.count(n, 304, "HEAD") == 1 and photo_server.count(n) == 2 for n in names[1:])
+    # the photo went out twice in all: to the first sync, and to the sync after the sweep's question
+    assert photo_server.count("hr0", 200, "GET") == 2 and photo_server.count("hr0", 200, "HEAD") == 1
     assert jira.state.writes() == writes + 3 + 1 + 3  # hr0: upload, crop-confirm, select, its old avatar
     # deleted; never: the three
     photo_server.failing = 503  # a server that cannot answer proves nothing: each user is synced, and fails
@@ -393,6 +394,33 @@ def test_a_repeat_sweep_asks_the_server_once_per_user_and_writes_nothing(
     assert jira.state.writes() == writes
     photo_server.failing = None  # back: each is synced again and finds its photo unchanged (a 304)
     assert run_sweep(services)["counts"] == {"unchanged": 7, "not_in_directory": 1}
+
+
+def test_a_photo_server_that_knows_no_head_is_asked_with_get(controls, slapd, ldap_ou, jira, photo_server):
+    """HEAD answered 405: the sweep's questions go as conditional GETs, and settle the users all
+    the same."""
+    from sqlalchemy import select
+
+    from app.http_photos import CHECKS_AT_ONCE
+    from app.sweep import sweep_items
+    names = [f"hr{i}" for i in range(12)]
+    for name in names:
+        slapd.add_user(ldap_ou, name)
+        jira.state.add_user(name)
+        photo_server.photos[name] = photos.photo(200, 200)
+    services = controls(http_photos=http_photos(photo_server))
+    assert sweep_counts(services)["updated"] == 12
+    photo_server.head, writes = False, jira.state.writes()
+    summary = run_sweep(services)
+    assert summary["counts"] == {"unchanged": 12, "not_in_directory": 1}
+    with services.store.read() as conn:
+        synced = set(conn.execute(select(sweep_items.c.username).where(
+            sweep_items.c.sweep_id == summary["id"], ~sweep_items.c.skipped)).scalars())
+    assert synced & set(names) == set()  # each settled by its question's 304, as with HEAD
+    assert jira.state.writes() == writes
+    refused = sum(photo_server.count(n, 405, "HEAD") for n in names)
+    assert 1 <= refused <= CHECKS_AT_ONCE  # only the questions already out when the first 405 came
+    assert sum(photo_server.count(n, 304, "GET") for n in names) == 12
 
 
 def test_check_says_whether_the_photo_server_answers_and_takes_the_credentials(

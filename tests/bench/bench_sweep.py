@@ -45,7 +45,7 @@ of that moment, which a figure against the bound alone cannot tell from the mach
 first in the chain; slapd holds none), as a company's HR system would: a photo server's changes
 move no directory marker, so every sweep asks it about every user (the repeat sweep, one 304
 each), and the repeat sweep queues each user instead of settling them from their markers.
-Its floor is measured just before the repeat sweep (`photo_rig_alone_s`): one conditional GET
+Its floor is measured just before the repeat sweep (`photo_rig_alone_s`): one conditional HEAD
 per user through the service's own HTTP client, as many at a time as a sweep asks, in a
 process of its own, with no directory, Jira or database.
 
@@ -349,7 +349,7 @@ def jira_only(url: str, users: int, concurrency: int, png: bytes, cores: set[int
 
 
 def photo_checks_only(url: str, users: int, etag: str) -> tuple[float, float]:
-    """Wall and CPU seconds of one conditional GET per user (each answered 304) through the
+    """Wall and CPU seconds of one conditional HEAD per user (each answered 304) through the
     service's own HTTP client, CHECKS_AT_ONCE at a time as a sweep asks them (run in a process
     of its own, as the sweep's runner is)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -360,13 +360,18 @@ def photo_checks_only(url: str, users: int, etag: str) -> tuple[float, float]:
     http = JiraHttp(HttpPhotoSettings(url=url), name="the photo server")
 
     def one(i: int) -> None:
-        resp = http.request("GET", url.replace("{username}", f"user{i:06d}"),
+        resp = http.request("HEAD", url.replace("{username}", f"user{i:06d}"),
                             headers={"Accept": "image/*", "If-None-Match": etag})
         assert resp.status == 304, resp.status
     started, cpu = time.perf_counter(), cpu_seconds()
     with ThreadPoolExecutor(CHECKS_AT_ONCE) as pool:
         list(pool.map(one, range(users)))
     return time.perf_counter() - started, cpu_seconds() - cpu
+
+
+def answers_by_kind(photo_server: PhotoServer) -> dict[str, int]:
+    """The photo server's answers so far, by method and status ("HEAD 304": n)."""
+    return dict(Counter(f"{method} {status}" for _, status, method in photo_server.seen.elements()))
 
 
 def measure_photo_rig(photo_server: PhotoServer, users: int) -> dict:
@@ -506,7 +511,7 @@ def main() -> None:
             if rig_s:
                 rig_s.append(measure_rig(args, cores)["seconds"])
             writes_after_first = state.writes()
-            photo_answers_first = dict(Counter(status for _, status in photo_server.seen.elements()))
+            photo_answers_first = answers_by_kind(photo_server)
             photo_server.seen.clear()
             photo_rig = (measure_photo_rig(photo_server, args.users)
                          if from_http and photo is not None and not args.no_rig else None)
@@ -530,9 +535,9 @@ def main() -> None:
                 "repeat_sweep_s": round(repeat_s, 1), "repeat_writes": state.writes() - writes_after_first,
                 "repeat_peak_rss_mb": round(repeat_rss / 1024),
                 "photos_from": args.photos_from,
-                # the photo server's answers by status: 200 each user once, then 304 each
+                # the photo server's answers: "GET 200" each user once, then "HEAD 304" each
                 **({"photo_server_first": photo_answers_first,
-                    "photo_server_repeat": dict(Counter(status for _, status in photo_server.seen.elements()))}
+                    "photo_server_repeat": answers_by_kind(photo_server)}
                    if from_http else {}),
                 **({"photo_rig_alone": photo_rig,
                     "repeat_over_photo_rig": round(repeat_s / photo_rig["seconds"], 2)} if photo_rig else {}),

@@ -1,7 +1,7 @@
 """A real HTTP photo server on a loopback port, as a company's HR system would serve photos:
 ``GET /photos/<username>.jpg`` answers the photo with an ETag, ``304`` to a matching
-If-None-Match, ``404`` for a user it has no photo of; it may demand a Bearer token, and can be
-told to fail."""
+If-None-Match, ``404`` for a user it has no photo of, the same to ``HEAD`` without the body (or
+``405`` when ``head`` is False); it may demand a Bearer token, and can be told to fail."""
 from __future__ import annotations
 
 import hashlib
@@ -16,22 +16,33 @@ class PhotoServer:
         self.photos: dict[str, bytes] = {}
         self.token = token
         self.failing: int | None = None  # answer every request with this status
-        self.seen: Counter = Counter()  # (username, status) -> requests
+        self.head = True  # False: HEAD is answered 405 Method Not Allowed
+        self.seen: Counter = Counter()  # (username, status, method) -> requests
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a real server
 
             def do_GET(self):
+                self.reply(send_body=True)
+
+            def do_HEAD(self):
+                self.reply(send_body=False)
+
+            def reply(self, send_body: bool):
                 name = unquote(self.path.removeprefix("/photos/").removesuffix(".jpg"))
-                status, body, headers = server.answer(name, self.headers)
-                server.seen[(name, status)] += 1
+                if send_body or server.head:
+                    status, body, headers = server.answer(name, self.headers)
+                else:
+                    status, body, headers = 405, b"GET only", {"Allow": "GET"}
+                server.seen[(name, status, self.command)] += 1
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if send_body:
+                    self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
@@ -53,8 +64,11 @@ class PhotoServer:
             return 304, b"", {"ETag": etag}
         return 200, photo, {"ETag": etag, "Content-Type": "image/jpeg"}
 
-    def count(self, name: str, status: int | None = None) -> int:
-        return sum(n for (user, code), n in self.seen.items() if user == name and status in (None, code))
+    def count(self, name: str, status: int | None = None, method: str | None = None) -> int:
+        return sum(
+            n for (user, code, verb), n in self.seen.items()
+            if user == name and status in (None, code) and method in (None, verb)
+        )
 
     def __enter__(self):
         self.thread.start()
