@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import threading
@@ -22,7 +21,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from . import per_process, queue_sql
+from . import lease_holders, per_process, queue_sql
 from .jira import JiraUser
 from .leases import LeaseKeeper
 from .queue_sql import FAILED, LOGIN, PENDING, RUNNING, SWEEP, deliveries, jobs
@@ -63,10 +62,14 @@ class LoginQueue:
     def __init__(self, store: Store, policy: RetryPolicy = RetryPolicy()):
         self.store, self.policy = store, policy
         self.wakeup = threading.Event()  # set by enqueue: this process's workers start at once
-        self.owner_prefix = f"{socket.gethostname()}:"
-        # when this process started: a restarted container (same host name, PIDs counted from
-        # 1 again) may give a new process the PID of a killed one, whose leases must not look alive
-        self._started = per_process.PerProcess(lambda: _started(per_process.pid()) or "0")
+        # Whose PIDs this process may judge (release_dead_leases): those of its host name, its
+        # kernel's boot and its PID namespace; two containers of one pod share a host name and a
+        # database, not their PIDs.
+        self._namespace = lease_holders.namespace()
+        self.owner_prefix = f"{socket.gethostname()}:{self._namespace}:"
+        # when this process started: a process restarted in the same namespace may be given the
+        # PID of a killed one, whose leases must not look alive
+        self._started = per_process.PerProcess(lambda: lease_holders.started(per_process.pid()) or "0")
         self._busy = threading.local()  # this thread's last claim found work
         self._next_expiry_check = 0.0  # time.monotonic(); see claim
         self._no_urgent_until = 0.0  # time.monotonic(); see urgent_waiting
@@ -122,7 +125,7 @@ class LoginQueue:
     # -- consumers ---------------------------------------------------------------------
 
     def owner(self) -> str:
-        """This thread's name on its leases: "host:pid:start:thread" (start: see _started)."""
+        """This thread's name on its leases: "host:namespace:pid:start:thread" (see __init__)."""
         return f"{self._process()}{threading.get_ident()}"
 
     def _process(self) -> str:
@@ -270,17 +273,20 @@ class LoginQueue:
             return conn.execute(queue_sql.RENEW, {"jobs": job_ids, "process": pattern, "until": until}).rowcount
 
     def release_dead_leases(self) -> int:
-        """Free leases held by processes of this host that no longer exist (after a kill -9).
-        Workers look every few seconds (WorkerPool.maintain): a read, and a write only when a
-        dead process's job is found, so that it runs again at once rather than when its lease
-        lapses (lease_seconds, minutes on)."""
+        """Free leases held by processes of this host and PID namespace that no longer exist
+        (after a kill -9). Workers look every few seconds (WorkerPool.maintain): a read, and a
+        write only when a dead process's job is found, so that it runs again at once rather
+        than when its lease lapses (lease_seconds, minutes on). Where the namespace cannot be
+        known (no /proc) nothing is judged: every lease lapses."""
+        if self._namespace == lease_holders.UNKNOWN_NAMESPACE:
+            return 0
         with self.store.read() as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.lease_owner).where(
                     jobs.c.state == RUNNING, jobs.c.lease_owner.like(_like_prefix(self.owner_prefix), escape="/")
                 )
             ).all()
-        dead = [r for r in rows if not _holder_alive(r.lease_owner)]
+        dead = [r for r in rows if not lease_holders.alive(r.lease_owner[len(self.owner_prefix) :])]
         if not dead:
             return 0
         freed = 0
@@ -350,46 +356,3 @@ def _like_prefix(prefix: str) -> str:
     """A LIKE pattern (escape "/") for the values that start with ``prefix``: a host name's
     "_" must not stand for any character (another host's leases)."""
     return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
-
-
-def _holder_alive(owner: str) -> bool:
-    """Whether the process of this host named in a lease's owner still runs: its PID exists,
-    is no zombie, and (where the owner records it; older releases did not) started when that
-    process did, so that a new process given the same PID is not taken for it."""
-    fields = owner.split(":")
-    try:
-        pid = int(fields[1])
-    except (IndexError, ValueError):
-        return True  # not a lease this code wrote: left to lapse
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    stat = _stat(pid)
-    if stat is None:
-        return True  # no /proc here: trust kill(0)
-    # A worker killed with its master stays a zombie until someone reaps it, and a zombie
-    # answers kill(0): its job would wait for the lease to expire instead of being taken back.
-    if stat[0] in (b"Z", b"X"):
-        return False
-    recorded = fields[2] if len(fields) == 4 else "0"
-    return recorded == "0" or recorded == stat[19].decode()
-
-
-def _started(pid: int) -> str | None:
-    """When process ``pid`` started, in clock ticks since boot (/proc/<pid>/stat, field 22)."""
-    stat = _stat(pid)
-    return stat[19].decode() if stat is not None else None
-
-
-def _stat(pid: int) -> list[bytes] | None:
-    """The fields of /proc/<pid>/stat after the command's name (the state first); None when
-    it cannot be read. The name, in parentheses, may itself hold spaces and ")"."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields if len(fields) > 19 else None

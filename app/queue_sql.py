@@ -78,7 +78,7 @@ deliveries = Table(
 # The statements, built once (SQLAlchemy caches their compiled form).
 NOW: BindParameter[datetime] = bindparam("now")
 MINE = and_(jobs.c.id == bindparam("job"), jobs.c.lease_owner == bindparam("lease_of"))
-# the leases of jobs one process runs (lease_owner "host:pid:start:thread"; "/" escapes the host's name)
+# the leases of jobs one process runs (lease_owner "host:namespace:pid:start:thread"; "/" escapes the host's name)
 RENEW = (
     jobs.update()
     .where(

@@ -8,8 +8,7 @@ import time
 import pytest
 from sqlalchemy import update
 
-from app import queue as queue_mod
-from app import states
+from app import lease_holders, states
 from app.queue import LOGIN, SWEEP, USER_EVENT, LoginQueue, RetryPolicy, jobs
 from app.store import Store
 from app.tables import utcnow
@@ -330,14 +329,31 @@ def test_a_lease_of_an_earlier_process_with_a_reused_pid_is_released(queue):
     queue.enqueue("eve")
     queue.claim(2)
     mine = queue.owner()
-    host, pid, started, thread = mine.split(":")
-    assert (pid, started) == (str(os.getpid()), queue_mod._started(os.getpid()))
-    earlier = f"{host}:{pid}:{int(started) - 500}:{thread}"
+    pid, started, thread = mine.removeprefix(queue.owner_prefix).split(":")
+    assert (pid, started) == (str(os.getpid()), lease_holders.started(os.getpid()))
+    earlier = f"{queue.owner_prefix}{pid}:{int(started) - 500}:{thread}"
     with queue.store.transaction() as conn:
         conn.execute(update(jobs).where(jobs.c.username == "eve").values(lease_owner=earlier))
     assert queue.release_dead_leases() == 1
     assert [queue.job_for(n)["state"] for n in ("bob", "eve")] == ["running", "pending"]
     assert queue.renew_leases([j.id for j in queue.claim(1)]) == 1  # eve, now this process's
+
+
+def test_a_lease_from_another_pid_namespace_of_the_same_host_name_is_kept(queue, monkeypatch):
+    """Two containers of one pod (the service and a separate worker) share a host name and
+    the database, not their PIDs: neither may take the other's PIDs for its own."""
+    queue.enqueue("bob")
+    queue.claim(1)
+    host = queue.owner_prefix.split(":")[0]
+    with queue.store.transaction() as conn:  # a PID that does not exist here
+        conn.execute(update(jobs).values(lease_owner=f"{host}:0ther0ns:999999:1:1"))
+    assert queue.release_dead_leases() == 0
+    monkeypatch.setattr(lease_holders, "namespace", lambda: lease_holders.UNKNOWN_NAMESPACE)
+    blind = LoginQueue(queue.store)  # no /proc: nothing can be judged, every lease lapses
+    with queue.store.transaction() as conn:
+        conn.execute(update(jobs).values(lease_owner=f"{blind.owner_prefix}999999:1:1"))
+    assert blind.release_dead_leases() == 0
+    assert queue.job_for("bob")["state"] == "running"
 
 
 def test_a_zombie_workers_lease_is_released(queue):
