@@ -356,6 +356,53 @@ def test_a_lease_from_another_pid_namespace_of_the_same_host_name_is_kept(queue,
     assert queue.job_for("bob")["state"] == "running"
 
 
+def test_a_worker_in_a_pid_namespace_of_its_own_keeps_its_job(queue, database_url, tmp_path):
+    """The same, for real: a process in a PID namespace of its own (unshare, as a second
+    container of a pod) holds a job under a PID that means nothing here; this process, of
+    the same host name, must not free it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare (util-linux) on this machine")
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    # the namespace's next PID, chosen where this namespace has no process
+    start = next(p for p in range(pid_max - 100, 300, -1) if not os.path.exists(f"/proc/{p + 1}"))
+    holder = tmp_path / "holder.py"
+    holder.write_text(
+        "import sys\n"
+        "from app.queue import LoginQueue\n"
+        "from app.store import Store\n"
+        f"queue = LoginQueue(Store({database_url!r}))\n"
+        "queue.enqueue('bob')\n"
+        "assert queue.claim(1)\n"
+        "print(queue.owner(), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    script = f"echo {start} > /proc/sys/kernel/ns_last_pid && {sys.executable} {holder}; :"
+    child = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    try:
+        owner = child.stdout.readline().strip()
+        if not owner:
+            child.kill()
+            pytest.skip(f"unshare --pid is not allowed here: {child.communicate()[1].strip()}")
+        host, pid = owner.split(":")[0], owner.split(":")[-3]  # "host:...:pid:start:thread"
+        assert host == queue.owner_prefix.split(":")[0] and pid == str(start + 1)
+        assert not os.path.exists(f"/proc/{pid}")  # a host-name-only check would call it dead
+        assert queue.release_dead_leases() == 0
+        assert queue.job_for("bob")["state"] == "running"
+    finally:
+        child.stdin.close()
+        child.wait(10)
+
+
 def test_a_zombie_workers_lease_is_released(queue):
     """Workers killed together with their master stay zombies until reaped: dead all the same."""
     import subprocess
