@@ -234,6 +234,7 @@ def _check_jira(services: Services, report: _Report) -> None:
 @click.pass_context
 def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
     """Drain the login queue in this process (instead of, or beside, the web workers)."""
+    ctx.obj["verbose"] = True  # a daemon: its syncs' lines are its log, at log_level, as the service's
     services = _services(ctx)
     _require_schema(ctx)
     w = services.settings.worker

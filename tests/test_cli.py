@@ -100,6 +100,24 @@ def test_sync_prints_the_outcome_and_second_run_writes_nothing(tmp_path, slapd, 
     assert JIRA_PASSWORD not in first.stderr + second.stderr + dry.stderr
 
 
+def test_the_worker_logs_every_sync_as_the_service_does(tmp_path, slapd, ldap_ou, jira):
+    """A separate `worker` (compose.yaml's, the worker unit's) is a daemon: its syncs' lines are
+    its whole log, at log_level, where a one-shot command prints its outcomes itself."""
+    from app.queue import LoginQueue
+    from app.store import Store
+
+    slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
+    jira.state.add_user("jdoe")
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou))
+    assert run("db", "upgrade", config=config).returncode == 0
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    LoginQueue(store).enqueue("jdoe")  # as the web's webhook queues it
+    store.dispose()
+    result = run("worker", "--once", config=config)
+    assert result.returncode == 0, result.stderr
+    assert "sync jdoe: updated source=login" in result.stderr and result.stdout == ""
+
+
 def test_sync_exit_status_is_1_on_failure(tmp_path, slapd, ldap_ou, jira):
     slapd.add_user(ldap_ou, "jdoe", jpeg_photo=photos.photo())
     jira.state.add_user("jdoe")
