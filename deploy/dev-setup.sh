@@ -2,12 +2,13 @@
 # Sets up a development / CI machine (Debian 12, as root): the directory servers the tests and
 # the demo run (OpenLDAP slapd, Samba AD DC), Groovy for the Jira listener's test, Chromium for
 # the dashboard's browser test, promtool for the alert rules, HAProxy for the replica tests, wrk
-# for the benchmarks, a running PostgreSQL, and a venv with the package.
+# for the benchmarks, podman with runc (crun cannot start containers on these machines) and
+# debootstrap for the container tests, a running PostgreSQL, and a venv with the package.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(slapd ldap-utils samba samba-ad-dc winbind krb5-user groovy chromium prometheus podman debootstrap haproxy wrk)
+apt_packages=(slapd ldap-utils samba samba-ad-dc winbind krb5-user groovy chromium prometheus podman runc debootstrap haproxy wrk)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,10 +8,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
+import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from app import create_app
 from app.config_keys import ENV_KEYS, ENV_PREFIX, KEYS, SECRETS
@@ -213,11 +216,13 @@ def _podman(*args, timeout=900, check=True) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.container
-def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
-    """No registry is reachable here, so the base is a Debian 12 made with debootstrap, and
-    containers cannot be started (the sandbox refuses crun's rlimits and cgroups): the image is
-    built with chroot isolation and its command is run in a build step on top of it."""
+IMAGE = "localhost/jira-avatar-sync:test"
+
+
+def _build_image(tmp_path: Path) -> None:
+    """The image from deploy/docker/Dockerfile, on a Debian 12 base made with debootstrap (no
+    registry is reachable here), built with chroot isolation; podman's layer cache makes a
+    second build of the same code take seconds."""
     _required("podman")
     if _podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
         debootstrap = _required("debootstrap")
@@ -233,17 +238,127 @@ def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
     mounts = [arg for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf") if Path(path).exists()
               for arg in ("-v", f"{path}:{path}:ro")]
     _podman("build", "--isolation=chroot", "--format", "docker", *mounts, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-            "-f", str(DEPLOY / "docker" / "Dockerfile"), "-t", "localhost/jira-avatar-sync:test", str(ROOT))
-    info = json.loads(_podman("image", "inspect", "localhost/jira-avatar-sync:test").stdout)[0]
+            "-f", str(DEPLOY / "docker" / "Dockerfile"), "-t", IMAGE, str(ROOT))
+
+
+@pytest.mark.container
+def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
+    """Its command run in a build step on top of it: what the image holds, without starting
+    a container (test_the_containers_of_a_pod_serve_and_sync starts them)."""
+    _build_image(tmp_path)
+    info = json.loads(_podman("image", "inspect", IMAGE).stdout)[0]
     config = info["Config"]
     assert config["User"] == "jira-avatar-sync" and config["Entrypoint"] == ["jira-avatar-sync"]
     assert "/healthz" in " ".join(info["Healthcheck"]["Test"]) and "8080/tcp" in config["ExposedPorts"]
     probe = tmp_path / "Containerfile"
-    probe.write_text("FROM localhost/jira-avatar-sync:test\n"
+    probe.write_text(f"FROM {IMAGE}\n"
                      "RUN id -un > /tmp/who && jira-avatar-sync --version > /tmp/version"
                      " && python3 -c 'import app.factory, psycopg' && cat /tmp/who /tmp/version\n")
     result = _podman("build", "--isolation=chroot", "--no-cache", "-f", str(probe), str(tmp_path))
     assert "jira-avatar-sync\n" in result.stdout and "jira-avatar-sync, version" in result.stdout
+
+
+# What this sandbox needs to start a container at all: runc (crun refuses its hybrid cgroups),
+# cgroupfs (no systemd), and rlimits no higher than its own (it may not raise them).
+RUN = ["--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+SANDBOX = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+HOST = "10.0.2.2"  # the host's loopback, seen from a container on slirp4netns:allow_host_loopback
+
+
+@pytest.mark.container
+@pytest.mark.parametrize("web_syncs", [False, True], ids=["web-acknowledges", "web-syncs-too"])
+def test_the_containers_of_a_pod_serve_and_sync(tmp_path, slapd, ldap_ou, jira, web_syncs):
+    """compose.yaml's two services, started from the image as a pod would run them: `serve` and
+    `worker`, one volume for the SQLite state, one network and one host name, PIDs of their own;
+    read-only, no capabilities, secrets in files. Logins reach the web container, and each user
+    is synced once: by the worker container where the web one only acknowledges (compose.yaml),
+    by both where the web one syncs too, neither taking the other's PIDs for its own (their
+    workers look for dead processes' leases every two seconds while the syncs hold theirs). The
+    image's HEALTHCHECK passes; a stop ends both cleanly."""
+    from tests.helpers import ADMIN, SECRET, add_users, signed, synced, wait_until
+    from tests.rig.ports import free_port
+
+    compose = (DEPLOY / "docker" / "compose.yaml").read_text()
+    hardening = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    for option in ("read_only: true", "tmpfs: [/tmp]", "cap_drop: [ALL]", '"no-new-privileges:true"',
+                   "AVATAR_SYNC_WORKER_START_IN_WEB", 'command: ["worker"]'):
+        assert option in compose, option  # the options given below are compose.yaml's
+    _required("runc")
+    _build_image(tmp_path)
+    names = [f"c{i}" for i in range(24 if web_syncs else 12)]
+    add_users(slapd, ldap_ou, jira, names)
+    jira.state.latency = 0.3 if web_syncs else 0.05  # seconds of syncs: leases held while the others look
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, value in {"jira-password": JIRA_PASSWORD, "webhook-secret": SECRET, "admin-token": ADMIN,
+                        "ldap-password": slapd_rig.SVC_PW}.items():
+        (secrets / name).write_text(value)
+        os.chown(secrets / name, 10001, 10001)  # the image's user
+        (secrets / name).chmod(0o400)
+    env = {
+        "AVATAR_SYNC_JIRA_URL": jira.url.replace("127.0.0.1", HOST),
+        "AVATAR_SYNC_JIRA_USERNAME": JIRA_USER,
+        "AVATAR_SYNC_JIRA_PASSWORD_FILE": "/run/secrets/jira-password",
+        "AVATAR_SYNC_WEBHOOK_SECRET_FILE": "/run/secrets/webhook-secret",
+        "AVATAR_SYNC_ADMIN_TOKEN_FILE": "/run/secrets/admin-token",
+        "AVATAR_SYNC_LDAP_URL": slapd.url.replace("127.0.0.1", HOST),
+        "AVATAR_SYNC_LDAP_BIND_DN": slapd_rig.SVC_DN,
+        "AVATAR_SYNC_LDAP_BIND_PASSWORD_FILE": "/run/secrets/ldap-password",
+        "AVATAR_SYNC_LDAP_BASE_DN": ldap_ou,
+        "AVATAR_SYNC_LDAP_USER_FILTER": "(objectClass=inetOrgPerson)",
+        "AVATAR_SYNC_LDAP_USERNAME_ATTRIBUTE": "uid",
+        "AVATAR_SYNC_LOG_FORMAT": "json",
+    }
+    run_id = f"avatar-sync-test-{uuid.uuid4().hex[:8]}"  # containers and volume of this run alone
+    common = [*SANDBOX, *hardening, "-v", f"{run_id}-state:/var/lib/jira-avatar-sync",
+              *(a for f in secrets.iterdir() for a in ("-v", f"{f}:/run/secrets/{f.name}:ro")),
+              *(a for k, v in env.items() for a in ("-e", f"{k}={v}"))]
+    web, worker, port = f"{run_id}-web", f"{run_id}-worker", free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _podman(*RUN, "run", "-d", "--name", web, "--hostname", "avatar-sync-pod",
+                "--network", "slirp4netns:allow_host_loopback=true", "-p", f"127.0.0.1:{port}:8080",
+                *common, "-e", f"AVATAR_SYNC_WORKER_START_IN_WEB={str(web_syncs).lower()}", IMAGE, "serve",
+                timeout=120)
+
+        def ready() -> bool:
+            try:
+                return requests.get(url + "/readyz", timeout=2).json()["status"] == "ready"
+            except (requests.RequestException, ValueError):
+                return False
+        try:
+            wait_until(ready, 60, "the web container to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {_podman('logs', web, check=False).stderr[-3000:]}") from None
+        _podman(*RUN, "run", "-d", "--name", worker, "--network", f"container:{web}", "--uts", f"container:{web}",
+                *common, IMAGE, "worker", timeout=120)
+        for name in names:
+            body = json.dumps({"webhookEvent": "user_login", "user": {"name": name}}).encode()
+            for _ in range(3):  # a burst: one job per user
+                answer = requests.post(url + "/webhooks/jira", data=body, headers=signed(body), timeout=10)
+                assert answer.status_code in (200, 202), answer.text
+        wait_until(lambda: all(synced(jira, n) for n in names), 90, "every login to be synced")
+        time.sleep(3)  # a job wrongly freed would be synced again by now
+        assert {n: jira.state.created_for(n) for n in names} == dict.fromkeys(names, 1)  # once each
+        synced_by = {c: [json.loads(line) for line in _podman("logs", c).stderr.splitlines()
+                         if line.startswith("{") and '"logger": "app.sync"' in line] for c in (web, worker)}
+        if not web_syncs:
+            assert synced_by[web] == []  # the web container only acknowledges (WORKER_START_IN_WEB=false)
+        assert sorted(e["user"] for e in synced_by[web] + synced_by[worker]) == sorted(names)  # a line each
+        assert synced_by[worker], "the worker container synced nobody"
+        user = requests.get(f"{url}/admin/users/{names[0]}", headers={"Authorization": f"Bearer {ADMIN}"},
+                            timeout=10).json()
+        assert user["state"]["last_outcome"] == "updated", user
+        hostnames = {_podman("exec", c, "python3", "-c", "import socket; print(socket.gethostname())").stdout
+                     for c in (web, worker)}
+        assert hostnames == {"avatar-sync-pod\n"}  # one host name, as in a pod
+        assert _podman(*RUN, "healthcheck", "run", web, check=False).returncode == 0  # the image's HEALTHCHECK
+        _podman(*RUN, "stop", "-t", "30", worker, web, timeout=120)
+        codes = [json.loads(_podman("inspect", c).stdout)[0]["State"]["ExitCode"] for c in (web, worker)]
+        assert codes == [0, 0], (codes, _podman("logs", worker, check=False).stderr[-2000:])
+    finally:
+        _podman(*RUN, "rm", "-f", "-t", "0", worker, web, check=False, timeout=120)
+        _podman("volume", "rm", "-f", f"{run_id}-state", check=False)
 
 
 @pytest.mark.parametrize("bench", sorted(p.stem for p in (ROOT / "tests" / "bench").glob("*.py")
