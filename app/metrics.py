@@ -96,6 +96,11 @@ def _database_gauges(svc):
     for state in JobState:
         g.add_metric([state], queue.get(state, 0))
     yield g
+    yield GaugeMetricFamily(
+        PREFIX + "queue_login_wait_seconds",
+        "How long the oldest due login job has waited for a worker (0: none waits)",
+        value=round(svc.queue.login_wait(), 3),
+    )
     users = svc.store.counts_by_outcome()
     g = GaugeMetricFamily(PREFIX + "users", "Users by the outcome of their last sync", labels=["outcome"])
     for outcome in OUTCOMES:

@@ -311,6 +311,21 @@ class LoginQueue:
             out[k] = aware(row[k]).isoformat() if row[k] else None
         return out
 
+    def login_wait(self) -> float:
+        """Seconds the oldest due login (or user event, or admin) job has waited unclaimed; 0
+        when none waits. A live worker claims such a job within a second or a sync's length, so
+        minutes mean that nothing drains the queue: no worker runs (``start_in_web = false``
+        and no ``jira-avatar-sync worker``), or every one is stuck. Sweep jobs wait their turn
+        by design and are left out."""
+        now = utcnow()
+        with self.store.read() as conn:
+            oldest = conn.execute(
+                select(func.min(jobs.c.next_try_at)).where(
+                    jobs.c.state == PENDING, jobs.c.priority < SWEEP, jobs.c.next_try_at <= now
+                )
+            ).scalar()
+        return max(0.0, (now - aware(oldest)).total_seconds()) if oldest is not None else 0.0
+
     def counts(self) -> dict[str, int]:
         with self.store.read() as conn:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()

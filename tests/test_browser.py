@@ -96,6 +96,7 @@ def test_dashboard_in_a_real_browser(service, jira):
             assert "crop center · prefer first · photo removed: keep · no photo server" in page.locator(
                 "#controls").inner_text()
             assert page.locator("#checks .light.ok").count() == 3  # the directory, Jira, the database
+            expect(page.locator("#q-wait")).to_be_hidden()  # workers run: no login waits for one
 
             # a dry run: the progress bar reaches 100 % and the problems fill in
             writes = jira.state.writes()

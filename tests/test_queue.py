@@ -419,6 +419,26 @@ def test_a_zombie_workers_lease_is_released(queue):
         child.wait()
 
 
+def test_login_wait_is_the_age_of_the_oldest_due_login_no_worker_took(queue):
+    """What tells an operator that nothing drains the queue: a due login left unclaimed. Sweep
+    jobs (which wait their turn by design), retries not yet due and running jobs are left out."""
+    from datetime import timedelta
+
+    assert queue.login_wait() == 0.0
+    queue.enqueue("sweepy", SWEEP, source="sweep")
+    queue.enqueue("later")
+    queue.enqueue("running")
+    queue.enqueue("waiting", USER_EVENT, source="updated")
+    now = utcnow()
+    with queue.store.transaction() as conn:
+        for name, age in {"sweepy": 3600, "later": -600, "running": 900, "waiting": 400}.items():
+            conn.execute(update(jobs).where(jobs.c.username == name).values(next_try_at=now - timedelta(seconds=age)))
+        conn.execute(update(jobs).where(jobs.c.username == "running").values(state="running"))
+    assert 400 <= queue.login_wait() < 460
+    queue.claim(1)  # "waiting", the only due one: now none waits
+    assert queue.login_wait() == 0.0
+
+
 def test_duplicate_delivery(queue):
     assert queue.enqueue("bob", delivery_id="abc") is True
     assert queue.enqueue("bob", delivery_id="abc") is False

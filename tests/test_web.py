@@ -368,6 +368,26 @@ def test_dashboard_page_and_its_data(web, jira):
     assert web.http.get("/admin/users?search=x%25", headers=basic_auth()).get_json()["users"] == []
 
 
+def test_a_login_no_worker_takes_shows_on_the_metrics_and_the_dashboard(web, jira):
+    """The web only acknowledging and no worker running: the accepted login waits, and says so."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.queue import jobs
+    from app.tables import utcnow
+    post(web, login("jdoe"))
+    with web.services.store.transaction() as conn:  # accepted ten minutes ago, taken by nobody
+        conn.execute(update(jobs).values(next_try_at=utcnow() - timedelta(minutes=10)))
+    text = web.http.get("/metrics").get_data(as_text=True)
+    waited = float(re.search(r"^jira_avatar_sync_queue_login_wait_seconds (\S+)$", text, re.M).group(1))
+    assert 600 <= waited < 660
+    assert 600 <= web.http.get("/admin/dashboard.json", headers=basic_auth()).get_json()["login_wait"] < 660
+    web.pool.run_once()  # a worker at last
+    assert "jira_avatar_sync_queue_login_wait_seconds 0.0" in web.http.get("/metrics").get_data(as_text=True)
+    assert web.http.get("/admin/dashboard.json", headers=basic_auth()).get_json()["login_wait"] == 0
+
+
 def test_browser_credentials_cannot_be_used_cross_site(web, jira):
     """Any page the admin visits could post a form here with the browser's Basic credentials."""
     form = web.http.post("/admin/users/jdoe/sync", data={"force": "true"}, headers=basic_auth())

@@ -61,7 +61,12 @@ def dashboard_data():
     }
     if readiness["status"] == "unavailable":  # nothing more can be read
         return jsonify(data)
-    data.update(queue=svc.queue.counts(), sweep=latest, recent=[_recent(s) for s in svc.store.recent(RECENT)])
+    data.update(
+        queue=svc.queue.counts(),
+        login_wait=round(svc.queue.login_wait()),
+        sweep=latest,
+        recent=[_recent(s) for s in svc.store.recent(RECENT)],
+    )
     return jsonify(data)
 
 

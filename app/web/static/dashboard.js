@@ -65,8 +65,11 @@
     if (data.disabled) list.append(el("li", {}, el("span", {className: "light disabled"}), "synchronisation disabled"));
   }
 
-  function drawQueue(queue) {
+  function drawQueue(queue, loginWait) {
     for (const state of ["pending", "running", "failed"]) $("q-" + state).textContent = (queue || {})[state] || 0;
+    // a minute unclaimed: no worker takes the logins (see the AvatarSyncLoginsNotPickedUp alert)
+    $("q-wait").hidden = !(loginWait >= 60);
+    $("q-wait-seconds").textContent = loginWait || 0;
   }
 
   function drawSweep(sweep) {
@@ -124,7 +127,7 @@
     if (r.status !== 200 || !r.data) { $("status").textContent = "cannot read the service (" + r.status + ")"; return; }
     const data = r.data;
     drawChecks(data);
-    drawQueue(data.queue);
+    drawQueue(data.queue, data.login_wait);
     drawSweep(data.sweep);
     drawRecent(data.recent);
     $("next-sweep").textContent = data.next_sweep ? when(data.next_sweep) : "none (no sweep.schedule)";
