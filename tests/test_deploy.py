@@ -73,6 +73,14 @@ def test_alert_rules_pass_promtool():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_alerts_fire_when_their_unit_tests_say():
+    """deploy/prometheus/alerts.test.yml: promtool feeds the rules the series of an incident."""
+    tool = _required("promtool")
+    result = subprocess.run([tool, "test", "rules", str(DEPLOY / "prometheus" / "alerts.test.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_alerts_and_grafana_name_only_metrics_the_service_exposes(tmp_path, slapd, ldap_ou, jira):
     settings = make_settings(tmp_path, jira.url, [slapd_directory(slapd, ldap_ou)], webhook={"secret": "s" * 20})
     app = create_app(settings)
