@@ -286,7 +286,7 @@ class LoginQueue:
                     jobs.c.state == RUNNING, jobs.c.lease_owner.like(_like_prefix(self.owner_prefix), escape="/")
                 )
             ).all()
-        dead = [r for r in rows if not lease_holders.alive(r.lease_owner[len(self.owner_prefix) :])]
+        dead = [r for r in rows if self.holder_gone(r.lease_owner)]
         if not dead:
             return 0
         freed = 0
@@ -298,6 +298,16 @@ class LoginQueue:
                     .values(state=PENDING, lease_owner=None, lease_until=None, next_try_at=utcnow())
                 ).rowcount
         return freed
+
+    def holder_gone(self, owner: str | None) -> bool:
+        """Whether a lease's holder (``owner``, as owner() wrote it) is a process of this host
+        and PID namespace that no longer runs; False for anyone else's (app/lease_holders.py)."""
+        return (
+            owner is not None
+            and self._namespace != lease_holders.UNKNOWN_NAMESPACE
+            and owner.startswith(self.owner_prefix)
+            and not lease_holders.alive(owner[len(self.owner_prefix) :])
+        )
 
     # -- reading -----------------------------------------------------------------------
 

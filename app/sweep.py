@@ -172,14 +172,20 @@ class Sweeps:
 
     def running(self, lapsed: bool = False) -> dict | None:
         """The running sweep's summary, if one runs. ``lapsed``: only if its runner stopped (its
-        lease lapsed); the service's workers resume such a sweep by themselves, the command line
-        when asked for the same kind of sweep."""
-        query = select(sweeps.c.id).where(sweeps.c.status == RUNNING)
-        if lapsed:
-            query = query.where(sweeps.c.lease_until < utcnow())
+        lease lapsed, or its process of this host died); the service's workers resume such a
+        sweep by themselves, the command line when asked for the same kind of sweep."""
         with self.store.read() as conn:
-            sweep_id = conn.execute(query).scalar()
-        return self.summary(sweep_id) if sweep_id is not None else None
+            row = conn.execute(
+                select(sweeps.c.id, sweeps.c.lease_until, sweeps.c.lease_owner).where(sweeps.c.status == RUNNING)
+            ).first()
+        if row is None:
+            return None
+        if lapsed and not (
+            (row.lease_until is not None and aware(row.lease_until) < utcnow())
+            or self.queue.holder_gone(row.lease_owner)
+        ):
+            return None
+        return self.summary(row.id)
 
     def last_ended(self) -> dict | None:
         """The status and end of the sweep that ended last (finished, failed or cancelled)."""

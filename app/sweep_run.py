@@ -3,8 +3,9 @@ need work queued at low priority (logins keep priority). Per-user outcomes form 
 (app/sweep.py keeps it).
 
 - The lock is the sweep row's lease, so it holds across processes and replicas; whichever
-  process holds the lease runs the scan, and if it dies the lease expires and another (or the
-  restarted one) resumes: users already in the report are not read or queued again.
+  process holds the lease runs the scan, and if it dies another (or the restarted one)
+  resumes: at once on its host (take_over sees the process gone), elsewhere when the lease
+  lapses. Users already in the report are not read or queued again.
 - Incremental: a user whose directory entry carries the same change marker as at its last
   settled sync, and whose Jira picture is still ours, is not even read (no photo transferred).
   ``full`` ignores the markers. With a photo server ([http_photos]), whose changes move no
@@ -30,7 +31,7 @@ from .jira import JiraError, JiraUser
 from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .sweep import FAILED_SWEEP, FINISHED, RUNNING, insert_items, sweep_items, sweeps
-from .tables import user_key, utcnow
+from .tables import aware, user_key, utcnow
 
 log = logging.getLogger(__name__)
 PAGE = 500  # directory users compared, reported and queued together
@@ -39,15 +40,25 @@ NEAR_END = 64  # users left at which the runner looks for the sweep's end more o
 
 
 def take_over(services) -> int | None:
-    """Claim the running sweep whose lease expired (new, or its runner died)."""
+    """Claim the running sweep whose lease expired (new, or its runner stopped or died), or
+    whose runner was a process of this host that died (a kill -9: at once, not when the lease
+    lapses)."""
     now, owner = utcnow(), services.queue.owner()
     with services.store.transaction() as conn:
-        row = conn.execute(select(sweeps.c.id).where(sweeps.c.status == RUNNING, sweeps.c.lease_until < now)).first()
+        row = conn.execute(
+            select(sweeps.c.id, sweeps.c.lease_until, sweeps.c.lease_owner).where(sweeps.c.status == RUNNING)
+        ).first()
         if row is None:
+            return None
+        if row.lease_until is not None and aware(row.lease_until) < now:
+            still_free = sweeps.c.lease_until < now
+        elif services.queue.holder_gone(row.lease_owner):
+            still_free = sweeps.c.lease_owner == row.lease_owner  # a dead holder renews nothing
+        else:
             return None
         taken = conn.execute(
             update(sweeps)
-            .where(sweeps.c.id == row.id, sweeps.c.lease_until < now)
+            .where(sweeps.c.id == row.id, still_free)
             .values(lease_owner=owner, lease_until=now + services.sweeps.lease)
         ).rowcount
     return row.id if taken else None

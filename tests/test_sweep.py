@@ -273,6 +273,35 @@ def test_resumes_after_the_runner_died_without_redoing_finished_users(big, monke
     assert summary["counts"]["updated"] == N_USERS - N_USERS // 10 - 5
 
 
+def test_a_sweep_whose_runner_died_on_this_host_is_resumed_at_once(tmp_path, slapd, ldap_ou, jira, services_for):
+    """kill -9 of the process running a sweep (the command line's, a web worker's): this host's
+    processes see it gone and take the sweep over at their next look, and the command line
+    resumes it, instead of waiting for its lease to lapse; a live runner keeps it, and so does
+    one of another host or PID namespace, whose PIDs mean nothing here."""
+    from datetime import timedelta
+
+    from app.tables import utcnow
+    slapd.add_users(ldap_ou, [("d0", photos.photo(40, 40))])
+    jira.state.add_user("d0")
+    rig = build(tmp_path, jira, [slapd_directory(slapd, ldap_ou)], services_for)
+    sweep_id = rig.sweeps.start()
+    queue = rig.services.queue
+    host = queue.owner_prefix.split(":")[0]
+
+    def held_by(owner: str) -> None:  # with a lease far from lapsing
+        with rig.services.store.transaction() as conn:
+            conn.execute(update(sweeps_table).where(sweeps_table.c.id == sweep_id).values(
+                lease_owner=owner, lease_until=utcnow() + timedelta(seconds=60)))
+    for keeper in (queue.owner(), "replica-2:0ther0ns:999999:1:1", f"{host}:0ther0ns:999999:1:1"):
+        held_by(keeper)
+        assert sweep_run.take_over(rig.services) is None, keeper
+        assert rig.sweeps.running(lapsed=True) is None, keeper
+    held_by(f"{queue.owner_prefix}999999:1:1")  # this host's, a PID that no longer runs
+    assert rig.sweeps.running(lapsed=True)["id"] == sweep_id  # the command line would resume it
+    assert sweep_run.take_over(rig.services) == sweep_id
+    assert sweep_run.take_over(rig.services) is None  # now this live process's
+
+
 def test_a_runner_stalled_past_its_lease_stops_once_another_process_took_the_sweep_over(
         tmp_path, slapd, ldap_ou, jira, services_for, caplog, monkeypatch):
     """Frozen longer than its lease (a suspended machine, a database away), a runner finds
@@ -873,14 +902,15 @@ def test_sweep_killed_mid_way_resumes_after_restart_without_redoing_users(tmp_pa
 
 def test_a_sweep_command_killed_mid_way_is_resumed_by_the_next_one_without_a_service(tmp_path, slapd, ldap_ou, jira):
     """Without a service to take it over, only the command line can finish a sweep a killed
-    command left running; refused, every later sweep would be refused too."""
+    command left running; refused, every later sweep would be refused too. The killed command
+    ran on this host, so the next one sees it gone at once: no waiting for its leases (the
+    default 120 s) to lapse."""
     import subprocess
 
     from tests.test_cli import SCRIPT
     names = _photo_users(slapd, ldap_ou, jira, "again", 60, latency=0.02)
-    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira, extra="[worker]\nlease_seconds = 2\n")
+    env, _ = _cli_env(tmp_path, slapd, ldap_ou, jira)
     _kill_a_sweep_command_mid_way(env, jira, names)
-    time.sleep(2.5)  # its lease lapses
     writes = jira.state.writes()
     other_kind = subprocess.run([SCRIPT, "sweep", "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
     assert other_kind.returncode == 1 and jira.state.writes() == writes
