@@ -42,6 +42,9 @@ def _settings(ctx: click.Context) -> Settings:
     return ctx.obj["settings"]
 
 
+LOGIN_WAIT_WARNING_SECONDS = 300  # as the AvatarSyncLoginsNotPickedUp alert
+
+
 def _log_level(ctx: click.Context, settings: Settings) -> str:
     return ctx.obj["log_level"] or (settings.log_level if ctx.obj["verbose"] else "WARNING")
 
@@ -139,6 +142,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     try:
         services.store.check_writable()
         report.add("ok", "state", where)
+        _check_queue(services, report)
     except SQLAlchemyError as exc:
         report.add("fail", "state", f"{where}: {describe_error(exc)}")
     except Exception as exc:  # noqa: BLE001 - a read-only standby, a locked file...
@@ -173,6 +177,20 @@ def _check_photo_server(services: Services, report: _Report) -> None:
         report.add("ok", "photo server", f"{http.url_for('<username>')} answers")
     except DirectoryUnavailable as exc:
         report.add("fail", "photo server", exc.reason)
+
+
+def _check_queue(services: Services, report: _Report) -> None:
+    """Who drains the queue: a web that only acknowledges needs a worker beside it, and a
+    login left waiting minutes says that none runs."""
+    if not services.settings.worker.start_in_web:
+        report.add(
+            "note",
+            "note",
+            "worker.start_in_web = false: the web only acknowledges logins; run `jira-avatar-sync worker` beside it",
+        )
+    waited = services.queue.login_wait()
+    if waited > LOGIN_WAIT_WARNING_SECONDS:
+        report.add("warn", "queue", f"the oldest login has waited {waited:.0f} s and no worker has taken it")
 
 
 def _check_exclude_groups(services: Services, report: _Report) -> None:

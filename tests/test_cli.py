@@ -175,6 +175,30 @@ def test_check_passes_and_names_each_check(tmp_path, slapd, ldap_ou, jira):
     assert result.stderr == ""
 
 
+def test_check_says_who_drains_the_queue(tmp_path, slapd, ldap_ou, jira):
+    """A web that only acknowledges needs a worker beside it; a login left waiting for minutes
+    says none runs (a warning: the service itself would work)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.queue import LoginQueue, jobs
+    from app.store import Store
+    from app.tables import utcnow
+
+    config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), extra="[worker]\nstart_in_web = false")
+    quiet = run("check", config=config)
+    assert quiet.returncode == 0 and "note worker.start_in_web = false" in quiet.stdout
+    assert "warn queue" not in quiet.stdout
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    LoginQueue(store).enqueue("jdoe")
+    with store.transaction() as conn:  # accepted ten minutes ago, taken by nobody
+        conn.execute(update(jobs).values(next_try_at=utcnow() - timedelta(minutes=10)))
+    store.dispose()
+    waiting = run("check", config=config)
+    assert waiting.returncode == 0 and "warn queue: the oldest login has waited 6" in waiting.stdout
+
+
 def test_check_fails_for_what_would_stop_serve_and_speaks_json(tmp_path, slapd, ldap_ou, jira):
     config = write_config(tmp_path, jira.url, slapd_toml(slapd, ldap_ou), webhook_secret=None)
     result = run("check", config=config)
