@@ -323,11 +323,12 @@ def test_the_containers_of_a_pod_serve_and_sync(tmp_path, slapd, ldap_ou, jira, 
               *(a for k, v in env.items() for a in ("-e", f"{k}={v}"))]
     web, worker, port = f"{run_id}-web", f"{run_id}-worker", free_port()
     url = f"http://127.0.0.1:{port}"
+    inside = 9090 if web_syncs else 8080  # a deployment may bind another port: the HEALTHCHECK follows it
     try:
         _podman(*RUN, "run", "-d", "--name", web, "--hostname", "avatar-sync-pod",
-                "--network", "slirp4netns:allow_host_loopback=true", "-p", f"127.0.0.1:{port}:8080",
-                *common, "-e", f"AVATAR_SYNC_WORKER_START_IN_WEB={str(web_syncs).lower()}", IMAGE, "serve",
-                timeout=120)
+                "--network", "slirp4netns:allow_host_loopback=true", "-p", f"127.0.0.1:{port}:{inside}",
+                *common, "-e", f"AVATAR_SYNC_WORKER_START_IN_WEB={str(web_syncs).lower()}",
+                "-e", f"AVATAR_SYNC_BIND=0.0.0.0:{inside}", IMAGE, "serve", timeout=120)
 
         def ready() -> bool:
             try:
