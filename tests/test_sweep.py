@@ -221,11 +221,11 @@ def test_a_pool_grows_to_its_sweep_threads_while_a_sweeps_users_wait_and_back_af
 
     def pool_threads():
         return sum(t.name.startswith("avatar-sync-") for t in threading.enumerate())
+    sweep_id = services.sweeps.start()
+    assert sweep_run.take_over(services) == sweep_id  # before the pool's look for sweeps could take it
     pool = WorkerPool(services, settings.worker.threads, 0.05, sweep_threads(settings)).start()
     try:
         assert pool_threads() == 1
-        sweep_id = services.sweeps.start()
-        assert sweep_run.take_over(services) == sweep_id
         sweep_run.run(services, sweep_id)
         wait_until(lambda: pool_threads() == 1, 5, "the added threads to end")
     finally:
