@@ -67,9 +67,11 @@ class LoginQueue:
         # database, not their PIDs.
         self._namespace = lease_holders.namespace()
         self.owner_prefix = f"{socket.gethostname()}:{self._namespace}:"
-        # when this process started: a process restarted in the same namespace may be given the
-        # PID of a killed one, whose leases must not look alive
-        self._started = per_process.PerProcess(lambda: lease_holders.started(per_process.pid()) or "0")
+        # this process's part of its threads' owners, "pid:start:", made once in each process: the
+        # start tells it from a killed process whose PID a restart in the same namespace reused
+        self._process = per_process.PerProcess(
+            lambda: f"{self.owner_prefix}{per_process.pid()}:{lease_holders.started(per_process.pid()) or '0'}:"
+        )
         self._busy = threading.local()  # this thread's last claim found work
         self._next_expiry_check = 0.0  # time.monotonic(); see claim
         self._no_urgent_until = 0.0  # time.monotonic(); see urgent_waiting
@@ -126,10 +128,7 @@ class LoginQueue:
 
     def owner(self) -> str:
         """This thread's name on its leases: "host:namespace:pid:start:thread" (see __init__)."""
-        return f"{self._process()}{threading.get_ident()}"
-
-    def _process(self) -> str:
-        return f"{self.owner_prefix}{per_process.pid()}:{self._started.get()}:"
+        return f"{self._process.get()}{threading.get_ident()}"
 
     def claim(self, limit: int = 1, min_priority: int = LOGIN) -> list[Job]:
         """Lease up to ``limit`` due jobs, highest priority first; atomic across processes.
@@ -267,7 +266,7 @@ class LoginQueue:
         """Extend the leases of the jobs this process's threads are running (``job_ids``, while
         this process still holds them); ``leases`` (app/leases.py) calls it, and says why. How
         many were renewed."""
-        pattern = _like_prefix(self._process())
+        pattern = _like_prefix(self._process.get())
         until = utcnow() + timedelta(seconds=self.policy.lease_seconds)
         with self.store.one_statement() as conn:
             return conn.execute(queue_sql.RENEW, {"jobs": job_ids, "process": pattern, "until": until}).rowcount

@@ -74,6 +74,10 @@ class SweepConflict(Exception):
         self.running = running
 
 
+# the running sweep (one at a time) and who holds it: Sweeps.left_by_its_runner, take_over
+RUNNING_LEASE = select(sweeps.c.id, sweeps.c.lease_until, sweeps.c.lease_owner).where(sweeps.c.status == RUNNING)
+
+
 class Sweeps:
     def __init__(self, services):
         self.services = services
@@ -175,17 +179,21 @@ class Sweeps:
         lease lapsed, or its process of this host died); the service's workers resume such a
         sweep by themselves, the command line when asked for the same kind of sweep."""
         with self.store.read() as conn:
-            row = conn.execute(
-                select(sweeps.c.id, sweeps.c.lease_until, sweeps.c.lease_owner).where(sweeps.c.status == RUNNING)
-            ).first()
-        if row is None:
-            return None
-        if lapsed and not (
-            (row.lease_until is not None and aware(row.lease_until) < utcnow())
-            or self.queue.holder_gone(row.lease_owner)
-        ):
+            row = conn.execute(RUNNING_LEASE).first()
+        if row is None or (lapsed and self.left_by_its_runner(row, utcnow()) is None):
             return None
         return self.summary(row.id)
+
+    def left_by_its_runner(self, row, now):
+        """For a running sweep's RUNNING_LEASE row: the condition under which another process may
+        take it over (its UPDATE's guard, that nobody took it meanwhile), or None while its
+        runner holds it. Free when its lease lapsed, or when its runner, a process of this host,
+        died (a dead holder renews nothing, so its name on the row is guard enough)."""
+        if row.lease_until is not None and aware(row.lease_until) < now:
+            return sweeps.c.lease_until < now
+        if self.queue.holder_gone(row.lease_owner):
+            return sweeps.c.lease_owner == row.lease_owner
+        return None
 
     def last_ended(self) -> dict | None:
         """The status and end of the sweep that ended last (finished, failed or cancelled)."""

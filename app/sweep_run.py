@@ -30,8 +30,8 @@ from .directory import DirectoryUnavailable
 from .jira import JiraError, JiraUser
 from .outcomes import NOT_IN_DIRECTORY, NOT_IN_JIRA, SETTLED, SUCCESSES, UNCHANGED
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
-from .sweep import FAILED_SWEEP, FINISHED, RUNNING, insert_items, sweep_items, sweeps
-from .tables import aware, user_key, utcnow
+from .sweep import FAILED_SWEEP, FINISHED, RUNNING, RUNNING_LEASE, insert_items, sweep_items, sweeps
+from .tables import user_key, utcnow
 
 log = logging.getLogger(__name__)
 PAGE = 500  # directory users compared, reported and queued together
@@ -45,16 +45,9 @@ def take_over(services) -> int | None:
     lapses)."""
     now, owner = utcnow(), services.queue.owner()
     with services.store.transaction() as conn:
-        row = conn.execute(
-            select(sweeps.c.id, sweeps.c.lease_until, sweeps.c.lease_owner).where(sweeps.c.status == RUNNING)
-        ).first()
-        if row is None:
-            return None
-        if row.lease_until is not None and aware(row.lease_until) < now:
-            still_free = sweeps.c.lease_until < now
-        elif services.queue.holder_gone(row.lease_owner):
-            still_free = sweeps.c.lease_owner == row.lease_owner  # a dead holder renews nothing
-        else:
+        row = conn.execute(RUNNING_LEASE).first()
+        still_free = services.sweeps.left_by_its_runner(row, now) if row is not None else None
+        if still_free is None:
             return None
         taken = conn.execute(
             update(sweeps)
