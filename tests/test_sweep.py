@@ -246,6 +246,9 @@ def test_only_one_sweep_at_a_time_and_cancel(big):
 def test_resumes_after_the_runner_died_without_redoing_finished_users(big, monkeypatch):
     sweep_id = big.sweeps.start()
     assert sweep_run.take_over(big.services) == sweep_id
+    # the test is the sweep's one runner: the pool only syncs its jobs (its look for a free
+    # sweep could otherwise take it in the moment between the lease's expiry and take_over)
+    monkeypatch.setattr(big.services, "start_runner", lambda: None)
     pool = WorkerPool(big.services, threads=4, poll_seconds=0.05).start()
     real_page = sweep_run._Run._page
     pages = []
