@@ -259,16 +259,19 @@ _calls = threading.local()
 
 
 class _GuardedResponse:
-    """getresponse() (the status line and headers) within the call's overall deadline."""
+    """getresponse() (the status line and headers) within the call's overall deadline. A mixin
+    ahead of urllib3's connection classes: ``sock`` and the super() call are theirs."""
+
+    sock: socket.socket
 
     def getresponse(self):
         call = getattr(_calls, "call", None)
         if call is None:
-            return super().getresponse()
+            return super().getresponse()  # type: ignore[misc]
         call.sock = self.sock
         with deadlines.guard(self.sock, call.deadline - time.monotonic()) as guard:
             try:
-                return super().getresponse()
+                return super().getresponse()  # type: ignore[misc]
             finally:
                 call.fired = guard.fired
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 import requests
@@ -50,7 +51,7 @@ def pg_schema(prefix: str = "avsync") -> Iterator[str]:
         admin.dispose()
 
 
-def unavailable(what: str):
+def unavailable(what: str) -> NoReturn:
     """A server or tool the test needs is missing: skipped locally, a failure under CI."""
     if os.environ.get("CI"):
         pytest.fail(f"{what} is required in CI (.ci/run installs it)")
@@ -58,7 +59,7 @@ def unavailable(what: str):
 
 
 def slapd_directory(slapd, base_dn, **extra) -> dict:
-    defaults = {"user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid", "timeout": 5,
+    defaults: dict[str, Any] = {"user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid", "timeout": 5,
                 "connect_timeout": 2}
     return slapd_section(slapd.url, base_dn, **(defaults | extra))
 
@@ -102,6 +103,13 @@ class Service:
         self.proc: subprocess.Popen | None = None
         self.http = requests.Session()
 
+    @property
+    def pid(self) -> int:
+        """The running process's id (gunicorn's master)."""
+        if self.proc is None:
+            raise RuntimeError("not started")
+        return self.proc.pid
+
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_SYNC_")}
         env["AVATAR_SYNC_CONFIG"] = str(self.config)
@@ -121,6 +129,7 @@ class Service:
         raise AssertionError("gunicorn did not come up:\n" + self.log.read_text()[-3000:])
 
     def kill9(self) -> None:
+        assert self.proc is not None, "not started"
         os.killpg(self.proc.pid, signal.SIGKILL)  # master and every worker, no goodbye
         self.proc.wait()
 

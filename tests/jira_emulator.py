@@ -698,7 +698,8 @@ class EmulatorServer:
 
     def come_back(self) -> None:
         """Serve again on the same port, with the same state."""
-        self._bind(*self.server.server_address[:2])
+        host, port = self.server.server_address[:2]
+        self._bind(str(host), int(port))
         self.thread.start()
 
 

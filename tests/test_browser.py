@@ -20,7 +20,7 @@ from tests.helpers import make_settings, slapd_directory
 try:
     from playwright.sync_api import expect
 except ImportError:  # skipped below
-    expect = None
+    expect = None  # type: ignore[assignment]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ADMIN = "browser-admin-token-0123456789"

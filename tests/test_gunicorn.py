@@ -153,7 +153,7 @@ def _ended(svc: Service, sweep_id: int) -> dict:
 
 
 def _workers(svc: Service) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{svc.proc.pid}/task/{svc.proc.pid}/children").read_text().split()]
+    return [int(p) for p in Path(f"/proc/{svc.pid}/task/{svc.pid}/children").read_text().split()]
 
 
 def test_the_workers_share_jira_max_concurrency_in_a_sweep(tmp_path, slapd, ldap_ou, jira):

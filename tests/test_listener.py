@@ -30,7 +30,8 @@ def groovy_env() -> dict:
         _unavailable("Groovy (apt-get install groovy)")
     env = dict(os.environ)
     if not Path(env.get("JAVA_HOME", "/usr/lib/jvm/default-java"), "bin", "java").exists():
-        env["JAVA_HOME"] = str(Path(os.path.realpath(shutil.which("java"))).parents[1])
+        java = shutil.which("java") or _unavailable("Java (apt-get install groovy brings it)")
+        env["JAVA_HOME"] = str(Path(os.path.realpath(java)).parents[1])
     return env
 
 

@@ -4,11 +4,13 @@ slapd and the Jira emulator.)"""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 
 from app.directory import DirectoryEntry
 from app.jira import JiraUser
+from app.outcomes import Outcome
 from app.rules import UNKNOWN, Facts, Need, Plan, decide
 from app.states import UserState
 
@@ -35,67 +37,69 @@ def facts(entry=ENTRY, **kw) -> Facts:
     return Facts.of(entry, **kw)
 
 
-WRITE = {"upload": True, "photo_hash": HASH}
+WRITE: dict[str, Any] = {"upload": True, "photo_hash": HASH}
 
 ROWS = [
     # (the situation, the facts, what the plan must say)
     ("photo_attributes is empty: nothing is touched",
-     facts(disabled=True), Plan("disabled", reason="photo_attributes is empty")),
-    ("in no directory", facts(entry=None), Plan("not_in_directory")),
+     facts(disabled=True), Plan(Outcome.DISABLED, reason="photo_attributes is empty")),
+    ("in no directory", facts(entry=None), Plan(Outcome.NOT_IN_DIRECTORY)),
     ("no directory photo: the user's own picture stays",
-     facts(entry=NO_PHOTO_ENTRY), Plan("no_photo", reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
+     facts(entry=NO_PHOTO_ENTRY), Plan(Outcome.NO_PHOTO, reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
     ("a photo: Jira's view is read first, and only then", facts(), Plan(need=Need.JIRA_VIEW)),
-    ("not in Jira", facts(jira_user=None), Plan("not_in_jira", photo_hash=HASH)),
+    ("not in Jira", facts(jira_user=None), Plan(Outcome.NOT_IN_JIRA, photo_hash=HASH)),
     ("in Jira: what this service stored is read next", facts(jira_user=jira()), Plan(need=Need.STATE)),
     ("first sync: upload and select",
-     facts(jira_user=jira(), state=None), Plan("updated", **WRITE)),
+     facts(jira_user=jira(), state=None), Plan(Outcome.UPDATED, **WRITE)),
     ("first sync after a failed one: an upload of it may have been cut short",
-     facts(jira_user=jira(), state=None, retried=True), Plan("updated", finish_interrupted=True, **WRITE)),
+     facts(jira_user=jira(), state=None, retried=True), Plan(Outcome.UPDATED, finish_interrupted=True, **WRITE)),
     ("the directory photo changed: upload, select, then ours before are deleted",
      facts(jira_user=jira("500", custom=True), state=ours(photo=OTHER_PHOTO)),
-     Plan("updated", reason="directory photo changed", **WRITE)),
+     Plan(Outcome.UPDATED, reason="directory photo changed", **WRITE)),
     ("photo unchanged and ours still shown: nothing, not even a decode",
-     facts(jira_user=jira("500", custom=True), state=ours()), Plan("unchanged", avatar_id="500", photo_hash=HASH)),
+     facts(jira_user=jira("500", custom=True), state=ours()),
+     Plan(Outcome.UNCHANGED, avatar_id="500", photo_hash=HASH)),
     ("unchanged, with an old avatar of ours whose delete failed: it goes now",
      facts(jira_user=jira("500", custom=True), state=ours(created=("400", "500"))),
-     Plan("unchanged", avatar_id="500", photo_hash=HASH, stale=("400",))),
+     Plan(Outcome.UNCHANGED, avatar_id="500", photo_hash=HASH, stale=("400",))),
     ("the user picked another picture: ours again (re-used if Jira has it), theirs kept",
      facts(jira_user=jira("777", custom=True), state=ours()),
-     Plan("restored", reason="user had selected avatar 777", reuse="500",
+     Plan(Outcome.RESTORED, reason="user had selected avatar 777", reuse="500",
           reason_if_gone="avatar 500 was deleted in Jira", **WRITE)),
     ("a sweep's bulk read says the user picked another: read afresh before any write",
      facts(jira_user=jira("777", custom=True), state=ours(), hinted=True), Plan(need=Need.FRESH_JIRA_VIEW)),
     ("a sweep's bulk read saying unchanged is trusted: no call at all",
      facts(jira_user=jira("500", custom=True), state=ours(), hinted=True),
-     Plan("unchanged", avatar_id="500", photo_hash=HASH)),
+     Plan(Outcome.UNCHANGED, avatar_id="500", photo_hash=HASH)),
     ("forced: upload again though nothing changed",
-     facts(jira_user=jira("500", custom=True), state=ours(), force=True), Plan("updated", reason="forced", **WRITE)),
+     facts(jira_user=jira("500", custom=True), state=ours(), force=True),
+     Plan(Outcome.UPDATED, reason="forced", **WRITE)),
     ("an upload of this photo began and was never recorded: finish it",
      facts(jira_user=jira(), state=ours(photo=OTHER_PHOTO, pending=PHOTO)),
-     Plan("updated", reason="directory photo changed", finish_interrupted=True, **WRITE)),
+     Plan(Outcome.UPDATED, reason="directory photo changed", finish_interrupted=True, **WRITE)),
     ("forced never finishes an old upload: it uploads anew",
      facts(jira_user=jira(), state=ours(photo=OTHER_PHOTO, pending=PHOTO), force=True),
-     Plan("updated", reason="directory photo changed", **WRITE)),
+     Plan(Outcome.UPDATED, reason="directory photo changed", **WRITE)),
     ("a state with no avatar of ours (no photo before): a first upload",
-     facts(jira_user=jira(), state=UserState("jdoe", last_outcome="no_photo")), Plan("updated", **WRITE)),
+     facts(jira_user=jira(), state=UserState("jdoe", last_outcome="no_photo")), Plan(Outcome.UPDATED, **WRITE)),
     # exclusions: the first thing looked at after `disabled`, whatever else is known
     ("excluded: nothing of theirs is touched, photo or not, ours shown or not",
      facts(excluded="opted out by an admin", jira_user=jira("500", custom=True), state=ours(photo=OTHER_PHOTO)),
-     Plan("excluded", reason="opted out by an admin")),
+     Plan(Outcome.EXCLUDED, reason="opted out by an admin")),
     # photo_removed: what happens once the directory photo is gone
     ("photo removed, photo_removed = keep: as any user without a photo, hands off",
      facts(entry=NO_PHOTO_ENTRY, state=ours(), jira_user=jira("500", custom=True)),
-     Plan("no_photo", reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
+     Plan(Outcome.NO_PHOTO, reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
     ("photo removed, ours shown: the user's own upload (or the default) selected, then ours deleted",
      facts(entry=NO_PHOTO_ENTRY, photo_removed="user_upload", state=ours(created=("400", "500")),
            jira_user=jira("500", custom=True)),
-     Plan("photo_removed", reset="user_upload", stale=("500", "400"))),
+     Plan(Outcome.PHOTO_REMOVED, reset="user_upload", stale=("500", "400"))),
     ("photo removed, ours shown, photo_removed = default",
      facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=ours(), jira_user=jira("500", custom=True)),
-     Plan("photo_removed", reset="default", stale=("500",))),
+     Plan(Outcome.PHOTO_REMOVED, reset="default", stale=("500",))),
     ("photo removed, the user had picked their own: kept, only ours deleted",
      facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=ours(), jira_user=jira("777", custom=True)),
-     Plan("photo_removed", reason="kept: the user's own choice, avatar 777", avatar_id="777", stale=("500",))),
+     Plan(Outcome.PHOTO_REMOVED, reason="kept: the user's own choice, avatar 777", avatar_id="777", stale=("500",))),
     ("photo removed: Jira's view is read before anything is written",
      facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=ours()), Plan(need=Need.JIRA_VIEW)),
     ("photo removed: a sweep's bulk read is read afresh first",
@@ -103,11 +107,11 @@ ROWS = [
      Plan(need=Need.FRESH_JIRA_VIEW)),
     ("photo removed and dealt with before: the next sync writes nothing, reads nothing in Jira",
      facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=UserState("jdoe", last_outcome="photo_removed")),
-     Plan("no_photo", reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
+     Plan(Outcome.NO_PHOTO, reason="no thumbnailPhoto/jpegPhoto in corp-ad")),
     ("photo removed, an old avatar of ours left by a failed delete, not shown: it goes now",
      facts(entry=NO_PHOTO_ENTRY, photo_removed="default", state=UserState("jdoe", created_avatar_ids=["400"]),
            jira_user=jira("777", custom=True)),
-     Plan("no_photo", reason="no thumbnailPhoto/jpegPhoto in corp-ad", avatar_id="777", stale=("400",))),
+     Plan(Outcome.NO_PHOTO, reason="no thumbnailPhoto/jpegPhoto in corp-ad", avatar_id="777", stale=("400",))),
 ]
 
 

@@ -50,13 +50,13 @@ def main() -> None:
             config = write_config(work, f"sqlite:///{work}/state.db", jira.url, ldap, people, 8, 8)
             state.latency = args.latency_ms / 1000
             os.environ["PYTHONPATH"] = trees[0]
-            run_sweep(config, slapd_pid=ldap.proc.pid)
+            run_sweep(config, slapd_pid=ldap.pid)
             times: dict[str, list[float]] = {t: [] for t in trees}
             for r in range(args.rounds):
                 for tree in trees if r % 2 == 0 else trees[::-1]:
                     os.environ["PYTHONPATH"] = tree
                     writes = state.writes()
-                    seconds = run_sweep(config, slapd_pid=ldap.proc.pid)[0]
+                    seconds = run_sweep(config, slapd_pid=ldap.pid)[0]
                     if state.writes() != writes:
                         raise SystemExit(f"a repeat sweep of {tree} wrote to Jira")
                     times[tree].append(round(seconds, 2))

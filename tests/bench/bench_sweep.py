@@ -270,7 +270,9 @@ class InFlight(_Every):
 
     def __init__(self, state: JiraState):
         super().__init__(0.005)
-        self.state, self.samples, self.times = state, [], []
+        self.state = state
+        self.samples: list[int] = []
+        self.times: list[float] = []
 
     def tick(self) -> None:
         with self.state.lock:
@@ -495,7 +497,7 @@ def main() -> None:
                                   photo_server.url if from_http else None)
             state.latency = args.latency_ms / 1000
             sweep_args = ("--processes", str(args.processes)) if args.processes else ()
-            cores = separate_cores(ldap.proc.pid) if args.separate_cores else None
+            cores = separate_cores(ldap.pid) if args.separate_cores else None
             # the rig alone, right before and right after the first sweep: the machine's floor in
             # this very run (it drifts by 10-20 % within an hour on these machines)
             rig_s = [] if args.no_rig or args.no_photos else [measure_rig(args, cores)["seconds"]]
@@ -505,7 +507,7 @@ def main() -> None:
                 sweep_started = time.perf_counter()
                 logins = (state, names, args.logins_every) if args.logins_every else None
                 first_s, first_rss, first_out = (api_sweep(config, 2, logins) if args.via_api else
-                                                 run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores))
+                                                 run_sweep(config, *sweep_args, slapd_pid=ldap.pid, cores=cores))
                 timeline = in_flight.timeline(sweep_started, sweep_started + first_s, per_process * processes)
             dashboard = poller.summary() if poller else None
             if rig_s:
@@ -517,7 +519,7 @@ def main() -> None:
                          if from_http and photo is not None and not args.no_rig else None)
             uploads = state.count("POST /user/avatar/temporary")
             repeat_s, repeat_rss, repeat_out = (api_sweep(config, 2) if args.via_api else
-                                                run_sweep(config, *sweep_args, slapd_pid=ldap.proc.pid, cores=cores))
+                                                run_sweep(config, *sweep_args, slapd_pid=ldap.pid, cores=cores))
             bound = 3 * args.users * (args.latency_ms / 1000) / args.concurrency
             result = {
                 "database": args.database, "extra_worker_processes": processes - 1,

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -119,10 +120,13 @@ def wrk(port: int, lua: Path | None, duration: int, connections: int, threads: i
         raise SystemExit(f"wrk failed ({proc.returncode})")
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rps, out
+    return {"rps": float(rps.group(1)),
             "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": int(non2xx.group(1)) if non2xx else 0,
             "connections_per_worker": split}
 
@@ -159,7 +163,7 @@ def main() -> None:
             ldap.add_user(people, name, thumbnail_photo=thumb)
             state.add_user(name)
         selected_at: dict[str, float] = {}
-        results = {"cores": os.cpu_count()}
+        results: dict[str, Any] = {"cores": os.cpu_count()}
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         with EmulatorServer(state) as jira:
             # -- 1. acknowledgement --------------------------------------------------------

@@ -67,7 +67,7 @@ def main() -> None:
             svc = Service(work, ldap, ou, jira.url)
             svc.start()
             time.sleep(2)
-            rss_start = rss_mb(svc.proc.pid)
+            rss_start = rss_mb(svc.pid)
             accepted: dict[str, float] = {}  # user -> when its last login was accepted
             answers: dict[int, int] = {}
             lock = threading.Lock()
@@ -151,7 +151,7 @@ def main() -> None:
                 "logins_accepted_users": len(accepted), "accepted_logins_lost": len(lost),
                 "photos_set_in_directory": photos_set, "uploads": state.count("POST /user/avatar/temporary"),
                 "pictures_not_matching_the_directory": len(wrong), "sweeps_started": sweeps, "faults": faults,
-                "queue_at_end": queue, "rss_mb_start": round(rss_start), "rss_mb_end": round(rss_mb(svc.proc.pid)),
+                "queue_at_end": queue, "rss_mb_start": round(rss_start), "rss_mb_end": round(rss_mb(svc.pid)),
             }
             svc.stop()
     finally:

@@ -17,6 +17,7 @@ import socketserver
 import ssl
 import sys
 import threading
+from typing import Any
 
 MAX_LINE = 65536
 
@@ -51,12 +52,13 @@ class _Connection(socketserver.StreamRequestHandler):
         method, target, version = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
         path, _, query = target.partition("?")
         port = self.server.server_address[1]
-        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "SCRIPT_NAME": "",
-                   "SERVER_NAME": "localhost", "SERVER_PORT": str(port), "SERVER_PROTOCOL": version,
-                   "REMOTE_ADDR": self.client_address[0] if self.client_address else "127.0.0.1",
-                   "wsgi.version": (1, 0), "wsgi.url_scheme": "https" if self.server.tls else "http",
-                   "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
-                   "wsgi.run_once": False}
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "SCRIPT_NAME": "",
+            "SERVER_NAME": "localhost", "SERVER_PORT": str(port), "SERVER_PROTOCOL": version,
+            "REMOTE_ADDR": self.client_address[0] if self.client_address else "127.0.0.1",
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "https" if self.server.tls else "http",
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False}
         while True:
             header = self.rfile.readline(MAX_LINE + 1)
             if header in (b"\r\n", b"\n", b""):
@@ -96,7 +98,7 @@ class _Connection(socketserver.StreamRequestHandler):
         return keep
 
     def _chunked_body(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self.rfile.readline(MAX_LINE + 1).split(b";")[0].strip() or b"0", 16)
             if size == 0:

@@ -105,7 +105,7 @@ class SambaDC:
     def add_user(self, base_dn: str, sam: str, thumbnail_photo: bytes | None = None,
                  jpeg_photo: bytes | None = None) -> str:
         dn = f"CN={ldap3.utils.dn.escape_rdn(sam)},{base_dn}"
-        attrs = {"sAMAccountName": sam, "userPrincipalName": f"{sam}@avsync.test"}
+        attrs: dict[str, str | bytes] = {"sAMAccountName": sam, "userPrincipalName": f"{sam}@avsync.test"}
         if thumbnail_photo is not None:
             attrs["thumbnailPhoto"] = thumbnail_photo
         if jpeg_photo is not None:

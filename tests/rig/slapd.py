@@ -103,6 +103,13 @@ class Slapd:
         self.svc_size_limit = svc_size_limit
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def pid(self) -> int:
+        """The running process's id."""
+        if self.proc is None:
+            raise RuntimeError("not started")
+        return self.proc.pid
+
     @classmethod
     def running(cls, workdir: Path, **kwargs) -> Slapd:
         """Configured, started and seeded with the base entries and the service account."""
@@ -176,7 +183,7 @@ class Slapd:
     def add_user(self, base_dn: str, uid: str, jpeg_photo: bytes | None = None,
                  thumbnail_photo: bytes | None = None) -> str:
         dn = f"uid={ldap3.utils.dn.escape_rdn(uid)},{base_dn}"
-        attrs = {"uid": uid, "cn": uid, "sn": uid}
+        attrs: dict[str, str | bytes] = {"uid": uid, "cn": uid, "sn": uid}
         classes = ["inetOrgPerson"]
         if jpeg_photo is not None:
             attrs["jpegPhoto"] = jpeg_photo
@@ -191,7 +198,7 @@ class Slapd:
         """Many (uid, jpeg_photo or None) at once, over one connection."""
         with self.admin() as c:
             for uid, photo in users:
-                attrs = {"uid": uid, "cn": uid, "sn": uid}
+                attrs: dict[str, str | bytes] = {"uid": uid, "cn": uid, "sn": uid}
                 if photo is not None:
                     attrs["jpegPhoto"] = photo
                 c.add(f"uid={ldap3.utils.dn.escape_rdn(uid)},{base_dn}", ["inetOrgPerson"], attrs)
