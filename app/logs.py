@@ -84,6 +84,10 @@ def setup(level: str, log_format: str, stream=None) -> None:
         root.addHandler(handler)
     handler.setFormatter(formatter(log_format))
     root.setLevel(level)
+    # Alembic says "Context impl SQLiteImpl." at INFO whenever a process first checks the
+    # schema: noise in every worker's start, kept for DEBUG. A schema the service refuses is
+    # its own error line, and `db upgrade` prints what it changed.
+    logging.getLogger("alembic").setLevel(logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING)
 
 
 class _SyncLineFilter(logging.Filter):

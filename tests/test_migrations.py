@@ -78,7 +78,7 @@ def test_a_released_0_2_0_database_is_refused_until_upgraded_then_keeps_every_ro
     with pytest.raises(SchemaMismatch, match=r"0\.2\.0 or before: run `jira-avatar-sync db upgrade`"):
         Store(url).get("jdoe")
     worker = cli(url, "worker", "--once")
-    assert worker.exit_code == 2 and worker.output.strip().count("\n") == 0
+    assert worker.exit_code == 2 and worker.output.strip().count("\n") == 0, worker.output
     assert "cannot start" in worker.output and "db upgrade" in worker.output
 
     upgraded = cli(url, "db", "upgrade")
