@@ -83,6 +83,25 @@ def describe_location(url: str) -> str:
     return f"PostgreSQL {where}" + (f" as {parsed.username}" if parsed.username else "")
 
 
+# libpq's settings where the database URL gives none of its own (any of them can be set there,
+# as ?connect_timeout=10 say). A database that stops answering (a network partition, the dead
+# address of a failover) fails a new connection within connect_timeout, and a statement on a
+# connection it stranded within tcp_user_timeout (milliseconds; the query sent and never
+# acknowledged) or the keepalives (the query acknowledged, its answer never coming): seconds,
+# where TCP alone waits 15 minutes to 2 hours, holding a web thread or a worker. Text comes
+# back as str whatever the database's encoding: psycopg hands an SQL_ASCII database's over
+# as bytes, which SQLAlchemy's own first query cannot read.
+POSTGRES_DEFAULTS = {
+    "connect_timeout": "5",
+    "tcp_user_timeout": "15000",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "client_encoding": "utf8",
+}
+
+
 def make_engine(url: str, wal_wait: float = SQLITE_BUSY_MS / 1000, **pool) -> Engine:
     """``wal_wait``: SQLite only, how long a new connection waits to switch a new file to WAL.
     ``pool``: PostgreSQL only, overrides of the pool's settings (the Jira budget's own)."""
@@ -105,6 +124,8 @@ def make_engine(url: str, wal_wait: float = SQLITE_BUSY_MS / 1000, **pool) -> En
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
+    if parsed.get_backend_name() == "postgresql":
+        parsed = parsed.update_query_dict({k: v for k, v in POSTGRES_DEFAULTS.items() if k not in parsed.query})
     engine = create_engine(parsed, **{"pool_size": 5, "max_overflow": 10, "pool_timeout": 30, **pool})
     _ping_when_idle(engine)
     return engine

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(slapd ldap-utils samba samba-ad-dc winbind krb5-user groovy chromium prometheus podman runc debootstrap haproxy wrk)
+apt_packages=(slapd ldap-utils samba samba-ad-dc winbind krb5-user groovy chromium prometheus podman runc debootstrap haproxy wrk iptables)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -59,8 +59,8 @@ def unavailable(what: str) -> NoReturn:
 
 
 def slapd_directory(slapd, base_dn, **extra) -> dict:
-    defaults: dict[str, Any] = {"user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid", "timeout": 5,
-                "connect_timeout": 2}
+    defaults: dict[str, Any] = {"user_filter": "(objectClass=inetOrgPerson)", "username_attribute": "uid",
+                                "timeout": 5, "connect_timeout": 2}
     return slapd_section(slapd.url, base_dn, **(defaults | extra))
 
 

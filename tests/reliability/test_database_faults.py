@@ -1,0 +1,83 @@
+"""PostgreSQL that stops answering without a word (a network partition, a failover's dead
+address), or that keeps its text in another encoding: the service's store says so in seconds,
+holds no thread on it, and works again once the database answers."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from app import states
+from app.database import describe_error
+from app.store import UNAVAILABLE, Store
+from tests.helpers import PG_URL, wait_until
+from tests.rig.tcp_forward import Forwarder, partitioned
+
+
+def _ping(store: Store, results: dict, name: str) -> None:
+    started = time.monotonic()
+    try:
+        store.ping()
+        results[name] = ("answered", 0.0)
+    except UNAVAILABLE as exc:
+        results[name] = (describe_error(exc), time.monotonic() - started)
+
+
+def test_a_partitioned_database_fails_statements_and_connects_in_seconds_then_serves_again(pg_url):
+    """Without libpq's timeouts a statement on a stranded connection waits for TCP's
+    retransmissions (15 minutes) and a new connection for its SYN retries (2 minutes): a web
+    thread, a worker or a readiness probe held that long."""
+    target = make_url(pg_url)
+    with Forwarder(target.host or "127.0.0.1", target.port or 5432) as forwarder:
+        url = target.set(port=forwarder.port).render_as_string(hide_password=False)
+        pooled, fresh = Store(url), Store(url)
+        pooled.ping()  # the schema made, a connection in the pool
+        fresh.ping()
+        fresh.dispose()  # its next use connects anew
+        results: dict[str, tuple[str, float]] = {}
+        with partitioned(forwarder.port):
+            threads = [threading.Thread(target=_ping, args=(store, results, name), daemon=True)
+                       for name, store in (("pooled", pooled), ("fresh", fresh))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(90)
+            assert not any(t.is_alive() for t in threads), f"a statement or a connect still waits: {results}"
+        for name, (error, seconds) in results.items():
+            assert error != "answered" and seconds < 45, (name, error, seconds)
+        assert "timeout" in results["fresh"][0].lower(), results
+        for store in (pooled, fresh):  # the stranded connection is not handed out again for good
+            wait_until(lambda s=store: _answers(s), 30, "the store to work again")
+            store.dispose()
+
+
+def _answers(store: Store) -> bool:
+    try:
+        store.ping()
+        return True
+    except UNAVAILABLE:
+        return False
+
+
+def test_a_database_in_sql_ascii_is_read_and_written_as_text(pg_url):
+    """An old database created with ENCODING 'SQL_ASCII' (or by an initdb without a locale):
+    psycopg hands its text over as bytes unless the client asks for UTF-8, and the service
+    failed at its first connection with a TypeError from SQLAlchemy's version check."""
+    name = f"avsync_ascii_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
+                                     isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0 LOCALE 'C'")
+    try:
+        store = Store(make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+        with store.transaction() as tx:
+            states.update(tx, "jürgen.müller", lambda state: setattr(state, "last_error", "Bild fehlt: ß"))
+        assert store.get("jürgen.müller").last_error == "Bild fehlt: ß"
+        store.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()

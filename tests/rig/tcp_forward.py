@@ -1,0 +1,75 @@
+"""A loopback TCP forwarder in front of a server, on a port of the rig's own (below the kernel's
+ephemeral range, so a firewall rule on it touches no client socket), and a firewall rule that
+drops its packets both ways: a network partition between a client and that server, which
+neither end hears about."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tests.helpers import unavailable
+from tests.rig.ports import free_port
+
+
+class Forwarder:
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True, name="forwarder").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(self.target, timeout=5)
+            server.settimeout(None)
+            self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self._sockets:
+            s.close()
+
+    def __enter__(self) -> Forwarder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextmanager
+def partitioned(port: int) -> Iterator[None]:
+    """Every packet to or from ``port`` on this host dropped until the block ends (iptables: the
+    tests run as root on these machines)."""
+    iptables = shutil.which("iptables") or unavailable("iptables (apt-get install iptables)")
+    rules = [["-p", "tcp", "--dport", str(port), "-j", "DROP"], ["-p", "tcp", "--sport", str(port), "-j", "DROP"]]
+    added = []
+    try:
+        for rule in rules:
+            result = subprocess.run([iptables, "-I", "INPUT", *rule], capture_output=True, text=True, timeout=30)
+            if result.returncode != 0:
+                unavailable(f"a firewall rule (iptables: {result.stderr.strip()})")
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run([iptables, "-D", "INPUT", *rule], check=True, timeout=30)
