@@ -20,6 +20,7 @@ from app import create_app
 from app.config_keys import ENV_KEYS, ENV_PREFIX, KEYS, SECRETS
 from tests.helpers import JIRA_PASSWORD, JIRA_USER, make_settings, slapd_directory
 from tests.rig import slapd as slapd_rig
+from tests.rig.containers import IMAGE, RUN, SANDBOX, build_image, podman, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -215,46 +216,12 @@ def test_haproxy_examples_pass_haproxy_check(tmp_path):
 
 # -- the container image --------------------------------------------------------------------
 
-BASE_IMAGE = "localhost/jira-avatar-sync-test-base:bookworm"
-
-
-def _podman(*args, timeout=900, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
-    assert not check or result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-IMAGE = "localhost/jira-avatar-sync:test"
-
-
-def _build_image(tmp_path: Path) -> None:
-    """The image from deploy/docker/Dockerfile, on a Debian 12 base made with debootstrap (no
-    registry is reachable here), built with chroot isolation; podman's layer cache makes a
-    second build of the same code take seconds."""
-    _required("podman")
-    if _podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
-        debootstrap = _required("debootstrap")
-        rootfs = tmp_path / "rootfs"
-        subprocess.run([debootstrap, "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-                        "bookworm", str(rootfs), "http://deb.debian.org/debian"],
-                       check=True, capture_output=True, timeout=900)
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["podman", "import", "-", BASE_IMAGE], stdin=tar.stdout, check=True,
-                       capture_output=True, timeout=300)
-        tar.wait()
-    # the machine's own CA bundle and pip settings: its way to PyPI goes through them
-    mounts = [arg for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf") if Path(path).exists()
-              for arg in ("-v", f"{path}:{path}:ro")]
-    _podman("build", "--isolation=chroot", "--format", "docker", *mounts, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-            "-f", str(DEPLOY / "docker" / "Dockerfile"), "-t", IMAGE, str(ROOT))
-
-
 @pytest.mark.container
 def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
     """Its command run in a build step on top of it: what the image holds, without starting
     a container (test_the_containers_of_a_pod_serve_and_sync starts them)."""
-    _build_image(tmp_path)
-    info = json.loads(_podman("image", "inspect", IMAGE).stdout)[0]
+    build_image(tmp_path)
+    info = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
     config = info["Config"]
     assert config["User"] == "jira-avatar-sync" and config["Entrypoint"] == ["jira-avatar-sync"]
     assert "/healthz" in " ".join(info["Healthcheck"]["Test"]) and "8080/tcp" in config["ExposedPorts"]
@@ -262,14 +229,10 @@ def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
     probe.write_text(f"FROM {IMAGE}\n"
                      "RUN id -un > /tmp/who && jira-avatar-sync --version > /tmp/version"
                      " && python3 -c 'import app.factory, psycopg' && cat /tmp/who /tmp/version\n")
-    result = _podman("build", "--isolation=chroot", "--no-cache", "-f", str(probe), str(tmp_path))
+    result = podman("build", "--isolation=chroot", "--no-cache", "-f", str(probe), str(tmp_path))
     assert "jira-avatar-sync\n" in result.stdout and "jira-avatar-sync, version" in result.stdout
 
 
-# What this sandbox needs to start a container at all: runc (crun refuses its hybrid cgroups),
-# cgroupfs (no systemd), and rlimits no higher than its own (it may not raise them).
-RUN = ["--runtime", "runc", "--cgroup-manager", "cgroupfs"]
-SANDBOX = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 HOST = "10.0.2.2"  # the host's loopback, seen from a container on slirp4netns:allow_host_loopback
 
 
@@ -292,7 +255,7 @@ def test_the_containers_of_a_pod_serve_and_sync(tmp_path, slapd, ldap_ou, jira, 
                    "AVATAR_SYNC_WORKER_START_IN_WEB", 'command: ["worker"]'):
         assert option in compose, option  # the options given below are compose.yaml's
     _required("runc")
-    _build_image(tmp_path)
+    build_image(tmp_path)
     names = [f"c{i}" for i in range(24 if web_syncs else 12)]
     add_users(slapd, ldap_ou, jira, names)
     jira.state.latency = 0.3 if web_syncs else 0.05  # seconds of syncs: leases held while the others look
@@ -325,22 +288,13 @@ def test_the_containers_of_a_pod_serve_and_sync(tmp_path, slapd, ldap_ou, jira, 
     url = f"http://127.0.0.1:{port}"
     inside = 9090 if web_syncs else 8080  # a deployment may bind another port: the HEALTHCHECK follows it
     try:
-        _podman(*RUN, "run", "-d", "--name", web, "--hostname", "avatar-sync-pod",
-                "--network", "slirp4netns:allow_host_loopback=true", "-p", f"127.0.0.1:{port}:{inside}",
-                *common, "-e", f"AVATAR_SYNC_WORKER_START_IN_WEB={str(web_syncs).lower()}",
-                "-e", f"AVATAR_SYNC_BIND=0.0.0.0:{inside}", IMAGE, "serve", timeout=120)
-
-        def ready() -> bool:
-            try:
-                return requests.get(url + "/readyz", timeout=2).json()["status"] == "ready"
-            except (requests.RequestException, ValueError):
-                return False
-        try:
-            wait_until(ready, 60, "the web container to be ready")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}: {_podman('logs', web, check=False).stderr[-3000:]}") from None
-        _podman(*RUN, "run", "-d", "--name", worker, "--network", f"container:{web}", "--uts", f"container:{web}",
-                *common, IMAGE, "worker", timeout=120)
+        podman(*RUN, "run", "-d", "--name", web, "--hostname", "avatar-sync-pod",
+               "--network", "slirp4netns:allow_host_loopback=true", "-p", f"127.0.0.1:{port}:{inside}",
+               *common, "-e", f"AVATAR_SYNC_WORKER_START_IN_WEB={str(web_syncs).lower()}",
+               "-e", f"AVATAR_SYNC_BIND=0.0.0.0:{inside}", IMAGE, "serve", timeout=120)
+        wait_ready(url, 60, lambda: podman("logs", web, check=False).stderr[-3000:])
+        podman(*RUN, "run", "-d", "--name", worker, "--network", f"container:{web}", "--uts", f"container:{web}",
+               *common, IMAGE, "worker", timeout=120)
         for name in names:
             body = json.dumps({"webhookEvent": "user_login", "user": {"name": name}}).encode()
             for _ in range(3):  # a burst: one job per user
@@ -349,8 +303,8 @@ def test_the_containers_of_a_pod_serve_and_sync(tmp_path, slapd, ldap_ou, jira, 
         wait_until(lambda: all(synced(jira, n) for n in names), 90, "every login to be synced")
         time.sleep(3)  # a job wrongly freed would be synced again by now
         assert {n: jira.state.created_for(n) for n in names} == dict.fromkeys(names, 1)  # once each
-        synced_by = {c: [json.loads(line) for line in _podman("logs", c).stderr.splitlines()
-                         if line.startswith("{") and '"logger": "app.sync"' in line] for c in (web, worker)}
+        synced_by = {c: [json.loads(line) for line in podman("logs", c).stderr.splitlines()
+                        if line.startswith("{") and '"logger": "app.sync"' in line] for c in (web, worker)}
         if not web_syncs:
             assert synced_by[web] == []  # the web container only acknowledges (WORKER_START_IN_WEB=false)
         assert sorted(e["user"] for e in synced_by[web] + synced_by[worker]) == sorted(names)  # a line each
@@ -358,16 +312,16 @@ def test_the_containers_of_a_pod_serve_and_sync(tmp_path, slapd, ldap_ou, jira, 
         user = requests.get(f"{url}/admin/users/{names[0]}", headers={"Authorization": f"Bearer {ADMIN}"},
                             timeout=10).json()
         assert user["state"]["last_outcome"] == "updated", user
-        hostnames = {_podman("exec", c, "python3", "-c", "import socket; print(socket.gethostname())").stdout
+        hostnames = {podman("exec", c, "python3", "-c", "import socket; print(socket.gethostname())").stdout
                      for c in (web, worker)}
         assert hostnames == {"avatar-sync-pod\n"}  # one host name, as in a pod
-        assert _podman(*RUN, "healthcheck", "run", web, check=False).returncode == 0  # the image's HEALTHCHECK
-        _podman(*RUN, "stop", "-t", "30", worker, web, timeout=120)
-        codes = [json.loads(_podman("inspect", c).stdout)[0]["State"]["ExitCode"] for c in (web, worker)]
-        assert codes == [0, 0], (codes, _podman("logs", worker, check=False).stderr[-2000:])
+        assert podman(*RUN, "healthcheck", "run", web, check=False).returncode == 0  # the image's HEALTHCHECK
+        podman(*RUN, "stop", "-t", "30", worker, web, timeout=120)
+        codes = [json.loads(podman("inspect", c).stdout)[0]["State"]["ExitCode"] for c in (web, worker)]
+        assert codes == [0, 0], (codes, podman("logs", worker, check=False).stderr[-2000:])
     finally:
-        _podman(*RUN, "rm", "-f", "-t", "0", worker, web, check=False, timeout=120)
-        _podman("volume", "rm", "-f", f"{run_id}-state", check=False)
+        podman(*RUN, "rm", "-f", "-t", "0", worker, web, check=False, timeout=120)
+        podman("volume", "rm", "-f", f"{run_id}-state", check=False)
 
 
 @pytest.mark.parametrize("bench", sorted(p.stem for p in (ROOT / "tests" / "bench").glob("*.py")

@@ -1,4 +1,4 @@
-"""A loopback TCP forwarder in front of a server, on a port of the rig's own (below the kernel's
+"""A TCP forwarder in front of a loopback server, on a port of the rig's own (below the kernel's
 ephemeral range, so a firewall rule on it touches no client socket), and a firewall rule that
 drops its packets both ways: a network partition between a client and that server, which
 neither end hears about."""
@@ -16,10 +16,13 @@ from tests.rig.ports import free_port
 
 
 class Forwarder:
-    def __init__(self, host: str, port: int):
+    """``listen``: "0.0.0.0" for clients in containers, which reach the host at their bridge's
+    gateway address."""
+
+    def __init__(self, host: str, port: int, listen: str = "127.0.0.1"):
         self.target = (host, port)
         self.port = free_port()
-        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.listener = socket.create_server((listen, self.port))
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True, name="forwarder").start()
 
