@@ -1,8 +1,9 @@
 """The container tests' images and podman's settings on these machines. No registry is
 reachable here: the service's image is deploy/docker/Dockerfile built on a Debian 12 base made
-with debootstrap, and PostgreSQL's is a stand-in for the postgres image built on that base
-(tests/data/postgres-image: Debian's PostgreSQL 15 behind an entrypoint that honours
-POSTGRES_USER, POSTGRES_DB and POSTGRES_HOST_AUTH_METHOD as the official one does)."""
+with debootstrap, and PostgreSQL's and HAProxy's are stand-ins for the registry's images built
+on that base from Debian's packages (tests/data/postgres-image: PostgreSQL 15 behind an
+entrypoint that honours POSTGRES_USER, POSTGRES_DB and POSTGRES_HOST_AUTH_METHOD as the
+official one does; tests/data/haproxy-image: HAProxy 2.6 reading the official image's path)."""
 from __future__ import annotations
 
 import shutil
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/jira-avatar-sync-test-base:bookworm"
 IMAGE = "localhost/jira-avatar-sync:test"
 POSTGRES_IMAGE = "localhost/jira-avatar-sync-test-postgres:15"
+HAPROXY_IMAGE = "localhost/jira-avatar-sync-test-haproxy:2.6"
 
 # What this sandbox needs to start a container at all: runc (crun refuses its hybrid cgroups),
 # cgroupfs (no systemd), and rlimits no higher than its own (it may not raise them).
@@ -70,6 +72,12 @@ def build_postgres_image(tmp_path: Path) -> None:
     """The stand-in for the postgres:15 image, as POSTGRES_IMAGE."""
     context = ROOT / "tests" / "data" / "postgres-image"
     _build(context / "Containerfile", POSTGRES_IMAGE, context, tmp_path)
+
+
+def build_haproxy_image(tmp_path: Path) -> None:
+    """The stand-in for the haproxy:2.6 image, as HAPROXY_IMAGE."""
+    context = ROOT / "tests" / "data" / "haproxy-image"
+    _build(context / "Containerfile", HAPROXY_IMAGE, context, tmp_path)
 
 
 def wait_ready(url: str, seconds: float, logs: Callable[[], str]) -> None:
