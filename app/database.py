@@ -127,8 +127,30 @@ def make_engine(url: str, wal_wait: float = SQLITE_BUSY_MS / 1000, **pool) -> En
     if parsed.get_backend_name() == "postgresql":
         parsed = parsed.update_query_dict({k: v for k, v in POSTGRES_DEFAULTS.items() if k not in parsed.query})
     engine = create_engine(parsed, **{"pool_size": 5, "max_overflow": 10, "pool_timeout": 30, **pool})
+    _server_probes_the_session(engine)
     _ping_when_idle(engine)
     return engine
+
+
+# The server's side of the same, for each of the service's sessions. A replica cut off without
+# a word (its network gone, its VM frozen) keeps its sessions on the server until the server's
+# keepalives notice, by the OS's defaults after 2 hours: their locks with them, a user's row
+# (every replica's sync of that user waiting on it) or a cluster Jira slot. Set per session:
+# they need no superuser and no server configuration, and a proxy such as PgBouncer, which
+# refuses startup options, passes a SET on.
+SERVER_PROBES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+SERVER_USER_TIMEOUT = ("tcp_user_timeout", "15000")  # PostgreSQL 12 and later
+
+
+def _server_probes_the_session(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _probe(dbapi_conn, _record) -> None:
+        settings = list(SERVER_PROBES.items())
+        if dbapi_conn.info.server_version >= 120000:
+            settings.append(SERVER_USER_TIMEOUT)
+        calls = ", ".join(f"set_config('{name}', '{value}', false)" for name, value in settings)
+        dbapi_conn.execute(f"SELECT {calls}")
+        dbapi_conn.commit()  # a setting made in a transaction rolled back would be undone
 
 
 PING_IDLE_SECONDS = 2.0

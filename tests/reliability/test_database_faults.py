@@ -8,10 +8,11 @@ import time
 import uuid
 
 import sqlalchemy
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app import states
-from app.database import describe_error
+from app.database import describe_error, make_engine
 from app.store import UNAVAILABLE, Store
 from tests.helpers import PG_URL, wait_until
 from tests.rig.tcp_forward import Forwarder, partitioned
@@ -52,6 +53,38 @@ def test_a_partitioned_database_fails_statements_and_connects_in_seconds_then_se
         for store in (pooled, fresh):  # the stranded connection is not handed out again for good
             wait_until(lambda s=store: _answers(s), 30, "the store to work again")
             store.dispose()
+
+
+def test_a_session_cut_off_from_the_database_loses_its_locks_in_seconds(pg_url):
+    """A replica whose network goes (or whose VM freezes) while it holds a cluster Jira slot (a
+    session-level advisory lock) or a user's row: the server keeps its session, and those
+    locks, until its keepalives notice, 2 hours by the OS's defaults. The service's sessions
+    ask the server to probe them every few seconds."""
+    engine, other = make_engine(pg_url), make_engine(pg_url)
+    key = uuid.uuid4().int % 2**31
+    conn = engine.connect()
+    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+    backend = conn.connection.dbapi_connection.info.backend_pid
+    with other.connect() as probe:
+        idle = probe.execute(text("SELECT setting FROM pg_settings WHERE name = 'tcp_keepalives_idle'")).scalar()
+        client_port = probe.execute(text("SELECT client_port FROM pg_stat_activity WHERE pid = :p"),
+                                    {"p": backend}).scalar()
+    assert client_port, "the session is not on TCP"
+
+    def lock_is_free() -> bool:
+        with other.connect() as probe:
+            if probe.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                probe.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                return True
+            return False
+    assert not lock_is_free()
+    try:
+        with partitioned(client_port):  # this one connection's packets, both ways
+            wait_until(lock_is_free, 75, f"the server to drop the cut-off session (keepalives after {idle} s idle)")
+    finally:
+        conn.invalidate()
+        engine.dispose()
+        other.dispose()
 
 
 def _answers(store: Store) -> bool:
