@@ -38,6 +38,12 @@ accesslog = os.environ.get("AVATAR_SYNC_ACCESS_LOG") or None
 errorlog = "-"
 logger_class = "app.logs.GunicornLogger"  # the service's log format; ?token= redacted
 loglevel = os.environ.get("AVATAR_SYNC_GUNICORN_LOG_LEVEL", "info")
+# gunicorn 25 and later open a control socket for gunicornc unless told not to, by default in
+# $HOME/.gunicorn: for the service user its state directory (the container's state volume),
+# one path for every instance of that user on a host. Nothing here uses it; an admin who wants
+# it names its path (0600, the master's user).
+control_socket = os.environ.get("AVATAR_SYNC_GUNICORN_CONTROL_SOCKET") or None
+control_socket_disable = control_socket is None
 
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

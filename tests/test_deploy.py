@@ -27,7 +27,8 @@ DEPLOY = ROOT / "deploy"
 SCRIPT = Path(sys.executable).parent / "jira-avatar-sync"
 # gunicorn's own variables (app/gunicorn_conf.py), beside the configuration's
 GUNICORN_ENV = {"AVATAR_SYNC_BIND", "AVATAR_SYNC_WEB_WORKERS", "AVATAR_SYNC_WEB_THREADS",
-                "AVATAR_SYNC_ACCESS_LOG", "AVATAR_SYNC_GUNICORN_LOG_LEVEL", "AVATAR_SYNC_CONFIG"}
+                "AVATAR_SYNC_ACCESS_LOG", "AVATAR_SYNC_GUNICORN_LOG_LEVEL", "AVATAR_SYNC_GUNICORN_CONTROL_SOCKET",
+                "AVATAR_SYNC_CONFIG"}
 
 
 def _required(tool: str) -> str:

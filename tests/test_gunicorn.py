@@ -302,3 +302,24 @@ def test_serve_refuses_to_start_without_a_webhook_secret(tmp_path, slapd, ldap_o
     result = subprocess.run([str(Path(sys.executable).parent / "jira-avatar-sync"), "serve"], env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "webhook.secret: is required" in result.stderr
+
+
+def test_no_control_socket_unless_an_admin_names_one(tmp_path, slapd, ldap_ou, jira):
+    """gunicorn 25 and later open one for gunicornc in $HOME/.gunicorn by default: for the
+    service user, its state directory, one path for every instance of that user on a host."""
+    import stat
+
+    home, named = tmp_path / "home", tmp_path / "run" / "gunicorn.ctl"
+    home.mkdir()
+    quiet = Service(tmp_path, slapd, ldap_ou, jira.url, name="quiet-", env={"HOME": str(home), "XDG_RUNTIME_DIR": ""})
+    asked = Service(tmp_path, slapd, ldap_ou, jira.url, name="asked-",
+                    env={"HOME": str(home), "AVATAR_SYNC_GUNICORN_CONTROL_SOCKET": str(named)})
+    for svc in (quiet, asked):
+        svc.start()
+    try:
+        wait_until(named.exists, 10, "the named control socket")
+        assert stat.S_ISSOCK(named.stat().st_mode) and stat.S_IMODE(named.stat().st_mode) == 0o600
+        assert list(home.iterdir()) == []  # nothing in the home directory
+    finally:
+        for svc in (quiet, asked):
+            svc.stop()
