@@ -3,7 +3,8 @@
 # the demo run (OpenLDAP slapd, Samba AD DC), Groovy for the Jira listener's test, Chromium for
 # the dashboard's browser test, promtool for the alert rules, HAProxy for the replica tests, wrk
 # for the benchmarks, podman with runc (crun cannot start containers on these machines) and
-# debootstrap for the container tests, a running PostgreSQL, and a venv with the package.
+# debootstrap for the container tests, iptables for the database partition tests, a running
+# PostgreSQL, and a venv with the package (its test extra brings podman-compose).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
