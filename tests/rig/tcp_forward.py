@@ -63,16 +63,17 @@ class Forwarder:
 def partitioned(port: int) -> Iterator[None]:
     """Every packet to or from ``port`` on this host dropped until the block ends (iptables: the
     tests run as root on these machines)."""
-    iptables = shutil.which("iptables") or unavailable("iptables (apt-get install iptables)")
+    # -w: wait for the xtables lock, which another test's rule may hold a moment
+    iptables = [shutil.which("iptables") or unavailable("iptables (apt-get install iptables)"), "-w", "10"]
     rules = [["-p", "tcp", "--dport", str(port), "-j", "DROP"], ["-p", "tcp", "--sport", str(port), "-j", "DROP"]]
     added = []
     try:
         for rule in rules:
-            result = subprocess.run([iptables, "-I", "INPUT", *rule], capture_output=True, text=True, timeout=30)
+            result = subprocess.run([*iptables, "-I", "INPUT", *rule], capture_output=True, text=True, timeout=30)
             if result.returncode != 0:
                 unavailable(f"a firewall rule (iptables: {result.stderr.strip()})")
             added.append(rule)
         yield
     finally:
         for rule in added:
-            subprocess.run([iptables, "-D", "INPUT", *rule], check=True, timeout=30)
+            subprocess.run([*iptables, "-D", "INPUT", *rule], check=True, timeout=30)
