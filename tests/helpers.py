@@ -142,12 +142,12 @@ class Service:
                 self.kill9()
 
     def login(self, name: str, signature: str | None = None, session=None,
-              base: str | None = None) -> requests.Response:
+              base: str | None = None, timeout: float = 10) -> requests.Response:
         """A signed user_login webhook for ``name``, to this service (or to ``base``: a load balancer)."""
         body = json.dumps({"webhookEvent": "user_login", "timestamp": int(time.time() * 1000),
                            "user": {"name": name}}).encode()
         digest = signature or "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        return (session or requests).post((base or self.url) + "/webhooks/jira", data=body, timeout=10,
+        return (session or requests).post((base or self.url) + "/webhooks/jira", data=body, timeout=timeout,
                                           headers={"Content-Type": "application/json", "X-Hub-Signature": digest})
 
     def user(self, name: str) -> requests.Response:

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 
+import requests
 import sqlalchemy
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -14,7 +15,7 @@ from sqlalchemy.engine import make_url
 from app import states
 from app.database import describe_error, make_engine
 from app.store import UNAVAILABLE, Store
-from tests.helpers import PG_URL, wait_until
+from tests.helpers import PG_URL, Service, add_users, synced, wait_until
 from tests.rig.tcp_forward import Forwarder, partitioned
 
 
@@ -85,6 +86,34 @@ def test_a_session_cut_off_from_the_database_loses_its_locks_in_seconds(pg_url):
         conn.invalidate()
         engine.dispose()
         other.dispose()
+
+
+def test_the_service_answers_through_a_database_partition_and_keeps_what_it_accepted(
+        tmp_path, fresh_pg_url, slapd, ldap_ou, jira):
+    """The real service under gunicorn on PostgreSQL, the database cut off: a login is answered
+    503 with Retry-After (Jira's DC webhooks are not retried: the next login or the sweep brings
+    that user in step), /readyz says unavailable, and once the database answers again logins are
+    queued and synced; what was accepted before is kept."""
+    add_users(slapd, ldap_ou, jira, ["before", "during"])
+    target = make_url(fresh_pg_url)
+    with Forwarder(target.host or "127.0.0.1", target.port or 5432) as forwarder:
+        url = target.set(port=forwarder.port).render_as_string(hide_password=False)
+        svc = Service(tmp_path, slapd, ldap_ou, jira.url, database_url=url)
+        svc.start()
+        try:
+            assert svc.login("before").status_code in (200, 202)
+            wait_until(lambda: synced(jira, "before"), 30, "the first login to be synced")
+            with partitioned(forwarder.port):
+                answer = svc.login("during", timeout=60)
+                assert answer.status_code == 503 and "Retry-After" in answer.headers, answer.text
+                wait_until(lambda: requests.get(svc.url + "/readyz", timeout=10).json()["status"] == "unavailable",
+                           60, "/readyz to say unavailable")
+            wait_until(lambda: svc.login("during").status_code in (200, 202), 60, "a login to be accepted again")
+            wait_until(lambda: synced(jira, "during"), 60, "the login after the partition to be synced")
+            assert svc.user("before").json()["state"]["last_outcome"] == "updated"
+            assert jira.state.created_for("before") == 1 and jira.state.created_for("during") == 1
+        finally:
+            svc.stop()
 
 
 def _answers(store: Store) -> bool:
