@@ -42,7 +42,8 @@ class LoginDebounce:
         with self._recent_lock:
             synced_at = self._recent.get(key)
         if synced_at is None:
-            last = self.store.last_success(username)
+            with self.store.fail_fast:
+                last = self.store.last_success(username)
             if last is not None:
                 synced_at = last.timestamp()
                 with self._recent_lock:

@@ -101,10 +101,10 @@ class LoginQueue:
         wait = self.store.user_wait if wait is None else wait
         params = queue_sql.upsert_params(username, priority, source, force, sweep_id, now, None)
         if delivery_id is None:  # every first login's one write: one statement
-            with self.store.one_statement(wait) as conn:
+            with self.store.fail_fast, self.store.one_statement(wait) as conn:
                 conn.execute(queue_sql.upserts(conn.dialect.name).enqueue, params)
         else:
-            with self.store.transaction(wait) as tx:  # the delivery noted, and the job, or neither
+            with self.store.fail_fast, self.store.transaction(wait) as tx:  # the delivery, and the job, or neither
                 statements = queue_sql.upserts(tx.dialect.name)
                 delivery = {"id": delivery_id[:255], "received_at": now}
                 if tx.execute(statements.delivery, delivery).first() is None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import schema, states
 from .database import make_engine, set_busy_timeout
+from .known_down import DatabaseDown, KnownDown
 from .per_process import PerProcess
 from .schema import SchemaMismatch
 from .sqlite_writer import WriterBusy, WriterLock
@@ -35,6 +36,7 @@ SCHEMA_LOCK_KEY = 0x61766174  # pg_advisory_xact_lock key while the schema is cr
 USER_WAIT_SECONDS = 5.0
 PROBE_WAIT_SECONDS = 2.0
 WAIT_SECONDS = 30.0
+FAIL_FAST_SECONDS = 5.0  # the login path's uses fail at once this long after one failed (as Retry-After)
 
 
 StoreBusy = WriterBusy  # another writer held the database longer than the caller would wait
@@ -43,7 +45,7 @@ StoreBusy = WriterBusy  # another writer held the database longer than the calle
 # What "the database cannot be used now" looks like (locked, full, unreachable, busy, a schema
 # of another version): the doors answer 503, a sync reports 'database: ...', a worker waits;
 # never a traceback.
-UNAVAILABLE = (SQLAlchemyError, sqlite3.Error, StoreBusy, SchemaMismatch)
+UNAVAILABLE = (SQLAlchemyError, sqlite3.Error, StoreBusy, SchemaMismatch, DatabaseDown)
 
 
 class Store:
@@ -60,6 +62,8 @@ class Store:
         database = make_url(database_url).database if self.sqlite else None
         # SQLite writers queue here first (app/sqlite_writer.py says why); in memory: one process
         self._writer = WriterLock(database if database and database != ":memory:" else None) if self.sqlite else None
+        # ``with store.fail_fast:`` around the login path's reads and writes (app/known_down.py)
+        self.fail_fast = KnownDown(FAIL_FAST_SECONDS, UNAVAILABLE)
 
     @property
     def engine(self) -> Engine:

@@ -84,10 +84,10 @@ class Service:
     pointed at a real slapd and the Jira emulator."""
 
     def __init__(self, tmp_path: Path, slapd, base_dn: str, jira_url: str, database_url: str | None = None,
-                 name: str = "", env: dict | None = None):
+                 name: str = "", env: dict | None = None, workers: int = 2):
         """``database_url``: default a SQLite file in ``tmp_path``; ``name``: a replica's, for
         its own log and config beside the others'; ``env``: AVATAR_SYNC_* settings on top."""
-        self.env = env or {}
+        self.env, self.workers = env or {}, workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"{name}gunicorn.log"
@@ -116,7 +116,7 @@ class Service:
         env.update(self.env)
         self.proc = subprocess.Popen(
             [*DIE_WITH_PARENT, sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind",
-             f"127.0.0.1:{self.port}", "--workers", "2", "app:create_app()"],
+             f"127.0.0.1:{self.port}", "--workers", str(self.workers), "app:create_app()"],
             cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -92,13 +92,15 @@ def test_the_service_answers_through_a_database_partition_and_keeps_what_it_acce
         tmp_path, fresh_pg_url, slapd, ldap_ou, jira):
     """The real service under gunicorn on PostgreSQL, the database cut off: a login is answered
     503 with Retry-After (Jira's DC webhooks are not retried: the next login or the sweep brings
-    that user in step), /readyz says unavailable, and once the database answers again logins are
-    queued and synced; what was accepted before is kept."""
+    that user in step), and the logins right after it too, without trying the database (each try
+    costs seconds, which Jira's listener does not wait); /readyz says unavailable; once the
+    database answers again logins are queued and synced; what was accepted before is kept.
+    One web worker: each process learns that the database is down for itself."""
     add_users(slapd, ldap_ou, jira, ["before", "during"])
     target = make_url(fresh_pg_url)
     with Forwarder(target.host or "127.0.0.1", target.port or 5432) as forwarder:
         url = target.set(port=forwarder.port).render_as_string(hide_password=False)
-        svc = Service(tmp_path, slapd, ldap_ou, jira.url, database_url=url)
+        svc = Service(tmp_path, slapd, ldap_ou, jira.url, database_url=url, workers=1)
         svc.start()
         try:
             assert svc.login("before").status_code in (200, 202)
@@ -106,6 +108,9 @@ def test_the_service_answers_through_a_database_partition_and_keeps_what_it_acce
             with partitioned(forwarder.port):
                 answer = svc.login("during", timeout=60)
                 assert answer.status_code == 503 and "Retry-After" in answer.headers, answer.text
+                later = [svc.login(f"during{i}", timeout=60) for i in range(5)]
+                assert [a.status_code for a in later] == [503] * 5 and all("Retry-After" in a.headers for a in later)
+                assert svc.log.read_text().count("not tried again yet") == 5
                 wait_until(lambda: requests.get(svc.url + "/readyz", timeout=10).json()["status"] == "unavailable",
                            60, "/readyz to say unavailable")
             wait_until(lambda: svc.login("during").status_code in (200, 202), 60, "a login to be accepted again")

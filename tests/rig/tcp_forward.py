@@ -17,7 +17,13 @@ from tests.rig.ports import free_port
 
 class Forwarder:
     """``listen``: "0.0.0.0" for clients in containers, which reach the host at their bridge's
-    gateway address."""
+    gateway address.
+
+    It stands for the server's end of each connection towards its clients, as a database server
+    asked for keepalives (app/database.py) would: it probes them, and a client it cannot reach
+    (cut off, or gone while it was) ends the connection to the server too, which then lets go of
+    that session and its locks. Without that, a session the partition stranded mid-transaction
+    would live on through the forwarder, its locks held, though the client is long gone."""
 
     def __init__(self, host: str, port: int, listen: str = "127.0.0.1"):
         self.target = (host, port)
@@ -32,6 +38,9 @@ class Forwarder:
                 client, _ = self.listener.accept()
             except OSError:  # closed
                 return
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in ((socket.TCP_KEEPIDLE, 2), (socket.TCP_KEEPINTVL, 1), (socket.TCP_KEEPCNT, 3)):
+                client.setsockopt(socket.IPPROTO_TCP, option, value)
             server = socket.create_connection(self.target, timeout=5)
             server.settimeout(None)
             self._sockets += [client, server]
@@ -43,13 +52,15 @@ class Forwarder:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
+        except OSError:  # reset, or no answer to the keepalives
             pass
+        for end in (source, sink):  # both ways: the other pipe's recv returns, the far ends hear
+            _shut(end)
 
     def close(self) -> None:
         self.listener.close()
         for s in self._sockets:
+            _shut(s)  # a close() alone neither wakes a recv() in another thread nor sends a FIN
             s.close()
 
     def __enter__(self) -> Forwarder:
@@ -57,6 +68,13 @@ class Forwarder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _shut(end: socket.socket) -> None:
+    try:
+        end.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already
+        pass
 
 
 @contextmanager
