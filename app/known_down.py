@@ -1,5 +1,6 @@
-"""The login path's database use (its debounce read, its queue write) when the database just
-failed it: answered at once, not tried.
+"""The login path's use of PostgreSQL (its debounce read, its queue write) when the database
+just failed it: answered at once, not tried (SQLite's failures are bounded by the store's own
+waits: app/store.py).
 
 While PostgreSQL cannot be reached, each try costs seconds (app/database.py's timeouts), and
 the caller is a web thread answering Jira: the login listener gives up after 5 s, and Jira 9

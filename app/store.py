@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 
 from sqlalchemy import func, select, text
@@ -62,8 +62,12 @@ class Store:
         database = make_url(database_url).database if self.sqlite else None
         # SQLite writers queue here first (app/sqlite_writer.py says why); in memory: one process
         self._writer = WriterLock(database if database and database != ":memory:" else None) if self.sqlite else None
-        # ``with store.fail_fast:`` around the login path's reads and writes (app/known_down.py)
-        self.fail_fast = KnownDown(FAIL_FAST_SECONDS, UNAVAILABLE)
+        # ``with store.fail_fast:`` around the login path's reads and writes (app/known_down.py);
+        # on SQLite a failure is a lock held past the caller's wait or a full disk, each try
+        # already bounded by that wait, and a lock let go is used at once
+        self.fail_fast: AbstractContextManager = (
+            nullcontext() if self.sqlite else KnownDown(FAIL_FAST_SECONDS, UNAVAILABLE)
+        )
 
     @property
     def engine(self) -> Engine:
