@@ -91,13 +91,13 @@ def describe_location(url: str) -> str:
 # where TCP alone waits 15 minutes to 2 hours, holding a web thread or a worker. Text comes
 # back as str whatever the database's encoding: psycopg hands an SQL_ASCII database's over
 # as bytes, which SQLAlchemy's own first query cannot read.
+KEEPALIVES = {"idle": "10", "interval": "5", "count": "3"}  # seconds, seconds, probes: both ends
+TCP_USER_TIMEOUT_MS = "15000"
 POSTGRES_DEFAULTS = {
     "connect_timeout": "5",
-    "tcp_user_timeout": "15000",
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
     "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
+    **{f"keepalives_{name}": value for name, value in KEEPALIVES.items()},
     "client_encoding": "utf8",
 }
 
@@ -138,8 +138,8 @@ def make_engine(url: str, wal_wait: float = SQLITE_BUSY_MS / 1000, **pool) -> En
 # (every replica's sync of that user waiting on it) or a cluster Jira slot. Set per session:
 # they need no superuser and no server configuration, and a proxy such as PgBouncer, which
 # refuses startup options, passes a SET on.
-SERVER_PROBES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
-SERVER_USER_TIMEOUT = ("tcp_user_timeout", "15000")  # PostgreSQL 12 and later
+SERVER_PROBES = {f"tcp_keepalives_{name}": value for name, value in KEEPALIVES.items()}
+SERVER_USER_TIMEOUT = ("tcp_user_timeout", TCP_USER_TIMEOUT_MS)  # PostgreSQL 12 and later
 
 
 def _server_probes_the_session(engine: Engine) -> None:

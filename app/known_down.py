@@ -36,13 +36,14 @@ class KnownDown:
         self._lock = threading.Lock()
 
     def __enter__(self) -> KnownDown:
-        if self._until:
+        if self._until:  # read without the lock: a healthy use takes none
             with self._lock:
                 now = self._clock()
-                if self._until and (now < self._until or self._trier is not None):
+                if not self._until:  # it came back meanwhile
+                    return self
+                if now < self._until or self._trier is not None:
                     raise DatabaseDown(f"the database failed {now - self._failed_at:.0f} s ago; not tried again yet")
-                if self._until:
-                    self._trier = threading.get_ident()
+                self._trier = threading.get_ident()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +57,11 @@ def unavailable(what: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is required in CI (.ci/run installs it)")
     pytest.skip(f"{what} not installed")
+
+
+def required(tool: str) -> str:
+    """The path of a command-line tool a test needs (unavailable() when it is missing)."""
+    return shutil.which(tool) or unavailable(tool)
 
 
 def slapd_directory(slapd, base_dn, **extra) -> dict:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.helpers import ADMIN, JIRA_USER, SECRET, add_users, signed, synced, wait_until
+from tests.helpers import ADMIN, JIRA_USER, SECRET, add_users, required, signed, synced, wait_until
 from tests.rig import slapd as slapd_rig
 from tests.rig.containers import (
     CONTAINERS_CONF,
@@ -27,7 +27,6 @@ from tests.rig.containers import (
     build_image,
     build_postgres_image,
     podman,
-    required,
     wait_ready,
 )
 from tests.rig.ports import free_port

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import requests
 
 from app import create_app
 from app.config_keys import ENV_KEYS, ENV_PREFIX, KEYS, SECRETS
-from tests.helpers import JIRA_PASSWORD, JIRA_USER, make_settings, slapd_directory
+from tests.helpers import JIRA_PASSWORD, JIRA_USER, make_settings, required, slapd_directory
 from tests.rig import slapd as slapd_rig
 from tests.rig.containers import IMAGE, RUN, SANDBOX, build_image, podman, wait_ready
 
@@ -31,15 +30,6 @@ GUNICORN_ENV = {"AVATAR_SYNC_BIND", "AVATAR_SYNC_WEB_WORKERS", "AVATAR_SYNC_WEB_
                 "AVATAR_SYNC_CONFIG"}
 
 
-def _required(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is required in CI (.ci/run installs it)")
-        pytest.skip(f"{tool} not installed")
-    return path
-
-
 def all_keys() -> set[str]:
     return {f"{table}.{key}".lstrip(".") for table, keys in KEYS.items() for key in keys}
 
@@ -48,7 +38,7 @@ def all_keys() -> set[str]:
 
 @pytest.mark.parametrize("unit", ["jira-avatar-sync.service", "jira-avatar-sync-worker.service"])
 def test_systemd_units_are_hardened(unit):
-    tool = _required("systemd-analyze")
+    tool = required("systemd-analyze")
     result = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(DEPLOY / "systemd" / unit)],
                             capture_output=True, text=True, timeout=60)
     exposure = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
@@ -69,7 +59,7 @@ def test_units_match_what_the_readme_installs():
 # -- Prometheus and Grafana ------------------------------------------------------------------
 
 def test_alert_rules_pass_promtool():
-    tool = _required("promtool")
+    tool = required("promtool")
     result = subprocess.run([tool, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -77,7 +67,7 @@ def test_alert_rules_pass_promtool():
 
 def test_alerts_fire_when_their_unit_tests_say():
     """deploy/prometheus/alerts.test.yml: promtool feeds the rules the series of an incident."""
-    tool = _required("promtool")
+    tool = required("promtool")
     result = subprocess.run([tool, "test", "rules", str(DEPLOY / "prometheus" / "alerts.test.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -199,7 +189,7 @@ def test_compose_file_names_only_known_variables(name):
 def test_haproxy_examples_pass_haproxy_check(tmp_path):
     """deploy/haproxy/haproxy.cfg.example (with a certificate made here) and the one
     compose.ha.yaml mounts are valid for the HAProxy the replica tests run."""
-    haproxy = _required("haproxy")
+    haproxy = required("haproxy")
     slapd_rig.make_certificates(tmp_path / "tls")
     pem = tmp_path / "avatar-sync.pem"
     pem.write_text((tmp_path / "tls" / "server.pem").read_text() + (tmp_path / "tls" / "server.key").read_text())
@@ -255,7 +245,7 @@ def test_the_containers_of_a_pod_serve_and_sync(tmp_path, slapd, ldap_ou, jira, 
     for option in ("read_only: true", "tmpfs: [/tmp]", "cap_drop: [ALL]", '"no-new-privileges:true"',
                    "AVATAR_SYNC_WORKER_START_IN_WEB", 'command: ["worker"]'):
         assert option in compose, option  # the options given below are compose.yaml's
-    _required("runc")
+    required("runc")
     build_image(tmp_path)
     names = [f"c{i}" for i in range(24 if web_syncs else 12)]
     add_users(slapd, ldap_ou, jira, names)

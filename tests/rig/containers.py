@@ -6,14 +6,13 @@ entrypoint that honours POSTGRES_USER, POSTGRES_DB and POSTGRES_HOST_AUTH_METHOD
 official one does; tests/data/haproxy-image: HAProxy 2.6 reading the official image's path)."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
-from tests.helpers import unavailable, wait_until
+from tests.helpers import required, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/jira-avatar-sync-test-base:bookworm"
@@ -32,10 +31,6 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 """
-
-
-def required(tool: str) -> str:
-    return shutil.which(tool) or unavailable(tool)
 
 
 def podman(*args, timeout=900, check=True) -> subprocess.CompletedProcess:
