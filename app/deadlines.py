@@ -44,19 +44,35 @@ class Watchdog:
     @contextmanager
     def guard(self, sock: socket.socket | None, seconds: float) -> Iterator[Guard]:
         """Shut ``sock`` down if the block is still running after ``seconds``."""
-        entry = Guard(time.monotonic() + seconds, sock)
-        if sock is not None:
-            self._thread.get()
-            with self._cond:
-                heapq.heappush(self._heap, (entry.deadline, next(self._seq), entry))
-                if self._heap[0][2] is entry:
-                    self._cond.notify()
+        entry = self.arm(seconds, sock) if sock is not None else Guard(time.monotonic() + seconds)
         try:
             yield entry
         finally:
             if sock is not None:
-                with self._cond:  # never shut down after the block ended (the socket is reused)
-                    entry.done = True  # dropped from the heap lazily, when it comes first
+                self.disarm(entry)
+
+    def arm(self, seconds: float, sock: socket.socket | None = None) -> Guard:
+        """``guard()`` as a pair of calls, for a block whose socket may come later (attach)."""
+        entry = Guard(time.monotonic() + seconds, sock)
+        self._thread.get()
+        with self._cond:
+            heapq.heappush(self._heap, (entry.deadline, next(self._seq), entry))
+            if self._heap[0][2] is entry:
+                self._cond.notify()
+        return entry
+
+    def attach(self, entry: Guard, sock: socket.socket) -> socket.socket | None:
+        """The socket the block uses from now on (shut at once if its time is up already); the
+        one it replaces is returned."""
+        with self._cond:
+            before, entry.sock = entry.sock, sock
+            if entry.fired:
+                _shut(sock)
+        return before
+
+    def disarm(self, entry: Guard) -> None:
+        with self._cond:  # never shut down after the block ended (the socket is reused)
+            entry.done = True  # dropped from the heap lazily, when it comes first
 
     def _start(self) -> threading.Thread:
         self._cond = threading.Condition()  # the parent's may have been held at the fork
@@ -80,11 +96,15 @@ class Watchdog:
                     continue
                 heapq.heappop(self._heap)
                 first.fired = True
-                try:  # socket's own shutdown, not SSLSocket's (which drops its TLS state first)
-                    if first.sock is not None:
-                        socket.socket.shutdown(first.sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass  # closed meanwhile
+                if first.sock is not None:
+                    _shut(first.sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:  # socket's own shutdown, not SSLSocket's (which drops its TLS state first)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed meanwhile
 
 
 WATCHDOG = Watchdog()
