@@ -14,6 +14,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 
+from . import database_deadline
+
 SQLITE_BUSY_MS = 30000
 
 
@@ -127,6 +129,7 @@ def make_engine(url: str, wal_wait: float = SQLITE_BUSY_MS / 1000, **pool) -> En
     if parsed.get_backend_name() == "postgresql":
         parsed = parsed.update_query_dict({k: v for k, v in POSTGRES_DEFAULTS.items() if k not in parsed.query})
     engine = create_engine(parsed, **{"pool_size": 5, "max_overflow": 10, "pool_timeout": 30, **pool})
+    database_deadline.watch(engine)  # first: the listeners below send statements
     _server_probes_the_session(engine)
     _ping_when_idle(engine)
     return engine

@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import logs
 from .config import Settings, load_settings
 from .database import describe_error
+from .database_deadline import BoundedUses
 from .services import build_services
 from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from .weak_settings import require_webhook_auth, weak_settings
@@ -40,6 +41,8 @@ def create_app(config: Settings | None = None) -> Flask:
         app.register_error_handler(error, _database_unavailable)
     # the webhook, Jira's one hot path, is answered before Flask (see app/web/hooks.py)
     app.wsgi_app = hooks.WebhookDoor(app.wsgi_app, services)  # type: ignore[method-assign]  # Flask's way
+    if not services.store.sqlite:  # no web thread waits on PostgreSQL for long (app/database_deadline.py)
+        app.wsgi_app = BoundedUses(app.wsgi_app, services.store.user_wait)  # type: ignore[method-assign]
     if settings.trusted_proxies:  # outermost: every door and the access log see the real client
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]

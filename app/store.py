@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import schema, states
+from . import database_deadline, schema, states
 from .database import make_engine, set_busy_timeout
 from .known_down import DatabaseDown, KnownDown
 from .per_process import PerProcess
@@ -45,7 +45,7 @@ StoreBusy = WriterBusy  # another writer held the database longer than the calle
 # What "the database cannot be used now" looks like (locked, full, unreachable, busy, a schema
 # of another version): the doors answer 503, a sync reports 'database: ...', a worker waits;
 # never a traceback.
-UNAVAILABLE = (SQLAlchemyError, sqlite3.Error, StoreBusy, SchemaMismatch, DatabaseDown)
+UNAVAILABLE = (SQLAlchemyError, sqlite3.Error, StoreBusy, SchemaMismatch, DatabaseDown, database_deadline.NoAnswer)
 
 
 class Store:
@@ -135,11 +135,11 @@ class Store:
         (app/sqlite_writer.py). Any wait lasts at most ``wait`` seconds (StoreBusy, or
         SQLite's 'database is locked' for a writer from outside: a door answers 503).
         """
-        engine = self._engine_within(wait)
         if self._writer is None:
-            with engine.connect() as conn, conn.begin():
+            with database_deadline.use(), self._engine_within(wait).connect() as conn, conn.begin():
                 yield conn
             return
+        engine = self._engine_within(wait)
         with self._writer.hold(wait), self._begin(engine, wait) as conn:
             yield conn
 
@@ -152,7 +152,7 @@ class Store:
             with self.transaction(wait) as conn:
                 yield conn
             return
-        with self._engine_within(wait).connect() as conn:
+        with database_deadline.use(), self._engine_within(wait).connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @staticmethod
@@ -169,7 +169,7 @@ class Store:
     def read(self) -> Iterator[Connection]:
         """A connection for reads; what it sees is consistent within one statement. (Reads never
         wait for a writer; the first use in a process waits ``user_wait`` at most.)"""
-        with self._engine_within(self.user_wait).connect() as conn:
+        with database_deadline.use(), self._engine_within(self.user_wait).connect() as conn:
             yield conn
 
     def ping(self) -> None:

@@ -6,16 +6,18 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 
+import pytest
 import requests
 import sqlalchemy
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from app import states
+from app import database, database_deadline, states
 from app.database import describe_error, make_engine
 from app.store import UNAVAILABLE, Store
-from tests.helpers import PG_URL, Service, add_users, synced, wait_until
+from tests.helpers import ADMIN, PG_URL, Service, add_users, synced, wait_until
 from tests.rig.tcp_forward import Forwarder, partitioned
 
 
@@ -56,6 +58,41 @@ def test_a_partitioned_database_fails_statements_and_connects_in_seconds_then_se
             store.dispose()
 
 
+@pytest.mark.parametrize("connection, bound, within", [("pooled", 1, 2), ("pinged", 1, 2), ("new", 1, 3.5)])
+def test_a_web_request_waits_on_a_frozen_database_seconds_and_a_worker_until_it_answers(
+        pg_url, monkeypatch, connection, bound, within):
+    """A database that stops answering while its host still acknowledges every packet: TCP's
+    timeouts never fire. A web request's use fails after its bound (the connection shut, the
+    reason said), whether its connection was in the pool, idle long enough to be pinged at
+    checkout, or made anew (libpq's connect_timeout lowered to the time left, 2 s at least,
+    where the service's default is 5 s); a worker's use, which nobody waits on, is left to
+    finish when the database answers."""
+    target = make_url(pg_url)
+    monkeypatch.setattr(database, "PING_IDLE_SECONDS", 0.0 if connection == "pinged" else 3600.0)
+    with Forwarder(target.host or "127.0.0.1", target.port or 5432) as forwarder:
+        store = Store(target.set(port=forwarder.port).render_as_string(hide_password=False))
+        with store.read(), store.read() if connection != "new" else nullcontext():
+            pass  # the pool: the worker's connection, and the request's unless it makes one
+        results: dict[str, tuple[str, float]] = {}
+
+        def request(environ, start_response):
+            _ping(store, results, "request")
+            return []
+        with forwarder.frozen():
+            worker = threading.Thread(target=_ping, args=(store, results, "worker"), daemon=True)
+            worker.start()
+            web = threading.Thread(target=database_deadline.BoundedUses(request, bound), args=({}, None), daemon=True)
+            web.start()
+            web.join(within + 3)
+            assert not web.is_alive() and worker.is_alive(), results
+        worker.join(10)
+        error, seconds = results["request"]
+        assert error == f"the database did not answer within {bound} s" and seconds < within, results
+        assert results["worker"][0] == "answered"
+        wait_until(lambda: _answers(store), 10, "the store to work again")
+        store.dispose()
+
+
 def test_a_session_cut_off_from_the_database_loses_its_locks_in_seconds(pg_url):
     """A replica whose network goes (or whose VM freezes) while it holds a cluster Jira slot (a
     session-level advisory lock) or a user's row: the server keeps its session, and those
@@ -88,14 +125,19 @@ def test_a_session_cut_off_from_the_database_loses_its_locks_in_seconds(pg_url):
         other.dispose()
 
 
-def test_the_service_answers_through_a_database_partition_and_keeps_what_it_accepted(
-        tmp_path, fresh_pg_url, slapd, ldap_ou, jira):
-    """The real service under gunicorn on PostgreSQL, the database cut off: a login is answered
-    503 with Retry-After (Jira's DC webhooks are not retried: the next login or the sweep brings
-    that user in step), and the logins right after it too, without trying the database (each try
-    costs seconds, which Jira's listener does not wait); /readyz says unavailable; once the
-    database answers again logins are queued and synced; what was accepted before is kept.
-    One web worker: each process learns that the database is down for itself."""
+@pytest.mark.parametrize("fault", ["partitioned", "frozen"])
+def test_the_service_answers_through_a_database_fault_and_keeps_what_it_accepted(
+        tmp_path, fresh_pg_url, slapd, ldap_ou, jira, fault):
+    """The real service under gunicorn on PostgreSQL, the database cut off (a partition) or
+    frozen (its process stopped, its storage stalled: the host still acknowledges every packet,
+    so no timeout of TCP's ever fires, and a web thread waited until the database came back; a
+    web worker has two). A login is answered 503 with Retry-After within seconds (Jira's DC
+    webhooks are not retried: the next login or the sweep brings that user in step), and the
+    logins right after it at once, without trying the database (each try costs seconds, which
+    Jira's listener does not wait); an admin read is answered 503; /readyz says unavailable,
+    where it went on repeating its last "ready" while its probe waited; once the database
+    answers again logins are queued and synced; what was accepted before is kept. One web
+    worker: each process learns that the database is down for itself."""
     add_users(slapd, ldap_ou, jira, ["before", "during"])
     target = make_url(fresh_pg_url)
     with Forwarder(target.host or "127.0.0.1", target.port or 5432) as forwarder:
@@ -105,18 +147,24 @@ def test_the_service_answers_through_a_database_partition_and_keeps_what_it_acce
         try:
             assert svc.login("before").status_code in (200, 202)
             wait_until(lambda: synced(jira, "before"), 30, "the first login to be synced")
-            with partitioned(forwarder.port):
-                answer = svc.login("during", timeout=60)
+            assert requests.get(svc.url + "/readyz", timeout=10).json()["status"] == "ready"
+            with partitioned(forwarder.port) if fault == "partitioned" else forwarder.frozen():
+                started = time.monotonic()
+                answer = svc.login("during", timeout=30)
                 assert answer.status_code == 503 and "Retry-After" in answer.headers, answer.text
-                later = [svc.login(f"during{i}", timeout=60) for i in range(5)]
+                assert time.monotonic() - started < 15
+                later = [svc.login(f"during{i}", timeout=5) for i in range(5)]
                 assert [a.status_code for a in later] == [503] * 5 and all("Retry-After" in a.headers for a in later)
                 assert svc.log.read_text().count("not tried again yet") == 5
-                wait_until(lambda: requests.get(svc.url + "/readyz", timeout=10).json()["status"] == "unavailable",
-                           60, "/readyz to say unavailable")
+                assert svc.http.get(f"{svc.url}/admin/users/before", timeout=30,
+                                    headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 503
+                wait_until(lambda: requests.get(svc.url + "/readyz", timeout=30).json()["status"] == "unavailable",
+                           45, "/readyz to say unavailable")
             wait_until(lambda: svc.login("during").status_code in (200, 202), 60, "a login to be accepted again")
-            wait_until(lambda: synced(jira, "during"), 60, "the login after the partition to be synced")
+            wait_until(lambda: synced(jira, "during"), 60, "the login after the fault to be synced")
             assert svc.user("before").json()["state"]["last_outcome"] == "updated"
             assert jira.state.created_for("before") == 1 and jira.state.created_for("during") == 1
+            assert "Traceback" not in svc.log.read_text()
         finally:
             svc.stop()
 

@@ -1,7 +1,9 @@
 """A TCP forwarder in front of a loopback server, on a port of the rig's own (below the kernel's
 ephemeral range, so a firewall rule on it touches no client socket), and a firewall rule that
 drops its packets both ways: a network partition between a client and that server, which
-neither end hears about."""
+neither end hears about. The forwarder can also freeze: a server that stops answering while its
+host's TCP stack still acknowledges everything (a stopped process, a storage stall), which no
+TCP timeout or keepalive notices."""
 from __future__ import annotations
 
 import shutil
@@ -30,6 +32,8 @@ class Forwarder:
         self.port = free_port()
         self.listener = socket.create_server((listen, self.port))
         self._sockets: list[socket.socket] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True, name="forwarder").start()
 
     def _accept(self) -> None:
@@ -47,10 +51,20 @@ class Forwarder:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Nothing passes either way until the block ends; what is sent meanwhile is read (the
+        sender's kernel has it acknowledged, its keepalives answered) and held."""
+        self._flowing.clear()
+        try:
+            yield
+        finally:
+            self._flowing.set()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:  # reset, or no answer to the keepalives
             pass
