@@ -128,7 +128,15 @@ def make_engine(url: str, wal_wait: float = SQLITE_BUSY_MS / 1000, **pool) -> En
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
     if parsed.get_backend_name() == "postgresql":
         parsed = parsed.update_query_dict({k: v for k, v in POSTGRES_DEFAULTS.items() if k not in parsed.query})
-    engine = create_engine(parsed, **{"pool_size": 5, "max_overflow": 10, "pool_timeout": 30, **pool})
+    # No server-side prepared statements (psycopg makes them of a statement run 5 times on a
+    # connection): behind PgBouncer in transaction mode, the usual pooler in front of replicas,
+    # the next transaction lands on another server session, where that name is missing or
+    # another client's ("prepared statement "_pg3_0" already exists"), and SQLAlchemy's
+    # rollback on checkin discards them anyway (docs/performance.md: what they saved).
+    engine = create_engine(
+        parsed,
+        **{"pool_size": 5, "max_overflow": 10, "pool_timeout": 30, "connect_args": {"prepare_threshold": None}, **pool},
+    )
     database_deadline.watch(engine)  # first: the listeners below send statements
     _server_probes_the_session(engine)
     _ping_when_idle(engine)

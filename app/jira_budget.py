@@ -3,9 +3,12 @@ jira.max_requests_per_second, per process (the default) or for the whole cluster
 
 ``jira.limits_scope = "cluster"`` (PostgreSQL only) shares them between every process of every
 replica, so adding replicas never exceeds what the Jira admin allowed:
-- concurrency: a call holds one of ``max_concurrency`` session-level advisory locks
-  (pg_try_advisory_lock(class, slot)) on a connection of its own. A replica that dies drops its
-  connections, and PostgreSQL releases their locks at once: no lease to wait for. Advisory
+- concurrency: a call holds one of ``max_concurrency`` transaction-level advisory locks
+  (pg_try_advisory_xact_lock(class, slot)) in a transaction of its own, open for the call and
+  then rolled back. A replica that dies drops its connections, and PostgreSQL releases their
+  locks at once: no lease to wait for. Not a session's lock: behind PgBouncer in transaction
+  mode, a lock and its unlock in autocommit went to different server sessions (the slot held
+  for good) and another client's try on the first one took the same slot again. Advisory
   locks belong to the whole database, so the class is the installation's schema's own: two
   installations in one database (staging and production, each in its schema) never share slots.
 - rate: one row, jira_budget, holds when the next call may start, in PostgreSQL's clock (the
@@ -198,11 +201,9 @@ class ClusterBudget:
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
         # a process never uses more slots than there are: its extra callers wait here, not on PostgreSQL
         self._local_gate = _Order(_Slots(max_concurrency))
-        # the slots' own connections, one per call in flight, in autocommit (a lock and an unlock
-        # are a statement each) and not pinged first (a dead one fails the call, which is retried)
-        self._slots_engine = make_engine(
-            store.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_size=max_concurrency, max_overflow=0
-        )
+        # the slots' own connections, one per call in flight, each holding its slot in a
+        # transaction, not pinged first (a dead one fails the call, which is retried)
+        self._slots_engine = make_engine(store.url, pool_pre_ping=False, pool_size=max_concurrency, max_overflow=0)
         self._driver_error = self._slots_engine.dialect.loaded_dbapi.Error  # psycopg's, without importing it here
         self.lock_class: int | None = None  # read on the first call: nothing connects while the app is built
 
@@ -229,27 +230,27 @@ class ClusterBudget:
             conn = held.enter_context(self._slots_engine.connect())
             if self.lock_class is None:
                 self.lock_class = slot_class(self._run(conn, "SELECT current_schema()", {})[0])
-            slot = self._take_slot(conn)
+            self._take_slot(conn)
         except (*UNAVAILABLE, self._driver_error) as exc:
             raise BudgetUnavailable(f"the cluster's Jira budget cannot be read: {describe_error(exc)}") from None
-        held.callback(self._give_back, conn, slot)
+        held.callback(self._give_back, conn)
 
     def _run(self, conn, sql: str, params: dict):
-        """One of the two statements every call makes, on the driver's own connection: through
-        SQLAlchemy's execution the pair cost a sweep process 0.5 ms more CPU per Jira call
-        (docs/performance.md, "The cluster's Jira budget"). A driver error drops the connection
-        from the pool, as SQLAlchemy would have."""
+        """The statement every call makes (the driver's BEGIN before it, its ROLLBACK after the
+        call), on the driver's own connection: through SQLAlchemy's execution a pair cost a
+        sweep process 0.5 ms more CPU per Jira call (docs/performance.md, "The cluster's Jira
+        budget"). A driver error drops the connection from the pool, as SQLAlchemy would have."""
         try:
             return conn.connection.dbapi_connection.execute(sql, params).fetchone()
         except self._driver_error:
             conn.invalidate()
             raise
 
-    def _give_back(self, conn, slot: int) -> None:
+    def _give_back(self, conn) -> None:
         try:
-            self._run(conn, _UNLOCK, {"cls": self.lock_class, "slot": slot})
-        except (*UNAVAILABLE, self._driver_error):  # the connection is gone, and its lock with it
-            pass
+            conn.connection.dbapi_connection.rollback()  # the transaction's end frees its lock
+        except self._driver_error:  # the connection is gone, and its lock with it
+            conn.invalidate()
 
     def _take_slot(self, conn) -> int:
         deadline = time.monotonic() + WAIT_SECONDS
@@ -277,6 +278,5 @@ def slot_class(schema: str) -> int:
 # (psycopg's placeholders: %% is the modulo.)
 _TRY_SLOTS = (
     "SELECT (s + %(start)s) %% %(n)s FROM generate_series(0, %(n)s - 1) AS s "
-    "WHERE pg_try_advisory_lock(%(cls)s, (s + %(start)s) %% %(n)s) LIMIT 1"
+    "WHERE pg_try_advisory_xact_lock(%(cls)s, (s + %(start)s) %% %(n)s) LIMIT 1"
 )
-_UNLOCK = "SELECT pg_advisory_unlock(%(cls)s, %(slot)s)"

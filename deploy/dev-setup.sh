@@ -3,13 +3,14 @@
 # the demo run (OpenLDAP slapd, Samba AD DC), Groovy for the Jira listener's test, Chromium for
 # the dashboard's browser test, promtool for the alert rules, HAProxy for the replica tests, wrk
 # for the benchmarks, podman with runc (crun cannot start containers on these machines) and
-# debootstrap for the container tests, iptables for the database partition tests, a running
-# PostgreSQL, and a venv with the package (its test extra brings podman-compose).
+# debootstrap for the container tests, iptables for the database partition tests, PgBouncer for
+# the pooler tests, a running PostgreSQL, and a venv with the package (its test extra brings
+# podman-compose).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(slapd ldap-utils samba samba-ad-dc winbind krb5-user groovy chromium prometheus podman runc debootstrap haproxy wrk iptables)
+apt_packages=(slapd ldap-utils samba samba-ad-dc winbind krb5-user groovy chromium prometheus podman runc debootstrap haproxy wrk iptables pgbouncer)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
