@@ -94,8 +94,8 @@ def test_a_web_request_waits_on_a_frozen_database_seconds_and_a_worker_until_it_
 
 
 def test_a_session_cut_off_from_the_database_loses_its_locks_in_seconds(pg_url):
-    """A replica whose network goes (or whose VM freezes) while it holds a cluster Jira slot (a
-    session-level advisory lock) or a user's row: the server keeps its session, and those
+    """A replica whose network goes (or whose VM freezes) while it holds a cluster Jira slot (an
+    advisory lock) or a user's row: the server keeps its session, and those
     locks, until its keepalives notice, 2 hours by the OS's defaults. The service's sessions
     ask the server to probe them every few seconds."""
     engine, other = make_engine(pg_url), make_engine(pg_url)
@@ -117,7 +117,7 @@ def test_a_session_cut_off_from_the_database_loses_its_locks_in_seconds(pg_url):
             return False
     assert not lock_is_free()
     try:
-        with partitioned(client_port):  # this one connection's packets, both ways
+        with partitioned(client_port, make_url(pg_url).port or 5432):  # this one connection's, both ways
             wait_until(lock_is_free, 75, f"the server to drop the cut-off session (keepalives after {idle} s idle)")
     finally:
         conn.invalidate()

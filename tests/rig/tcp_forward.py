@@ -92,12 +92,17 @@ def _shut(end: socket.socket) -> None:
 
 
 @contextmanager
-def partitioned(port: int) -> Iterator[None]:
+def partitioned(port: int, peer: int | None = None) -> Iterator[None]:
     """Every packet to or from ``port`` on this host dropped until the block ends (iptables: the
-    tests run as root on these machines)."""
+    tests run as root on these machines); with ``peer``, only those between ``port`` and
+    ``peer``: one connection, when ``port`` is a client's ephemeral port, which the system also
+    gives to other tests' connections to other servers meanwhile."""
     # -w: wait for the xtables lock, which another test's rule may hold a moment
     iptables = [shutil.which("iptables") or unavailable("iptables (apt-get install iptables)"), "-w", "10"]
-    rules = [["-p", "tcp", "--dport", str(port), "-j", "DROP"], ["-p", "tcp", "--sport", str(port), "-j", "DROP"]]
+    to_peer = ["--dport", str(peer)] if peer else []
+    from_peer = ["--sport", str(peer)] if peer else []
+    rules = [["-p", "tcp", "--dport", str(port), *from_peer, "-j", "DROP"],
+             ["-p", "tcp", "--sport", str(port), *to_peer, "-j", "DROP"]]
     added = []
     try:
         for rule in rules:
