@@ -252,14 +252,15 @@ class ClusterBudget:
         except self._driver_error:  # the connection is gone, and its lock with it
             conn.invalidate()
 
-    def _take_slot(self, conn) -> int:
+    def _take_slot(self, conn) -> None:
+        """Lock a free slot in ``conn``'s transaction, waiting for one; which one is no matter."""
         deadline = time.monotonic() + WAIT_SECONDS
         pause = 0.002
         while True:
             start = random.randrange(self.slots)
             row = self._run(conn, _TRY_SLOTS, {"cls": self.lock_class, "n": self.slots, "start": start})
             if row is not None and row[0] is not None:
-                return row[0]
+                return
             if time.monotonic() > deadline:
                 raise BudgetUnavailable(
                     f"no Jira call slot free within {WAIT_SECONDS:g}s ({self.slots} for the whole cluster)"

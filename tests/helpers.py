@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import pytest
 import requests
 import sqlalchemy
+from sqlalchemy.engine import make_url
 
 from app import sweep_run
 from app.config import settings_from_dict
@@ -49,6 +50,24 @@ def pg_schema(prefix: str = "avsync") -> Iterator[str]:
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {name} CASCADE")
+        admin.dispose()
+
+
+@contextmanager
+def pg_database(prefix: str = "avsync", options: str = "") -> Iterator[str]:
+    """A throw-away database in the local PostgreSQL (``options``: CREATE DATABASE's own), dropped
+    afterwards with whatever is still connected: for what a schema cannot give (a pooler in
+    front, which passes no search_path on; another encoding)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
+                                     isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} {options}")
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
         admin.dispose()
 
 

@@ -10,14 +10,13 @@ from contextlib import nullcontext
 
 import pytest
 import requests
-import sqlalchemy
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app import database, database_deadline, states
 from app.database import describe_error, make_engine
 from app.store import UNAVAILABLE, Store
-from tests.helpers import ADMIN, PG_URL, Service, add_users, synced, wait_until
+from tests.helpers import ADMIN, Service, add_users, pg_database, synced, wait_until
 from tests.rig.tcp_forward import Forwarder, partitioned
 
 
@@ -181,18 +180,9 @@ def test_a_database_in_sql_ascii_is_read_and_written_as_text(pg_url):
     """An old database created with ENCODING 'SQL_ASCII' (or by an initdb without a locale):
     psycopg hands its text over as bytes unless the client asks for UTF-8, and the service
     failed at its first connection with a TypeError from SQLAlchemy's version check."""
-    name = f"avsync_ascii_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
-                                     isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0 LOCALE 'C'")
-    try:
-        store = Store(make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+    with pg_database("avsync_ascii", "ENCODING 'SQL_ASCII' TEMPLATE template0 LOCALE 'C'") as url:
+        store = Store(url)
         with store.transaction() as tx:
             states.update(tx, "jürgen.müller", lambda state: setattr(state, "last_error", "Bild fehlt: ß"))
         assert store.get("jürgen.müller").last_error == "Bild fehlt: ß"
         store.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()

@@ -9,15 +9,13 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from tests.helpers import PG_URL, unavailable
+from tests.helpers import pg_database, unavailable
 from tests.rig.children import DIE_WITH_PARENT
 from tests.rig.ports import free_port
 
@@ -26,19 +24,15 @@ from tests.rig.ports import free_port
 def pgbouncer(work: Path, pool_mode: str = "transaction") -> Iterator[str]:
     """The URL of a new database reached through PgBouncer; both gone afterwards."""
     binary = shutil.which("pgbouncer") or unavailable("pgbouncer (apt-get install pgbouncer)")
-    target = make_url(PG_URL)
-    name = f"avsync_pgb_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
-                                     isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    port = free_port()
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "users.txt").write_text(f'"{target.username}" ""\n')
-    config = work / "pgbouncer.ini"
-    config.write_text(f"""
+    with pg_database("avsync_pgb") as direct_url:
+        target = make_url(direct_url)
+        port = free_port()
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "users.txt").write_text(f'"{target.username}" ""\n')
+        config = work / "pgbouncer.ini"
+        config.write_text(f"""
 [databases]
-{name} = host={target.host} port={target.port or 5432} dbname={name}
+{target.database} = host={target.host} port={target.port or 5432} dbname={target.database}
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {port}
@@ -49,23 +43,19 @@ pool_mode = {pool_mode}
 default_pool_size = 4
 max_client_conn = 200
 """)
-    user = ["-u", "postgres"] if os.geteuid() == 0 else []  # it refuses to run as root
-    if user:
-        shutil.chown(work, "postgres")
-        for path in work.iterdir():
-            shutil.chown(path, "postgres")
-    log = open(work / "pgbouncer.log", "ab")
-    proc = subprocess.Popen([*DIE_WITH_PARENT, binary, *user, str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_listening(port, proc, work / "pgbouncer.log")
-        yield target.set(port=port, database=name).render_as_string(hide_password=False)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()
+        user = ["-u", "postgres"] if os.geteuid() == 0 else []  # it refuses to run as root
+        if user:
+            for path in (work, *work.iterdir()):
+                shutil.chown(path, "postgres")
+        with open(work / "pgbouncer.log", "ab") as log:
+            proc = subprocess.Popen([*DIE_WITH_PARENT, binary, *user, str(config)], stdout=log,
+                                    stderr=subprocess.STDOUT)
+        try:
+            _wait_listening(port, proc, work / "pgbouncer.log")
+            yield target.set(port=port).render_as_string(hide_password=False)
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
