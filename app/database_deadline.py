@@ -7,7 +7,8 @@ threads (app/gunicorn_conf.py): a readiness probe and a dashboard refresh waitin
 logins went unanswered while /readyz repeated its last "ready".
 
 So while a web request is served (``BoundedUses``), each use of the database by the store (a
-read, a statement, a transaction, with the checkout's ping and a new connection's setup) is
+read, a statement, a transaction, with the checkout's ping and a new connection's setup), and
+each statement of the cluster Jira budget's slots (app/jira_budget.py), is
 watched by the deadline watchdog (app/deadlines.py): when its time is up, the connection's
 socket is shut, the driver fails at once and the door answers 503 as for any unusable database
 (the login path then fails fast: app/known_down.py). Workers, sweeps and the CLI are not
@@ -51,24 +52,28 @@ class BoundedUses:
             _local.seconds = None
 
 
-def use():
-    """``with use():`` around each of the store's uses of the database."""
+def use(dbapi_conn=None):
+    """``with use():`` around each of the store's uses of the database; ``dbapi_conn``: the
+    driver's connection it uses, where it was taken from the pool before (the cluster Jira
+    budget's, held for a Jira call: app/jira_budget.py)."""
     seconds = getattr(_local, "seconds", None)
     if seconds is None or getattr(_local, "use", None) is not None:  # unbounded, or within one
         return _UNBOUNDED
-    return _Use(seconds)
+    return _Use(seconds, dbapi_conn)
 
 
 class _Use:
-    __slots__ = ("seconds", "guard", "dbapi_conn")
+    __slots__ = ("seconds", "guard", "dbapi_conn", "given")
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, given=None):
         self.seconds = seconds
-        self.dbapi_conn = None
+        self.dbapi_conn, self.given = None, given
 
     def __enter__(self) -> None:
         self.guard: Guard = WATCHDOG.arm(self.seconds)
         _local.use = self
+        if self.given is not None:
+            self.join(self.given)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         _local.use = None

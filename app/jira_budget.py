@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from sqlalchemy import Column, Float, String, Table, text
 
+from . import database_deadline
 from .database import describe_error, make_engine
 from .store import UNAVAILABLE, Store
 from .tables import metadata
@@ -227,7 +228,8 @@ class ClusterBudget:
                 if wait > 0:
                     time.sleep(wait)
             # held for the call: if this process dies, PostgreSQL drops the slot with it
-            conn = held.enter_context(self._slots_engine.connect())
+            with database_deadline.use():  # in a web request, a new connection's making is bounded
+                conn = held.enter_context(self._slots_engine.connect())
             if self.lock_class is None:
                 self.lock_class = slot_class(self._run(conn, "SELECT current_schema()", {})[0])
             self._take_slot(conn)
@@ -239,18 +241,23 @@ class ClusterBudget:
         """The statement every call makes (the driver's BEGIN before it, its ROLLBACK after the
         call), on the driver's own connection: through SQLAlchemy's execution a pair cost a
         sweep process 0.5 ms more CPU per Jira call (docs/performance.md, "The cluster's Jira
-        budget"). A driver error drops the connection from the pool, as SQLAlchemy would have."""
-        try:
-            return conn.connection.dbapi_connection.execute(sql, params).fetchone()
-        except self._driver_error:
-            conn.invalidate()
-            raise
+        budget"). A driver error drops the connection from the pool, as SQLAlchemy would have.
+        In a web request the statement is bounded as the store's are (app/database_deadline.py)."""
+        dbapi_conn = conn.connection.dbapi_connection
+        with database_deadline.use(dbapi_conn):
+            try:
+                return dbapi_conn.execute(sql, params).fetchone()
+            except self._driver_error:
+                conn.invalidate()
+                raise
 
     def _give_back(self, conn) -> None:
-        try:
-            conn.connection.dbapi_connection.rollback()  # the transaction's end frees its lock
-        except self._driver_error:  # the connection is gone, and its lock with it
-            conn.invalidate()
+        dbapi_conn = conn.connection.dbapi_connection
+        with database_deadline.use(dbapi_conn):
+            try:
+                dbapi_conn.rollback()  # the transaction's end frees its lock
+            except self._driver_error:  # the connection is gone (or shut: no answer), and its lock with it
+                conn.invalidate()
 
     def _take_slot(self, conn) -> None:
         """Lock a free slot in ``conn``'s transaction, waiting for one; which one is no matter."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import pytest
 import requests
@@ -185,4 +185,55 @@ def test_a_database_in_sql_ascii_is_read_and_written_as_text(pg_url):
         with store.transaction() as tx:
             states.update(tx, "jürgen.müller", lambda state: setattr(state, "last_error", "Bild fehlt: ß"))
         assert store.get("jürgen.müller").last_error == "Bild fehlt: ß"
+        store.dispose()
+
+
+@pytest.mark.parametrize("when", ["taking a slot", "taking a slot on a new connection", "giving a slot back"])
+def test_a_web_request_waits_on_the_cluster_jira_budget_of_a_frozen_database_seconds(pg_url, when):
+    """limits_scope = "cluster": a web request's Jira call (the dashboard's picture of a user, an
+    admin's dry run) takes its slot on a connection of the budget's own, held for the call, and
+    gives it back after. On a frozen database each of those statements waited until it answered
+    again, and held a web thread meanwhile; now each is bounded as the store's uses are, and the
+    call fails as for a budget that cannot be read. The slot's connection leaves the pool."""
+    from app.jira_budget import BudgetUnavailable, ClusterBudget
+
+    target = make_url(pg_url)
+    with Forwarder(target.host or "127.0.0.1", target.port or 5432) as forwarder:
+        store = Store(target.set(port=forwarder.port).render_as_string(hide_password=False))
+        budget = ClusterBudget(store, max_concurrency=1, per_second=0)
+        if when != "taking a slot on a new connection":
+            with budget.call():  # the pool: one slot connection
+                pass
+        results: dict[str, tuple[str, float]] = {}
+        frozen = ExitStack()
+
+        def request(environ, start_response):
+            started = time.monotonic()
+            try:
+                if when == "giving a slot back":
+                    with budget.call():
+                        frozen.enter_context(forwarder.frozen())
+                else:
+                    frozen.enter_context(forwarder.frozen())
+                    with budget.call():
+                        pass
+                results["request"] = ("called", time.monotonic() - started)
+            except BudgetUnavailable as exc:
+                results["request"] = (str(exc), time.monotonic() - started)
+            return []
+        try:
+            web = threading.Thread(target=database_deadline.BoundedUses(request, 1), args=({}, None), daemon=True)
+            web.start()
+            web.join(8)
+            assert not web.is_alive(), f"the web request still waits, {when}"
+        finally:
+            frozen.close()
+        outcome, seconds = results["request"]
+        if when == "giving a slot back":
+            assert outcome == "called" and seconds < 3.5, results  # the call was made; its end is not held
+        else:
+            assert outcome.endswith("the database did not answer within 1 s") and seconds < 3.5, results
+        with budget.call():  # the stranded connection is not handed out again
+            pass
+        budget._slots_engine.dispose()
         store.dispose()
