@@ -13,6 +13,7 @@ process's readiness probe, so every worker and replica answers alike for the dat
 
 from __future__ import annotations
 
+import logging
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -20,7 +21,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import __version__
+from .database import describe_error
 from .outcomes import OUTCOMES, JobState, SweepStatus
+from .store import UNAVAILABLE as DATABASE_UNAVAILABLE
+
+log = logging.getLogger(__name__)
 
 PREFIX = "jira_avatar_sync_"
 
@@ -79,15 +84,23 @@ class _Gauges:
             PREFIX + "disabled", "1 when photo_attributes is empty", value=1 if svc.settings.sync_disabled else 0
         )
         checks = svc.readiness.current()
+        up = {name: check["status"] == "ok" for name, check in checks.items()}
+        database: list[GaugeMetricFamily] = []
+        if up["database"]:  # the rest is read from the database
+            try:
+                database = list(_database_gauges(svc))
+            except DATABASE_UNAVAILABLE as exc:
+                # gone since the probe: the scrape still answers (a 503 would lose it, the
+                # counters and the alert on the database down with it), without those gauges
+                log.warning("metrics: the database's gauges not read: %s", describe_error(exc))
+                up["database"] = False
         g = GaugeMetricFamily(
             PREFIX + "dependency_up", "1 while a dependency answers (this process's probe)", labels=["dependency"]
         )
-        for name, check in checks.items():
-            g.add_metric([name], 1 if check["status"] == "ok" else 0)
+        for name, ok in up.items():
+            g.add_metric([name], 1 if ok else 0)
         yield g
-        if checks["database"]["status"] != "ok":
-            return  # the rest is read from the database
-        yield from _database_gauges(svc)
+        yield from database
 
 
 def _database_gauges(svc):

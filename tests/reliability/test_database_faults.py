@@ -17,6 +17,7 @@ from app import database, database_deadline, states
 from app.database import describe_error, make_engine
 from app.store import UNAVAILABLE, Store
 from tests.helpers import ADMIN, Service, add_users, pg_database, synced, wait_until
+from tests.rig.ports import free_port
 from tests.rig.tcp_forward import Forwarder, partitioned
 
 
@@ -237,3 +238,30 @@ def test_a_web_request_waits_on_the_cluster_jira_budget_of_a_frozen_database_sec
             pass
         budget._slots_engine.dispose()
         store.dispose()
+
+
+def test_a_scrape_while_the_database_freezes_answers_with_the_database_down(tmp_path, pg_url, jira):
+    """Prometheus's alerts on a dependency down need the scrape itself to answer. The readiness
+    probe had just found the database well when it froze: reading the database's gauges then
+    ended in a 503 after the web bound, and the scrape (the process's counters with it) was
+    lost. Now the scrape answers without the database's gauges and with the database down."""
+    from app import create_app
+    from tests.helpers import make_settings
+
+    target = make_url(pg_url)
+    with Forwarder(target.host or "127.0.0.1", target.port or 5432) as forwarder:
+        url = target.set(port=forwarder.port).render_as_string(hide_password=False)
+        directory = {"name": "closed", "urls": [f"ldap://127.0.0.1:{free_port()}"], "base_dn": "dc=closed"}
+        app = create_app(make_settings(tmp_path, jira.url, [directory], database_url=url,
+                                          webhook={"secret": "s"}))
+        try:
+            http = app.test_client()
+            assert 'jira_avatar_sync_dependency_up{dependency="database"} 1.0' in http.get("/metrics").text
+            with forwarder.frozen():
+                started = time.monotonic()
+                scrape = http.get("/metrics")
+                assert scrape.status_code == 200 and time.monotonic() - started < 8, scrape.text
+            assert 'jira_avatar_sync_dependency_up{dependency="database"} 0.0' in scrape.text
+            assert "jira_avatar_sync_build_info" in scrape.text and "jira_avatar_sync_queue_jobs" not in scrape.text
+        finally:
+            app.extensions["avatar_sync"].close()
