@@ -220,7 +220,11 @@ def test_container_image_builds_and_runs_as_a_non_root_user(tmp_path):
     probe.write_text(f"FROM {IMAGE}\n"
                      "RUN id -un > /tmp/who && jira-avatar-sync --version > /tmp/version"
                      " && python3 -c 'import app.factory, psycopg' && cat /tmp/who /tmp/version\n")
-    result = podman("build", "--isolation=chroot", "--no-cache", "-f", str(probe), str(tmp_path))
+    tag = f"localhost/jira-avatar-sync-probe:{uuid.uuid4().hex[:8]}"
+    try:
+        result = podman("build", "--isolation=chroot", "--no-cache", "-t", tag, "-f", str(probe), str(tmp_path))
+    finally:
+        podman("rmi", "-f", tag, check=False)  # not left behind by every run
     assert "jira-avatar-sync\n" in result.stdout and "jira-avatar-sync, version" in result.stdout
 
 

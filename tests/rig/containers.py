@@ -6,7 +6,9 @@ entrypoint that honours POSTGRES_USER, POSTGRES_DB and POSTGRES_HOST_AUTH_METHOD
 official one does; tests/data/haproxy-image: HAProxy 2.6 reading the official image's path)."""
 from __future__ import annotations
 
+import fcntl
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +43,16 @@ def podman(*args, timeout=900, check=True) -> subprocess.CompletedProcess:
 
 def _build(containerfile: Path, tag: str, context: Path, tmp_path: Path) -> None:
     """``containerfile`` on the debootstrap base, with chroot isolation; podman's layer cache
-    makes a second build of the same files take seconds."""
+    makes a second build of the same files take seconds. One build at a time on the machine:
+    the container tests start together under xdist, and after a change to app/ each built the
+    image anew beside the others (none found the layers in the cache yet), a minute's CPU each
+    and an untagged 380 MB image left behind by every build but the last."""
+    with open(Path(tempfile.gettempdir()) / "jira-avatar-sync-image-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # let go when the file closes, or the process dies
+        _build_alone(containerfile, tag, context, tmp_path)
+
+
+def _build_alone(containerfile: Path, tag: str, context: Path, tmp_path: Path) -> None:
     if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
         rootfs = tmp_path / "rootfs"
         subprocess.run([required("debootstrap"), "--variant=minbase",
@@ -54,8 +65,11 @@ def _build(containerfile: Path, tag: str, context: Path, tmp_path: Path) -> None
     # the machine's own CA bundle and pip settings: its way to PyPI goes through them
     mounts = [arg for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf") if Path(path).exists()
               for arg in ("-v", f"{path}:{path}:ro")]
+    before = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
     podman("build", "--isolation=chroot", "--format", "docker", *mounts, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
            "-f", str(containerfile), "-t", tag, str(context))
+    if before and podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip() != before:
+        podman("rmi", before, check=False)  # the build of the code before (kept while a container uses it)
 
 
 def build_image(tmp_path: Path) -> None:
